@@ -1,0 +1,32 @@
+//! Outrider's domain model.
+//!
+//! Architecture invariant: this crate performs no I/O. It defines the objects the manager
+//! stores and the agent runs (sidecars, versions, services, instances, bindings, desired
+//! state, events), how they are validated, and how desired state is derived from them.
+
+mod binding;
+mod desired;
+mod duration;
+mod error;
+mod event;
+mod instance;
+mod name;
+mod placeholder;
+mod service;
+mod sidecar;
+mod version;
+
+pub use binding::Binding;
+pub use desired::{DesiredSidecar, DesiredState, desired_for_service};
+pub use duration::HumanDuration;
+pub use error::ValidationError;
+pub use event::Event;
+pub use instance::{Instance, InstanceLabels, SidecarState, SidecarStatus};
+pub use name::validate_name;
+pub use placeholder::{PlaceholderContext, expand};
+pub use service::{Priority, ProtectedPeriod, Service, ServiceUpdate};
+pub use sidecar::{Probe, ProbeCheck, Sidecar, UpgradeMode};
+pub use version::{Artifact, NewVersion, Version, VersionState, validate_version};
+
+/// The tenant every fresh installation starts with.
+pub const DEFAULT_TENANT: &str = "default";

@@ -1,0 +1,213 @@
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{HumanDuration, ValidationError, validate_name};
+
+/// How an instance moves from one version of a sidecar to another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpgradeMode {
+    /// Stop the old process, start the new one.
+    Restart,
+    /// Start the new process beside the old one and hand over the listening sockets.
+    Hot,
+    /// Take the instance out of traffic, restart the sidecar, put it back.
+    Warm,
+    /// Record the target; switch at the instance's next deploy.
+    OnDeploy,
+}
+
+impl fmt::Display for UpgradeMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Restart => "restart",
+            Self::Hot => "hot",
+            Self::Warm => "warm",
+            Self::OnDeploy => "on-deploy",
+        })
+    }
+}
+
+impl std::str::FromStr for UpgradeMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned()))
+            .map_err(|_| format!("unknown upgrade mode {s:?}: use restart, hot, warm or on-deploy"))
+    }
+}
+
+/// One way to check a sidecar's health. Exactly one of `tcp`, `http`, `exec` is set; each may
+/// hold placeholders (`${label.port}`) that the agent expands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Probe {
+    /// `host:port` that must accept a TCP connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<String>,
+    /// URL that must answer `GET` with a 2xx status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// Command that must exit 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Vec<String>>,
+    /// Time one attempt may take.
+    #[serde(default = "Probe::default_timeout")]
+    pub timeout: HumanDuration,
+    /// Time between attempts.
+    #[serde(default = "Probe::default_period")]
+    pub period: HumanDuration,
+    /// Startup probe: how long the sidecar may take to become ready. Liveness probe: ignored.
+    #[serde(default = "Probe::default_deadline")]
+    pub deadline: HumanDuration,
+    /// Liveness probe: consecutive failures before the sidecar is restarted.
+    #[serde(default = "Probe::default_failures")]
+    pub failure_threshold: u32,
+}
+
+/// The check a probe performs, resolved from its fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeCheck<'a> {
+    /// Connect to this address.
+    Tcp(&'a str),
+    /// GET this URL.
+    Http(&'a str),
+    /// Run this command.
+    Exec(&'a [String]),
+}
+
+impl Probe {
+    fn default_timeout() -> HumanDuration {
+        HumanDuration::from_secs(1)
+    }
+    fn default_period() -> HumanDuration {
+        HumanDuration::from_millis(500)
+    }
+    fn default_deadline() -> HumanDuration {
+        HumanDuration::from_secs(30)
+    }
+    fn default_failures() -> u32 {
+        3
+    }
+
+    /// A probe that GETs `url`, with default timings.
+    pub fn http(url: impl Into<String>) -> Self {
+        Self {
+            tcp: None,
+            http: Some(url.into()),
+            exec: None,
+            timeout: Self::default_timeout(),
+            period: Self::default_period(),
+            deadline: Self::default_deadline(),
+            failure_threshold: Self::default_failures(),
+        }
+    }
+
+    /// The one check this probe performs.
+    pub fn check(&self) -> Option<ProbeCheck<'_>> {
+        match (&self.tcp, &self.http, &self.exec) {
+            (Some(a), None, None) => Some(ProbeCheck::Tcp(a)),
+            (None, Some(u), None) => Some(ProbeCheck::Http(u)),
+            (None, None, Some(c)) if !c.is_empty() => Some(ProbeCheck::Exec(c)),
+            _ => None,
+        }
+    }
+
+    fn validate(&self, field: &str) -> Result<(), ValidationError> {
+        if self.check().is_none() {
+            return Err(ValidationError::new(field, "set exactly one of tcp, http, exec (non-empty)"));
+        }
+        if self.timeout.0.is_zero() || self.period.0.is_zero() {
+            return Err(ValidationError::new(field, "timeout and period must be above zero"));
+        }
+        if self.failure_threshold == 0 {
+            return Err(ValidationError::new(field, "failure_threshold must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// A kind of auxiliary process that runs beside service instances.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sidecar {
+    /// Unique name within the tenant (`mesh-proxy`).
+    pub name: String,
+    /// Owning team or person.
+    #[serde(default)]
+    pub owner: String,
+    /// What it does.
+    #[serde(default)]
+    pub description: String,
+    /// Upgrade modes it supports.
+    #[serde(default = "Sidecar::default_modes")]
+    pub upgrade_modes: Vec<UpgradeMode>,
+    /// Must pass before the sidecar counts as `running` (static health).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Probe>,
+    /// Checked while it runs (dynamic health).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+    /// Time between SIGTERM and SIGKILL when it is stopped.
+    #[serde(default = "Sidecar::default_drain")]
+    pub drain_time: HumanDuration,
+    /// Custom metric names that anomaly detection watches.
+    #[serde(default)]
+    pub metrics: Vec<String>,
+}
+
+impl Sidecar {
+    fn default_modes() -> Vec<UpgradeMode> {
+        vec![UpgradeMode::Restart, UpgradeMode::OnDeploy]
+    }
+    fn default_drain() -> HumanDuration {
+        HumanDuration::from_secs(10)
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_name("name", &self.name)?;
+        if self.upgrade_modes.is_empty() {
+            return Err(ValidationError::new("upgrade_modes", "list at least one mode"));
+        }
+        if let Some(p) = &self.startup_probe {
+            p.validate("startup_probe")?;
+        }
+        if let Some(p) = &self.liveness_probe {
+            p.validate("liveness_probe")?;
+        }
+        for m in &self.metrics {
+            if m.is_empty() || !m.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+                return Err(ValidationError::new("metrics", format!("{m:?} is not a metric name")));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_sidecar_gets_defaults() {
+        let s: Sidecar = serde_json::from_str(r#"{"name":"mesh-proxy"}"#).unwrap();
+        s.validate().unwrap();
+        assert_eq!(s.drain_time, HumanDuration::from_secs(10));
+        assert!(s.upgrade_modes.contains(&UpgradeMode::Restart));
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_probes_are_refused() {
+        assert!(serde_json::from_str::<Sidecar>(r#"{"name":"a","colour":1}"#).is_err());
+        let s: Sidecar =
+            serde_json::from_str(r#"{"name":"a","startup_probe":{"tcp":"x:1","http":"http://x"}}"#).unwrap();
+        assert_eq!(s.validate().unwrap_err().field, "startup_probe");
+    }
+
+    #[test]
+    fn modes_parse_in_kebab_case() {
+        assert_eq!("on-deploy".parse::<UpgradeMode>().unwrap(), UpgradeMode::OnDeploy);
+        assert!("sideways".parse::<UpgradeMode>().is_err());
+    }
+}
