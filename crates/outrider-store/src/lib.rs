@@ -1,0 +1,40 @@
+//! Outrider's store: one interface shaped after etcd's model — keys, one global revision,
+//! compare-and-swap transactions, watch from a revision — so backends are interchangeable.
+//!
+//! Architecture invariant: nothing outside this crate knows which engine holds the data.
+//! The embedded backend ([`RedbStore`]) keeps everything in one redb file in the data dir;
+//! a write is durable once [`Store::txn`] returns.
+
+mod error;
+mod redb_store;
+mod types;
+mod watch_hub;
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use futures::Stream;
+
+pub use error::StoreError;
+pub use redb_store::RedbStore;
+pub use types::{Compare, KeyValue, Op, Range, Txn, TxnResult, WatchBatch, WatchEvent};
+
+/// A stream of committed changes under a prefix, one batch per transaction, in revision order.
+/// It ends with [`StoreError::Compacted`] when the watcher fell too far behind: reread with
+/// [`Store::range`] and watch again from the revision it returned.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchBatch, StoreError>> + Send>>;
+
+/// The store interface every backend implements.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The value of `key`, if any.
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
+    /// Every key starting with `prefix`, in key order, and the revision of that snapshot.
+    async fn range(&self, prefix: &str) -> Result<Range, StoreError>;
+    /// Applies `txn.success` if every compare holds, else `txn.failure`, atomically.
+    async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError>;
+    /// Changes under `prefix` with revision `from_revision` or later (0: from now on).
+    async fn watch(&self, prefix: &str, from_revision: u64) -> Result<WatchStream, StoreError>;
+    /// The current revision.
+    async fn revision(&self) -> Result<u64, StoreError>;
+}
