@@ -115,8 +115,14 @@ impl Inner {
                             Some(raw) => decode(&key, raw.value())?.create_revision,
                             None => next,
                         };
-                        kv.insert(key.as_str(), encode(create, next, &value).as_slice()).map_err(StoreError::backend)?;
-                        events.push(WatchEvent::Put(KeyValue { key, value, create_revision: create, mod_revision: next }));
+                        kv.insert(key.as_str(), encode(create, next, &value).as_slice())
+                            .map_err(StoreError::backend)?;
+                        events.push(WatchEvent::Put(KeyValue {
+                            key,
+                            value,
+                            create_revision: create,
+                            mod_revision: next,
+                        }));
                     }
                     Op::Delete { key } => {
                         if kv.remove(key.as_str()).map_err(StoreError::backend)?.is_some() {

@@ -28,20 +28,17 @@ struct History {
 impl WatchHub {
     pub(crate) fn new(current_revision: u64, capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity.max(16));
-        Self {
-            inner: Mutex::new(History { batches: VecDeque::new(), capacity, base_revision: current_revision }),
-            tx,
-        }
+        Self { inner: Mutex::new(History { batches: VecDeque::new(), capacity, base_revision: current_revision }), tx }
     }
 
     /// Records a committed batch. Called in commit order, under the writer lock.
     pub(crate) fn publish(&self, batch: WatchBatch) {
         let batch = Arc::new(batch);
         let mut h = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if h.batches.len() == h.capacity {
-            if let Some(old) = h.batches.pop_front() {
-                h.base_revision = old.revision;
-            }
+        if h.batches.len() == h.capacity
+            && let Some(old) = h.batches.pop_front()
+        {
+            h.base_revision = old.revision;
         }
         h.batches.push_back(batch.clone());
         // No receivers is fine: nobody watches.

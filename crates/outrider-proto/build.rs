@@ -1,0 +1,8 @@
+//! Compiles the sync protocol with protox (pure Rust: no protoc needed).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/sync.proto");
+    let fds = protox::compile(["proto/sync.proto"], ["proto"])?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}

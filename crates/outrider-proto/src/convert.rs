@@ -1,0 +1,192 @@
+//! Conversions between wire messages and the domain model. Wire strings that the model does
+//! not know (a state, a mode) are refused, never guessed.
+
+use std::time::Duration;
+
+use outrider_model as m;
+use thiserror::Error;
+
+use crate::v1;
+
+/// A wire message that does not map onto the model.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("invalid {field}: {message}")]
+pub struct ConvertError {
+    /// Field concerned.
+    pub field: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn parse_json_enum<T: serde::de::DeserializeOwned>(field: &'static str, s: &str) -> Result<T, ConvertError> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| ConvertError { field, message: format!("unknown value {s:?}") })
+}
+
+fn ms(d: m::HumanDuration) -> u64 {
+    u64::try_from(d.0.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn dur(ms: u64) -> m::HumanDuration {
+    m::HumanDuration(Duration::from_millis(ms))
+}
+
+impl From<&m::SidecarStatus> for v1::SidecarStatus {
+    fn from(s: &m::SidecarStatus) -> Self {
+        Self {
+            name: s.name.clone(),
+            version: s.version.clone(),
+            state: s.state.to_string(),
+            pid: s.pid,
+            restarts: s.restarts,
+            exits: s.exits,
+            cpu_percent: s.cpu_percent,
+            rss_bytes: s.rss_bytes,
+            error: s.error.clone(),
+            metrics: s.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        }
+    }
+}
+
+impl TryFrom<v1::SidecarStatus> for m::SidecarStatus {
+    type Error = ConvertError;
+    fn try_from(s: v1::SidecarStatus) -> Result<Self, ConvertError> {
+        Ok(Self {
+            state: parse_json_enum("sidecar.state", &s.state)?,
+            name: s.name,
+            version: s.version,
+            pid: s.pid,
+            restarts: s.restarts,
+            exits: s.exits,
+            cpu_percent: if s.cpu_percent.is_finite() { s.cpu_percent } else { 0.0 },
+            rss_bytes: s.rss_bytes,
+            error: s.error,
+            metrics: s.metrics.into_iter().filter(|(_, v)| v.is_finite()).collect(),
+        })
+    }
+}
+
+impl From<&m::Probe> for v1::Probe {
+    fn from(p: &m::Probe) -> Self {
+        Self {
+            tcp: p.tcp.clone(),
+            http: p.http.clone(),
+            exec: p.exec.clone().unwrap_or_default(),
+            timeout_ms: ms(p.timeout),
+            period_ms: ms(p.period),
+            deadline_ms: ms(p.deadline),
+            failure_threshold: p.failure_threshold,
+        }
+    }
+}
+
+impl From<v1::Probe> for m::Probe {
+    fn from(p: v1::Probe) -> Self {
+        Self {
+            tcp: p.tcp,
+            http: p.http,
+            exec: (!p.exec.is_empty()).then_some(p.exec),
+            timeout: dur(p.timeout_ms.max(1)),
+            period: dur(p.period_ms.max(1)),
+            deadline: dur(p.deadline_ms),
+            failure_threshold: p.failure_threshold.max(1),
+        }
+    }
+}
+
+impl From<&m::DesiredSidecar> for v1::DesiredSidecar {
+    fn from(d: &m::DesiredSidecar) -> Self {
+        Self {
+            name: d.name.clone(),
+            version: d.version.clone(),
+            mode: d.mode.to_string(),
+            artifact_url: d.artifact.url.clone(),
+            artifact_sha256: d.artifact.sha256.clone(),
+            command: d.command.clone(),
+            env: d.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            startup_probe: d.startup_probe.as_ref().map(Into::into),
+            liveness_probe: d.liveness_probe.as_ref().map(Into::into),
+            drain_ms: ms(d.drain_time),
+        }
+    }
+}
+
+impl TryFrom<v1::DesiredSidecar> for m::DesiredSidecar {
+    type Error = ConvertError;
+    fn try_from(d: v1::DesiredSidecar) -> Result<Self, ConvertError> {
+        Ok(Self {
+            mode: parse_json_enum("sidecar.mode", &d.mode)?,
+            name: d.name,
+            version: d.version,
+            artifact: m::Artifact { url: d.artifact_url, sha256: d.artifact_sha256 },
+            command: d.command,
+            env: d.env.into_iter().collect(),
+            startup_probe: d.startup_probe.map(Into::into),
+            liveness_probe: d.liveness_probe.map(Into::into),
+            drain_time: dur(d.drain_ms),
+        })
+    }
+}
+
+impl From<&m::DesiredState> for v1::Desired {
+    fn from(d: &m::DesiredState) -> Self {
+        Self { revision: d.revision, sidecars: d.sidecars.iter().map(Into::into).collect() }
+    }
+}
+
+impl TryFrom<v1::Desired> for m::DesiredState {
+    type Error = ConvertError;
+    fn try_from(d: v1::Desired) -> Result<Self, ConvertError> {
+        Ok(Self {
+            revision: d.revision,
+            sidecars: d.sidecars.into_iter().map(TryInto::try_into).collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+impl v1::Register {
+    /// The instance labels carried by a registration.
+    pub fn instance_labels(&self) -> m::InstanceLabels {
+        m::InstanceLabels {
+            region: self.region.clone(),
+            env: self.env.clone(),
+            stage: self.stage.clone(),
+            color: self.color.clone(),
+            lane: self.lane.clone(),
+            labels: self.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn desired_state_round_trips() {
+        let d = m::DesiredState {
+            revision: 7,
+            sidecars: vec![m::DesiredSidecar {
+                name: "mesh".into(),
+                version: "1.0.0".into(),
+                mode: m::UpgradeMode::OnDeploy,
+                artifact: m::Artifact { url: "file:///x".into(), sha256: "a".repeat(64) },
+                command: vec!["${artifact}".into()],
+                env: [("PORT".to_owned(), "${label.port}".to_owned())].into(),
+                startup_probe: Some(m::Probe::http("http://127.0.0.1:${label.port}/healthz")),
+                liveness_probe: None,
+                drain_time: m::HumanDuration::from_secs(3),
+            }],
+        };
+        let wire = v1::Desired::from(&d);
+        assert_eq!(m::DesiredState::try_from(wire).unwrap(), d);
+    }
+
+    #[test]
+    fn unknown_wire_strings_are_refused() {
+        let s = v1::SidecarStatus { state: "dancing".into(), ..Default::default() };
+        assert_eq!(m::SidecarStatus::try_from(s).unwrap_err().field, "sidecar.state");
+        let d = v1::DesiredSidecar { mode: "sideways".into(), ..Default::default() };
+        assert_eq!(m::DesiredSidecar::try_from(d).unwrap_err().field, "sidecar.mode");
+    }
+}
