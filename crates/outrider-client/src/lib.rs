@@ -1,0 +1,32 @@
+//! Typed async client of the Outrider manager's REST API (`{manager}/api/v1`).
+//!
+//! Every tenant-scoped call takes the tenant as its first argument. Names are percent-encoded
+//! into their own path segment, so no name can reach another route. Failures are
+//! [`ClientError`]s: API errors carry the manager's `code` and `message`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), outrider_client::ClientError> {
+//! use outrider_client::Client;
+//! let token = Client::token_from(Some("/var/lib/outrider/admin.token".as_ref()), None)?;
+//! let client = Client::new("http://127.0.0.1:7070", token)?;
+//! for sidecar in client.list_sidecars("default").await? {
+//!     println!("{}", sidecar.name);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Architecture invariant: this crate knows the REST API's paths and shapes and nothing of the
+//! manager's internals; plain HTTP only (no TLS is compiled in).
+
+mod client;
+mod error;
+mod ndjson;
+mod path;
+#[cfg(test)]
+mod tests;
+mod types;
+
+pub use client::{Client, EventStream};
+pub use error::ClientError;
+pub use types::{Distribution, EventQuery, InstanceFilter, VersionCount};

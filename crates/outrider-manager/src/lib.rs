@@ -1,0 +1,24 @@
+//! Outrider's manager: the REST API, agent sync over gRPC on the same port, the catalog
+//! mirror that turns bindings into per-instance desired state, and the live fleet registry.
+//!
+//! Data flow: an API write is one store transaction (the object plus its event-log entry).
+//! The catalog watch sees the committed change, updates the in-memory catalog, and pushes
+//! new desired state to the connected agents of the affected services. Agents acknowledge
+//! revisions and report status; the fleet persists instance records write-behind.
+//!
+//! Architecture invariant: handlers never push to agents directly — only the catalog watch
+//! does, so what agents receive is always derived from committed store state.
+
+pub mod api;
+mod auth;
+mod catalog;
+mod error;
+pub mod fleet;
+mod keys;
+pub mod metrics;
+mod repo;
+mod server;
+mod sync;
+
+pub use error::ApiError;
+pub use server::{ManagerConfig, RunningManager, start};

@@ -84,8 +84,14 @@ mod tests {
             notes: String::new(),
         };
         let v = Version::new("mesh", nv, time::OffsetDateTime::UNIX_EPOCH);
-        let b = |s: &str, ver: &str, en: bool| Binding { sidecar: s.into(), enabled: en, version: ver.into(), mode: UpgradeMode::Restart };
-        let bindings = [b("mesh", "1.0.0", true), b("mesh", "9.9.9", true), b("logs", "1.0.0", true), b("mesh", "1.0.0", false)];
+        let b = |s: &str, ver: &str, en: bool| Binding {
+            sidecar: s.into(),
+            enabled: en,
+            version: ver.into(),
+            mode: UpgradeMode::Restart,
+        };
+        let bindings =
+            [b("mesh", "1.0.0", true), b("mesh", "9.9.9", true), b("logs", "1.0.0", true), b("mesh", "1.0.0", false)];
         let got = desired_for_service(
             &bindings,
             |n| (n == "mesh").then_some(&sc),

@@ -152,7 +152,8 @@ mod tests {
 
     #[test]
     fn labels_are_checked() {
-        let mut l = InstanceLabels { region: "boe".into(), env: "prod".into(), stage: "canary".into(), ..Default::default() };
+        let mut l =
+            InstanceLabels { region: "boe".into(), env: "prod".into(), stage: "canary".into(), ..Default::default() };
         l.validate().unwrap();
         l.env = "staging".into();
         assert_eq!(l.validate().unwrap_err().field, "env");

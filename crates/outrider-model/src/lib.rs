@@ -14,6 +14,7 @@ mod name;
 mod placeholder;
 mod service;
 mod sidecar;
+mod tenant;
 mod version;
 
 pub use binding::Binding;
@@ -26,6 +27,7 @@ pub use name::validate_name;
 pub use placeholder::{PlaceholderContext, expand};
 pub use service::{Priority, ProtectedPeriod, Service, ServiceUpdate};
 pub use sidecar::{Probe, ProbeCheck, Sidecar, UpgradeMode};
+pub use tenant::Tenant;
 pub use version::{Artifact, NewVersion, Version, VersionState, validate_version};
 
 /// The tenant every fresh installation starts with.

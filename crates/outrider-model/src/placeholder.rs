@@ -45,7 +45,8 @@ mod tests {
     use super::*;
 
     fn labels() -> InstanceLabels {
-        let mut l = InstanceLabels { region: "boe".into(), env: "prod".into(), stage: "canary".into(), ..Default::default() };
+        let mut l =
+            InstanceLabels { region: "boe".into(), env: "prod".into(), stage: "canary".into(), ..Default::default() };
         l.labels.insert("port".into(), "8080".into());
         l
     }

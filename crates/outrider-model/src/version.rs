@@ -82,7 +82,8 @@ impl NewVersion {
 
 /// Checks that `v` is a semantic version.
 pub fn validate_version(v: &str) -> Result<semver::Version, ValidationError> {
-    semver::Version::parse(v).map_err(|e| ValidationError::new("version", format!("{v:?} is not a semantic version: {e}")))
+    semver::Version::parse(v)
+        .map_err(|e| ValidationError::new("version", format!("{v:?} is not a semantic version: {e}")))
 }
 
 /// One release of a sidecar, as stored.
@@ -165,7 +166,10 @@ mod tests {
 
     #[test]
     fn server_managed_fields_are_unknown_in_a_new_version() {
-        let j = format!(r#"{{"version":"1.0.0","artifact":{{"url":"file:///x","sha256":"{}"}},"admitted":true}}"#, "a".repeat(64));
+        let j = format!(
+            r#"{{"version":"1.0.0","artifact":{{"url":"file:///x","sha256":"{}"}},"admitted":true}}"#,
+            "a".repeat(64)
+        );
         assert!(serde_json::from_str::<NewVersion>(&j).is_err());
     }
 }

@@ -1,1 +1,56 @@
-fn main() {}
+//! `outrider`: the manager (`server`), the per-instance `agent`, the simulated fleet (`sim`),
+//! the one-command `demo`, benchmarks (`bench`) and the operator CLI over the REST API.
+
+mod cli;
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Runs the sidecars of a service fleet and upgrades them safely.
+#[derive(Parser, Debug)]
+#[command(name = "outrider", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The manager: REST API, agent sync over gRPC, the store.
+    Server(cmd::server::ServerArgs),
+    #[command(flatten)]
+    Resource(cli::ResourceCommand),
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OUTRIDER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Server(args) => cmd::server::run(args).await,
+            Command::Resource(r) => cli::run(r).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

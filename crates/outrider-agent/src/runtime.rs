@@ -1,0 +1,17 @@
+//! The boundary between the sync layer and whatever runs the sidecars.
+
+use outrider_model::{DesiredSidecar, SidecarStatus};
+use tokio::sync::watch;
+
+/// Something that converges sidecars towards a desired set and reports how they are doing:
+/// the process [`Supervisor`](crate::supervisor::Supervisor) on a real host, a simulated
+/// runtime in `outrider sim`.
+pub trait Runtime: Send + Sync + 'static {
+    /// Hands over the complete desired set (sidecars not listed are to be stopped). Returns at
+    /// once; convergence happens in the background and shows in [`Runtime::status`].
+    fn apply(&self, desired: &[DesiredSidecar]);
+    /// The current status of every sidecar the runtime knows.
+    fn status(&self) -> Vec<SidecarStatus>;
+    /// Bumps whenever a status changes in a way worth reporting (state, version, pid, error).
+    fn changes(&self) -> watch::Receiver<u64>;
+}

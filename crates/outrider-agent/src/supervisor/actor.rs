@@ -1,0 +1,697 @@
+//! The per-sidecar actor: one task that owns a sidecar's process and converges it towards
+//! the desired sidecar it is fed, one level-triggered step at a time.
+//!
+//! Every wait of the actor also watches its channel, so a new target is acted on at once
+//! (a process being stopped is the exception: the stop completes first).
+//!
+//! Failure policy:
+//! - the artifact of a new version is fetched and its placeholders expanded *before* the old
+//!   process is touched; if that fails, the old process keeps running, the error is reported,
+//!   and the preparation is retried with backoff;
+//! - an unexpected exit (or a liveness kill) is followed by a restart after
+//!   `backoff.delay(consecutive failures - 1)`; a process that ran `stable_after` resets the
+//!   count; from `crash_loop_threshold` consecutive failures on, the sidecar is reported as
+//!   `crash_loop` until a process proves stable;
+//! - a sidecar that cannot start (artifact refused, bad placeholder, spawn error, startup
+//!   probe not passed in time) is `failed` and retried with the same backoff.
+//!
+//! The reported `error` is the last failure; it stays visible (also across a restart) until
+//! a process of the desired version has been ready for `stable_after`.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use outrider_model::{DesiredSidecar, HumanDuration, SidecarState};
+use tokio::{
+    sync::watch,
+    task::JoinHandle,
+    time::{Instant, sleep_until},
+};
+
+use super::{
+    Shared,
+    process::{self, Process, SpawnSpec},
+    record::Record,
+    resolve::{Identity, Resolved, ResolvedProbe, resolve},
+};
+
+/// What the actor is told to converge to. `seq` grows with every change, so that
+/// [`ActorHandle::stopped`] can tell a stop it asked for from an earlier one.
+#[derive(Debug, Clone, PartialEq)]
+struct Target {
+    seq: u64,
+    desired: Option<DesiredSidecar>,
+}
+
+/// The supervisor's end of an actor.
+pub(super) struct ActorHandle {
+    name: String,
+    tx: watch::Sender<Target>,
+    /// The `seq` of the latest `None` target the actor has fully carried out.
+    settled: watch::Receiver<u64>,
+    task: JoinHandle<()>,
+}
+
+impl ActorHandle {
+    /// The sidecar's name.
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Sets the target (`None`: stop and remove). Wakes the actor only if it changed.
+    /// Returns the target's sequence number, for [`Self::stopped`].
+    pub(super) fn set(&self, desired: Option<DesiredSidecar>) -> u64 {
+        let mut seq = 0;
+        self.tx.send_if_modified(|t| {
+            let changed = t.desired != desired;
+            if changed {
+                t.desired = desired;
+                t.seq += 1;
+            }
+            seq = t.seq;
+            changed
+        });
+        seq
+    }
+
+    /// Resolves once the actor has carried out a `None` target at least as recent as `seq`
+    /// (its process is down and its record deleted), or has ended.
+    pub(super) fn stopped(&self, seq: u64) -> impl Future<Output = ()> + Send + 'static {
+        let mut settled = self.settled.clone();
+        async move {
+            let _ = settled.wait_for(|s| *s >= seq).await;
+        }
+    }
+
+    /// Ends the task at once, leaving the process running.
+    pub(super) fn abort(&self) {
+        self.task.abort();
+    }
+}
+
+/// Starts an actor for a newly desired sidecar.
+pub(super) fn spawn(shared: Arc<Shared>, desired: DesiredSidecar) -> ActorHandle {
+    let name = desired.name.clone();
+    Actor::launch(shared, name, desired, None, 0, 0)
+}
+
+/// Starts an actor that watches an already running process (re-adopted from an earlier agent
+/// process). Until told otherwise, it keeps it running as recorded.
+pub(super) fn spawn_adopted(shared: Arc<Shared>, record: Record, group_leader: bool) -> ActorHandle {
+    let artifact_path = shared.cache.path_for(&record.desired.artifact.sha256);
+    let liveness = match resolve(&identity(&shared), &record.desired, &artifact_path) {
+        Ok(r) => r.liveness,
+        Err(e) => {
+            tracing::warn!(sidecar = %record.name, error = %e, "cannot expand the adopted sidecar's probes; no liveness checks");
+            None
+        }
+    };
+    let now = Instant::now();
+    let process = Process::Adopted {
+        pid: record.pid,
+        start_time: record.start_time_ticks,
+        group_leader,
+        poll: shared.config.adopted_poll_interval,
+    };
+    let current = Current {
+        process,
+        desired: record.desired.clone(),
+        artifact_path,
+        spawned_at: now,
+        ready: true,
+        stable: true,
+        startup: None,
+        next_probe_at: now + liveness.as_ref().map_or(Duration::ZERO, |l| l.period),
+        liveness,
+        liveness_failures: 0,
+    };
+    shared.board.update(&record.name, |s| {
+        s.version.clone_from(&record.version);
+        s.state = SidecarState::Running;
+        s.pid = Some(record.pid);
+        s.restarts = record.restarts;
+        s.exits = record.exits;
+        s.error = None;
+    });
+    Actor::launch(shared, record.name, record.desired, Some(current), record.restarts, record.exits)
+}
+
+fn identity(shared: &Shared) -> Identity<'_> {
+    Identity { instance: &shared.config.instance, service: &shared.config.service, labels: &shared.config.labels }
+}
+
+/// Whether going from `running` to `wanted` needs a new process (a new version, or another
+/// executable, command line or environment). Probe and drain-time changes do not.
+fn needs_restart(running: &DesiredSidecar, wanted: &DesiredSidecar) -> bool {
+    running.version != wanted.version
+        || running.artifact.sha256 != wanted.artifact.sha256
+        || running.command != wanted.command
+        || running.env != wanted.env
+}
+
+/// Whether the actor goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    /// The supervisor is gone.
+    Exit,
+}
+
+fn on_changed(r: Result<(), watch::error::RecvError>) -> Flow {
+    if r.is_ok() { Flow::Continue } else { Flow::Exit }
+}
+
+/// The process the actor runs now.
+struct Current {
+    process: Process,
+    /// What it was started from.
+    desired: DesiredSidecar,
+    artifact_path: PathBuf,
+    spawned_at: Instant,
+    /// Startup probe passed (or none).
+    ready: bool,
+    /// Has run `stable_after`.
+    stable: bool,
+    startup: Option<ResolvedProbe>,
+    liveness: Option<ResolvedProbe>,
+    next_probe_at: Instant,
+    liveness_failures: u32,
+}
+
+/// A version ready to be spawned: artifact in hand, placeholders expanded.
+struct Prepared {
+    artifact_path: PathBuf,
+    resolved: Resolved,
+}
+
+async fn prepare(shared: &Shared, d: &DesiredSidecar) -> Result<Prepared, String> {
+    let artifact_path = shared.cache.fetch(&d.artifact).await.map_err(|e| e.to_string())?;
+    let resolved = resolve(&identity(shared), d, &artifact_path)?;
+    Ok(Prepared { artifact_path, resolved })
+}
+
+/// One attempt of `probe` at `at`; never resolves without a probe.
+async fn run_probe(probe: Option<&ResolvedProbe>, at: Instant) -> Result<(), String> {
+    let Some(p) = probe else { return std::future::pending().await };
+    sleep_until(at).await;
+    crate::probe::run(p.check(), p.timeout).await
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What woke a supervising actor.
+enum Event {
+    Exited(String),
+    Probe(Result<(), String>),
+    Stable,
+}
+
+struct Actor {
+    name: String,
+    shared: Arc<Shared>,
+    rx: watch::Receiver<Target>,
+    settled: watch::Sender<u64>,
+    current: Option<Current>,
+    /// The target last acted on, to notice a new one.
+    last_target: Option<DesiredSidecar>,
+    /// Consecutive failures to keep the desired version running: unexpected exits, failed
+    /// startups, refused artifacts while nothing runs. Reset by a stable process or a new
+    /// target.
+    failures: u32,
+    /// Consecutive failures to prepare an upgrade while the old version runs.
+    upgrade_failures: u32,
+    /// No new attempt (start, or upgrade preparation) before this.
+    retry_at: Option<Instant>,
+    /// The next spawn replaces a process that failed: it counts as a restart.
+    restart_pending: bool,
+    restarts: u32,
+    exits: u32,
+}
+
+impl Actor {
+    fn launch(
+        shared: Arc<Shared>,
+        name: String,
+        desired: DesiredSidecar,
+        current: Option<Current>,
+        restarts: u32,
+        exits: u32,
+    ) -> ActorHandle {
+        let (tx, rx) = watch::channel(Target { seq: 0, desired: Some(desired) });
+        let (settled_tx, settled) = watch::channel(0);
+        let actor = Self {
+            name: name.clone(),
+            shared,
+            rx,
+            settled: settled_tx,
+            current,
+            last_target: None,
+            failures: 0,
+            upgrade_failures: 0,
+            retry_at: None,
+            restart_pending: false,
+            restarts,
+            exits,
+        };
+        let task = tokio::spawn(actor.run());
+        ActorHandle { name, tx, settled, task }
+    }
+
+    async fn run(mut self) {
+        loop {
+            let target = self.rx.borrow_and_update().clone();
+            let flow = match target.desired {
+                None => self.converge_to_nothing(target.seq).await,
+                Some(d) => {
+                    self.note_target(&d);
+                    self.converge_to(d).await
+                }
+            };
+            if flow == Flow::Exit {
+                return;
+            }
+        }
+    }
+
+    fn update(&self, edit: impl FnOnce(&mut outrider_model::SidecarStatus)) {
+        self.shared.board.update(&self.name, edit);
+    }
+
+    fn in_crash_loop(&self) -> bool {
+        self.failures >= self.shared.config.crash_loop_threshold.max(1)
+    }
+
+    /// The state to show for a process that runs.
+    fn running_state(&self, ready: bool) -> SidecarState {
+        match (self.in_crash_loop(), ready) {
+            (true, _) => SidecarState::CrashLoop,
+            (false, true) => SidecarState::Running,
+            (false, false) => SidecarState::Starting,
+        }
+    }
+
+    /// A different target than before wipes the failure history: a fixed version is tried
+    /// at once, not after the backoff its predecessor earned.
+    fn note_target(&mut self, d: &DesiredSidecar) {
+        if self.last_target.as_ref().is_some_and(|prev| needs_restart(prev, d)) {
+            self.failures = 0;
+            self.upgrade_failures = 0;
+            self.retry_at = None;
+        }
+        self.last_target = Some(d.clone());
+    }
+
+    /// Counts a failure and schedules the next attempt; returns the delay.
+    fn note_failure(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let delay = self.shared.config.backoff.delay(self.failures - 1);
+        self.retry_at = Some(Instant::now() + delay);
+        delay
+    }
+
+    async fn converge_to(&mut self, d: DesiredSidecar) -> Flow {
+        let Some(cur) = &self.current else { return self.start(d).await };
+        if needs_restart(&cur.desired, &d) {
+            return self.upgrade(d).await;
+        }
+        if cur.desired != d {
+            self.refresh(d);
+        }
+        self.supervise(None).await
+    }
+
+    /// Takes over probe and drain-time changes of the running version.
+    fn refresh(&mut self, d: DesiredSidecar) {
+        let shared = self.shared.clone();
+        let Some(cur) = self.current.as_mut() else { return };
+        if cur.desired.startup_probe != d.startup_probe || cur.desired.liveness_probe != d.liveness_probe {
+            match resolve(&identity(&shared), &d, &cur.artifact_path) {
+                Ok(r) => {
+                    if !cur.ready {
+                        cur.startup = r.startup;
+                    }
+                    cur.liveness = r.liveness;
+                    cur.liveness_failures = 0;
+                }
+                Err(e) => {
+                    tracing::warn!(sidecar = %self.name, error = %e, "cannot expand the new probes; keeping the old ones")
+                }
+            }
+        }
+        cur.desired = d;
+    }
+
+    /// Nothing runs: start `d` (once any backoff has passed).
+    async fn start(&mut self, d: DesiredSidecar) -> Flow {
+        if let Some(at) = self.retry_at
+            && Instant::now() < at
+        {
+            tokio::select! {
+                () = sleep_until(at) => {}
+                r = self.rx.changed() => return on_changed(r),
+            }
+        }
+        self.retry_at = None;
+        let state = if self.in_crash_loop() { SidecarState::CrashLoop } else { SidecarState::Starting };
+        self.update(|s| {
+            s.version.clone_from(&d.version);
+            s.state = state;
+            s.pid = None;
+        });
+        let shared = self.shared.clone();
+        let prepared = tokio::select! {
+            p = prepare(&shared, &d) => p,
+            r = self.rx.changed() => return on_changed(r),
+        };
+        match prepared {
+            Ok(p) => self.spawn_process(d, p).await,
+            Err(msg) => {
+                self.fail(&d, msg);
+                Flow::Continue
+            }
+        }
+    }
+
+    /// Reports that `d` cannot run and schedules a retry.
+    fn fail(&mut self, d: &DesiredSidecar, msg: String) {
+        let delay = self.note_failure();
+        tracing::warn!(sidecar = %self.name, version = %d.version, error = %msg, retry_in = ?delay, "sidecar cannot run");
+        self.update(|s| {
+            s.version.clone_from(&d.version);
+            s.state = SidecarState::Failed;
+            s.pid = None;
+            s.error = Some(msg);
+        });
+    }
+
+    async fn spawn_process(&mut self, d: DesiredSidecar, p: Prepared) -> Flow {
+        let shared = self.shared.clone();
+        let config = &shared.config;
+        let log_path = config.logs_dir().join(format!("{}.log", self.name));
+        let now_text =
+            time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        let spec = SpawnSpec {
+            argv: &p.resolved.argv,
+            env: &p.resolved.env,
+            outrider_env: [
+                ("OUTRIDER_INSTANCE", &config.instance),
+                ("OUTRIDER_SERVICE", &config.service),
+                ("OUTRIDER_SIDECAR", &self.name),
+                ("OUTRIDER_VERSION", &d.version),
+            ],
+            log_path: &log_path,
+            banner: format!("--- outrider {now_text}: starting {} version {}", self.name, d.version),
+        };
+        let (process, start_time) = match process::spawn(&spec).await {
+            Ok(started) => started,
+            Err(e) => {
+                let msg = format!("cannot start {:?}: {e}", p.resolved.argv[0]);
+                self.fail(&d, msg);
+                return Flow::Continue;
+            }
+        };
+        if std::mem::take(&mut self.restart_pending) {
+            self.restarts = self.restarts.saturating_add(1);
+        }
+        let pid = process.pid();
+        let record = Record {
+            name: self.name.clone(),
+            version: d.version.clone(),
+            pid,
+            start_time_ticks: start_time,
+            restarts: self.restarts,
+            exits: self.exits,
+            desired: d.clone(),
+        };
+        if let Err(e) = shared.records.save(&record).await {
+            tracing::warn!(sidecar = %self.name, error = %e, "cannot persist the sidecar record; a restarted agent will not re-adopt it");
+        }
+        let now = Instant::now();
+        let ready = p.resolved.startup.is_none();
+        let liveness_period = p.resolved.liveness.as_ref().map_or(Duration::ZERO, |l| l.period);
+        let state = self.running_state(ready);
+        let (restarts, exits) = (self.restarts, self.exits);
+        self.update(|s| {
+            s.version.clone_from(&d.version);
+            s.state = state;
+            s.pid = Some(pid);
+            s.restarts = restarts;
+            s.exits = exits;
+        });
+        tracing::info!(sidecar = %self.name, version = %d.version, pid, "sidecar started");
+        self.current = Some(Current {
+            process,
+            desired: d,
+            artifact_path: p.artifact_path,
+            spawned_at: now,
+            ready,
+            stable: false,
+            startup: p.resolved.startup,
+            liveness: p.resolved.liveness,
+            next_probe_at: if ready { now + liveness_period } else { now },
+            liveness_failures: 0,
+        });
+        Flow::Continue
+    }
+
+    /// A process runs but `d` wants another one. All upgrade modes restart for now: get the
+    /// new version ready, then stop the old process and start the new one.
+    async fn upgrade(&mut self, d: DesiredSidecar) -> Flow {
+        if let Some(at) = self.retry_at
+            && Instant::now() < at
+        {
+            return self.supervise(Some(at)).await;
+        }
+        self.retry_at = None;
+        let shared = self.shared.clone();
+        let Some(cur) = self.current.as_mut() else { return Flow::Continue };
+        let outcome = tokio::select! {
+            p = prepare(&shared, &d) => Ok(p),
+            r = self.rx.changed() => return on_changed(r),
+            how = cur.process.wait() => Err(how),
+        };
+        let prepared = match outcome {
+            Err(how) => {
+                self.on_exit(how).await;
+                return Flow::Continue;
+            }
+            Ok(Err(msg)) => {
+                self.upgrade_failures = self.upgrade_failures.saturating_add(1);
+                let delay = self.shared.config.backoff.delay(self.upgrade_failures - 1);
+                self.retry_at = Some(Instant::now() + delay);
+                tracing::warn!(sidecar = %self.name, version = %d.version, error = %msg, retry_in = ?delay,
+                    "cannot upgrade sidecar; the running version keeps running");
+                self.update(|s| s.error = Some(msg));
+                return Flow::Continue;
+            }
+            Ok(Ok(p)) => p,
+        };
+        let Some(mut old) = self.current.take() else { return Flow::Continue };
+        tracing::info!(sidecar = %self.name, from = %old.desired.version, to = %d.version, mode = %d.mode, pid = old.process.pid(),
+            "upgrading sidecar (stop, then start)");
+        self.update(|s| s.state = SidecarState::Upgrading);
+        let how = old.process.terminate(old.desired.drain_time.0).await;
+        tracing::info!(sidecar = %self.name, version = %old.desired.version, %how, "old version stopped");
+        if let Err(e) = shared.records.remove(&self.name).await {
+            tracing::warn!(sidecar = %self.name, error = %e, "cannot delete the sidecar record");
+        }
+        self.failures = 0;
+        self.upgrade_failures = 0;
+        self.restart_pending = false;
+        self.spawn_process(d, prepared).await
+    }
+
+    /// Watches the running process until something needs a decision: a new target, its
+    /// exit, a failed startup or liveness check, or `wake_at`.
+    async fn supervise(&mut self, wake_at: Option<Instant>) -> Flow {
+        let stable_after = self.shared.config.stable_after;
+        loop {
+            let Some(cur) = self.current.as_mut() else { return Flow::Continue };
+            let probe = if cur.ready { cur.liveness.as_ref() } else { cur.startup.as_ref() };
+            let probe_at = cur.next_probe_at;
+            let stable_at = (cur.ready && !cur.stable).then(|| cur.spawned_at + stable_after);
+            let event = tokio::select! {
+                biased;
+                r = self.rx.changed() => return on_changed(r),
+                how = cur.process.wait() => Event::Exited(how),
+                res = run_probe(probe, probe_at), if probe.is_some() => Event::Probe(res),
+                () = sleep_until_opt(stable_at), if stable_at.is_some() => Event::Stable,
+                () = sleep_until_opt(wake_at), if wake_at.is_some() => return Flow::Continue,
+            };
+            match event {
+                Event::Exited(how) => {
+                    self.on_exit(how).await;
+                    return Flow::Continue;
+                }
+                Event::Probe(res) => {
+                    if let Some(flow) = self.on_probe(res).await {
+                        return flow;
+                    }
+                }
+                Event::Stable => self.on_stable(),
+            }
+        }
+    }
+
+    /// The process is ready and has run `stable_after`: its predecessors' failures are
+    /// forgiven and the last error, kept visible until now, is cleared (unless an upgrade is
+    /// pending: its error stays until the upgrade succeeds).
+    fn on_stable(&mut self) {
+        let Some(cur) = self.current.as_mut() else { return };
+        cur.stable = true;
+        self.failures = 0;
+        let upgrade_pending = self.upgrade_failures > 0;
+        let state = self.running_state(true);
+        self.update(|s| {
+            s.state = state;
+            if !upgrade_pending {
+                s.error = None;
+            }
+        });
+    }
+
+    /// Acts on one probe result; `Some` when the process is gone and the caller must return.
+    async fn on_probe(&mut self, res: Result<(), String>) -> Option<Flow> {
+        let now = Instant::now();
+        let cur = self.current.as_mut()?;
+        if !cur.ready {
+            let startup = cur.startup.as_ref()?;
+            let deadline_at = cur.spawned_at + startup.deadline;
+            match res {
+                Ok(()) => {
+                    cur.ready = true;
+                    cur.next_probe_at = now + cur.liveness.as_ref().map_or(Duration::ZERO, |l| l.period);
+                    tracing::info!(sidecar = %self.name, version = %cur.desired.version, "sidecar passed its startup probe");
+                    let state = self.running_state(true);
+                    self.update(|s| s.state = state);
+                }
+                Err(e) if now >= deadline_at => {
+                    let deadline = HumanDuration(startup.deadline);
+                    let mut cur = self.current.take()?;
+                    let how = cur.process.kill().await;
+                    tracing::warn!(sidecar = %self.name, version = %cur.desired.version, %how, "startup probe did not pass in time; killed");
+                    self.remove_record().await;
+                    self.restart_pending = true;
+                    self.fail(&cur.desired, format!("startup probe did not pass within {deadline}: {e}"));
+                    return Some(Flow::Continue);
+                }
+                Err(e) => {
+                    tracing::debug!(sidecar = %self.name, error = %e, "startup probe not passed yet");
+                    cur.next_probe_at = (now + startup.period).min(deadline_at);
+                }
+            }
+            return None;
+        }
+        let liveness = cur.liveness.as_ref()?;
+        cur.next_probe_at = now + liveness.period;
+        match res {
+            Ok(()) => cur.liveness_failures = 0,
+            Err(e) => {
+                cur.liveness_failures += 1;
+                let failures = cur.liveness_failures;
+                tracing::warn!(sidecar = %self.name, error = %e, failures, "liveness probe failed");
+                if failures >= liveness.failure_threshold {
+                    cur.process.kill().await;
+                    self.on_exit(format!("liveness probe failed {failures} times in a row ({e}); killed")).await;
+                    return Some(Flow::Continue);
+                }
+            }
+        }
+        None
+    }
+
+    /// The process ended without being asked to: schedule a restart with backoff.
+    async fn on_exit(&mut self, how: String) {
+        let Some(cur) = self.current.take() else { return };
+        cur.process.kill_leftovers();
+        if cur.stable || (cur.ready && cur.spawned_at.elapsed() >= self.shared.config.stable_after) {
+            self.failures = 0;
+        }
+        self.exits = self.exits.saturating_add(1);
+        self.restart_pending = true;
+        let delay = self.note_failure();
+        self.remove_record().await;
+        let crash_loop = self.in_crash_loop();
+        tracing::warn!(sidecar = %self.name, version = %cur.desired.version, pid = cur.process.pid(), %how,
+            retry_in = ?delay, crash_loop, "sidecar exited unexpectedly");
+        let exits = self.exits;
+        self.update(|s| {
+            s.state = if crash_loop { SidecarState::CrashLoop } else { SidecarState::Starting };
+            s.pid = None;
+            s.exits = exits;
+            s.error = Some(how);
+        });
+    }
+
+    async fn remove_record(&self) {
+        if let Err(e) = self.shared.records.remove(&self.name).await {
+            tracing::warn!(sidecar = %self.name, error = %e, "cannot delete the sidecar record");
+        }
+    }
+
+    /// Not desired (any more): stop the process, forget the sidecar, wait for news.
+    async fn converge_to_nothing(&mut self, seq: u64) -> Flow {
+        if let Some(mut cur) = self.current.take() {
+            self.update(|s| s.state = SidecarState::Draining);
+            tracing::info!(sidecar = %self.name, version = %cur.desired.version, pid = cur.process.pid(), "stopping sidecar");
+            let how = cur.process.terminate(cur.desired.drain_time.0).await;
+            self.remove_record().await;
+            tracing::info!(sidecar = %self.name, %how, "sidecar stopped");
+        }
+        self.shared.board.remove(&self.name);
+        self.failures = 0;
+        self.upgrade_failures = 0;
+        self.retry_at = None;
+        self.restart_pending = false;
+        self.restarts = 0;
+        self.exits = 0;
+        self.last_target = None;
+        self.settled.send_replace(seq);
+        on_changed(self.rx.changed().await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outrider_model::{Artifact, UpgradeMode};
+
+    fn desired(version: &str) -> DesiredSidecar {
+        DesiredSidecar {
+            name: "mesh".into(),
+            version: version.into(),
+            mode: UpgradeMode::Restart,
+            artifact: Artifact { url: "file:///bin/sh".into(), sha256: "a".repeat(64) },
+            command: vec!["${artifact}".into()],
+            env: Default::default(),
+            startup_probe: None,
+            liveness_probe: None,
+            drain_time: HumanDuration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn only_identity_changes_need_a_new_process() {
+        let a = desired("1.0.0");
+        let mut b = a.clone();
+        b.drain_time = HumanDuration::from_secs(5);
+        b.mode = UpgradeMode::Hot;
+        b.liveness_probe = Some(outrider_model::Probe::http("http://x"));
+        b.artifact.url = "http://mirror/sh".into();
+        assert!(!needs_restart(&a, &b));
+        for change in [
+            |d: &mut DesiredSidecar| d.version = "2.0.0".into(),
+            |d: &mut DesiredSidecar| d.artifact.sha256 = "b".repeat(64),
+            |d: &mut DesiredSidecar| d.command.push("-x".into()),
+            |d: &mut DesiredSidecar| drop(d.env.insert("A".into(), "1".into())),
+        ] {
+            let mut c = a.clone();
+            change(&mut c);
+            assert!(needs_restart(&a, &c));
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Placeholder expansion of a desired sidecar for this instance: the command line, the
+//! environment and the probe targets, with `${artifact}` bound to the cached executable.
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use outrider_model::{DesiredSidecar, InstanceLabels, PlaceholderContext, Probe, ProbeCheck, expand};
+
+/// A desired sidecar with every placeholder expanded.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Resolved {
+    /// Program and arguments.
+    pub argv: Vec<String>,
+    /// The version's environment.
+    pub env: BTreeMap<String, String>,
+    /// Startup check.
+    pub startup: Option<ResolvedProbe>,
+    /// Liveness check.
+    pub liveness: Option<ResolvedProbe>,
+}
+
+/// A probe with its target expanded.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct ResolvedProbe {
+    check: OwnedCheck,
+    /// Time one attempt may take.
+    pub timeout: Duration,
+    /// Time between attempts.
+    pub period: Duration,
+    /// Startup only: time the sidecar has to pass.
+    pub deadline: Duration,
+    /// Liveness only: consecutive failures before the process is killed.
+    pub failure_threshold: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum OwnedCheck {
+    Tcp(String),
+    Http(String),
+    Exec(Vec<String>),
+}
+
+impl ResolvedProbe {
+    /// The check to hand to [`crate::probe::run`].
+    pub(super) fn check(&self) -> ProbeCheck<'_> {
+        match &self.check {
+            OwnedCheck::Tcp(a) => ProbeCheck::Tcp(a),
+            OwnedCheck::Http(u) => ProbeCheck::Http(u),
+            OwnedCheck::Exec(c) => ProbeCheck::Exec(c),
+        }
+    }
+}
+
+/// Who this instance is, for placeholders.
+pub(super) struct Identity<'a> {
+    pub instance: &'a str,
+    pub service: &'a str,
+    pub labels: &'a InstanceLabels,
+}
+
+/// Expands every placeholder of `d`; the error names the field and the placeholder.
+pub(super) fn resolve(who: &Identity<'_>, d: &DesiredSidecar, artifact: &Path) -> Result<Resolved, String> {
+    let artifact = artifact.to_str().ok_or_else(|| format!("artifact path {} is not UTF-8", artifact.display()))?;
+    let ctx = PlaceholderContext { instance: who.instance, service: who.service, labels: who.labels, artifact };
+    let x = |field: &str, s: &str| expand(s, &ctx).map_err(|e| format!("cannot expand {field}: {e}"));
+    let argv = d.command.iter().map(|s| x("command", s)).collect::<Result<Vec<_>, _>>()?;
+    if argv.first().is_none_or(|p| p.is_empty()) {
+        return Err("command is empty".into());
+    }
+    let env = d
+        .env
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), x(&format!("env.{k}"), v)?)))
+        .collect::<Result<BTreeMap<_, _>, String>>()?;
+    let probe = |field: &str, p: &Probe| -> Result<ResolvedProbe, String> {
+        let check = match p.check() {
+            Some(ProbeCheck::Tcp(a)) => OwnedCheck::Tcp(x(field, a)?),
+            Some(ProbeCheck::Http(u)) => OwnedCheck::Http(x(field, u)?),
+            Some(ProbeCheck::Exec(c)) => OwnedCheck::Exec(c.iter().map(|s| x(field, s)).collect::<Result<_, _>>()?),
+            None => return Err(format!("{field} must set exactly one of tcp, http, exec")),
+        };
+        Ok(ResolvedProbe {
+            check,
+            timeout: p.timeout.0,
+            period: p.period.0.max(Duration::from_millis(10)),
+            deadline: p.deadline.0,
+            failure_threshold: p.failure_threshold.max(1),
+        })
+    };
+    let startup = d.startup_probe.as_ref().map(|p| probe("startup_probe", p)).transpose()?;
+    let liveness = d.liveness_probe.as_ref().map(|p| probe("liveness_probe", p)).transpose()?;
+    Ok(Resolved { argv, env, startup, liveness })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outrider_model::{Artifact, HumanDuration, UpgradeMode};
+
+    fn desired() -> DesiredSidecar {
+        DesiredSidecar {
+            name: "mesh".into(),
+            version: "1.0.0".into(),
+            mode: UpgradeMode::Restart,
+            artifact: Artifact { url: "file:///bin/sh".into(), sha256: "a".repeat(64) },
+            command: vec!["${artifact}".into(), "--port=${label.port}".into()],
+            env: BTreeMap::from([("ID".into(), "${service}/${instance}".into())]),
+            startup_probe: Some(Probe::http("http://127.0.0.1:${label.port}/healthz")),
+            liveness_probe: None,
+            drain_time: HumanDuration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn expands_command_env_and_probes() {
+        let mut labels = InstanceLabels::default();
+        labels.labels.insert("port".into(), "8080".into());
+        let who = Identity { instance: "i-1", service: "checkout", labels: &labels };
+        let r = resolve(&who, &desired(), Path::new("/cache/abc")).unwrap();
+        assert_eq!(r.argv, ["/cache/abc", "--port=8080"]);
+        assert_eq!(r.env["ID"], "checkout/i-1");
+        assert_eq!(r.startup.unwrap().check(), ProbeCheck::Http("http://127.0.0.1:8080/healthz"));
+        assert!(r.liveness.is_none());
+    }
+
+    #[test]
+    fn a_missing_label_is_an_error_naming_it() {
+        let labels = InstanceLabels::default();
+        let who = Identity { instance: "i-1", service: "checkout", labels: &labels };
+        let err = resolve(&who, &desired(), Path::new("/cache/abc")).unwrap_err();
+        assert!(err.contains("command") && err.contains("port"), "{err}");
+    }
+}

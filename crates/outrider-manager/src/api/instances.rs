@@ -1,0 +1,18 @@
+use axum::{Json, extract::State};
+use outrider_model::Instance;
+
+use super::{
+    AppState,
+    extract::{ApiPath, ApiQuery},
+    require_tenant,
+};
+use crate::{ApiError, fleet::InstanceFilter};
+
+pub async fn list(
+    State(s): State<AppState>,
+    ApiPath(tenant): ApiPath<String>,
+    ApiQuery(filter): ApiQuery<InstanceFilter>,
+) -> Result<Json<Vec<Instance>>, ApiError> {
+    require_tenant(&s.repo, &tenant).await?;
+    Ok(Json(s.fleet.list(&tenant, &filter)))
+}

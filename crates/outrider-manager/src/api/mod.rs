@@ -1,0 +1,104 @@
+//! The REST API of PRODUCT.md §3: JSON over HTTP under `/api/v1`, bearer-authenticated.
+
+mod events;
+mod extract;
+mod health;
+mod instances;
+mod services;
+mod sidecars;
+mod tenants;
+
+use std::sync::{Arc, RwLock};
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, Request, State},
+    http::{HeaderValue, header::AUTHORIZATION},
+    middleware::{self, Next},
+    response::Response,
+    routing::{get, post, put},
+};
+use outrider_model::validate_name;
+
+use crate::{ApiError, auth::Auth, catalog::Catalog, fleet::Fleet, keys, metrics::Metrics, repo::Repo};
+
+/// Largest request body accepted (1 MiB).
+pub const MAX_BODY: usize = 1 << 20;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// Typed store access.
+    pub repo: Repo,
+    /// The live fleet.
+    pub fleet: Arc<Fleet>,
+    /// The catalog mirror.
+    pub catalog: Arc<RwLock<Catalog>>,
+    /// Token checks.
+    pub auth: Auth,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The authenticated caller, recorded as the actor of events.
+#[derive(Debug, Clone)]
+pub struct Actor(pub String);
+
+async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, ApiError> {
+    state.metrics.http_requests.inc();
+    let header = req.headers().get(AUTHORIZATION).map(HeaderValue::to_str).transpose().ok().flatten();
+    let actor = state.auth.check(header)?;
+    req.extensions_mut().insert(Actor(actor));
+    Ok(next.run(req).await)
+}
+
+/// Checks a tenant name and that the tenant exists.
+pub async fn require_tenant(repo: &Repo, tenant: &str) -> Result<(), ApiError> {
+    validate_name("tenant", tenant)?;
+    if repo.exists(&keys::tenant(tenant)).await? {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!("tenant {tenant:?}")))
+    }
+}
+
+async fn unknown_route() -> ApiError {
+    ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such API path")
+}
+
+async fn wrong_method() -> ApiError {
+    ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this path")
+}
+
+/// The REST router (without the gRPC service).
+pub fn router(state: AppState) -> Router {
+    let t = "/tenants/{tenant}";
+    let api = Router::new()
+        .route("/tenants", get(tenants::list).post(tenants::create))
+        .route(&format!("{t}/sidecars"), get(sidecars::list).post(sidecars::create))
+        .route(&format!("{t}/sidecars/{{sidecar}}"), get(sidecars::get_one))
+        .route(
+            &format!("{t}/sidecars/{{sidecar}}/versions"),
+            get(sidecars::list_versions).post(sidecars::create_version),
+        )
+        .route(&format!("{t}/sidecars/{{sidecar}}/versions/{{version}}"), get(sidecars::get_version))
+        .route(&format!("{t}/sidecars/{{sidecar}}/versions/{{version}}/admit"), post(sidecars::admit))
+        .route(&format!("{t}/sidecars/{{sidecar}}/versions/{{version}}/defective"), post(sidecars::defective))
+        .route(&format!("{t}/sidecars/{{sidecar}}/distribution"), get(sidecars::distribution))
+        .route(&format!("{t}/services"), get(services::list).post(services::create))
+        .route(&format!("{t}/services/{{service}}"), get(services::get_one).put(services::replace))
+        .route(&format!("{t}/services/{{service}}/sidecars"), get(services::list_bindings))
+        .route(&format!("{t}/services/{{service}}/sidecars/{{sidecar}}"), put(services::bind))
+        .route(&format!("{t}/instances"), get(instances::list))
+        .route(&format!("{t}/events"), get(events::list))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(DefaultBodyLimit::max(MAX_BODY));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .with_state(state)
+}

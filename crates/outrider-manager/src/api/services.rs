@@ -1,0 +1,168 @@
+use axum::{Extension, Json, extract::State, http::StatusCode};
+use outrider_model::{
+    Binding, Service, ServiceUpdate, Sidecar, Version, VersionState, validate_name, validate_version,
+};
+use outrider_store::{Compare, Op};
+
+use super::{
+    Actor, AppState,
+    extract::{ApiJson, ApiPath},
+    require_tenant,
+};
+use crate::{
+    ApiError, keys,
+    repo::{NewEvent, encode},
+};
+
+fn service_event(tenant: &str, kind: &'static str, actor: &str, svc: &Service) -> NewEvent {
+    NewEvent {
+        tenant: tenant.into(),
+        kind,
+        actor: actor.into(),
+        object: format!("service/{}", svc.name),
+        reason: String::new(),
+        detail: serde_json::to_value(svc).unwrap_or_default(),
+    }
+}
+
+pub async fn create(
+    State(s): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    ApiPath(tenant): ApiPath<String>,
+    ApiJson(body): ApiJson<Service>,
+) -> Result<(StatusCode, Json<Service>), ApiError> {
+    require_tenant(&s.repo, &tenant).await?;
+    body.validate()?;
+    let ev = service_event(&tenant, "service.created", &actor, &body);
+    let parents = [(keys::tenant(&tenant), format!("tenant {tenant:?}"))];
+    let what = format!("service {:?}", body.name);
+    s.repo.create(&keys::service(&tenant, &body.name), &body, &parents, &what, vec![ev]).await?;
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+pub async fn list(State(s): State<AppState>, ApiPath(tenant): ApiPath<String>) -> Result<Json<Vec<Service>>, ApiError> {
+    require_tenant(&s.repo, &tenant).await?;
+    Ok(Json(s.repo.list(&keys::services(&tenant)).await?))
+}
+
+async fn service_key(s: &AppState, tenant: &str, service: &str) -> Result<String, ApiError> {
+    require_tenant(&s.repo, tenant).await?;
+    validate_name("service", service)?;
+    Ok(keys::service(tenant, service))
+}
+
+pub async fn get_one(
+    State(s): State<AppState>,
+    ApiPath((tenant, service)): ApiPath<(String, String)>,
+) -> Result<Json<Service>, ApiError> {
+    let key = service_key(&s, &tenant, &service).await?;
+    let (v, _) = s.repo.get(&key).await?.ok_or_else(|| ApiError::not_found(format!("service {service:?}")))?;
+    Ok(Json(v))
+}
+
+pub async fn replace(
+    State(s): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    ApiPath((tenant, service)): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<ServiceUpdate>,
+) -> Result<Json<Service>, ApiError> {
+    let key = service_key(&s, &tenant, &service).await?;
+    let new = body.into_service(&service)?;
+    let what = format!("service {service:?}");
+    let v = s
+        .repo
+        .update(&key, &what, |v: &mut Service| {
+            *v = new.clone();
+            Ok(vec![service_event(&tenant, "service.updated", &actor, v)])
+        })
+        .await?;
+    Ok(Json(v))
+}
+
+pub async fn list_bindings(
+    State(s): State<AppState>,
+    ApiPath((tenant, service)): ApiPath<(String, String)>,
+) -> Result<Json<Vec<Binding>>, ApiError> {
+    let key = service_key(&s, &tenant, &service).await?;
+    if !s.repo.exists(&key).await? {
+        return Err(ApiError::not_found(format!("service {service:?}")));
+    }
+    Ok(Json(s.repo.list(&keys::bindings(&tenant, &service)).await?))
+}
+
+pub async fn bind(
+    State(s): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    ApiPath((tenant, service, sidecar)): ApiPath<(String, String, String)>,
+    ApiJson(mut body): ApiJson<Binding>,
+) -> Result<Json<Binding>, ApiError> {
+    let service_key = service_key(&s, &tenant, &service).await?;
+    validate_name("sidecar", &sidecar)?;
+    if !body.sidecar.is_empty() && body.sidecar != sidecar {
+        return Err(ApiError::invalid(format!(
+            "sidecar: body names {:?} but the path names {sidecar:?}",
+            body.sidecar
+        )));
+    }
+    body.sidecar = sidecar.clone();
+    validate_version(&body.version)?;
+    let sidecar_key = keys::sidecar(&tenant, &sidecar);
+    let version_key = keys::version(&tenant, &sidecar, &body.version);
+    let binding_key = keys::binding(&tenant, &service, &sidecar);
+    for _ in 0..5 {
+        let (_, svc_rev) = s
+            .repo
+            .get::<Service>(&service_key)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("service {service:?}")))?;
+        let (sc, sc_rev) = s
+            .repo
+            .get::<Sidecar>(&sidecar_key)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("sidecar {sidecar:?}")))?;
+        let (ver, ver_rev) = s
+            .repo
+            .get::<Version>(&version_key)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("version {} of sidecar {sidecar:?}", body.version)))?;
+        if ver.state != VersionState::Active {
+            return Err(ApiError::precondition(format!(
+                "version {} of sidecar {sidecar:?} is {:?} and cannot be bound",
+                body.version, ver.state
+            )));
+        }
+        if !sc.upgrade_modes.contains(&body.mode) {
+            return Err(ApiError::invalid(format!(
+                "mode: sidecar {sidecar:?} does not support {} (it supports {:?})",
+                body.mode, sc.upgrade_modes
+            )));
+        }
+        let old = s.repo.get::<Binding>(&binding_key).await?;
+        if old.as_ref().is_some_and(|(b, _)| *b == body) {
+            return Ok(Json(body));
+        }
+        let old_rev = old.as_ref().map_or(0, |(_, r)| *r);
+        let ev = NewEvent {
+            tenant: tenant.clone(),
+            kind: "binding.updated",
+            actor: actor.clone(),
+            object: format!("service/{service}/sidecar/{sidecar}"),
+            reason: String::new(),
+            detail: serde_json::json!({
+                "from": old.as_ref().map(|(b, _)| b),
+                "to": &body,
+            }),
+        };
+        let compare = vec![
+            Compare::unchanged(&service_key, svc_rev),
+            Compare::unchanged(&sidecar_key, sc_rev),
+            Compare::unchanged(&version_key, ver_rev),
+            Compare::unchanged(&binding_key, old_rev),
+        ];
+        let r = s.repo.commit(compare, vec![Op::put(&binding_key, encode(&body)?)], vec![ev]).await?;
+        if r.succeeded {
+            return Ok(Json(body));
+        }
+    }
+    Err(ApiError::conflict("the binding's service, sidecar or version is being changed concurrently; retry"))
+}

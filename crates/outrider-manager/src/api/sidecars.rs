@@ -1,0 +1,216 @@
+use axum::{Extension, Json, body::Bytes, extract::State, http::StatusCode};
+use outrider_model::{NewVersion, Sidecar, Version, VersionState, validate_name, validate_version};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::{
+    Actor, AppState,
+    extract::{ApiJson, ApiPath},
+    require_tenant,
+};
+use crate::{ApiError, keys, repo::NewEvent};
+
+fn event(tenant: &str, kind: &'static str, actor: &str, object: String, reason: String) -> NewEvent {
+    NewEvent { tenant: tenant.into(), kind, actor: actor.into(), object, reason, detail: serde_json::Value::Null }
+}
+
+pub async fn create(
+    State(s): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    ApiPath(tenant): ApiPath<String>,
+    ApiJson(body): ApiJson<Sidecar>,
+) -> Result<(StatusCode, Json<Sidecar>), ApiError> {
+    require_tenant(&s.repo, &tenant).await?;
+    body.validate()?;
+    let ev = event(&tenant, "sidecar.created", &actor, format!("sidecar/{}", body.name), String::new());
+    let parents = [(keys::tenant(&tenant), format!("tenant {tenant:?}"))];
+    let what = format!("sidecar {:?}", body.name);
+    s.repo.create(&keys::sidecar(&tenant, &body.name), &body, &parents, &what, vec![ev]).await?;
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+pub async fn list(State(s): State<AppState>, ApiPath(tenant): ApiPath<String>) -> Result<Json<Vec<Sidecar>>, ApiError> {
+    require_tenant(&s.repo, &tenant).await?;
+    Ok(Json(s.repo.list(&keys::sidecars(&tenant)).await?))
+}
+
+pub async fn get_one(
+    State(s): State<AppState>,
+    ApiPath((tenant, sidecar)): ApiPath<(String, String)>,
+) -> Result<Json<Sidecar>, ApiError> {
+    require_tenant(&s.repo, &tenant).await?;
+    validate_name("sidecar", &sidecar)?;
+    let (v, _) = s.repo.get(&keys::sidecar(&tenant, &sidecar)).await?.ok_or_else(|| not_found_sidecar(&sidecar))?;
+    Ok(Json(v))
+}
+
+fn not_found_sidecar(sidecar: &str) -> ApiError {
+    ApiError::not_found(format!("sidecar {sidecar:?}"))
+}
+
+pub async fn create_version(
+    State(s): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    ApiPath((tenant, sidecar)): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<NewVersion>,
+) -> Result<(StatusCode, Json<Version>), ApiError> {
+    require_tenant(&s.repo, &tenant).await?;
+    validate_name("sidecar", &sidecar)?;
+    body.validate()?;
+    let v = Version::new(&sidecar, body, OffsetDateTime::now_utc());
+    let ev =
+        event(&tenant, "version.created", &actor, format!("sidecar/{sidecar}/version/{}", v.version), v.notes.clone());
+    let parents = [(keys::sidecar(&tenant, &sidecar), format!("sidecar {sidecar:?}"))];
+    let what = format!("version {} of sidecar {sidecar:?}", v.version);
+    s.repo.create(&keys::version(&tenant, &sidecar, &v.version), &v, &parents, &what, vec![ev]).await?;
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+pub async fn list_versions(
+    State(s): State<AppState>,
+    ApiPath((tenant, sidecar)): ApiPath<(String, String)>,
+) -> Result<Json<Vec<Version>>, ApiError> {
+    require_tenant(&s.repo, &tenant).await?;
+    validate_name("sidecar", &sidecar)?;
+    if !s.repo.exists(&keys::sidecar(&tenant, &sidecar)).await? {
+        return Err(not_found_sidecar(&sidecar));
+    }
+    let mut versions: Vec<Version> = s.repo.list(&keys::versions(&tenant, &sidecar)).await?;
+    versions.sort_by(|a, b| semver::Version::parse(&b.version).ok().cmp(&semver::Version::parse(&a.version).ok()));
+    Ok(Json(versions))
+}
+
+async fn version_key(s: &AppState, tenant: &str, sidecar: &str, version: &str) -> Result<String, ApiError> {
+    require_tenant(&s.repo, tenant).await?;
+    validate_name("sidecar", sidecar)?;
+    validate_version(version)?;
+    Ok(keys::version(tenant, sidecar, version))
+}
+
+pub async fn get_version(
+    State(s): State<AppState>,
+    ApiPath((tenant, sidecar, version)): ApiPath<(String, String, String)>,
+) -> Result<Json<Version>, ApiError> {
+    let key = version_key(&s, &tenant, &sidecar, &version).await?;
+    let (v, _) = s
+        .repo
+        .get(&key)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("version {version} of sidecar {sidecar:?}")))?;
+    Ok(Json(v))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AdmitBody {
+    #[serde(default)]
+    evidence: serde_json::Value,
+}
+
+/// Parses an optional JSON body (empty means defaults).
+fn optional_body<T: serde::de::DeserializeOwned + Default>(raw: &Bytes) -> Result<T, ApiError> {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(raw).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))
+}
+
+pub async fn admit(
+    State(s): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    ApiPath((tenant, sidecar, version)): ApiPath<(String, String, String)>,
+    raw: Bytes,
+) -> Result<Json<Version>, ApiError> {
+    let body: AdmitBody = optional_body(&raw)?;
+    let key = version_key(&s, &tenant, &sidecar, &version).await?;
+    let what = format!("version {version} of sidecar {sidecar:?}");
+    let v = s
+        .repo
+        .update(&key, &what, |v: &mut Version| {
+            if v.state != VersionState::Active {
+                return Err(ApiError::precondition(format!(
+                    "{what} is {:?}; only active versions can be admitted",
+                    v.state
+                )));
+            }
+            v.admitted = true;
+            v.admission_evidence = body.evidence.clone();
+            let mut ev = event(
+                &tenant,
+                "version.admitted",
+                &actor,
+                format!("sidecar/{sidecar}/version/{version}"),
+                String::new(),
+            );
+            ev.detail = serde_json::json!({"evidence": body.evidence});
+            Ok(vec![ev])
+        })
+        .await?;
+    Ok(Json(v))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefectBody {
+    reason: String,
+}
+
+pub async fn defective(
+    State(s): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    ApiPath((tenant, sidecar, version)): ApiPath<(String, String, String)>,
+    ApiJson(body): ApiJson<DefectBody>,
+) -> Result<Json<Version>, ApiError> {
+    if body.reason.trim().is_empty() {
+        return Err(ApiError::invalid("reason: say why the version is defective"));
+    }
+    let key = version_key(&s, &tenant, &sidecar, &version).await?;
+    let what = format!("version {version} of sidecar {sidecar:?}");
+    let v = s
+        .repo
+        .update(&key, &what, |v: &mut Version| {
+            v.state = VersionState::Defective;
+            v.defect_reason = Some(body.reason.clone());
+            Ok(vec![event(
+                &tenant,
+                "version.defective",
+                &actor,
+                format!("sidecar/{sidecar}/version/{version}"),
+                body.reason.clone(),
+            )])
+        })
+        .await?;
+    Ok(Json(v))
+}
+
+/// Instances per running version of one sidecar.
+#[derive(Debug, Serialize)]
+pub struct Distribution {
+    sidecar: String,
+    total: u64,
+    versions: Vec<VersionCount>,
+}
+
+#[derive(Debug, Serialize)]
+struct VersionCount {
+    version: String,
+    instances: u64,
+}
+
+pub async fn distribution(
+    State(s): State<AppState>,
+    ApiPath((tenant, sidecar)): ApiPath<(String, String)>,
+) -> Result<Json<Distribution>, ApiError> {
+    require_tenant(&s.repo, &tenant).await?;
+    validate_name("sidecar", &sidecar)?;
+    if !s.repo.exists(&keys::sidecar(&tenant, &sidecar)).await? {
+        return Err(not_found_sidecar(&sidecar));
+    }
+    let versions: Vec<VersionCount> = s
+        .fleet
+        .distribution(&tenant, &sidecar)
+        .into_iter()
+        .map(|(version, instances)| VersionCount { version, instances })
+        .collect();
+    Ok(Json(Distribution { total: versions.iter().map(|v| v.instances).sum(), sidecar, versions }))
+}

@@ -1,0 +1,45 @@
+use axum::{Extension, Json, extract::State, http::StatusCode};
+use outrider_model::{Tenant, validate_name};
+use outrider_store::Compare;
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use super::{Actor, AppState, extract::ApiJson};
+use crate::{
+    ApiError, keys,
+    repo::{NewEvent, encode},
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    name: String,
+}
+
+pub async fn list(State(s): State<AppState>) -> Result<Json<Vec<Tenant>>, ApiError> {
+    Ok(Json(s.repo.list(keys::TENANTS).await?))
+}
+
+pub async fn create(
+    State(s): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    ApiJson(body): ApiJson<NewTenant>,
+) -> Result<(StatusCode, Json<Tenant>), ApiError> {
+    validate_name("name", &body.name)?;
+    let tenant = Tenant { name: body.name, created_at: OffsetDateTime::now_utc() };
+    let key = keys::tenant(&tenant.name);
+    let event = NewEvent {
+        tenant: tenant.name.clone(),
+        kind: "tenant.created",
+        actor,
+        object: format!("tenant/{}", tenant.name),
+        reason: String::new(),
+        detail: serde_json::Value::Null,
+    };
+    let put = outrider_store::Op::put(key.clone(), encode(&tenant)?);
+    let r = s.repo.commit(vec![Compare::absent(key)], vec![put], vec![event]).await?;
+    if !r.succeeded {
+        return Err(ApiError::conflict(format!("tenant {:?} already exists", tenant.name)));
+    }
+    Ok((StatusCode::CREATED, Json(tenant)))
+}

@@ -1,0 +1,165 @@
+//! An in-memory mirror of the catalog (tenants, sidecars, versions, services, bindings),
+//! fed by the store watch, from which desired state is computed without store reads.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use outrider_model::{Binding, DesiredSidecar, Service, Sidecar, Version, desired_for_service};
+use outrider_store::{KeyValue, WatchEvent};
+
+use crate::keys::{self, CatalogKey};
+
+/// One tenant's catalog.
+#[derive(Debug, Default)]
+pub struct TenantCatalog {
+    sidecars: HashMap<String, Sidecar>,
+    versions: HashMap<(String, String), Version>,
+    services: HashMap<String, Service>,
+    /// service → sidecar → binding.
+    bindings: HashMap<String, BTreeMap<String, Binding>>,
+}
+
+impl TenantCatalog {
+    /// Whether the service exists.
+    pub fn has_service(&self, service: &str) -> bool {
+        self.services.contains_key(service)
+    }
+
+    /// Desired sidecars of every instance of `service`, from its bindings.
+    pub fn desired_for_service(&self, service: &str) -> Vec<DesiredSidecar> {
+        let Some(bindings) = self.bindings.get(service) else { return Vec::new() };
+        desired_for_service(
+            bindings.values(),
+            |s| self.sidecars.get(s),
+            |s, v| self.versions.get(&(s.to_owned(), v.to_owned())),
+        )
+    }
+
+    /// The desired sidecar for `sidecar` at `version`, with the given binding's mode.
+    pub fn desired_at_version(&self, base: &DesiredSidecar, version: &str) -> Option<DesiredSidecar> {
+        let v = self.versions.get(&(base.name.clone(), version.to_owned()))?;
+        Some(DesiredSidecar {
+            version: v.version.clone(),
+            artifact: v.artifact.clone(),
+            command: v.command.clone(),
+            env: v.env.clone(),
+            ..base.clone()
+        })
+    }
+
+    /// Services that bind `sidecar`.
+    fn services_binding(&self, sidecar: &str) -> impl Iterator<Item = &String> {
+        self.bindings.iter().filter(|(_, b)| b.contains_key(sidecar)).map(|(s, _)| s)
+    }
+}
+
+/// The whole catalog, as of a store revision.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    tenants: HashMap<String, TenantCatalog>,
+    /// Revision of the last change applied.
+    pub revision: u64,
+}
+
+/// A (tenant, service) pair whose desired state may have changed.
+pub type ServiceRef = (String, String);
+
+impl Catalog {
+    /// A tenant's catalog.
+    pub fn tenant(&self, t: &str) -> Option<&TenantCatalog> {
+        self.tenants.get(t)
+    }
+
+    /// Loads one key from a full read.
+    pub fn load(&mut self, kv: &KeyValue) {
+        self.put(kv);
+    }
+
+    /// Applies a watched change; returns the services whose desired state may have changed.
+    pub fn apply(&mut self, event: &WatchEvent, touched: &mut BTreeSet<ServiceRef>) {
+        match event {
+            WatchEvent::Put(kv) => {
+                self.mark(&kv.key, touched);
+                self.put(kv);
+                self.mark(&kv.key, touched);
+            }
+            WatchEvent::Delete { key, .. } => {
+                self.mark(key, touched);
+                self.remove(key);
+            }
+        }
+    }
+
+    fn mark(&self, key: &str, touched: &mut BTreeSet<ServiceRef>) {
+        let Some(k) = keys::parse_catalog(key) else { return };
+        let (tenant, sidecar) = match k {
+            CatalogKey::Binding { tenant, service, .. } => {
+                touched.insert((tenant.to_owned(), service.to_owned()));
+                return;
+            }
+            CatalogKey::Service { .. } => return,
+            CatalogKey::Sidecar { tenant, sidecar } | CatalogKey::Version { tenant, sidecar, .. } => (tenant, sidecar),
+        };
+        if let Some(tc) = self.tenants.get(tenant) {
+            touched.extend(tc.services_binding(sidecar).map(|s| (tenant.to_owned(), s.clone())));
+        }
+    }
+
+    fn put(&mut self, kv: &KeyValue) {
+        if let Some(t) = kv.key.strip_prefix(keys::TENANTS) {
+            self.tenants.entry(t.to_owned()).or_default();
+            return;
+        }
+        let Some(k) = keys::parse_catalog(&kv.key) else { return };
+        let parse_err = |e: serde_json::Error| tracing::error!(key = %kv.key, error = %e, "unreadable catalog value");
+        match k {
+            CatalogKey::Sidecar { tenant, sidecar } => match serde_json::from_slice(&kv.value) {
+                Ok(v) => {
+                    self.tenants.entry(tenant.to_owned()).or_default().sidecars.insert(sidecar.to_owned(), v);
+                }
+                Err(e) => parse_err(e),
+            },
+            CatalogKey::Version { tenant, sidecar, version } => match serde_json::from_slice(&kv.value) {
+                Ok(v) => {
+                    let tc = self.tenants.entry(tenant.to_owned()).or_default();
+                    tc.versions.insert((sidecar.to_owned(), version.to_owned()), v);
+                }
+                Err(e) => parse_err(e),
+            },
+            CatalogKey::Service { tenant, service } => match serde_json::from_slice(&kv.value) {
+                Ok(v) => {
+                    self.tenants.entry(tenant.to_owned()).or_default().services.insert(service.to_owned(), v);
+                }
+                Err(e) => parse_err(e),
+            },
+            CatalogKey::Binding { tenant, service, sidecar } => match serde_json::from_slice(&kv.value) {
+                Ok(v) => {
+                    let tc = self.tenants.entry(tenant.to_owned()).or_default();
+                    tc.bindings.entry(service.to_owned()).or_default().insert(sidecar.to_owned(), v);
+                }
+                Err(e) => parse_err(e),
+            },
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(t) = key.strip_prefix(keys::TENANTS) {
+            self.tenants.remove(t);
+            return;
+        }
+        let Some(k) = keys::parse_catalog(key) else { return };
+        match k {
+            CatalogKey::Sidecar { tenant, sidecar } => {
+                self.tenants.get_mut(tenant).map(|t| t.sidecars.remove(sidecar));
+            }
+            CatalogKey::Version { tenant, sidecar, version } => {
+                self.tenants.get_mut(tenant).map(|t| t.versions.remove(&(sidecar.to_owned(), version.to_owned())));
+            }
+            CatalogKey::Service { tenant, service } => {
+                self.tenants.get_mut(tenant).map(|t| t.services.remove(service));
+            }
+            CatalogKey::Binding { tenant, service, sidecar } => {
+                self.tenants.get_mut(tenant).and_then(|t| t.bindings.get_mut(service)).map(|b| b.remove(sidecar));
+            }
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! The live fleet: every registered instance, its connection, what it reports, and the
+//! desired state last pushed to it. Instance records are persisted write-behind, in batches,
+//! so thousands of agents reporting at once cost a few store transactions, not thousands.
+
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use outrider_model::{
+    DesiredSidecar, DesiredState, Instance, InstanceLabels, SidecarStatus, UpgradeMode, validate_name,
+};
+use outrider_store::Op;
+use time::OffsetDateTime;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    ApiError,
+    catalog::{Catalog, ServiceRef, TenantCatalog},
+    keys,
+    metrics::Metrics,
+    repo::{NewEvent, Repo, encode},
+};
+
+type InstanceRef = (String, String);
+
+/// What an agent says when it registers.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// Tenant.
+    pub tenant: String,
+    /// Instance id.
+    pub instance: String,
+    /// Service.
+    pub service: String,
+    /// Labels.
+    pub labels: InstanceLabels,
+    /// Deploy id.
+    pub deploy_id: String,
+    /// What it runs now.
+    pub sidecars: Vec<SidecarStatus>,
+}
+
+/// A live sync stream of one instance.
+#[derive(Debug)]
+pub struct Connection {
+    /// Identifies this stream among reconnects of the same instance.
+    pub id: u64,
+    /// Desired state pushes (latest value wins: snapshots, never deltas).
+    pub desired: watch::Receiver<Arc<DesiredState>>,
+    /// Whether this registration counted as a deploy.
+    pub deploy: bool,
+}
+
+struct Entry {
+    record: Instance,
+    conn: Option<(u64, watch::Sender<Arc<DesiredState>>)>,
+}
+
+#[derive(Default)]
+struct Inner {
+    instances: HashMap<InstanceRef, Entry>,
+    by_service: HashMap<ServiceRef, BTreeSet<String>>,
+    dirty: HashSet<InstanceRef>,
+    events: Vec<NewEvent>,
+    next_conn: u64,
+}
+
+/// The registry of instances.
+pub struct Fleet {
+    inner: Mutex<Inner>,
+    flush: Notify,
+    metrics: Arc<Metrics>,
+}
+
+/// Filters of `GET /instances`.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceFilter {
+    /// Service name.
+    pub service: Option<String>,
+    /// Runs this sidecar.
+    pub sidecar: Option<String>,
+    /// Runs this version (of `sidecar`, or of any sidecar).
+    pub version: Option<String>,
+    /// Region.
+    pub region: Option<String>,
+    /// Env.
+    pub env: Option<String>,
+    /// Stage.
+    pub stage: Option<String>,
+}
+
+impl InstanceFilter {
+    fn matches(&self, i: &Instance) -> bool {
+        let eq = |f: &Option<String>, v: &str| f.as_deref().is_none_or(|f| f == v);
+        let sidecar_ok = match (&self.sidecar, &self.version) {
+            (None, None) => true,
+            (s, v) => i.sidecars.iter().any(|sc| eq(s, &sc.name) && eq(v, &sc.version)),
+        };
+        eq(&self.service, &i.service)
+            && eq(&self.region, &i.labels.region)
+            && eq(&self.env, &i.labels.env)
+            && eq(&self.stage, &i.labels.stage)
+            && sidecar_ok
+    }
+}
+
+/// Desired sidecars of one instance. `on-deploy` bindings keep the version the instance was
+/// last told (or runs) until it deploys.
+fn instance_desired(
+    tc: &TenantCatalog,
+    record: &Instance,
+    previous: Option<&DesiredState>,
+    deploy: bool,
+) -> Vec<DesiredSidecar> {
+    let mut out = tc.desired_for_service(&record.service);
+    if deploy {
+        return out;
+    }
+    for d in out.iter_mut().filter(|d| d.mode == UpgradeMode::OnDeploy) {
+        let told = previous.and_then(|p| p.sidecars.iter().find(|s| s.name == d.name)).map(|s| s.version.as_str());
+        let runs = record.sidecars.iter().find(|s| s.name == d.name).map(|s| s.version.as_str());
+        if let Some(keep) = told.or(runs)
+            && keep != d.version
+            && let Some(kept) = tc.desired_at_version(d, keep)
+        {
+            *d = kept;
+        }
+    }
+    out
+}
+
+fn material(a: &[SidecarStatus], b: &[SidecarStatus]) -> bool {
+    a.len() != b.len()
+        || a.iter().zip(b).any(|(x, y)| {
+            (&x.name, &x.version, x.state, x.pid, x.restarts, &x.error)
+                != (&y.name, &y.version, y.state, y.pid, y.restarts, &y.error)
+        })
+}
+
+impl Fleet {
+    /// An empty fleet.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { inner: Mutex::new(Inner::default()), flush: Notify::new(), metrics }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads persisted instance records (all disconnected until their agents come back).
+    pub fn load(&self, records: Vec<StoredInstance>) {
+        let mut g = self.lock();
+        for StoredInstance { tenant, instance: mut record } in records {
+            record.connected = false;
+            let key = (tenant, record.id.clone());
+            g.by_service.entry((key.0.clone(), record.service.clone())).or_default().insert(record.id.clone());
+            g.instances.insert(key, Entry { record, conn: None });
+        }
+    }
+
+    /// Registers an instance's sync stream and computes its first desired state.
+    pub fn connect(&self, reg: Registration, catalog: &Catalog) -> Result<Connection, ApiError> {
+        validate_name("instance", &reg.instance)?;
+        reg.labels.validate()?;
+        let tc = catalog.tenant(&reg.tenant).ok_or_else(|| ApiError::not_found(format!("tenant {:?}", reg.tenant)))?;
+        if !tc.has_service(&reg.service) {
+            return Err(ApiError::not_found(format!("service {:?} in tenant {:?}", reg.service, reg.tenant)));
+        }
+        let now = OffsetDateTime::now_utc();
+        let key = (reg.tenant.clone(), reg.instance.clone());
+        let mut g = self.lock();
+        g.next_conn += 1;
+        let conn_id = g.next_conn;
+        let previous = g.instances.remove(&key);
+        let deploy = previous.as_ref().is_none_or(|p| p.record.deploy_id != reg.deploy_id);
+        if let Some(p) = &previous
+            && p.record.service != reg.service
+            && let Some(ids) = g.by_service.get_mut(&(reg.tenant.clone(), p.record.service.clone()))
+        {
+            ids.remove(&reg.instance);
+        }
+        let last_told = previous.as_ref().and_then(|p| p.conn.as_ref()).map(|(_, tx)| tx.borrow().clone());
+        let record = Instance {
+            id: reg.instance.clone(),
+            service: reg.service.clone(),
+            labels: reg.labels,
+            deploy_id: reg.deploy_id.clone(),
+            connected: true,
+            last_seen: now,
+            desired_revision: catalog.revision,
+            acked_revision: previous.as_ref().map_or(0, |p| p.record.acked_revision),
+            sidecars: reg.sidecars,
+        };
+        let desired = DesiredState {
+            revision: catalog.revision,
+            sidecars: instance_desired(tc, &record, last_told.as_deref(), deploy),
+        };
+        let (tx, rx) = watch::channel(Arc::new(desired));
+        g.by_service.entry((reg.tenant.clone(), reg.service.clone())).or_default().insert(reg.instance.clone());
+        if deploy {
+            g.events.push(NewEvent {
+                tenant: reg.tenant.clone(),
+                kind: "instance.deployed",
+                actor: format!("agent:{}", reg.instance),
+                object: format!("instance/{}", reg.instance),
+                reason: if previous.is_some() { "new deploy id".into() } else { "new instance".into() },
+                detail: serde_json::json!({"service": reg.service, "deploy_id": reg.deploy_id}),
+            });
+        }
+        g.instances.insert(key.clone(), Entry { record, conn: Some((conn_id, tx)) });
+        g.dirty.insert(key);
+        drop(g);
+        self.metrics.agents_connected.inc();
+        self.flush.notify_one();
+        Ok(Connection { id: conn_id, desired: rx, deploy })
+    }
+
+    fn with_conn(&self, tenant: &str, id: &str, conn: u64, f: impl FnOnce(&mut Instance) -> bool) {
+        let mut g = self.lock();
+        let key = (tenant.to_owned(), id.to_owned());
+        let Some(e) = g.instances.get_mut(&key) else { return };
+        if e.conn.as_ref().map(|c| c.0) != Some(conn) {
+            return;
+        }
+        e.record.last_seen = OffsetDateTime::now_utc();
+        if f(&mut e.record) {
+            g.dirty.insert(key);
+            drop(g);
+            self.flush.notify_one();
+        }
+    }
+
+    /// Records that the instance applied `revision`.
+    pub fn ack(&self, tenant: &str, id: &str, conn: u64, revision: u64) {
+        self.with_conn(tenant, id, conn, |r| {
+            let changed = r.acked_revision != revision;
+            r.acked_revision = revision;
+            changed
+        });
+    }
+
+    /// Records what the instance runs.
+    pub fn report(&self, tenant: &str, id: &str, conn: u64, sidecars: Vec<SidecarStatus>) {
+        self.with_conn(tenant, id, conn, |r| {
+            let changed = material(&r.sidecars, &sidecars);
+            r.sidecars = sidecars;
+            changed
+        });
+    }
+
+    /// Ends a sync stream (a newer stream of the same instance is left alone).
+    pub fn disconnect(&self, tenant: &str, id: &str, conn: u64) {
+        let mut g = self.lock();
+        let key = (tenant.to_owned(), id.to_owned());
+        let Some(e) = g.instances.get_mut(&key) else { return };
+        if e.conn.as_ref().map(|c| c.0) != Some(conn) {
+            return;
+        }
+        e.conn = None;
+        e.record.connected = false;
+        g.dirty.insert(key);
+        drop(g);
+        self.metrics.agents_connected.dec();
+        self.flush.notify_one();
+    }
+
+    /// Recomputes and pushes the desired state of every connected instance of `touched`.
+    pub fn push(&self, touched: &BTreeSet<ServiceRef>, catalog: &Catalog) {
+        let mut pushed = 0u64;
+        let mut g = self.lock();
+        let inner = &mut *g;
+        for svc in touched {
+            let Some(tc) = catalog.tenant(&svc.0) else { continue };
+            let Some(ids) = inner.by_service.get(svc) else { continue };
+            for id in ids {
+                let Some(e) = inner.instances.get_mut(&(svc.0.clone(), id.clone())) else { continue };
+                let Some((_, tx)) = &e.conn else { continue };
+                let current = tx.borrow().clone();
+                let sidecars = instance_desired(tc, &e.record, Some(&current), false);
+                if sidecars != current.sidecars {
+                    e.record.desired_revision = catalog.revision;
+                    tx.send_replace(Arc::new(DesiredState { revision: catalog.revision, sidecars }));
+                    pushed += 1;
+                }
+            }
+        }
+        drop(g);
+        self.metrics.desired_pushes.inc_by(pushed);
+    }
+
+    /// Every (tenant, service) with registered instances.
+    pub fn all_services(&self) -> BTreeSet<ServiceRef> {
+        self.lock().by_service.keys().cloned().collect()
+    }
+
+    /// Ends every sync stream (manager shutdown); agents reconnect to the next manager.
+    pub fn close_all(&self) {
+        let mut g = self.lock();
+        let mut closed = 0;
+        for e in g.instances.values_mut() {
+            if e.conn.take().is_some() {
+                e.record.connected = false;
+                closed += 1;
+            }
+        }
+        drop(g);
+        self.metrics.agents_connected.dec_by(closed);
+    }
+
+    /// Instances of `tenant` that match `filter`, by id.
+    pub fn list(&self, tenant: &str, filter: &InstanceFilter) -> Vec<Instance> {
+        let g = self.lock();
+        let mut out: Vec<Instance> = g
+            .instances
+            .iter()
+            .filter(|((t, _), e)| t == tenant && filter.matches(&e.record))
+            .map(|(_, e)| e.record.clone())
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Instances per running version of `sidecar` in `tenant`.
+    pub fn distribution(&self, tenant: &str, sidecar: &str) -> Vec<(String, u64)> {
+        let g = self.lock();
+        let mut counts: HashMap<String, u64> = HashMap::new();
+        for ((t, _), e) in &g.instances {
+            if t != tenant {
+                continue;
+            }
+            for s in e.record.sidecars.iter().filter(|s| s.name == sidecar) {
+                *counts.entry(s.version.clone()).or_default() += 1;
+            }
+        }
+        let mut v: Vec<_> = counts.into_iter().collect();
+        v.sort_by(|a, b| {
+            let parse = |s: &str| semver::Version::parse(s).ok();
+            parse(&b.0).cmp(&parse(&a.0)).then_with(|| a.0.cmp(&b.0))
+        });
+        v
+    }
+
+    /// Writes dirty records and pending events until `cancel`, batching what accumulates.
+    pub async fn run_flusher(self: Arc<Self>, repo: Repo, cancel: CancellationToken) {
+        loop {
+            let stop = tokio::select! {
+                () = self.flush.notified() => false,
+                () = cancel.cancelled() => true,
+            };
+            // Let a burst of registrations gather into one transaction.
+            if !stop {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if let Err(e) = self.flush_once(&repo).await {
+                tracing::warn!(error = %e, "instance records not persisted; will retry");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                self.flush.notify_one();
+            }
+            if stop {
+                return;
+            }
+        }
+    }
+
+    async fn flush_once(&self, repo: &Repo) -> Result<(), ApiError> {
+        let (records, events) = {
+            let mut g = self.lock();
+            let dirty: Vec<InstanceRef> = g.dirty.drain().collect();
+            let records: Vec<(InstanceRef, Instance)> =
+                dirty.into_iter().filter_map(|k| g.instances.get(&k).map(|e| (k, e.record.clone()))).collect();
+            (records, std::mem::take(&mut g.events))
+        };
+        let mut ops = Vec::with_capacity(records.len() + events.len());
+        for ((tenant, id), record) in &records {
+            let stored = StoredInstance { tenant: tenant.clone(), instance: record.clone() };
+            ops.push(Op::put(keys::instance(tenant, id), encode(&stored)?));
+        }
+        for e in events.iter().cloned() {
+            ops.push(repo.event_op(e)?);
+        }
+        for chunk in ops.chunks(2000) {
+            if let Err(e) = repo.commit(Vec::new(), chunk.to_vec(), Vec::new()).await {
+                // Put everything back so nothing is lost.
+                let mut g = self.lock();
+                g.dirty.extend(records.into_iter().map(|(k, _)| k));
+                g.events.extend(events);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An instance record as persisted: the instance plus its tenant.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct StoredInstance {
+    /// Tenant.
+    pub tenant: String,
+    /// The instance.
+    #[serde(flatten)]
+    pub instance: Instance,
+}

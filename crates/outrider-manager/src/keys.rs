@@ -1,0 +1,117 @@
+//! The key layout of the manager's data in the store. Every key is built here.
+
+/// `tenants/{tenant}`
+pub fn tenant(t: &str) -> String {
+    format!("tenants/{t}")
+}
+
+/// Prefix of all tenants.
+pub const TENANTS: &str = "tenants/";
+
+/// Prefix of everything that shapes desired state (sidecars, versions, services, bindings).
+pub const CATALOG: &str = "catalog/";
+
+/// `catalog/{tenant}/sidecars/{sidecar}`
+pub fn sidecar(t: &str, s: &str) -> String {
+    format!("catalog/{t}/sidecars/{s}")
+}
+
+/// Prefix of a tenant's sidecars.
+pub fn sidecars(t: &str) -> String {
+    format!("catalog/{t}/sidecars/")
+}
+
+/// `catalog/{tenant}/versions/{sidecar}/{version}`
+pub fn version(t: &str, s: &str, v: &str) -> String {
+    format!("catalog/{t}/versions/{s}/{v}")
+}
+
+/// Prefix of a sidecar's versions.
+pub fn versions(t: &str, s: &str) -> String {
+    format!("catalog/{t}/versions/{s}/")
+}
+
+/// `catalog/{tenant}/services/{service}`
+pub fn service(t: &str, s: &str) -> String {
+    format!("catalog/{t}/services/{s}")
+}
+
+/// Prefix of a tenant's services.
+pub fn services(t: &str) -> String {
+    format!("catalog/{t}/services/")
+}
+
+/// `catalog/{tenant}/bindings/{service}/{sidecar}`
+pub fn binding(t: &str, svc: &str, s: &str) -> String {
+    format!("catalog/{t}/bindings/{svc}/{s}")
+}
+
+/// Prefix of a service's bindings.
+pub fn bindings(t: &str, svc: &str) -> String {
+    format!("catalog/{t}/bindings/{svc}/")
+}
+
+/// `instances/{tenant}/{id}`
+pub fn instance(t: &str, id: &str) -> String {
+    format!("instances/{t}/{id}")
+}
+
+/// Prefix of every instance record.
+pub const INSTANCES: &str = "instances/";
+
+/// Prefix of a tenant's event log.
+pub fn events(t: &str) -> String {
+    format!("events/{t}/")
+}
+
+/// `auth/tokens/{sha256 of the token}`
+pub fn token(hash: &str) -> String {
+    format!("auth/tokens/{hash}")
+}
+
+/// Prefix of the token hashes.
+pub const TOKENS: &str = "auth/tokens/";
+
+/// A parsed catalog key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CatalogKey<'a> {
+    /// A sidecar.
+    Sidecar { tenant: &'a str, sidecar: &'a str },
+    /// A version.
+    Version { tenant: &'a str, sidecar: &'a str, version: &'a str },
+    /// A service.
+    Service { tenant: &'a str, service: &'a str },
+    /// A binding.
+    Binding { tenant: &'a str, service: &'a str, sidecar: &'a str },
+}
+
+/// Parses a key under [`CATALOG`].
+pub fn parse_catalog(key: &str) -> Option<CatalogKey<'_>> {
+    let rest = key.strip_prefix(CATALOG)?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    match parts.as_slice() {
+        [tenant, "sidecars", sidecar] => Some(CatalogKey::Sidecar { tenant, sidecar }),
+        [tenant, "versions", sidecar, version] => Some(CatalogKey::Version { tenant, sidecar, version }),
+        [tenant, "services", service] => Some(CatalogKey::Service { tenant, service }),
+        [tenant, "bindings", service, sidecar] => Some(CatalogKey::Binding { tenant, service, sidecar }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_keys_round_trip() {
+        assert_eq!(
+            parse_catalog(&binding("t", "checkout", "mesh")),
+            Some(CatalogKey::Binding { tenant: "t", service: "checkout", sidecar: "mesh" })
+        );
+        assert_eq!(
+            parse_catalog(&version("t", "mesh", "1.0.0")),
+            Some(CatalogKey::Version { tenant: "t", sidecar: "mesh", version: "1.0.0" })
+        );
+        assert_eq!(parse_catalog("catalog/t/unknown/x"), None);
+    }
+}

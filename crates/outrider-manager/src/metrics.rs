@@ -1,0 +1,64 @@
+//! The manager's own metrics, served at `/metrics` in the Prometheus text format.
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, gauge::Gauge},
+    registry::Registry,
+};
+
+/// Counters and gauges of one manager (explicit registry: no global state).
+pub struct Metrics {
+    registry: Registry,
+    /// Agents with an open sync stream.
+    pub agents_connected: Gauge,
+    /// Desired-state snapshots pushed to agents.
+    pub desired_pushes: Counter,
+    /// Store revision last applied to the catalog.
+    pub catalog_revision: Gauge,
+    /// API requests answered.
+    pub http_requests: Counter,
+    resident_memory: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let agents_connected = Gauge::default();
+        let desired_pushes = Counter::default();
+        let catalog_revision = Gauge::default();
+        let http_requests = Counter::default();
+        let resident_memory = Gauge::default();
+        registry.register("outrider_agents_connected", "Agents with an open sync stream", agents_connected.clone());
+        registry.register(
+            "outrider_desired_pushes",
+            "Desired-state snapshots pushed to agents",
+            desired_pushes.clone(),
+        );
+        registry.register(
+            "outrider_catalog_revision",
+            "Store revision applied to the catalog",
+            catalog_revision.clone(),
+        );
+        registry.register("outrider_http_requests", "REST API requests answered", http_requests.clone());
+        registry.register("process_resident_memory_bytes", "Resident memory of the manager", resident_memory.clone());
+        Self { registry, agents_connected, desired_pushes, catalog_revision, http_requests, resident_memory }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        self.resident_memory.set(resident_memory_bytes().try_into().unwrap_or(i64::MAX));
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Resident memory of this process (Linux; 0 elsewhere).
+pub fn resident_memory_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    pages * 4096
+}

@@ -1,0 +1,204 @@
+//! Assembles the manager: store, catalog mirror, fleet, REST + gRPC on one port.
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use anyhow::Context;
+use futures::StreamExt;
+use outrider_model::{DEFAULT_TENANT, Tenant};
+use outrider_proto::v1::agent_sync_server::AgentSyncServer;
+use outrider_store::{Op, RedbStore, Store, StoreError};
+use time::OffsetDateTime;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    api::{self, AppState},
+    auth::Auth,
+    catalog::Catalog,
+    fleet::{Fleet, StoredInstance},
+    keys,
+    metrics::Metrics,
+    repo::{NewEvent, Repo, decode, encode},
+    sync::SyncService,
+};
+
+/// How long shutdown waits for open connections before closing them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// How to run a manager.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// Where the store and the admin token live.
+    pub data_dir: PathBuf,
+    /// Address for REST and gRPC.
+    pub listen: SocketAddr,
+}
+
+/// A running manager.
+pub struct RunningManager {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    cancel: CancellationToken,
+    fleet: Arc<Fleet>,
+    task: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl RunningManager {
+    /// Stops serving and waits for the background tasks to finish their last writes.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.fleet.close_all();
+        // Agents keep their half of the sync stream open; give connections a moment to end,
+        // then stop serving regardless.
+        let mut task = self.task;
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await.is_err() {
+            task.abort();
+        }
+        for t in self.background {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn ensure_default_tenant(repo: &Repo) -> anyhow::Result<()> {
+    let tenant = Tenant { name: DEFAULT_TENANT.into(), created_at: OffsetDateTime::now_utc() };
+    let event = NewEvent {
+        tenant: DEFAULT_TENANT.into(),
+        kind: "tenant.created",
+        actor: "manager".into(),
+        object: format!("tenant/{DEFAULT_TENANT}"),
+        reason: "first start".into(),
+        detail: serde_json::Value::Null,
+    };
+    let key = keys::tenant(DEFAULT_TENANT);
+    repo.commit(vec![outrider_store::Compare::absent(&key)], vec![Op::put(&key, encode(&tenant)?)], vec![event])
+        .await?;
+    Ok(())
+}
+
+/// Reads tenants and the catalog; returns it and the revision to watch from.
+async fn load_catalog(store: &dyn Store) -> Result<(Catalog, u64), StoreError> {
+    let mut catalog = Catalog::default();
+    let tenants = store.range(keys::TENANTS).await?;
+    let items = store.range(keys::CATALOG).await?;
+    for kv in tenants.kvs.iter().chain(&items.kvs) {
+        catalog.load(kv);
+    }
+    catalog.revision = tenants.revision.max(items.revision);
+    Ok((catalog, tenants.revision.min(items.revision) + 1))
+}
+
+/// Applies watched batches until the watch fails (`true`: reload needed) or stops (`false`).
+async fn follow(
+    state: &AppState,
+    mut watch: outrider_store::WatchStream,
+    from: &mut u64,
+    cancel: &CancellationToken,
+) -> bool {
+    loop {
+        let batch = tokio::select! {
+            b = watch.next() => b,
+            () = cancel.cancelled() => return false,
+        };
+        let b = match batch {
+            None => return false,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "catalog watch interrupted");
+                return true;
+            }
+            Some(Ok(b)) => b,
+        };
+        let mut touched = BTreeSet::new();
+        let mut c = state.catalog.write().unwrap_or_else(|p| p.into_inner());
+        for e in &b.events {
+            if e.key().starts_with(keys::CATALOG) || e.key().starts_with(keys::TENANTS) {
+                c.apply(e, &mut touched);
+            }
+        }
+        c.revision = b.revision;
+        state.metrics.catalog_revision.set(i64::try_from(b.revision).unwrap_or(i64::MAX));
+        if !touched.is_empty() {
+            state.fleet.push(&touched, &c);
+        }
+        *from = b.revision + 1;
+    }
+}
+
+/// Follows the store and keeps the catalog mirror and the agents' desired state current.
+/// When the watch falls behind, rereads the catalog and re-pushes every service.
+async fn run_catalog_watch(state: AppState, mut from: u64, cancel: CancellationToken) {
+    let store = state.repo.store().clone();
+    loop {
+        match store.watch("", from).await {
+            Ok(w) => {
+                if !follow(&state, w, &mut from, &cancel).await {
+                    return;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "catalog watch refused"),
+        }
+        match load_catalog(store.as_ref()).await {
+            Ok((fresh, next)) => {
+                let mut c = state.catalog.write().unwrap_or_else(|p| p.into_inner());
+                *c = fresh;
+                state.fleet.push(&state.fleet.all_services(), &c);
+                from = next;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reload the catalog");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    () = cancel.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+/// Opens the store in `config.data_dir`, binds `config.listen`, and serves until cancelled.
+pub async fn start(config: ManagerConfig) -> anyhow::Result<RunningManager> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    let store_path = config.data_dir.join("outrider.redb");
+    let store: Arc<dyn Store> = Arc::new(
+        RedbStore::open(&store_path).with_context(|| format!("cannot open the store at {}", store_path.display()))?,
+    );
+    let repo = Repo::new(store.clone());
+    ensure_default_tenant(&repo).await?;
+    let auth = Auth::bootstrap(&repo, &config.data_dir).await?;
+    let metrics = Arc::new(Metrics::default());
+    let fleet = Arc::new(Fleet::new(metrics.clone()));
+    let records = store.range(keys::INSTANCES).await?;
+    fleet.load(records.kvs.iter().map(|kv| decode::<StoredInstance>(&kv.key, &kv.value)).collect::<Result<_, _>>()?);
+    let (catalog, watch_from) = load_catalog(store.as_ref()).await?;
+    let state =
+        AppState { repo: repo.clone(), fleet: fleet.clone(), catalog: Arc::new(RwLock::new(catalog)), auth, metrics };
+
+    let cancel = CancellationToken::new();
+    let background = vec![
+        tokio::spawn(run_catalog_watch(state.clone(), watch_from, cancel.clone())),
+        tokio::spawn(fleet.clone().run_flusher(repo, cancel.clone())),
+    ];
+    let grpc = tonic::service::Routes::new(AgentSyncServer::new(SyncService::new(state.clone()))).into_axum_router();
+    let app = api::router(state).merge(grpc);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "manager listening");
+    let stop = cancel.clone();
+    let task = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "server failed");
+        }
+    });
+    Ok(RunningManager { addr, cancel, fleet, task, background })
+}

@@ -1,0 +1,90 @@
+//! The gRPC side of agent sync (see `outrider-proto/proto/sync.proto` for the message order).
+
+use std::{pin::Pin, time::Duration};
+
+use futures::{Stream, StreamExt};
+use outrider_model::SidecarStatus;
+use outrider_proto::v1::{
+    self, AgentMessage, ManagerMessage, agent_message::Body, agent_sync_server::AgentSync, manager_message,
+};
+use tokio_stream::wrappers::WatchStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{api::AppState, fleet::Registration};
+
+/// How long an agent may take to send `Register` after opening the stream.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `AgentSync` service.
+pub struct SyncService {
+    state: AppState,
+}
+
+impl SyncService {
+    /// A service over the manager's state.
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+}
+
+fn statuses(list: Vec<v1::SidecarStatus>) -> Result<Vec<SidecarStatus>, Status> {
+    list.into_iter().map(|s| SidecarStatus::try_from(s).map_err(|e| Status::invalid_argument(e.to_string()))).collect()
+}
+
+type DesiredStream = Pin<Box<dyn Stream<Item = Result<ManagerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentSync for SyncService {
+    type SyncStream = DesiredStream;
+
+    async fn sync(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<DesiredStream>, Status> {
+        let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        self.state.auth.check(header).map_err(|e| e.to_status())?;
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Register message in time"))??;
+        let Some(AgentMessage { body: Some(Body::Register(reg)) }) = first else {
+            return Err(Status::invalid_argument("the first message must be Register"));
+        };
+        let registration = Registration {
+            labels: reg.instance_labels(),
+            tenant: reg.tenant,
+            instance: reg.instance_id,
+            service: reg.service,
+            deploy_id: reg.deploy_id,
+            sidecars: statuses(reg.sidecars)?,
+        };
+        let (tenant, instance) = (registration.tenant.clone(), registration.instance.clone());
+        let conn = {
+            let catalog = self.state.catalog.read().unwrap_or_else(|p| p.into_inner());
+            self.state.fleet.connect(registration, &catalog).map_err(|e| e.to_status())?
+        };
+        tracing::debug!(%tenant, %instance, deploy = conn.deploy, "agent connected");
+        let fleet = self.state.fleet.clone();
+        let conn_id = conn.id;
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(AgentMessage { body: Some(Body::Ack(a)) })) => {
+                        fleet.ack(&tenant, &instance, conn_id, a.revision)
+                    }
+                    Ok(Some(AgentMessage { body: Some(Body::Report(r)) })) => match statuses(r.sidecars) {
+                        Ok(s) => fleet.report(&tenant, &instance, conn_id, s),
+                        Err(e) => tracing::warn!(%instance, error = %e, "bad report ignored"),
+                    },
+                    Ok(Some(_)) => tracing::warn!(%instance, "unexpected message ignored"),
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(%instance, error = %e, "sync stream ended");
+                        break;
+                    }
+                }
+            }
+            fleet.disconnect(&tenant, &instance, conn_id);
+        });
+        let out = WatchStream::new(conn.desired)
+            .map(|d| Ok(ManagerMessage { body: Some(manager_message::Body::Desired(v1::Desired::from(d.as_ref()))) }));
+        Ok(Response::new(Box::pin(out)))
+    }
+}

@@ -1,0 +1,327 @@
+//! The manager over real sockets: REST bad-input handling, persistence across restarts, and
+//! desired state pushed to a gRPC sync stream when a binding changes.
+
+use std::{path::Path, time::Duration};
+
+use outrider_manager::{ManagerConfig, RunningManager, start};
+use outrider_proto::v1::{
+    self, AgentMessage, agent_message::Body, agent_sync_client::AgentSyncClient, manager_message,
+};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio_stream::StreamExt;
+
+const SHA: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}/api/v1{path}", self.base)).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn ok(&self, method: Method, path: &str, body: Value) -> Value {
+        let (s, v) = self.call(method, path, Some(body)).await;
+        assert!(s.is_success(), "{path}: {s} {v}");
+        v
+    }
+}
+
+async fn boot(dir: &Path) -> (RunningManager, Api) {
+    let m = start(ManagerConfig { data_dir: dir.to_owned(), listen: "127.0.0.1:0".parse().unwrap() }).await.unwrap();
+    let token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();
+    let api = Api { http: reqwest::Client::new(), base: format!("http://{}", m.addr), token };
+    (m, api)
+}
+
+fn version(v: &str) -> Value {
+    json!({"version": v, "artifact": {"url": "file:///bin/sh", "sha256": SHA}, "command": ["${artifact}"]})
+}
+
+async fn seed(api: &Api) {
+    api.ok(
+        Method::POST,
+        "/tenants/default/sidecars",
+        json!({"name": "mesh", "upgrade_modes": ["restart", "on-deploy"]}),
+    )
+    .await;
+    api.ok(Method::POST, "/tenants/default/sidecars/mesh/versions", version("1.0.0")).await;
+    api.ok(Method::POST, "/tenants/default/sidecars/mesh/versions", version("1.1.0")).await;
+    api.ok(Method::POST, "/tenants/default/services", json!({"name": "checkout", "priority": "P1"})).await;
+    api.ok(Method::PUT, "/tenants/default/services/checkout/sidecars/mesh", json!({"version": "1.0.0"})).await;
+}
+
+fn error_code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or_else(|| panic!("not a JSON error: {v}"))
+}
+
+#[tokio::test]
+async fn token_file_is_private_and_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, api) = boot(dir.path()).await;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("admin.token")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    for token in [None, Some("Bearer wrong"), Some("Basic abc")] {
+        let mut req = api.http.get(format!("{}/api/v1/tenants", api.base));
+        if let Some(t) = token {
+            req = req.header("authorization", t);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(error_code(&v), "unauthenticated");
+    }
+    let health = api.http.get(format!("{}/healthz", api.base)).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let metrics = api.http.get(format!("{}/metrics", api.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("outrider_agents_connected"), "{metrics}");
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, api) = boot(dir.path()).await;
+    seed(&api).await;
+    let (_, before) = api.call(Method::GET, "/tenants/default/events", None).await;
+
+    // Malformed JSON, unknown fields, invalid names and versions, wrong hashes.
+    let raw = api
+        .http
+        .post(format!("{}/api/v1/tenants/default/sidecars", api.base))
+        .bearer_auth(&api.token)
+        .header("content-type", "application/json")
+        .body("{\"name\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&raw.json().await.unwrap()), "invalid_json");
+    let cases: Vec<(Method, &str, Value, StatusCode, &str)> = vec![
+        (
+            Method::POST,
+            "/tenants/default/sidecars",
+            json!({"name": "x", "colour": 1}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_json",
+        ),
+        (
+            Method::POST,
+            "/tenants/default/sidecars",
+            json!({"name": "Bad Name"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
+        (Method::POST, "/tenants/default/sidecars", json!({"name": "mesh"}), StatusCode::CONFLICT, "conflict"),
+        (
+            Method::POST,
+            "/tenants/default/sidecars/mesh/versions",
+            version("1.2"),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
+        (
+            Method::POST,
+            "/tenants/default/sidecars/mesh/versions",
+            json!({"version": "2.0.0", "artifact": {"url": "file:///x", "sha256": "abc"}}),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
+        (Method::POST, "/tenants/default/sidecars/nope/versions", version("1.0.0"), StatusCode::NOT_FOUND, "not_found"),
+        (
+            Method::PUT,
+            "/tenants/default/services/checkout/sidecars/mesh",
+            json!({"version": "9.9.9"}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Method::PUT,
+            "/tenants/default/services/checkout/sidecars/mesh",
+            json!({"version": "1.1.0", "mode": "hot"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
+        (
+            Method::PUT,
+            "/tenants/default/services/nope/sidecars/mesh",
+            json!({"version": "1.1.0"}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (Method::POST, "/tenants/ghost/sidecars", json!({"name": "mesh"}), StatusCode::NOT_FOUND, "not_found"),
+        (
+            Method::PUT,
+            "/tenants/default/services/checkout",
+            json!({"name": "other"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
+        (
+            Method::POST,
+            "/tenants/default/sidecars/mesh/versions/1.0.0/defective",
+            json!({"reason": " "}),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
+        (Method::GET, "/tenants/default/nothing", Value::Null, StatusCode::NOT_FOUND, "not_found"),
+        (
+            Method::DELETE,
+            "/tenants/default/sidecars",
+            Value::Null,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        ),
+    ];
+    for (method, path, body, status, code) in cases {
+        let body = (!body.is_null()).then_some(body);
+        let (s, v) = api.call(method.clone(), path, body.clone()).await;
+        assert_eq!((s, error_code(&v)), (status, code), "{method} {path} {body:?} → {v}");
+        assert!(!v["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let (s, v) = api.call(Method::GET, "/tenants/default/instances?colour=blue", None).await;
+    assert_eq!((s, error_code(&v)), (StatusCode::BAD_REQUEST, "invalid_argument"));
+
+    // An oversized body is refused before it is read whole.
+    let big = json!({"name": "big", "description": "x".repeat(2 << 20)});
+    let (s, v) = api.call(Method::POST, "/tenants/default/sidecars", Some(big)).await;
+    assert_eq!((s, error_code(&v)), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
+
+    // Nothing changed: same sidecars, same binding, no new events.
+    let (_, sidecars) = api.call(Method::GET, "/tenants/default/sidecars", None).await;
+    assert_eq!(sidecars.as_array().unwrap().len(), 1);
+    let (_, bindings) = api.call(Method::GET, "/tenants/default/services/checkout/sidecars", None).await;
+    assert_eq!(bindings[0]["version"], "1.0.0");
+    let (_, after) = api.call(Method::GET, "/tenants/default/events", None).await;
+    assert_eq!(before, after);
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn version_lifecycle_admit_and_defective() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, api) = boot(dir.path()).await;
+    seed(&api).await;
+    let v = api
+        .ok(Method::POST, "/tenants/default/sidecars/mesh/versions/1.1.0/admit", json!({"evidence": {"ci": "green"}}))
+        .await;
+    assert_eq!(v["admitted"], true);
+    let v = api
+        .ok(Method::POST, "/tenants/default/sidecars/mesh/versions/1.1.0/defective", json!({"reason": "leaks"}))
+        .await;
+    assert_eq!(v["state"], "defective");
+    let (s, v) = api
+        .call(Method::PUT, "/tenants/default/services/checkout/sidecars/mesh", Some(json!({"version": "1.1.0"})))
+        .await;
+    assert_eq!((s, error_code(&v)), (StatusCode::CONFLICT, "failed_precondition"));
+    let (s, _) = api.call(Method::POST, "/tenants/default/sidecars/mesh/versions/1.1.0/admit", Some(json!({}))).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let (_, events) = api.call(Method::GET, "/tenants/default/events", None).await;
+    let kinds: Vec<&str> = events.as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert!(kinds.ends_with(&["version.admitted", "version.defective"]), "{kinds:?}");
+    let seqs: Vec<u64> = events.as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "events ordered by seq: {seqs:?}");
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, api) = boot(dir.path()).await;
+    seed(&api).await;
+    let token = api.token.clone();
+    m.shutdown().await;
+    let (m, api) = boot(dir.path()).await;
+    assert_eq!(api.token, token, "the admin token is created once");
+    let (s, b) = api.call(Method::GET, "/tenants/default/services/checkout/sidecars", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b[0]["version"], "1.0.0");
+    m.shutdown().await;
+}
+
+fn register(id: &str, deploy: &str) -> AgentMessage {
+    AgentMessage {
+        body: Some(Body::Register(v1::Register {
+            tenant: "default".into(),
+            instance_id: id.into(),
+            service: "checkout".into(),
+            region: "boe".into(),
+            env: "prod".into(),
+            stage: "canary".into(),
+            deploy_id: deploy.into(),
+            ..Default::default()
+        })),
+    }
+}
+
+async fn next_desired(stream: &mut tonic::Streaming<v1::ManagerMessage>) -> v1::Desired {
+    let msg =
+        tokio::time::timeout(Duration::from_secs(5), stream.next()).await.expect("desired in time").unwrap().unwrap();
+    let Some(manager_message::Body::Desired(d)) = msg.body else { panic!("not desired") };
+    d
+}
+
+#[tokio::test]
+async fn binding_change_is_pushed_to_connected_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, api) = boot(dir.path()).await;
+    seed(&api).await;
+    let mut client = AgentSyncClient::connect(api.base.clone()).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(register("i-1", "d1")).await.unwrap();
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.metadata_mut().insert("authorization", format!("Bearer {}", api.token).parse().unwrap());
+    let mut stream = client.sync(req).await.unwrap().into_inner();
+    let first = next_desired(&mut stream).await;
+    assert_eq!(first.sidecars[0].version, "1.0.0");
+    tx.send(AgentMessage { body: Some(Body::Ack(v1::Ack { revision: first.revision })) }).await.unwrap();
+
+    api.ok(Method::PUT, "/tenants/default/services/checkout/sidecars/mesh", json!({"version": "1.1.0"})).await;
+    let second = next_desired(&mut stream).await;
+    assert_eq!(second.sidecars[0].version, "1.1.0");
+    assert!(second.revision > first.revision);
+
+    // An on-deploy change is recorded but not pushed to a running instance…
+    api.ok(
+        Method::PUT,
+        "/tenants/default/services/checkout/sidecars/mesh",
+        json!({"version": "1.0.0", "mode": "on-deploy"}),
+    )
+    .await;
+    let third = next_desired(&mut stream).await;
+    assert_eq!(third.sidecars[0].version, "1.1.0", "kept until the next deploy");
+    assert_eq!(third.sidecars[0].mode, "on-deploy");
+
+    // …and the instance list shows the live connection and ack.
+    let (_, list) = api.call(Method::GET, "/tenants/default/instances?service=checkout", None).await;
+    assert_eq!(list[0]["id"], "i-1");
+    assert_eq!(list[0]["connected"], true);
+    assert_eq!(list[0]["acked_revision"], first.revision);
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn registration_for_unknown_service_or_bad_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, api) = boot(dir.path()).await;
+    let mut client = AgentSyncClient::connect(api.base.clone()).await.unwrap();
+    for (token, code) in [(api.token.as_str(), tonic::Code::NotFound), ("nope", tonic::Code::Unauthenticated)] {
+        let mut req = tonic::Request::new(tokio_stream::iter([register("i-1", "d1")]));
+        req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let err = client.sync(req).await.unwrap_err();
+        assert_eq!(err.code(), code, "{err}");
+    }
+    m.shutdown().await;
+}

@@ -1,0 +1,296 @@
+//! The command line of `outrider <resource> <verb>`.
+
+use std::path::PathBuf;
+
+use outrider_model::{Priority, UpgradeMode};
+
+use super::{
+    ConnectArgs,
+    input::{parse_priority, parse_trait},
+};
+
+/// A resource of the manager's REST API and what to do with it.
+// The verbs are boxed to keep this enum small inside the binary's top-level command enum.
+#[derive(clap::Subcommand, Debug)]
+pub enum ResourceCommand {
+    /// Tenants: isolation boundaries (business lines).
+    #[command(subcommand)]
+    Tenant(Box<TenantCommand>),
+    /// Sidecars: kinds of auxiliary process.
+    #[command(subcommand)]
+    Sidecar(Box<SidecarCommand>),
+    /// Versions of a sidecar: create, admit, mark defective, see their distribution.
+    #[command(subcommand)]
+    Version(Box<VersionCommand>),
+    /// Services of the fleet.
+    #[command(subcommand)]
+    Service(Box<ServiceCommand>),
+    /// Bindings: which sidecar version a service runs.
+    #[command(subcommand)]
+    Binding(Box<BindingCommand>),
+    /// Instances and the sidecars they run.
+    #[command(subcommand)]
+    Instance(Box<InstanceCommand>),
+    /// The event log.
+    #[command(subcommand)]
+    Event(Box<EventCommand>),
+}
+
+/// `outrider tenant …`
+#[derive(clap::Subcommand, Debug)]
+pub enum TenantCommand {
+    /// List the tenants.
+    List {
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+    /// Create a tenant.
+    Create {
+        /// Tenant name.
+        name: String,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+}
+
+/// `outrider sidecar …`
+#[derive(clap::Subcommand, Debug)]
+pub enum SidecarCommand {
+    /// Create a sidecar from a JSON file, or from flags.
+    Create {
+        /// JSON file with the sidecar (`-` reads standard input).
+        #[arg(
+            short = 'f',
+            long,
+            value_name = "FILE",
+            required_unless_present = "name",
+            conflicts_with_all = ["name", "owner", "description"]
+        )]
+        file: Option<PathBuf>,
+        /// Sidecar name (other fields take their defaults).
+        #[arg(long)]
+        name: Option<String>,
+        /// Owning team or person.
+        #[arg(long)]
+        owner: Option<String>,
+        /// What it does.
+        #[arg(long)]
+        description: Option<String>,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+    /// List the sidecars.
+    List {
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+    /// Show one sidecar.
+    Get {
+        /// Sidecar name.
+        name: String,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+}
+
+/// `outrider version …`
+#[derive(clap::Subcommand, Debug)]
+pub enum VersionCommand {
+    /// Create a version of a sidecar from a JSON file (`version`, `artifact`, `command`, `env`,
+    /// `notes`).
+    Create {
+        /// Sidecar name.
+        sidecar: String,
+        /// JSON file with the version (`-` reads standard input).
+        #[arg(short = 'f', long, value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+    /// List the versions of a sidecar.
+    List {
+        /// Sidecar name.
+        sidecar: String,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+    /// Show one version.
+    Get {
+        /// Sidecar name.
+        sidecar: String,
+        /// Version.
+        version: String,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+    /// Admit a tested version, so that plans may target it.
+    Admit {
+        /// Sidecar name.
+        sidecar: String,
+        /// Version.
+        version: String,
+        /// Evidence of the tests: JSON, or else taken as text.
+        #[arg(long, value_name = "TEXT")]
+        evidence: Option<String>,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+    /// Mark a version defective: it may never again be a target, and its installations
+    /// should be recalled.
+    Defective {
+        /// Sidecar name.
+        sidecar: String,
+        /// Version.
+        version: String,
+        /// Why.
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+    /// Instances per running version of a sidecar (the long tail).
+    Distribution {
+        /// Sidecar name.
+        sidecar: String,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+}
+
+/// `outrider service …`
+#[derive(clap::Subcommand, Debug)]
+pub enum ServiceCommand {
+    /// Create a service from a JSON file, or from flags.
+    Create {
+        /// JSON file with the service (`-` reads standard input).
+        #[arg(
+            short = 'f',
+            long,
+            value_name = "FILE",
+            required_unless_present = "name",
+            conflicts_with_all = ["name", "priority", "traits", "protected"]
+        )]
+        file: Option<PathBuf>,
+        /// Service name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Priority: P0 (most important), P1 or P2 [default: P2].
+        #[arg(long, value_parser = parse_priority)]
+        priority: Option<Priority>,
+        /// A trait of the service (repeatable): `lang=go`, `protocol=http`…
+        #[arg(long = "trait", value_name = "KEY=VALUE", value_parser = parse_trait)]
+        traits: Vec<(String, String)>,
+        /// Service admission: never upgraded by plans.
+        #[arg(long)]
+        protected: bool,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+    /// List the services.
+    List {
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+    /// Show one service.
+    Get {
+        /// Service name.
+        name: String,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+    /// Replace a service's priority, traits, `protected` flag and windows from a JSON file.
+    Update {
+        /// Service name.
+        name: String,
+        /// JSON file with the new fields (`-` reads standard input).
+        #[arg(short = 'f', long, value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+}
+
+/// `outrider binding …`
+#[derive(clap::Subcommand, Debug)]
+pub enum BindingCommand {
+    /// Enable (or disable) a sidecar for a service at a version.
+    Set {
+        /// Service name.
+        service: String,
+        /// Sidecar name.
+        sidecar: String,
+        /// Version the service's instances must run.
+        #[arg(long)]
+        version: String,
+        /// How instances move to it: restart, hot, warm or on-deploy.
+        #[arg(long, default_value = "restart")]
+        mode: UpgradeMode,
+        /// Disable the sidecar for the service instead.
+        #[arg(long)]
+        disable: bool,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+    /// List the sidecars a service runs.
+    List {
+        /// Service name.
+        service: String,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+}
+
+/// `outrider instance …`
+#[derive(clap::Subcommand, Debug)]
+pub enum InstanceCommand {
+    /// List instances with their running sidecars.
+    List {
+        /// Only instances of this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Only instances running this sidecar.
+        #[arg(long)]
+        sidecar: Option<String>,
+        /// Only instances running this version (of --sidecar).
+        #[arg(long)]
+        version: Option<String>,
+        /// Only instances in this region.
+        #[arg(long)]
+        region: Option<String>,
+        /// Only instances in this env (preview, prod).
+        #[arg(long)]
+        env: Option<String>,
+        /// Only instances in this stage (canary, single-dc, full).
+        #[arg(long)]
+        stage: Option<String>,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+}
+
+/// `outrider event …`
+#[derive(clap::Subcommand, Debug)]
+pub enum EventCommand {
+    /// List the event log.
+    List {
+        /// Only events after this sequence number.
+        #[arg(long, value_name = "SEQ")]
+        since: Option<u64>,
+        /// Only events of this plan.
+        #[arg(long, value_name = "ID")]
+        plan: Option<String>,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+    /// Print events as they happen, until interrupted.
+    Follow {
+        /// Start after this sequence number.
+        #[arg(long, value_name = "SEQ")]
+        since: Option<u64>,
+        /// Only events of this plan.
+        #[arg(long, value_name = "ID")]
+        plan: Option<String>,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+}

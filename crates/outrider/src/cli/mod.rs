@@ -1,0 +1,214 @@
+//! The operator CLI: `outrider <resource> <verb>` over the manager's REST API.
+//!
+//! Tables by default, `-o json` for scripts. Every verb takes the connection flags
+//! ([`ConnectArgs`]) after it. Errors come back as `Err`: API errors display as
+//! `<code>: <message>`, so the caller should print `error: {err:#}` and exit non-zero.
+
+mod commands;
+mod input;
+mod render;
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use futures::StreamExt;
+use outrider_client::{Client, EventQuery, InstanceFilter};
+use outrider_model::{Binding, NewVersion, Service, ServiceUpdate, Sidecar};
+
+pub use commands::{
+    BindingCommand, EventCommand, InstanceCommand, ResourceCommand, ServiceCommand, SidecarCommand, TenantCommand,
+    VersionCommand,
+};
+use input::read_json;
+use render::{emit, print_line};
+
+/// How to reach the manager, and how to print its answers.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ConnectArgs {
+    /// Manager URL.
+    #[arg(long, env = "OUTRIDER_MANAGER", default_value = "http://127.0.0.1:7070")]
+    pub manager: String,
+    /// File holding the API token (the server writes `<data-dir>/admin.token` on first
+    /// start). Without it the token is taken from the environment variable OUTRIDER_TOKEN.
+    #[arg(long, env = "OUTRIDER_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Tenant to work in.
+    #[arg(long, env = "OUTRIDER_TENANT", default_value = outrider_model::DEFAULT_TENANT)]
+    pub tenant: String,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+/// How answers are printed.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// Human-readable tables.
+    Table,
+    /// The JSON answer, pretty-printed (one compact object per line when following events).
+    Json,
+}
+
+impl ConnectArgs {
+    /// A client of the manager, with the token from `--token-file` or else `OUTRIDER_TOKEN`.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        let token = Client::token_from(self.token_file.as_deref(), std::env::var("OUTRIDER_TOKEN").ok())?;
+        Ok(Client::new(&self.manager, token)?)
+    }
+}
+
+/// Runs one `outrider <resource> <verb>` command.
+pub async fn run(cmd: ResourceCommand) -> anyhow::Result<()> {
+    match cmd {
+        ResourceCommand::Tenant(c) => tenant(*c).await,
+        ResourceCommand::Sidecar(c) => sidecar(*c).await,
+        ResourceCommand::Version(c) => version(*c).await,
+        ResourceCommand::Service(c) => service(*c).await,
+        ResourceCommand::Binding(c) => binding(*c).await,
+        ResourceCommand::Instance(c) => instance(*c).await,
+        ResourceCommand::Event(c) => event(*c).await,
+    }
+}
+
+async fn tenant(cmd: TenantCommand) -> anyhow::Result<()> {
+    match cmd {
+        TenantCommand::List { conn } => {
+            let tenants = conn.client()?.list_tenants().await?;
+            emit(conn.output, &tenants, |t| render::tenants(t))
+        }
+        TenantCommand::Create { name, conn } => {
+            let tenant = conn.client()?.create_tenant(&name).await?;
+            emit(conn.output, &tenant, |t| render::tenants(std::slice::from_ref(t)))
+        }
+    }
+}
+
+async fn sidecar(cmd: SidecarCommand) -> anyhow::Result<()> {
+    match cmd {
+        SidecarCommand::Create { file, name, owner, description, conn } => {
+            let body: Sidecar = match file {
+                Some(file) => read_json(&file, "sidecar").await?,
+                None => input::sidecar_from_flags(name.context("give -f FILE or --name")?, owner, description)?,
+            };
+            let created = conn.client()?.create_sidecar(&conn.tenant, &body).await?;
+            emit(conn.output, &created, render::sidecar)
+        }
+        SidecarCommand::List { conn } => {
+            let sidecars = conn.client()?.list_sidecars(&conn.tenant).await?;
+            emit(conn.output, &sidecars, |s| render::sidecars(s))
+        }
+        SidecarCommand::Get { name, conn } => {
+            let sidecar = conn.client()?.get_sidecar(&conn.tenant, &name).await?;
+            emit(conn.output, &sidecar, render::sidecar)
+        }
+    }
+}
+
+async fn version(cmd: VersionCommand) -> anyhow::Result<()> {
+    match cmd {
+        VersionCommand::Create { sidecar, file, conn } => {
+            let body: NewVersion = read_json(&file, "version").await?;
+            let created = conn.client()?.create_version(&conn.tenant, &sidecar, &body).await?;
+            emit(conn.output, &created, render::version)
+        }
+        VersionCommand::List { sidecar, conn } => {
+            let versions = conn.client()?.list_versions(&conn.tenant, &sidecar).await?;
+            emit(conn.output, &versions, |v| render::versions(v))
+        }
+        VersionCommand::Get { sidecar, version, conn } => {
+            let v = conn.client()?.get_version(&conn.tenant, &sidecar, &version).await?;
+            emit(conn.output, &v, render::version)
+        }
+        VersionCommand::Admit { sidecar, version, evidence, conn } => {
+            let evidence = input::evidence(evidence);
+            let v = conn.client()?.admit_version(&conn.tenant, &sidecar, &version, &evidence).await?;
+            emit(conn.output, &v, render::version)
+        }
+        VersionCommand::Defective { sidecar, version, reason, conn } => {
+            let v = conn.client()?.mark_defective(&conn.tenant, &sidecar, &version, &reason).await?;
+            emit(conn.output, &v, render::version)
+        }
+        VersionCommand::Distribution { sidecar, conn } => {
+            let d = conn.client()?.distribution(&conn.tenant, &sidecar).await?;
+            emit(conn.output, &d, render::distribution)
+        }
+    }
+}
+
+async fn service(cmd: ServiceCommand) -> anyhow::Result<()> {
+    match cmd {
+        ServiceCommand::Create { file, name, priority, traits, protected, conn } => {
+            let body: Service = match file {
+                Some(file) => read_json(&file, "service").await?,
+                None => {
+                    input::service_from_flags(name.context("give -f FILE or --name")?, priority, traits, protected)?
+                }
+            };
+            let created = conn.client()?.create_service(&conn.tenant, &body).await?;
+            emit(conn.output, &created, render::service)
+        }
+        ServiceCommand::List { conn } => {
+            let services = conn.client()?.list_services(&conn.tenant).await?;
+            emit(conn.output, &services, |s| render::services(s))
+        }
+        ServiceCommand::Get { name, conn } => {
+            let service = conn.client()?.get_service(&conn.tenant, &name).await?;
+            emit(conn.output, &service, render::service)
+        }
+        ServiceCommand::Update { name, file, conn } => {
+            let body: ServiceUpdate = read_json(&file, "service update").await?;
+            let updated = conn.client()?.update_service(&conn.tenant, &name, &body).await?;
+            emit(conn.output, &updated, render::service)
+        }
+    }
+}
+
+async fn binding(cmd: BindingCommand) -> anyhow::Result<()> {
+    match cmd {
+        BindingCommand::Set { service, sidecar, version, mode, disable, conn } => {
+            let body = Binding { sidecar, enabled: !disable, version, mode };
+            let set = conn.client()?.set_binding(&conn.tenant, &service, &body).await?;
+            emit(conn.output, &set, |b| render::bindings(std::slice::from_ref(b)))
+        }
+        BindingCommand::List { service, conn } => {
+            let bindings = conn.client()?.list_bindings(&conn.tenant, &service).await?;
+            emit(conn.output, &bindings, |b| render::bindings(b))
+        }
+    }
+}
+
+async fn instance(cmd: InstanceCommand) -> anyhow::Result<()> {
+    match cmd {
+        InstanceCommand::List { service, sidecar, version, region, env, stage, conn } => {
+            let filter = InstanceFilter { service, sidecar, version, region, env, stage };
+            let instances = conn.client()?.list_instances(&conn.tenant, &filter).await?;
+            emit(conn.output, &instances, |i| render::instances(i))
+        }
+    }
+}
+
+async fn event(cmd: EventCommand) -> anyhow::Result<()> {
+    match cmd {
+        EventCommand::List { since, plan, conn } => {
+            let events = conn.client()?.list_events(&conn.tenant, &EventQuery { since, plan }).await?;
+            emit(conn.output, &events, |e| render::events(e))
+        }
+        EventCommand::Follow { since, plan, conn } => {
+            let mut stream = conn.client()?.follow_events(&conn.tenant, &EventQuery { since, plan }).await?;
+            while let Some(event) = stream.next().await {
+                let event = event?;
+                let line = match conn.output {
+                    OutputFormat::Json => serde_json::to_string(&event)?,
+                    OutputFormat::Table => render::event_line(&event),
+                };
+                if !print_line(&line)? {
+                    // The reader went away (`| head`): nothing more to do.
+                    return Ok(());
+                }
+            }
+            anyhow::bail!("the manager closed the event stream")
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! The long-running subcommands. The operator CLI lives in `crate::cli`.
+
+pub mod server;

@@ -1,0 +1,48 @@
+//! `outrider server`: runs the manager until SIGINT or SIGTERM.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use outrider_manager::ManagerConfig;
+
+/// Flags of `outrider server`.
+#[derive(clap::Args, Debug)]
+pub struct ServerArgs {
+    /// Directory of the embedded store and the admin token.
+    #[arg(long, env = "OUTRIDER_DATA_DIR", default_value = "./outrider-data")]
+    pub data_dir: PathBuf,
+    /// Address for the REST API and agent sync (gRPC) on one port.
+    #[arg(long, env = "OUTRIDER_LISTEN", default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Runs the manager.
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let manager =
+        outrider_manager::start(ManagerConfig { data_dir: args.data_dir.clone(), listen: args.listen }).await?;
+    eprintln!(
+        "outrider manager on http://{} (data in {}, admin token in {})",
+        manager.addr,
+        args.data_dir.display(),
+        args.data_dir.join("admin.token").display()
+    );
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    manager.shutdown().await;
+    Ok(())
+}
