@@ -5,12 +5,15 @@
 //! from the sync stream or from its own data dir. The process supervisor knows nothing of
 //! the manager: it converges the processes on this host towards a desired set.
 
+pub mod agent;
 pub mod artifact;
 pub mod atomic_file;
 pub mod backoff;
+pub mod http;
 pub mod probe;
 mod procfs;
 pub mod runtime;
 pub mod supervisor;
+pub mod sync;
 
 pub use runtime::Runtime;
