@@ -21,7 +21,7 @@ enum Command {
     /// The manager: REST API, agent sync over gRPC, the store.
     Server(cmd::server::ServerArgs),
     /// Runs on every instance: registers it and supervises its sidecars.
-    Agent(cmd::agent::AgentArgs),
+    Agent(Box<cmd::agent::AgentArgs>),
     #[command(flatten)]
     Resource(cli::ResourceCommand),
 }
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Server(args) => cmd::server::run(args).await,
-            Command::Agent(args) => cmd::agent::run(args).await,
+            Command::Agent(args) => cmd::agent::run(*args).await,
             Command::Resource(r) => cli::run(r).await,
         }
     });
