@@ -184,6 +184,7 @@ impl Fleet {
             ids.remove(&reg.instance);
         }
         let last_told = previous.as_ref().and_then(|p| p.conn.as_ref()).map(|(_, tx)| tx.borrow().clone());
+        let replaced = last_told.is_some();
         let record = Instance {
             id: reg.instance.clone(),
             service: reg.service.clone(),
@@ -214,7 +215,11 @@ impl Fleet {
         g.instances.insert(key.clone(), Entry { record, conn: Some((conn_id, tx)) });
         g.dirty.insert(key);
         drop(g);
-        self.metrics.agents_connected.inc();
+        // A reconnect that replaces a live stream keeps the count: the old stream's end is
+        // ignored by `disconnect` (its id no longer matches).
+        if !replaced {
+            self.metrics.agents_connected.inc();
+        }
         self.flush.notify_one();
         Ok(Connection { id: conn_id, desired: rx, deploy })
     }

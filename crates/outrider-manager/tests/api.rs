@@ -325,3 +325,33 @@ async fn registration_for_unknown_service_or_bad_token_is_refused() {
     }
     m.shutdown().await;
 }
+
+async fn open_stream(api: &Api, id: &str, deploy: &str) -> tonic::Streaming<v1::ManagerMessage> {
+    let mut client = AgentSyncClient::connect(api.base.clone()).await.unwrap();
+    // The request half stays open for the life of the test, as an agent's would.
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(register(id, deploy)).await.unwrap();
+    std::mem::forget(tx);
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.metadata_mut().insert("authorization", format!("Bearer {}", api.token).parse().unwrap());
+    client.sync(req).await.unwrap().into_inner()
+}
+
+#[tokio::test]
+async fn a_reconnect_replaces_the_old_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, api) = boot(dir.path()).await;
+    seed(&api).await;
+    let mut old = open_stream(&api, "i-1", "d1").await;
+    next_desired(&mut old).await;
+    let mut new = open_stream(&api, "i-1", "d1").await;
+    next_desired(&mut new).await;
+    let end = tokio::time::timeout(Duration::from_secs(5), old.next()).await.expect("old stream ends");
+    assert!(end.is_none(), "the replaced stream is closed by the manager");
+    let metrics = api.http.get(format!("{}/metrics", api.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("outrider_agents_connected 1\n"), "{metrics}");
+    let (_, events) = api.call(Method::GET, "/tenants/default/events", None).await;
+    let deploys = events.as_array().unwrap().iter().filter(|e| e["kind"] == "instance.deployed").count();
+    assert_eq!(deploys, 1, "reconnecting with the same deploy id is not a deploy");
+    m.shutdown().await;
+}
