@@ -112,11 +112,12 @@ impl InstanceFilter {
 /// last told (or runs) until it deploys.
 fn instance_desired(
     tc: &TenantCatalog,
+    service_desired: &[DesiredSidecar],
     record: &Instance,
     previous: Option<&DesiredState>,
     deploy: bool,
 ) -> Vec<DesiredSidecar> {
-    let mut out = tc.desired_for_service(&record.service);
+    let mut out = service_desired.to_vec();
     if deploy {
         return out;
     }
@@ -198,7 +199,13 @@ impl Fleet {
         };
         let desired = DesiredState {
             revision: catalog.revision,
-            sidecars: instance_desired(tc, &record, last_told.as_deref(), deploy),
+            sidecars: instance_desired(
+                tc,
+                &tc.desired_for_service(&reg.service),
+                &record,
+                last_told.as_deref(),
+                deploy,
+            ),
         };
         let (tx, rx) = watch::channel(Arc::new(desired));
         g.by_service.entry((reg.tenant.clone(), reg.service.clone())).or_default().insert(reg.instance.clone());
@@ -239,12 +246,12 @@ impl Fleet {
         }
     }
 
-    /// Records that the instance applied `revision`.
+    /// Records that the instance applied `revision`. Not persisted by itself: the status
+    /// report that follows an applied change is, and agents re-send both on reconnect.
     pub fn ack(&self, tenant: &str, id: &str, conn: u64, revision: u64) {
         self.with_conn(tenant, id, conn, |r| {
-            let changed = r.acked_revision != revision;
             r.acked_revision = revision;
-            changed
+            false
         });
     }
 
@@ -281,11 +288,12 @@ impl Fleet {
         for svc in touched {
             let Some(tc) = catalog.tenant(&svc.0) else { continue };
             let Some(ids) = inner.by_service.get(svc) else { continue };
+            let service_desired = tc.desired_for_service(&svc.1);
             for id in ids {
                 let Some(e) = inner.instances.get_mut(&(svc.0.clone(), id.clone())) else { continue };
                 let Some((_, tx)) = &e.conn else { continue };
                 let current = tx.borrow().clone();
-                let sidecars = instance_desired(tc, &e.record, Some(&current), false);
+                let sidecars = instance_desired(tc, &service_desired, &e.record, Some(&current), false);
                 if sidecars != current.sidecars {
                     e.record.desired_revision = catalog.revision;
                     tx.send_replace(Arc::new(DesiredState { revision: catalog.revision, sidecars }));
