@@ -57,6 +57,8 @@ pub struct Connection {
 struct Entry {
     record: Instance,
     conn: Option<(u64, watch::Sender<Arc<DesiredState>>)>,
+    /// The desired state last sent, kept across disconnects (on-deploy targets depend on it).
+    last_told: Option<Arc<DesiredState>>,
 }
 
 #[derive(Default)]
@@ -159,7 +161,7 @@ impl Fleet {
             record.connected = false;
             let key = (tenant, record.id.clone());
             g.by_service.entry((key.0.clone(), record.service.clone())).or_default().insert(record.id.clone());
-            g.instances.insert(key, Entry { record, conn: None });
+            g.instances.insert(key, Entry { record, conn: None, last_told: None });
         }
     }
 
@@ -184,8 +186,8 @@ impl Fleet {
         {
             ids.remove(&reg.instance);
         }
-        let last_told = previous.as_ref().and_then(|p| p.conn.as_ref()).map(|(_, tx)| tx.borrow().clone());
-        let replaced = last_told.is_some();
+        let last_told = previous.as_ref().and_then(|p| p.last_told.clone());
+        let replaced = previous.as_ref().is_some_and(|p| p.conn.is_some());
         let record = Instance {
             id: reg.instance.clone(),
             service: reg.service.clone(),
@@ -207,7 +209,8 @@ impl Fleet {
                 deploy,
             ),
         };
-        let (tx, rx) = watch::channel(Arc::new(desired));
+        let desired = Arc::new(desired);
+        let (tx, rx) = watch::channel(desired.clone());
         g.by_service.entry((reg.tenant.clone(), reg.service.clone())).or_default().insert(reg.instance.clone());
         if deploy {
             g.events.push(NewEvent {
@@ -219,7 +222,7 @@ impl Fleet {
                 detail: serde_json::json!({"service": reg.service, "deploy_id": reg.deploy_id}),
             });
         }
-        g.instances.insert(key.clone(), Entry { record, conn: Some((conn_id, tx)) });
+        g.instances.insert(key.clone(), Entry { record, conn: Some((conn_id, tx)), last_told: Some(desired) });
         g.dirty.insert(key);
         drop(g);
         // A reconnect that replaces a live stream keeps the count: the old stream's end is
@@ -296,7 +299,9 @@ impl Fleet {
                 let sidecars = instance_desired(tc, &service_desired, &e.record, Some(&current), false);
                 if sidecars != current.sidecars {
                     e.record.desired_revision = catalog.revision;
-                    tx.send_replace(Arc::new(DesiredState { revision: catalog.revision, sidecars }));
+                    let desired = Arc::new(DesiredState { revision: catalog.revision, sidecars });
+                    tx.send_replace(desired.clone());
+                    e.last_told = Some(desired);
                     pushed += 1;
                 }
             }

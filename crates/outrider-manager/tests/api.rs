@@ -355,3 +355,35 @@ async fn a_reconnect_replaces_the_old_stream() {
     assert_eq!(deploys, 1, "reconnecting with the same deploy id is not a deploy");
     m.shutdown().await;
 }
+
+#[tokio::test]
+async fn on_deploy_target_applies_at_the_next_deploy_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, api) = boot(dir.path()).await;
+    seed(&api).await;
+    let mut s1 = open_stream(&api, "i-1", "d1").await;
+    assert_eq!(next_desired(&mut s1).await.sidecars[0].version, "1.0.0");
+    api.ok(
+        Method::PUT,
+        "/tenants/default/services/checkout/sidecars/mesh",
+        json!({"version": "1.1.0", "mode": "on-deploy"}),
+    )
+    .await;
+    let kept = next_desired(&mut s1).await;
+    assert_eq!((kept.sidecars[0].version.as_str(), kept.sidecars[0].mode.as_str()), ("1.0.0", "on-deploy"));
+    // The agent restarts (same deploy id): not a deploy, whether or not the manager has
+    // noticed the old stream end.
+    let mut s2 = open_stream(&api, "i-1", "d1").await;
+    assert_eq!(next_desired(&mut s2).await.sidecars[0].version, "1.0.0");
+    drop((s1, s2));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut s2 = open_stream(&api, "i-1", "d1").await;
+    assert_eq!(next_desired(&mut s2).await.sidecars[0].version, "1.0.0");
+    // A new deploy id is a deploy: the target applies.
+    let mut s3 = open_stream(&api, "i-1", "d2").await;
+    assert_eq!(next_desired(&mut s3).await.sidecars[0].version, "1.1.0");
+    // A brand-new instance is a deploy too.
+    let mut s4 = open_stream(&api, "i-2", "d1").await;
+    assert_eq!(next_desired(&mut s4).await.sidecars[0].version, "1.1.0");
+    m.shutdown().await;
+}
