@@ -30,7 +30,8 @@ pub struct EventQuery {
     /// Keep the answer open and stream new events as NDJSON.
     #[serde(default)]
     follow: bool,
-    /// At most this many events (default 1000, at most 10000) in a list answer.
+    /// About this many events (default 1000, at most 10000) in a list answer; the events of
+    /// the last transaction are never split.
     limit: Option<usize>,
 }
 
@@ -53,7 +54,14 @@ pub async fn list(
     backlog.retain(wanted);
     backlog.sort_by_key(|e| e.seq);
     if !q.follow {
-        backlog.truncate(q.limit.unwrap_or(1000).min(10_000));
+        // Cut at the limit, but never inside one transaction's events (they share a seq),
+        // so that `since=<last seq>` resumes without losing any.
+        let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+        if backlog.len() > limit {
+            let last = backlog[limit - 1].seq;
+            let end = backlog.iter().position(|e| e.seq > last).unwrap_or(backlog.len());
+            backlog.truncate(end);
+        }
         return Ok(Json(backlog).into_response());
     }
     let watch = s.repo.store().watch(&prefix, range.revision + 1).await?;
