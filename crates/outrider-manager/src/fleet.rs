@@ -26,6 +26,11 @@ use crate::{
 
 type InstanceRef = (String, String);
 
+/// Delay before writing instance records when a deploy is among them.
+const URGENT_FLUSH: Duration = Duration::from_millis(20);
+/// Delay before writing status-only changes of instance records.
+const STATUS_FLUSH: Duration = Duration::from_secs(1);
+
 /// What an agent says when it registers.
 #[derive(Debug, Clone)]
 pub struct Registration {
@@ -369,9 +374,12 @@ impl Fleet {
                 () = self.flush.notified() => false,
                 () = cancel.cancelled() => true,
             };
-            // Let a burst of registrations gather into one transaction.
+            // Let a burst gather into one transaction. Deploys (which carry events and decide
+            // on-deploy targets after a restart) are written within ~20 ms; status-only changes
+            // wait longer so that writing them never competes with a push to thousands of agents.
             if !stop {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                let urgent = !self.lock().events.is_empty();
+                tokio::time::sleep(if urgent { URGENT_FLUSH } else { STATUS_FLUSH }).await;
             }
             if let Err(e) = self.flush_once(&repo).await {
                 tracing::warn!(error = %e, "instance records not persisted; will retry");

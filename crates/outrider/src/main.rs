@@ -22,6 +22,13 @@ enum Command {
     Server(cmd::server::ServerArgs),
     /// Runs on every instance: registers it and supervises its sidecars.
     Agent(Box<cmd::agent::AgentArgs>),
+    /// A simulated fleet: N in-process agents speaking the real protocol to a real server.
+    Sim(cmd::sim::SimArgs),
+    /// The whole loop on one machine: server, local agents, the demo sidecar, an upgrade.
+    Demo(cmd::demo::DemoArgs),
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
     #[command(flatten)]
     Resource(cli::ResourceCommand),
 }
@@ -46,6 +53,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Server(args) => cmd::server::run(args).await,
             Command::Agent(args) => cmd::agent::run(*args).await,
+            Command::Sim(args) => cmd::sim::run(args).await,
+            Command::Demo(args) => cmd::demo::run(args).await,
+            Command::Bench(b) => cmd::bench::run(b).await,
             Command::Resource(r) => cli::run(r).await,
         }
     });

@@ -1,0 +1,231 @@
+//! Many in-process agents: one real sync loop ([`outrider_agent::sync::run`]) per simulated
+//! instance, each with its own [`SimRuntime`], sharing a few HTTP/2 connections.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use outrider_agent::{
+    Runtime,
+    sync::{self, SyncConfig, SyncStatus},
+};
+use tokio::{
+    sync::{Barrier, watch},
+    task::JoinSet,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{SimError, SimInstance, SimRuntime, SimRuntimeOptions};
+
+/// How a [`SimFleet`] runs its agents.
+#[derive(Debug, Clone)]
+pub struct SimFleetOptions {
+    /// Agents that share one HTTP/2 connection (one stream each). The manager accepts 200
+    /// concurrent streams per connection, so keep this at 200 or below.
+    pub agents_per_connection: usize,
+    /// Each agent reports on change and at least this often.
+    pub report_interval: Duration,
+    /// Behaviour of every agent's simulated runtime.
+    pub runtime: SimRuntimeOptions,
+    /// Time to establish one connection.
+    pub connect_timeout: Duration,
+}
+
+impl Default for SimFleetOptions {
+    /// 200 agents per connection, reports every 30 s, the default runtime, 5 s to connect.
+    fn default() -> Self {
+        Self {
+            agents_per_connection: 200,
+            report_interval: Duration::from_secs(30),
+            runtime: SimRuntimeOptions::default(),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One simulated agent of a [`SimFleet`].
+#[derive(Debug)]
+pub struct SimAgent {
+    instance: SimInstance,
+    status: watch::Receiver<SyncStatus>,
+    runtime: Arc<SimRuntime>,
+}
+
+impl SimAgent {
+    /// The instance it registers.
+    pub fn instance(&self) -> &SimInstance {
+        &self.instance
+    }
+
+    /// Its sync status (connected, the desired state last received). A fresh receiver each
+    /// call, so callers can wait on it independently.
+    pub fn status(&self) -> watch::Receiver<SyncStatus> {
+        self.status.clone()
+    }
+
+    /// Whether its sync stream is open.
+    pub fn connected(&self) -> bool {
+        self.status.borrow().connected
+    }
+
+    /// The version of `sidecar` in the desired state it holds, if any.
+    pub fn desired_version(&self, sidecar: &str) -> Option<String> {
+        desired_version(&self.status.borrow(), sidecar).map(str::to_owned)
+    }
+
+    /// Its simulated runtime.
+    pub fn runtime(&self) -> &SimRuntime {
+        &self.runtime
+    }
+}
+
+/// The version of `sidecar` in the desired state of `status`.
+fn desired_version<'a>(status: &'a SyncStatus, sidecar: &str) -> Option<&'a str> {
+    status.desired.as_ref()?.sidecars.iter().find(|s| s.name == sidecar).map(|s| s.version.as_str())
+}
+
+/// A running simulated fleet. Dropping it stops the agents without waiting for them;
+/// [`SimFleet::shutdown`] waits.
+#[derive(Debug)]
+pub struct SimFleet {
+    agents: Vec<SimAgent>,
+    connections: usize,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl SimFleet {
+    /// Starts one agent per instance against the manager at `manager_url`, with `token`, in
+    /// `tenant`. Connections are opened lazily by the agents' first requests. Must be called
+    /// inside a Tokio runtime.
+    pub fn start(
+        manager_url: &str,
+        token: &str,
+        tenant: &str,
+        instances: &[SimInstance],
+        options: &SimFleetOptions,
+    ) -> Result<Self, SimError> {
+        let endpoint = Endpoint::from_shared(manager_url.to_owned())
+            .map_err(|source| SimError::ManagerUrl { url: manager_url.to_owned(), source })?
+            .connect_timeout(options.connect_timeout)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true);
+        let per_connection = options.agents_per_connection.max(1);
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let mut agents = Vec::with_capacity(instances.len());
+        let mut channel: Option<Channel> = None;
+        let mut connections = 0;
+        for (index, instance) in instances.iter().enumerate() {
+            if index % per_connection == 0 {
+                channel = None;
+            }
+            let channel = channel.get_or_insert_with(|| {
+                connections += 1;
+                endpoint.connect_lazy()
+            });
+            let runtime = Arc::new(SimRuntime::new(options.runtime, index as u64));
+            let (tx, rx) = watch::channel(SyncStatus::default());
+            let mut config = SyncConfig::new(
+                token.to_owned(),
+                tenant.to_owned(),
+                instance.id.clone(),
+                instance.service.clone(),
+                instance.labels.clone(),
+            );
+            config.report_interval = options.report_interval;
+            let as_runtime: Arc<dyn Runtime> = runtime.clone();
+            tasks.spawn(sync::run(config, channel.clone(), as_runtime, tx, cancel.clone()));
+            agents.push(SimAgent { instance: instance.clone(), status: rx, runtime });
+        }
+        tasks.close();
+        tracing::info!(agents = agents.len(), connections, "simulated fleet started");
+        Ok(Self { agents, connections, cancel, tasks })
+    }
+
+    /// The agents, in the order of the instances given to [`SimFleet::start`].
+    pub fn agents(&self) -> &[SimAgent] {
+        &self.agents
+    }
+
+    /// HTTP/2 connections the agents share.
+    pub fn connections(&self) -> usize {
+        self.connections
+    }
+
+    /// Agents whose sync stream is open now.
+    pub fn connected(&self) -> usize {
+        self.agents.iter().filter(|a| a.connected()).count()
+    }
+
+    /// Agents whose desired state has `sidecar` at `version` now.
+    pub fn holding(&self, sidecar: &str, version: &str) -> usize {
+        self.agents.iter().filter(|a| desired_version(&a.status.borrow(), sidecar) == Some(version)).count()
+    }
+
+    /// Starts watching every agent for the moment its desired state first has `sidecar` at
+    /// `version`; returns once every watcher is in place, so a change made afterwards is
+    /// timed from the agents' side without missing an early arrival.
+    pub async fn watch_arrivals(&self, sidecar: &str, version: &str) -> Arrivals {
+        let ready = Arc::new(Barrier::new(self.agents.len() + 1));
+        let mut watchers = JoinSet::new();
+        for agent in &self.agents {
+            let mut status = agent.status();
+            let (sidecar, version, ready) = (sidecar.to_owned(), version.to_owned(), ready.clone());
+            watchers.spawn(async move {
+                ready.wait().await;
+                status.wait_for(|s| desired_version(s, &sidecar) == Some(version.as_str())).await.ok()?;
+                Some(Instant::now())
+            });
+        }
+        ready.wait().await;
+        Arrivals { watchers, total: self.agents.len() }
+    }
+
+    /// Stops every agent and waits for their sync loops to end.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tasks.wait().await;
+        tracing::info!(agents = self.agents.len(), "simulated fleet stopped");
+    }
+}
+
+impl Drop for SimFleet {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Watchers started by [`SimFleet::watch_arrivals`].
+#[derive(Debug)]
+pub struct Arrivals {
+    watchers: JoinSet<Option<Instant>>,
+    total: usize,
+}
+
+impl Arrivals {
+    /// Waits until every agent holds the watched version and returns the instants they got
+    /// it (in no particular order). Fails with [`SimError::Missing`] after `timeout`, naming
+    /// how many agents did not get it.
+    pub async fn wait(mut self, timeout: Duration) -> Result<Vec<Instant>, SimError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut arrived = Vec::with_capacity(self.total);
+        loop {
+            match tokio::time::timeout_at(deadline, self.watchers.join_next()).await {
+                Ok(Some(Ok(Some(at)))) => arrived.push(at),
+                // A watcher whose agent stopped, or that panicked: counted as missing.
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => break,
+            }
+        }
+        if arrived.len() == self.total {
+            Ok(arrived)
+        } else {
+            Err(SimError::Missing { missing: self.total - arrived.len(), total: self.total, waited: timeout })
+        }
+    }
+}

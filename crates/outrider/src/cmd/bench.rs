@@ -1,0 +1,281 @@
+//! `outrider bench`: benchmarks that print figures (PRODUCT.md §5).
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use outrider_client::Client;
+use outrider_model::{Binding, HumanDuration, Priority, Service, UpgradeMode};
+use outrider_sim::{
+    SimFleet, SimFleetOptions, SimInstance, SimRuntimeOptions, ensure_sidecar, ensure_version, stats::LatencySummary,
+};
+use serde::Serialize;
+
+use super::sim::{print_stdout, token};
+use crate::cli::{ConnectArgs, OutputFormat};
+
+/// Benchmarks.
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Time from a binding write acknowledged by the API to each agent holding the new
+    /// desired state, over N simulated agents of a dedicated service.
+    Propagation(PropagationArgs),
+}
+
+/// Flags of `outrider bench propagation`.
+#[derive(clap::Args, Debug)]
+pub struct PropagationArgs {
+    /// Simulated agents (all instances of one dedicated service).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub agents: u32,
+    /// Binding changes to time, one after the other.
+    #[arg(long, value_name = "K", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub changes: u32,
+    /// Agents sharing one HTTP/2 connection (the manager allows 200 streams per connection).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(1..=200))]
+    pub agents_per_connection: u16,
+    /// How long one change may take to reach every agent.
+    #[arg(long, default_value = "30s")]
+    pub timeout: HumanDuration,
+    /// Simulated time an agent takes to apply a change (± 40 %); its status reports follow.
+    #[arg(long, default_value = "50ms")]
+    pub apply_delay: HumanDuration,
+    #[command(flatten)]
+    pub conn: ConnectArgs,
+}
+
+/// Runs a benchmark.
+pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Propagation(args) => propagation(args).await,
+    }
+}
+
+/// The result of `outrider bench propagation` (`agents`, `changes`, `p50_ms`, `p99_ms`,
+/// `max_ms` are the contract).
+#[derive(Debug, Serialize)]
+struct PropagationResult {
+    agents: usize,
+    changes: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    /// Latency samples (agents × changes).
+    samples: usize,
+    /// Samples where the agent held the change before the write's answer came back (0 ms).
+    arrived_before_ack: usize,
+    /// Slowest binding write, request to answer.
+    write_max_ms: f64,
+    /// HTTP/2 connections the agents shared.
+    connections: usize,
+    /// Time until every agent was connected and held the first desired state.
+    connect_s: f64,
+    /// The manager's resident memory before the agents connected.
+    server_rss_before_bytes: u64,
+    /// The manager's resident memory with every agent connected.
+    server_rss_bytes: u64,
+    /// The difference, per agent.
+    server_rss_per_agent_bytes: u64,
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// The manager's `process_resident_memory_bytes`, from its `/metrics`.
+async fn server_rss(http: &reqwest::Client, manager: &str) -> anyhow::Result<u64> {
+    let url = format!("{}/metrics", manager.trim_end_matches('/'));
+    let text = http
+        .get(&url)
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| format!("cannot read {url}"))?
+        .text()
+        .await
+        .with_context(|| format!("cannot read {url}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("process_resident_memory_bytes ")?.trim().parse::<f64>().ok())
+        // A byte count far below 2^53: exact as f64.
+        .map(|v| v as u64)
+        .with_context(|| format!("{url} has no process_resident_memory_bytes"))
+}
+
+/// Creates the benchmark's sidecar with `changes + 1` versions and its service bound to the
+/// first one; returns the versions.
+async fn prepare(client: &Client, tenant: &str, name: &str, changes: u32) -> anyhow::Result<Vec<String>> {
+    ensure_sidecar(client, tenant, name).await?;
+    let versions: Vec<String> = (0..=changes).map(|k| format!("1.0.{k}")).collect();
+    for v in &versions {
+        ensure_version(client, tenant, name, v).await?;
+    }
+    let service = Service {
+        name: name.to_owned(),
+        priority: Priority::P2,
+        traits: [("protocol".to_owned(), "grpc".to_owned())].into(),
+        protected: false,
+        windows: Vec::new(),
+    };
+    client.create_service(tenant, &service).await.with_context(|| format!("cannot create service {name:?}"))?;
+    client
+        .set_binding(tenant, name, &binding(name, &versions[0]))
+        .await
+        .with_context(|| format!("cannot bind service {name:?}"))?;
+    Ok(versions)
+}
+
+fn binding(sidecar: &str, version: &str) -> Binding {
+    Binding { sidecar: sidecar.to_owned(), enabled: true, version: version.to_owned(), mode: UpgradeMode::Restart }
+}
+
+/// Waits until every agent holds `version` of `sidecar`, printing progress to stderr.
+async fn wait_initial(fleet: &SimFleet, sidecar: &str, version: &str, timeout: Duration) -> anyhow::Result<()> {
+    let total = fleet.agents().len();
+    let deadline = Instant::now() + timeout;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut last_print = Instant::now();
+    loop {
+        tick.tick().await;
+        let (connected, holding) = (fleet.connected(), fleet.holding(sidecar, version));
+        if holding == total {
+            eprintln!("{connected}/{total} agents connected, {holding}/{total} hold {version}");
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {connected}/{total} agents connected and {holding}/{total} hold {version} after {timeout:?}"
+        );
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            eprintln!("{connected}/{total} agents connected, {holding}/{total} hold {version}");
+            last_print = Instant::now();
+        }
+    }
+}
+
+async fn propagation(args: PropagationArgs) -> anyhow::Result<()> {
+    let client = args.conn.client()?;
+    let token = token(&args.conn)?;
+    let tenant = &args.conn.tenant;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let (agents, changes) = (args.agents as usize, args.changes as usize);
+    // Unique per run: the manager has no delete, so every run leaves its service behind.
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let name = format!("bench-prop-{:08x}", nanos ^ std::process::id().rotate_left(16));
+
+    eprintln!("preparing service and sidecar {name} with {} versions…", changes + 1);
+    let versions = prepare(&client, tenant, &name, args.changes).await?;
+    let rss_before = server_rss(&http, client.base_url()).await?;
+
+    let instances: Vec<SimInstance> =
+        (0..agents).map(|i| SimInstance::new(format!("{name}-{i:06}"), &name, "cn-north", "prod", "full")).collect();
+    let options = SimFleetOptions {
+        agents_per_connection: usize::from(args.agents_per_connection),
+        runtime: SimRuntimeOptions { apply_delay: args.apply_delay.0, jitter: args.apply_delay.0 * 2 / 5 },
+        ..SimFleetOptions::default()
+    };
+    let started = Instant::now();
+    let fleet = SimFleet::start(client.base_url(), &token, tenant, &instances, &options)?;
+    let connections = fleet.connections();
+    eprintln!("starting {agents} agents over {connections} connections…");
+    let connect_timeout = Duration::from_secs(60) + Duration::from_millis(10) * args.agents;
+    let outcome = async {
+        wait_initial(&fleet, &name, &versions[0], connect_timeout).await?;
+        let connect_s = started.elapsed().as_secs_f64();
+        // Let the first reports and the write-behind of the instance records settle.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss = server_rss(&http, client.base_url()).await?;
+        let timed = time_changes(&fleet, &client, tenant, &name, &versions, args.timeout.0).await?;
+        anyhow::Ok((timed, connect_s, rss))
+    }
+    .await;
+    fleet.shutdown().await;
+    let (timed, connect_s, rss_after) = outcome?;
+
+    let summary = LatencySummary::of(timed.samples).context("no latency samples")?;
+    let result = PropagationResult {
+        agents,
+        changes,
+        p50_ms: ms(summary.p50),
+        p99_ms: ms(summary.p99),
+        max_ms: ms(summary.max),
+        samples: summary.samples,
+        arrived_before_ack: timed.before_answer,
+        write_max_ms: ms(timed.slowest_write),
+        connections,
+        connect_s: (connect_s * 1e3).round() / 1e3,
+        server_rss_before_bytes: rss_before,
+        server_rss_bytes: rss_after,
+        server_rss_per_agent_bytes: rss_after.saturating_sub(rss_before) / agents as u64,
+    };
+    let text = match args.conn.output {
+        OutputFormat::Json => serde_json::to_string_pretty(&result)?,
+        OutputFormat::Table => format!(
+            "propagation to {} agents × {} changes: p50 {} ms, p99 {} ms, max {} ms \
+             ({} connection(s), connected in {:.1} s, server RSS +{} KiB per agent)",
+            result.agents,
+            result.changes,
+            result.p50_ms,
+            result.p99_ms,
+            result.max_ms,
+            result.connections,
+            result.connect_s,
+            result.server_rss_per_agent_bytes / 1024
+        ),
+    };
+    print_stdout(&text)
+}
+
+/// What [`time_changes`] measured.
+#[derive(Debug, Default)]
+struct Timed {
+    /// Agents × changes latencies from the write's answer to the agent holding the change.
+    samples: Vec<Duration>,
+    /// Samples where the agent held the change before the write's answer came back
+    /// (counted as 0 ms).
+    before_answer: usize,
+    /// Slowest binding write (request to answer).
+    slowest_write: Duration,
+}
+
+/// Times each change after the first version: the binding write, then every agent's
+/// arrival.
+async fn time_changes(
+    fleet: &SimFleet,
+    client: &Client,
+    tenant: &str,
+    name: &str,
+    versions: &[String],
+    timeout: Duration,
+) -> anyhow::Result<Timed> {
+    let total = versions.len() - 1;
+    let mut timed = Timed { samples: Vec::with_capacity(fleet.agents().len() * total), ..Timed::default() };
+    for (k, version) in versions.iter().enumerate().skip(1) {
+        let arrivals = fleet.watch_arrivals(name, version).await;
+        let sent = Instant::now();
+        client
+            .set_binding(tenant, name, &binding(name, version))
+            .await
+            .with_context(|| format!("cannot move {name} to {version}"))?;
+        let t0 = Instant::now();
+        let at = arrivals.wait(timeout).await.with_context(|| format!("change {k}/{total} to {version}"))?;
+        let early = at.iter().filter(|a| **a < t0).count();
+        let these: Vec<Duration> = at.iter().map(|a| a.saturating_duration_since(t0)).collect();
+        if let Some(s) = LatencySummary::of(these.clone()) {
+            let first = these.iter().min().copied().unwrap_or_default();
+            eprintln!(
+                "change {k}/{total} ({version}): p50 {} ms, p99 {} ms, max {} ms; write {} ms, first agent {} ms, \
+                 {early} before the write's answer",
+                ms(s.p50),
+                ms(s.p99),
+                ms(s.max),
+                ms(t0 - sent),
+                ms(first),
+            );
+        }
+        timed.samples.extend(these);
+        timed.before_answer += early;
+        timed.slowest_write = timed.slowest_write.max(t0 - sent);
+        // Let the agents' upgrade reports drain before the next change.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(timed)
+}

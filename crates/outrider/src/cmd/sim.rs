@@ -1,0 +1,163 @@
+//! `outrider sim`: a simulated fleet of in-process agents speaking the real protocol to a
+//! real manager (PRODUCT.md §5).
+
+use std::{
+    io::Write,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use outrider_client::Client;
+use outrider_model::HumanDuration;
+use outrider_sim::{FleetParams, FleetSpec, SidecarRef, SimFleet, SimFleetOptions, SimRuntimeOptions, seed_catalog};
+use serde::Serialize;
+
+use crate::cli::{ConnectArgs, OutputFormat};
+
+/// Flags of `outrider sim`.
+#[derive(clap::Args, Debug)]
+pub struct SimArgs {
+    /// Services to generate (and create in the tenant; existing ones are kept).
+    #[arg(long, value_name = "N")]
+    pub services: usize,
+    /// Instances to simulate, one agent each (at least one per service).
+    #[arg(long, value_name = "M")]
+    pub instances: usize,
+    /// Seed of the fleet generator: the same seed gives the same fleet.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub seed: u64,
+    /// Bind every generated service to this sidecar version (created if missing).
+    #[arg(long, value_name = "NAME@VERSION")]
+    pub sidecar: Option<SidecarRef>,
+    /// Stop by itself after this long (`30s`, `5m`); without it, run until Ctrl-C.
+    #[arg(long)]
+    pub duration: Option<HumanDuration>,
+    /// Agents sharing one HTTP/2 connection (the manager allows 200 streams per connection).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(1..=200))]
+    pub agents_per_connection: u16,
+    /// Each agent reports its status on change and at least this often.
+    #[arg(long, default_value = "30s")]
+    pub report_interval: HumanDuration,
+    /// Simulated time an upgrade takes (± 40 %).
+    #[arg(long, default_value = "50ms")]
+    pub apply_delay: HumanDuration,
+    #[command(flatten)]
+    pub conn: ConnectArgs,
+}
+
+/// What `outrider sim` prints on standard output when it stops.
+#[derive(Debug, Serialize)]
+struct Summary {
+    services: usize,
+    instances: usize,
+    seed: u64,
+    services_created: usize,
+    connections: usize,
+    connected_at_stop: usize,
+    ran_s: f64,
+}
+
+/// The API token, which agents need (no anonymous sync).
+pub(crate) fn token(conn: &ConnectArgs) -> anyhow::Result<String> {
+    Client::token_from(conn.token_file.as_deref(), std::env::var("OUTRIDER_TOKEN").ok())?
+        .context("agents need a token: give --token-file FILE (or set OUTRIDER_TOKEN)")
+}
+
+/// Waits for Ctrl-C or SIGTERM, or for `duration` when given.
+async fn stop_signal(duration: Option<Duration>) {
+    match duration {
+        Some(d) => tokio::select! {
+            () = tokio::time::sleep(d) => {}
+            () = super::server::shutdown_signal() => {}
+        },
+        None => super::server::shutdown_signal().await,
+    }
+}
+
+/// Prints "N/M agents connected" to stderr whenever the count changes (at most once a
+/// second), until every agent is connected.
+async fn report_connections(fleet: &SimFleet) {
+    let total = fleet.agents().len();
+    let mut last = usize::MAX;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let connected = fleet.connected();
+        if connected != last {
+            eprintln!("{connected}/{total} agents connected");
+            last = connected;
+        }
+        if connected == total {
+            return;
+        }
+    }
+}
+
+/// Runs `outrider sim` until Ctrl-C, SIGTERM or `--duration`.
+pub async fn run(args: SimArgs) -> anyhow::Result<()> {
+    let spec =
+        FleetSpec::generate(FleetParams { services: args.services, instances: args.instances, seed: args.seed })?;
+    let client = args.conn.client()?;
+    let token = token(&args.conn)?;
+    let tenant = &args.conn.tenant;
+
+    let started = Instant::now();
+    let sidecar = args.sidecar.as_ref().map(|s| format!(" bound to {s}")).unwrap_or_default();
+    eprintln!("seeding {} services{sidecar} in tenant {tenant}…", spec.services.len());
+    let seeded = seed_catalog(&client, tenant, &spec, args.sidecar.as_ref()).await?;
+    eprintln!(
+        "{} services created, {} existed ({:.1}s)",
+        seeded.services_created,
+        seeded.services_existing,
+        started.elapsed().as_secs_f64()
+    );
+
+    let options = SimFleetOptions {
+        agents_per_connection: usize::from(args.agents_per_connection),
+        report_interval: args.report_interval.0,
+        runtime: SimRuntimeOptions { apply_delay: args.apply_delay.0, jitter: args.apply_delay.0 * 2 / 5 },
+        ..SimFleetOptions::default()
+    };
+    let fleet = SimFleet::start(client.base_url(), &token, tenant, &spec.instances, &options)?;
+    eprintln!("starting {} agents over {} connections…", fleet.agents().len(), fleet.connections());
+    let running = Instant::now();
+    let stop = stop_signal(args.duration.map(|d| d.0));
+    tokio::pin!(stop);
+    tokio::select! {
+        () = report_connections(&fleet) => {
+            eprintln!("all agents connected in {:.1}s; {}", running.elapsed().as_secs_f64(),
+                if args.duration.is_some() { "running until --duration ends" } else { "Ctrl-C to stop" });
+            (&mut stop).await;
+        }
+        () = &mut stop => {}
+    }
+
+    let summary = Summary {
+        services: spec.services.len(),
+        instances: spec.instances.len(),
+        seed: args.seed,
+        services_created: seeded.services_created,
+        connections: fleet.connections(),
+        connected_at_stop: fleet.connected(),
+        ran_s: running.elapsed().as_secs_f64(),
+    };
+    eprintln!("stopping {} agents…", fleet.agents().len());
+    fleet.shutdown().await;
+    let text = match args.conn.output {
+        OutputFormat::Json => serde_json::to_string_pretty(&summary)?,
+        OutputFormat::Table => format!(
+            "simulated {} instances of {} services (seed {}) for {:.1}s; {} connected at stop",
+            summary.instances, summary.services, summary.seed, summary.ran_s, summary.connected_at_stop
+        ),
+    };
+    print_stdout(&text)
+}
+
+/// Writes `text` and a newline to standard output; a closed pipe is not an error.
+pub(crate) fn print_stdout(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("cannot write to standard output"),
+        _ => Ok(()),
+    }
+}
