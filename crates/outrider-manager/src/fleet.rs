@@ -29,7 +29,7 @@ type InstanceRef = (String, String);
 /// Delay before writing instance records when a deploy is among them.
 const URGENT_FLUSH: Duration = Duration::from_millis(20);
 /// Delay before writing status-only changes of instance records.
-const STATUS_FLUSH: Duration = Duration::from_secs(1);
+const STATUS_FLUSH: Duration = Duration::from_secs(3);
 
 /// What an agent says when it registers.
 #[derive(Debug, Clone)]
@@ -297,6 +297,8 @@ impl Fleet {
             let Some(tc) = catalog.tenant(&svc.0) else { continue };
             let Some(ids) = inner.by_service.get(svc) else { continue };
             let service_desired = tc.desired_for_service(&svc.1);
+            // Instances without an on-deploy adjustment share one snapshot.
+            let shared = Arc::new(DesiredState { revision: catalog.revision, sidecars: service_desired.clone() });
             for id in ids {
                 let Some(e) = inner.instances.get_mut(&(svc.0.clone(), id.clone())) else { continue };
                 let Some((_, tx)) = &e.conn else { continue };
@@ -304,7 +306,11 @@ impl Fleet {
                 let sidecars = instance_desired(tc, &service_desired, &e.record, Some(&current), false);
                 if sidecars != current.sidecars {
                     e.record.desired_revision = catalog.revision;
-                    let desired = Arc::new(DesiredState { revision: catalog.revision, sidecars });
+                    let desired = if sidecars == shared.sidecars {
+                        shared.clone()
+                    } else {
+                        Arc::new(DesiredState { revision: catalog.revision, sidecars })
+                    };
                     tx.send_replace(desired.clone());
                     e.last_told = Some(desired);
                     pushed += 1;

@@ -18,8 +18,10 @@ const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 /// "revision" → the global revision.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const REVISION_KEY: &str = "revision";
-/// Transactions kept for watchers that start from a past revision.
+/// Transactions kept for watchers that start from a past revision…
 const WATCH_HISTORY: usize = 8192;
+/// …and at most this many bytes of their keys and values.
+const WATCH_HISTORY_BYTES: usize = 32 << 20;
 
 /// The embedded store: a redb database file, a global revision kept inside every write
 /// transaction, and an in-memory hub that fans committed changes out to watchers.
@@ -45,7 +47,13 @@ impl RedbStore {
             meta.get(REVISION_KEY).map_err(StoreError::backend)?.map(|v| v.value()).unwrap_or(0)
         };
         w.commit().map_err(StoreError::backend)?;
-        Ok(Self { inner: Arc::new(Inner { db, writer: Mutex::new(()), hub: WatchHub::new(revision, WATCH_HISTORY) }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                db,
+                writer: Mutex::new(()),
+                hub: WatchHub::new(revision, WATCH_HISTORY, WATCH_HISTORY_BYTES),
+            }),
+        })
     }
 
     async fn blocking<T: Send + 'static>(

@@ -12,6 +12,16 @@ use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 
 use crate::{StoreError, WatchBatch, WatchStream};
 
+fn batch_bytes(b: &WatchBatch) -> usize {
+    b.events
+        .iter()
+        .map(|e| match e {
+            crate::WatchEvent::Put(kv) => kv.key.len() + kv.value.len(),
+            crate::WatchEvent::Delete { key, .. } => key.len(),
+        })
+        .sum()
+}
+
 /// Committed batches, kept for late watchers and broadcast to live ones.
 pub(crate) struct WatchHub {
     inner: Mutex<History>,
@@ -21,26 +31,33 @@ pub(crate) struct WatchHub {
 struct History {
     batches: VecDeque<Arc<WatchBatch>>,
     capacity: usize,
+    /// Bytes of keys and values held; history is also bounded by this.
+    bytes: usize,
+    max_bytes: usize,
     /// Revision current when the hub was created: nothing at or before it is in history.
     base_revision: u64,
 }
 
 impl WatchHub {
-    pub(crate) fn new(current_revision: u64, capacity: usize) -> Self {
+    pub(crate) fn new(current_revision: u64, capacity: usize, max_bytes: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity.max(16));
-        Self { inner: Mutex::new(History { batches: VecDeque::new(), capacity, base_revision: current_revision }), tx }
+        let history =
+            History { batches: VecDeque::new(), capacity, bytes: 0, max_bytes, base_revision: current_revision };
+        Self { inner: Mutex::new(history), tx }
     }
 
     /// Records a committed batch. Called in commit order, under the writer lock.
     pub(crate) fn publish(&self, batch: WatchBatch) {
         let batch = Arc::new(batch);
+        let size = batch_bytes(&batch);
         let mut h = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if h.batches.len() == h.capacity
-            && let Some(old) = h.batches.pop_front()
-        {
+        h.bytes += size;
+        h.batches.push_back(batch.clone());
+        while h.batches.len() > h.capacity || (h.bytes > h.max_bytes && h.batches.len() > 1) {
+            let Some(old) = h.batches.pop_front() else { break };
+            h.bytes -= batch_bytes(&old);
             h.base_revision = old.revision;
         }
-        h.batches.push_back(batch.clone());
         // No receivers is fine: nobody watches.
         let _ = self.tx.send(batch);
     }
@@ -80,5 +97,31 @@ impl WatchHub {
             })
             .filter_map(futures::future::ready);
         Ok(Box::pin(stream))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{KeyValue, WatchEvent};
+
+    fn batch(revision: u64, value_len: usize) -> WatchBatch {
+        let kv = KeyValue { key: "k".into(), value: vec![0; value_len], create_revision: 1, mod_revision: revision };
+        WatchBatch { revision, events: vec![WatchEvent::Put(kv)] }
+    }
+
+    #[test]
+    fn history_is_bounded_by_bytes_as_well_as_count() {
+        let hub = WatchHub::new(0, 100, 1000);
+        for r in 1..=5 {
+            hub.publish(batch(r, 399));
+        }
+        // 400 bytes each, 1000 allowed: only the last two stay.
+        assert!(matches!(hub.watch("", 3, 5), Err(StoreError::Compacted { oldest: 4, .. })));
+        assert!(hub.watch("", 4, 5).is_ok());
+        // One batch larger than the bound is still kept, alone.
+        hub.publish(batch(6, 5000));
+        assert!(hub.watch("", 6, 6).is_ok());
+        assert!(hub.watch("", 5, 6).is_err());
     }
 }
