@@ -3,7 +3,7 @@
 //! so thousands of agents reporting at once cost a few store transactions, not thousands.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeSet, HashMap},
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
@@ -23,8 +23,6 @@ use crate::{
     metrics::Metrics,
     repo::{NewEvent, Repo, encode},
 };
-
-type InstanceRef = (String, String);
 
 /// Delay before writing instance records when a deploy is among them.
 const URGENT_FLUSH: Duration = Duration::from_millis(20);
@@ -64,13 +62,22 @@ struct Entry {
     conn: Option<(u64, watch::Sender<Arc<DesiredState>>)>,
     /// The desired state last sent, kept across disconnects (on-deploy targets depend on it).
     last_told: Option<Arc<DesiredState>>,
+    /// Changed since last written to the store.
+    dirty: bool,
+}
+
+impl Entry {
+    fn new(record: Instance) -> Self {
+        Self { record, conn: None, last_told: None, dirty: false }
+    }
 }
 
 #[derive(Default)]
 struct Inner {
-    instances: HashMap<InstanceRef, Entry>,
+    /// tenant → instance id → entry (nested so lookups borrow `&str`: no allocation per
+    /// ack or report).
+    instances: HashMap<String, HashMap<String, Entry>>,
     by_service: HashMap<ServiceRef, BTreeSet<String>>,
-    dirty: HashSet<InstanceRef>,
     events: Vec<NewEvent>,
     next_conn: u64,
 }
@@ -164,9 +171,8 @@ impl Fleet {
         let mut g = self.lock();
         for StoredInstance { tenant, instance: mut record } in records {
             record.connected = false;
-            let key = (tenant, record.id.clone());
-            g.by_service.entry((key.0.clone(), record.service.clone())).or_default().insert(record.id.clone());
-            g.instances.insert(key, Entry { record, conn: None, last_told: None });
+            g.by_service.entry((tenant.clone(), record.service.clone())).or_default().insert(record.id.clone());
+            g.instances.entry(tenant).or_default().insert(record.id.clone(), Entry::new(record));
         }
     }
 
@@ -179,11 +185,10 @@ impl Fleet {
             return Err(ApiError::not_found(format!("service {:?} in tenant {:?}", reg.service, reg.tenant)));
         }
         let now = OffsetDateTime::now_utc();
-        let key = (reg.tenant.clone(), reg.instance.clone());
         let mut g = self.lock();
         g.next_conn += 1;
         let conn_id = g.next_conn;
-        let previous = g.instances.remove(&key);
+        let previous = g.instances.get_mut(&reg.tenant).and_then(|m| m.remove(&reg.instance));
         let deploy = previous.as_ref().is_none_or(|p| p.record.deploy_id != reg.deploy_id);
         if let Some(p) = &previous
             && p.record.service != reg.service
@@ -227,8 +232,8 @@ impl Fleet {
                 detail: serde_json::json!({"service": reg.service, "deploy_id": reg.deploy_id}),
             });
         }
-        g.instances.insert(key.clone(), Entry { record, conn: Some((conn_id, tx)), last_told: Some(desired) });
-        g.dirty.insert(key);
+        let entry = Entry { record, conn: Some((conn_id, tx)), last_told: Some(desired), dirty: true };
+        g.instances.entry(reg.tenant.clone()).or_default().insert(reg.instance.clone(), entry);
         drop(g);
         // A reconnect that replaces a live stream keeps the count: the old stream's end is
         // ignored by `disconnect` (its id no longer matches).
@@ -241,14 +246,13 @@ impl Fleet {
 
     fn with_conn(&self, tenant: &str, id: &str, conn: u64, f: impl FnOnce(&mut Instance) -> bool) {
         let mut g = self.lock();
-        let key = (tenant.to_owned(), id.to_owned());
-        let Some(e) = g.instances.get_mut(&key) else { return };
+        let Some(e) = g.instances.get_mut(tenant).and_then(|m| m.get_mut(id)) else { return };
         if e.conn.as_ref().map(|c| c.0) != Some(conn) {
             return;
         }
         e.record.last_seen = OffsetDateTime::now_utc();
         if f(&mut e.record) {
-            g.dirty.insert(key);
+            e.dirty = true;
             drop(g);
             self.flush.notify_one();
         }
@@ -275,14 +279,13 @@ impl Fleet {
     /// Ends a sync stream (a newer stream of the same instance is left alone).
     pub fn disconnect(&self, tenant: &str, id: &str, conn: u64) {
         let mut g = self.lock();
-        let key = (tenant.to_owned(), id.to_owned());
-        let Some(e) = g.instances.get_mut(&key) else { return };
+        let Some(e) = g.instances.get_mut(tenant).and_then(|m| m.get_mut(id)) else { return };
         if e.conn.as_ref().map(|c| c.0) != Some(conn) {
             return;
         }
         e.conn = None;
         e.record.connected = false;
-        g.dirty.insert(key);
+        e.dirty = true;
         drop(g);
         self.metrics.agents_connected.dec();
         self.flush.notify_one();
@@ -290,31 +293,53 @@ impl Fleet {
 
     /// Recomputes and pushes the desired state of every connected instance of `touched`.
     pub fn push(&self, touched: &BTreeSet<ServiceRef>, catalog: &Catalog) {
+        let revision = catalog.revision;
         let mut pushed = 0u64;
         let mut g = self.lock();
         let inner = &mut *g;
         for svc in touched {
             let Some(tc) = catalog.tenant(&svc.0) else { continue };
-            let Some(ids) = inner.by_service.get(svc) else { continue };
+            let (Some(ids), Some(entries)) = (inner.by_service.get(svc), inner.instances.get_mut(&svc.0)) else {
+                continue;
+            };
             let service_desired = tc.desired_for_service(&svc.1);
-            // Instances without an on-deploy adjustment share one snapshot.
-            let shared = Arc::new(DesiredState { revision: catalog.revision, sidecars: service_desired.clone() });
+            let per_instance = service_desired.iter().any(|d| d.mode == UpgradeMode::OnDeploy);
+            // Instances without an on-deploy adjustment share one snapshot, and most of them
+            // share their previous one too: compare each distinct previous snapshot once.
+            let shared = Arc::new(DesiredState { revision, sidecars: service_desired });
+            let mut last_compared: Option<(*const DesiredState, bool)> = None;
             for id in ids {
-                let Some(e) = inner.instances.get_mut(&(svc.0.clone(), id.clone())) else { continue };
+                let Some(e) = entries.get_mut(id) else { continue };
                 let Some((_, tx)) = &e.conn else { continue };
                 let current = tx.borrow().clone();
-                let sidecars = instance_desired(tc, &service_desired, &e.record, Some(&current), false);
-                if sidecars != current.sidecars {
-                    e.record.desired_revision = catalog.revision;
-                    let desired = if sidecars == shared.sidecars {
+                let desired = if per_instance {
+                    let sidecars = instance_desired(tc, &shared.sidecars, &e.record, Some(&current), false);
+                    if sidecars == current.sidecars {
+                        continue;
+                    }
+                    if sidecars == shared.sidecars {
                         shared.clone()
                     } else {
-                        Arc::new(DesiredState { revision: catalog.revision, sidecars })
+                        Arc::new(DesiredState { revision, sidecars })
+                    }
+                } else {
+                    let unchanged = match last_compared {
+                        Some((ptr, same)) if std::ptr::eq(ptr, Arc::as_ptr(&current)) => same,
+                        _ => {
+                            let same = current.sidecars == shared.sidecars;
+                            last_compared = Some((Arc::as_ptr(&current), same));
+                            same
+                        }
                     };
-                    tx.send_replace(desired.clone());
-                    e.last_told = Some(desired);
-                    pushed += 1;
-                }
+                    if unchanged {
+                        continue;
+                    }
+                    shared.clone()
+                };
+                e.record.desired_revision = revision;
+                tx.send_replace(desired.clone());
+                e.last_told = Some(desired);
+                pushed += 1;
             }
         }
         drop(g);
@@ -330,7 +355,7 @@ impl Fleet {
     pub fn close_all(&self) {
         let mut g = self.lock();
         let mut closed = 0;
-        for e in g.instances.values_mut() {
+        for e in g.instances.values_mut().flat_map(HashMap::values_mut) {
             if e.conn.take().is_some() {
                 e.record.connected = false;
                 closed += 1;
@@ -343,12 +368,9 @@ impl Fleet {
     /// Instances of `tenant` that match `filter`, by id.
     pub fn list(&self, tenant: &str, filter: &InstanceFilter) -> Vec<Instance> {
         let g = self.lock();
-        let mut out: Vec<Instance> = g
-            .instances
-            .iter()
-            .filter(|((t, _), e)| t == tenant && filter.matches(&e.record))
-            .map(|(_, e)| e.record.clone())
-            .collect();
+        let Some(entries) = g.instances.get(tenant) else { return Vec::new() };
+        let mut out: Vec<Instance> =
+            entries.values().filter(|e| filter.matches(&e.record)).map(|e| e.record.clone()).collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
     }
@@ -357,10 +379,7 @@ impl Fleet {
     pub fn distribution(&self, tenant: &str, sidecar: &str) -> Vec<(String, u64)> {
         let g = self.lock();
         let mut counts: HashMap<String, u64> = HashMap::new();
-        for ((t, _), e) in &g.instances {
-            if t != tenant {
-                continue;
-            }
+        for e in g.instances.get(tenant).into_iter().flat_map(HashMap::values) {
             for s in e.record.sidecars.iter().filter(|s| s.name == sidecar) {
                 *counts.entry(s.version.clone()).or_default() += 1;
             }
@@ -401,15 +420,18 @@ impl Fleet {
     async fn flush_once(&self, repo: &Repo) -> Result<(), ApiError> {
         let (records, events) = {
             let mut g = self.lock();
-            let dirty: Vec<InstanceRef> = g.dirty.drain().collect();
-            let records: Vec<(InstanceRef, Instance)> =
-                dirty.into_iter().filter_map(|k| g.instances.get(&k).map(|e| (k, e.record.clone()))).collect();
+            let mut records = Vec::new();
+            for (tenant, entries) in &mut g.instances {
+                for e in entries.values_mut().filter(|e| e.dirty) {
+                    e.dirty = false;
+                    records.push(StoredInstance { tenant: tenant.clone(), instance: e.record.clone() });
+                }
+            }
             (records, std::mem::take(&mut g.events))
         };
         let mut ops = Vec::with_capacity(records.len() + events.len());
-        for ((tenant, id), record) in &records {
-            let stored = StoredInstance { tenant: tenant.clone(), instance: record.clone() };
-            ops.push(Op::put(keys::instance(tenant, id), encode(&stored)?));
+        for stored in &records {
+            ops.push(Op::put(keys::instance(&stored.tenant, &stored.instance.id), encode(stored)?));
         }
         for e in events.iter().cloned() {
             ops.push(repo.event_op(e)?);
@@ -418,7 +440,11 @@ impl Fleet {
             if let Err(e) = repo.commit(Vec::new(), chunk.to_vec(), Vec::new()).await {
                 // Put everything back so nothing is lost.
                 let mut g = self.lock();
-                g.dirty.extend(records.into_iter().map(|(k, _)| k));
+                for r in &records {
+                    if let Some(e) = g.instances.get_mut(&r.tenant).and_then(|m| m.get_mut(&r.instance.id)) {
+                        e.dirty = true;
+                    }
+                }
                 g.events.extend(events);
                 return Err(e);
             }
