@@ -12,6 +12,7 @@ mod event;
 mod instance;
 mod name;
 mod placeholder;
+mod plan;
 mod service;
 mod sidecar;
 mod tenant;
@@ -25,6 +26,10 @@ pub use event::Event;
 pub use instance::{Instance, InstanceLabels, SidecarState, SidecarStatus};
 pub use name::validate_name;
 pub use placeholder::{PlaceholderContext, expand};
+pub use plan::{
+    Batch, BatchState, Batching, Caps, Cell, ChangeWindow, Counts, FeatureServices, Incident, Phase, PhaseSpec, Plan,
+    PlanSpec, PlanState, Selector, Verdict, VersionMatch,
+};
 pub use service::{Priority, ProtectedPeriod, Service, ServiceUpdate};
 pub use sidecar::{Probe, ProbeCheck, Sidecar, UpgradeMode};
 pub use tenant::Tenant;
