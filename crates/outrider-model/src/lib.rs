@@ -27,8 +27,8 @@ pub use instance::{Instance, InstanceLabels, SidecarState, SidecarStatus};
 pub use name::validate_name;
 pub use placeholder::{PlaceholderContext, expand};
 pub use plan::{
-    Batch, BatchState, Batching, Caps, Cell, ChangeWindow, Counts, FeatureServices, Incident, Phase, PhaseSpec, Plan,
-    PlanSpec, PlanState, Selector, Verdict, VersionMatch,
+    Batch, BatchState, Batching, Caps, Cell, ChangeWindow, Counts, FeatureServices, Freeze, Incident, NewFreeze, Phase,
+    PhaseSpec, Plan, PlanSpec, PlanState, Selector, Simulation, Verdict, VersionMatch,
 };
 pub use service::{Priority, ProtectedPeriod, Service, ServiceUpdate};
 pub use sidecar::{Probe, ProbeCheck, Sidecar, UpgradeMode};

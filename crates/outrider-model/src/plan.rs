@@ -612,3 +612,83 @@ mod tests {
         assert!(floor.matches("1.1.9") && !floor.matches("1.2.0"));
     }
 }
+
+/// The answer of `POST /plans/simulate`: the predicted schedule on a virtual clock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Simulation {
+    /// Feature services chosen.
+    pub feature_services: Vec<String>,
+    /// Phases with batches carrying `predicted_start`.
+    pub phases: Vec<Phase>,
+    /// Instances per state (all pending).
+    pub counts: Counts,
+    /// When the simulation starts (now).
+    #[serde(with = "time::serde::rfc3339")]
+    pub start: OffsetDateTime,
+    /// Predicted end of the last batch's bake.
+    #[serde(with = "time::serde::rfc3339")]
+    pub finish: OffsetDateTime,
+    /// `finish - start` in days.
+    pub days: f64,
+    /// Assumptions and things worth knowing (e.g. "no window before …").
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+/// A change freeze: no plan changes anything in scope between `from` and `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Freeze {
+    /// Id.
+    pub id: String,
+    /// Start (RFC 3339).
+    #[serde(with = "time::serde::rfc3339")]
+    pub from: OffsetDateTime,
+    /// End (RFC 3339), exclusive.
+    #[serde(with = "time::serde::rfc3339")]
+    pub to: OffsetDateTime,
+    /// Why.
+    pub reason: String,
+    /// Only these services (empty: the whole tenant).
+    #[serde(default)]
+    pub services: Vec<String>,
+}
+
+/// The body of `POST /freezes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewFreeze {
+    /// Start.
+    #[serde(with = "time::serde::rfc3339")]
+    pub from: OffsetDateTime,
+    /// End.
+    #[serde(with = "time::serde::rfc3339")]
+    pub to: OffsetDateTime,
+    /// Why (required).
+    pub reason: String,
+    /// Only these services.
+    #[serde(default)]
+    pub services: Vec<String>,
+}
+
+impl NewFreeze {
+    /// Checks the period, the reason and the service names.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.to <= self.from {
+            return Err(ValidationError::new("to", "a freeze must end after it starts"));
+        }
+        if self.reason.trim().is_empty() {
+            return Err(ValidationError::new("reason", "say why changes are frozen"));
+        }
+        for s in &self.services {
+            validate_name("services", s)?;
+        }
+        Ok(())
+    }
+}
+
+impl Freeze {
+    /// Whether the freeze is in force at `t` for `service`.
+    pub fn covers(&self, t: OffsetDateTime, service: &str) -> bool {
+        self.from <= t && t < self.to && (self.services.is_empty() || self.services.iter().any(|s| s == service))
+    }
+}
