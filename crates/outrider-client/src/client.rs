@@ -1,12 +1,15 @@
 use std::{fmt, path::Path, pin::Pin, time::Duration};
 
 use futures::Stream;
-use outrider_model::{Binding, Event, Instance, NewVersion, Service, ServiceUpdate, Sidecar, Tenant, Version};
+use outrider_model::{
+    Binding, Event, Freeze, Instance, NewFreeze, NewVersion, Plan, PlanSpec, Service, ServiceUpdate, Sidecar,
+    Simulation, Tenant, Version,
+};
 use reqwest::{Method, RequestBuilder, Url};
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
 
-use crate::{ClientError, Distribution, EventQuery, InstanceFilter, ndjson, path::push_segments};
+use crate::{ClientError, Distribution, EventQuery, InstanceFilter, PlanAction, ndjson, path::push_segments};
 
 /// A stream of events from [`Client::follow_events`]. It ends only when the connection does
 /// (after yielding the transport error, if any); a line that does not decode yields an error
@@ -212,6 +215,67 @@ impl Client {
     /// `GET /tenants/{tenant}/instances` with the filters that are set.
     pub async fn list_instances(&self, tenant: &str, filter: &InstanceFilter) -> Result<Vec<Instance>, ClientError> {
         self.get(self.tenant_url(tenant, &["instances"], &filter.pairs())?).await
+    }
+
+    /// `POST /tenants/{tenant}/plans`: creates (and starts) a plan.
+    pub async fn create_plan(&self, tenant: &str, spec: &PlanSpec) -> Result<Plan, ClientError> {
+        self.send(Method::POST, self.tenant_url(tenant, &["plans"], &[])?, spec).await
+    }
+
+    /// `GET /tenants/{tenant}/plans`: every plan, newest first.
+    pub async fn list_plans(&self, tenant: &str) -> Result<Vec<Plan>, ClientError> {
+        self.get(self.tenant_url(tenant, &["plans"], &[])?).await
+    }
+
+    /// `GET /tenants/{tenant}/plans/{id}`.
+    pub async fn get_plan(&self, tenant: &str, id: &str) -> Result<Plan, ClientError> {
+        self.get(self.tenant_url(tenant, &["plans", id], &[])?).await
+    }
+
+    /// `POST /tenants/{tenant}/plans/{id}/{action}` with `{"reason": …}` when a reason is
+    /// given (`{}` otherwise). The manager refuses an action the plan's state does not allow
+    /// (409 `failed_precondition`).
+    pub async fn plan_action(
+        &self,
+        tenant: &str,
+        id: &str,
+        action: PlanAction,
+        reason: Option<&str>,
+    ) -> Result<Plan, ClientError> {
+        let url = self.tenant_url(tenant, &["plans", id, action.as_str()], &[])?;
+        let body = match reason {
+            Some(reason) => json!({ "reason": reason }),
+            None => json!({}),
+        };
+        self.send(Method::POST, url, &body).await
+    }
+
+    /// `POST /tenants/{tenant}/plans/simulate`: the schedule `spec` would follow; nothing
+    /// changes.
+    pub async fn simulate_plan(&self, tenant: &str, spec: &PlanSpec) -> Result<Simulation, ClientError> {
+        self.send(Method::POST, self.tenant_url(tenant, &["plans", "simulate"], &[])?, spec).await
+    }
+
+    /// `POST /tenants/{tenant}/freezes`.
+    pub async fn create_freeze(&self, tenant: &str, freeze: &NewFreeze) -> Result<Freeze, ClientError> {
+        self.send(Method::POST, self.tenant_url(tenant, &["freezes"], &[])?, freeze).await
+    }
+
+    /// `GET /tenants/{tenant}/freezes`.
+    pub async fn list_freezes(&self, tenant: &str) -> Result<Vec<Freeze>, ClientError> {
+        self.get(self.tenant_url(tenant, &["freezes"], &[])?).await
+    }
+
+    /// `DELETE /tenants/{tenant}/freezes/{id}`.
+    pub async fn delete_freeze(&self, tenant: &str, id: &str) -> Result<(), ClientError> {
+        let url = self.tenant_url(tenant, &["freezes", id], &[])?;
+        let resp = self.authorized(Method::DELETE, url).timeout(REQUEST_TIMEOUT).send().await?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = resp.bytes().await?;
+        Err(ClientError::from_response(status.as_u16(), &body))
     }
 
     /// `GET /tenants/{tenant}/events`: the event log (after `query.since`, of `query.plan`).

@@ -29,4 +29,4 @@ mod types;
 
 pub use client::{Client, EventStream};
 pub use error::ClientError;
-pub use types::{Distribution, EventQuery, InstanceFilter, VersionCount};
+pub use types::{Distribution, EventQuery, InstanceFilter, PlanAction, VersionCount};

@@ -9,13 +9,13 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, put},
+    routing::{get, post, put},
 };
 use futures::StreamExt;
-use outrider_model::{Binding, UpgradeMode};
+use outrider_model::{Binding, NewFreeze, PlanSpec, PlanState, UpgradeMode};
 use serde_json::{Value, json};
 
-use crate::{Client, ClientError, EventQuery, InstanceFilter};
+use crate::{Client, ClientError, EventQuery, InstanceFilter, PlanAction};
 
 const TOKEN: &str = "t0ken";
 
@@ -90,6 +90,95 @@ async fn events(Query(q): Query<HashMap<String, String>>) -> Response {
     Body::from_stream(body).into_response()
 }
 
+/// A plan in `state` made from `spec` (one phase, one batch of one cell).
+fn plan(id: &str, state: &str, reason: &str, spec: &Value) -> Value {
+    json!({
+        "id": id, "name": spec["name"], "sidecar": spec["sidecar"], "target_version": spec["target_version"],
+        "state": state, "reason": reason, "feature_services": ["checkout"],
+        "phases": [{"name": "gray", "stage": "canary", "mode": "hot", "bake": "10m", "batches": [
+            {"index": 0, "lane": 0, "cells": [{"service": "checkout", "region": "boe", "env": "prod", "instances": 3}],
+             "state": "pending"}
+        ]}],
+        "counts": {"total": 3, "done": 0, "failed": 0, "pending": 3},
+        "blast_radius": 0, "incidents": [], "cursor_phase": 0, "spec": spec,
+        "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"
+    })
+}
+
+fn spec_json() -> Value {
+    json!({"name": "mesh to 1.1.0", "sidecar": "mesh", "target_version": "1.1.0"})
+}
+
+async fn create_plan(Json(spec): Json<Value>) -> Response {
+    // The body must be a whole plan body (defaults filled in by the client's model type).
+    if serde_json::from_value::<PlanSpec>(spec.clone()).is_err() || spec.get("phases").is_none() {
+        return api_error(StatusCode::BAD_REQUEST, "invalid", &format!("not a plan body: {spec}"));
+    }
+    (StatusCode::CREATED, Json(plan("p-1", "pending", "", &spec))).into_response()
+}
+
+async fn plans() -> Json<Value> {
+    Json(json!([plan("p-2", "running", "", &spec_json()), plan("p-1", "completed", "", &spec_json())]))
+}
+
+async fn one_plan(Path((_, id)): Path<(String, String)>) -> Response {
+    if id == "missing" {
+        return api_error(StatusCode::NOT_FOUND, "not_found", "no plan \"missing\"");
+    }
+    Json(plan(&id, "running", "", &spec_json())).into_response()
+}
+
+/// Echoes the action and the body it got: the state it leads to, the body as the reason.
+async fn plan_action(Path((_, id, action)): Path<(String, String, String)>, body: Bytes) -> Response {
+    if id == "done" {
+        return api_error(StatusCode::CONFLICT, "failed_precondition", "plan \"done\" is completed");
+    }
+    let state = match action.as_str() {
+        "pause" => "paused",
+        "resume" | "approve" => "running",
+        "abort" => "aborted",
+        "rollback" => "rolled_back",
+        _ => return api_error(StatusCode::NOT_FOUND, "not_found", "no such action"),
+    };
+    let body = String::from_utf8_lossy(&body).into_owned();
+    Json(plan(&id, state, &body, &spec_json())).into_response()
+}
+
+async fn simulate(Json(spec): Json<Value>) -> Json<Value> {
+    let mut phases = plan("sim", "pending", "", &spec)["phases"].clone();
+    phases[0]["batches"][0]["predicted_start"] = json!("2026-01-02T10:00:00Z");
+    Json(json!({
+        "feature_services": ["checkout"], "phases": phases,
+        "counts": {"total": 3, "done": 0, "failed": 0, "pending": 3},
+        "start": "2026-01-01T00:00:00Z", "finish": "2026-01-02T10:10:00Z", "days": 1.42,
+        "notes": ["no window before 2026-01-02T10:00:00Z"]
+    }))
+}
+
+fn freeze(id: &str, body: &Value) -> Value {
+    json!({"id": id, "from": body["from"], "to": body["to"], "reason": body["reason"], "services": body["services"]})
+}
+
+async fn create_freeze(Json(body): Json<Value>) -> Response {
+    if serde_json::from_value::<NewFreeze>(body.clone()).is_err() {
+        return api_error(StatusCode::BAD_REQUEST, "invalid", &format!("not a freeze: {body}"));
+    }
+    (StatusCode::CREATED, Json(freeze("f-1", &body))).into_response()
+}
+
+async fn freezes() -> Json<Value> {
+    let body = json!({"from": "2026-02-01T00:00:00Z", "to": "2026-02-08T00:00:00Z", "reason": "new year",
+                      "services": []});
+    Json(json!([freeze("f-1", &body)]))
+}
+
+async fn delete_freeze(Path((_, id)): Path<(String, String)>) -> Response {
+    if id == "missing" {
+        return api_error(StatusCode::NOT_FOUND, "not_found", "no freeze \"missing\"");
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
 /// Starts the fake manager on 127.0.0.1:0 and returns its base URL.
 async fn serve() -> String {
     let api = Router::new()
@@ -102,6 +191,12 @@ async fn serve() -> String {
         .route("/api/v1/tenants/{tenant}/services/{service}/sidecars/{sidecar}", put(binding))
         .route("/api/v1/tenants/{tenant}/instances", get(instances))
         .route("/api/v1/tenants/{tenant}/events", get(events))
+        .route("/api/v1/tenants/{tenant}/plans", get(plans).post(create_plan))
+        .route("/api/v1/tenants/{tenant}/plans/simulate", post(simulate))
+        .route("/api/v1/tenants/{tenant}/plans/{id}", get(one_plan))
+        .route("/api/v1/tenants/{tenant}/plans/{id}/{action}", post(plan_action))
+        .route("/api/v1/tenants/{tenant}/freezes", get(freezes).post(create_freeze))
+        .route("/api/v1/tenants/{tenant}/freezes/{id}", axum::routing::delete(delete_freeze))
         .route_layer(middleware::from_fn(require_token));
     let app = api
         .route("/healthz", get(|| async { "ok" }))
@@ -213,4 +308,75 @@ async fn events_list_and_follow() {
 
     let refused = Client::new(c.base_url(), None).unwrap().follow_events("default", &EventQuery::default()).await;
     assert!(matches!(refused, Err(ClientError::Api { status: 401, .. })));
+}
+
+#[tokio::test]
+async fn plans_create_list_get_and_simulate() {
+    let c = client().await;
+    let spec: PlanSpec = serde_json::from_value(spec_json()).unwrap();
+    let created = c.create_plan("default", &spec).await.unwrap();
+    assert_eq!((created.id.as_str(), created.state), ("p-1", PlanState::Pending));
+    assert_eq!(created.spec, spec);
+    assert_eq!(created.phases[0].batches[0].instance_count(), 3);
+
+    let list = c.list_plans("default").await.unwrap();
+    assert_eq!(list.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["p-2", "p-1"]);
+    assert_eq!(c.get_plan("default", "p-9").await.unwrap().id, "p-9");
+    let err = c.get_plan("default", "missing").await.unwrap_err();
+    assert_eq!((err.status(), err.code()), (Some(404), Some("not_found")));
+
+    let sim = c.simulate_plan("default", &spec).await.unwrap();
+    assert_eq!(sim.days, 1.42);
+    assert!(sim.phases[0].batches[0].predicted_start.is_some());
+    assert_eq!(sim.notes.len(), 1);
+}
+
+#[tokio::test]
+async fn plan_actions_post_to_their_path_with_an_optional_reason() {
+    let c = client().await;
+    let want = [
+        (PlanAction::Pause, PlanState::Paused),
+        (PlanAction::Resume, PlanState::Running),
+        (PlanAction::Abort, PlanState::Aborted),
+        (PlanAction::Rollback, PlanState::RolledBack),
+        (PlanAction::Approve, PlanState::Running),
+    ];
+    for (action, state) in want {
+        let plan = c.plan_action("default", "p-1", action, Some("false alarm: \"quoted\"")).await.unwrap();
+        assert_eq!(plan.state, state, "{action}");
+        let body: Value = serde_json::from_str(&plan.reason).unwrap();
+        assert_eq!(body, json!({"reason": "false alarm: \"quoted\""}));
+    }
+    let plan = c.plan_action("default", "p-1", PlanAction::Pause, None).await.unwrap();
+    assert_eq!(plan.reason, "{}");
+
+    let err = c.plan_action("default", "done", PlanAction::Resume, None).await.unwrap_err();
+    assert_eq!((err.status(), err.code()), (Some(409), Some("failed_precondition")));
+    assert_eq!(err.to_string(), "failed_precondition: plan \"done\" is completed");
+
+    assert_eq!("rollback".parse::<PlanAction>().unwrap(), PlanAction::Rollback);
+    assert!("explode".parse::<PlanAction>().unwrap_err().contains("explode"));
+}
+
+#[tokio::test]
+async fn freezes_create_list_and_delete() {
+    let c = client().await;
+    let body = NewFreeze {
+        from: time::macros::datetime!(2026-02-01 00:00 UTC),
+        to: time::macros::datetime!(2026-02-08 00:00 UTC),
+        reason: "new year".into(),
+        services: vec!["checkout".into()],
+    };
+    let created = c.create_freeze("default", &body).await.unwrap();
+    assert_eq!((created.id.as_str(), created.from, created.to), ("f-1", body.from, body.to));
+    assert_eq!(created.services, ["checkout"]);
+    let list = c.list_freezes("default").await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].reason, "new year");
+
+    c.delete_freeze("default", "f-1").await.unwrap();
+    let err = c.delete_freeze("default", "missing").await.unwrap_err();
+    assert_eq!((err.status(), err.code()), (Some(404), Some("not_found")));
+    let anonymous = Client::new(c.base_url(), None).unwrap();
+    assert_eq!(anonymous.delete_freeze("default", "f-1").await.unwrap_err().status(), Some(401));
 }

@@ -1,5 +1,7 @@
 //! Answers and queries of the REST API that have no type in `outrider-model`.
 
+use std::{fmt, str::FromStr};
+
 use serde::{Deserialize, Serialize};
 
 /// The answer of `GET …/sidecars/{sidecar}/distribution`: instances per running version.
@@ -59,4 +61,52 @@ pub struct EventQuery {
     pub since: Option<u64>,
     /// Only events of this plan.
     pub plan: Option<String>,
+}
+
+/// An operator action on a plan: `POST …/plans/{id}/{action}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PlanAction {
+    /// Stop a moving plan; it stays where it is until resumed.
+    Pause,
+    /// Let a paused plan move again.
+    Resume,
+    /// Stop the plan for good; what was done stays.
+    Abort,
+    /// Return every instance the plan changed to its previous version.
+    Rollback,
+    /// Call a blocking incident a false alarm and let the plan go on.
+    Approve,
+}
+
+impl PlanAction {
+    /// Every action.
+    pub const ALL: [Self; 5] = [Self::Pause, Self::Resume, Self::Abort, Self::Rollback, Self::Approve];
+
+    /// The last path segment (`pause`, `resume`, `abort`, `rollback`, `approve`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+            Self::Abort => "abort",
+            Self::Rollback => "rollback",
+            Self::Approve => "approve",
+        }
+    }
+}
+
+impl fmt::Display for PlanAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for PlanAction {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| format!("unknown plan action {s:?}: use pause, resume, abort, rollback or approve"))
+    }
 }

@@ -16,6 +16,31 @@ pub struct TenantCatalog {
     services: HashMap<String, Service>,
     /// service → sidecar → binding.
     bindings: HashMap<String, BTreeMap<String, Binding>>,
+    /// service → (instance, sidecar) → a plan's override.
+    overrides: HashMap<String, HashMap<(String, String), Override>>,
+}
+
+/// A plan's change to one instance's sidecar. It applies while the service's binding still
+/// names `base_version` (a later binding change supersedes it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Override {
+    /// Plan that wrote it.
+    pub plan: String,
+    /// Phase index and batch index in the plan.
+    pub phase: u32,
+    /// Batch index.
+    pub batch: u32,
+    /// Version to run.
+    pub version: String,
+    /// How to get there.
+    pub mode: outrider_model::UpgradeMode,
+    /// What the instance ran before (for rollback).
+    pub previous: String,
+    /// The binding's version when the override was written.
+    pub base_version: String,
+    /// The sidecar's exit count when the override was written (the judge counts new exits).
+    #[serde(default)]
+    pub exits_before: u32,
 }
 
 impl TenantCatalog {
@@ -44,6 +69,64 @@ impl TenantCatalog {
             env: v.env.clone(),
             ..base.clone()
         })
+    }
+
+    /// Whether any override exists for `service`.
+    pub fn has_overrides(&self, service: &str) -> bool {
+        self.overrides.get(service).is_some_and(|o| !o.is_empty())
+    }
+
+    /// The overrides of one instance of `service` that still apply (their binding is unchanged).
+    pub fn overrides_of<'a>(
+        &'a self,
+        service: &str,
+        instance: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a Override)> {
+        let bindings = self.bindings.get(service);
+        self.overrides.get(service).into_iter().flat_map(move |m| {
+            m.iter().filter_map(move |((i, s), o)| {
+                let current = bindings.and_then(|b| b.get(s)).map(|b| b.version.as_str());
+                (i == instance && current == Some(o.base_version.as_str())).then_some((s.as_str(), o))
+            })
+        })
+    }
+
+    /// Every override of `plan`, with its service and instance.
+    pub fn overrides_of_plan<'a>(&'a self, plan: &'a str) -> impl Iterator<Item = (&'a str, &'a str, &'a Override)> {
+        self.overrides
+            .iter()
+            .flat_map(|(svc, m)| m.iter().map(move |((i, _), o)| (svc.as_str(), i.as_str(), o)))
+            .filter(move |(_, _, o)| o.plan == plan)
+    }
+
+    /// The binding of `sidecar` on `service`.
+    pub fn binding(&self, service: &str, sidecar: &str) -> Option<&Binding> {
+        self.bindings.get(service)?.get(sidecar)
+    }
+
+    /// A version of a sidecar.
+    pub fn version(&self, sidecar: &str, version: &str) -> Option<&Version> {
+        self.versions.get(&(sidecar.to_owned(), version.to_owned()))
+    }
+
+    /// Every version of a sidecar.
+    pub fn versions_of(&self, sidecar: &str) -> Vec<&Version> {
+        self.versions.iter().filter(|((s, _), _)| s == sidecar).map(|(_, v)| v).collect()
+    }
+
+    /// A sidecar.
+    pub fn sidecar(&self, name: &str) -> Option<&Sidecar> {
+        self.sidecars.get(name)
+    }
+
+    /// A service.
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.get(name)
+    }
+
+    /// Every service.
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values()
     }
 
     /// Services that bind `sidecar`.
@@ -92,7 +175,7 @@ impl Catalog {
     fn mark(&self, key: &str, touched: &mut BTreeSet<ServiceRef>) {
         let Some(k) = keys::parse_catalog(key) else { return };
         let (tenant, sidecar) = match k {
-            CatalogKey::Binding { tenant, service, .. } => {
+            CatalogKey::Binding { tenant, service, .. } | CatalogKey::Override { tenant, service, .. } => {
                 touched.insert((tenant.to_owned(), service.to_owned()));
                 return;
             }
@@ -138,6 +221,14 @@ impl Catalog {
                 }
                 Err(e) => parse_err(e),
             },
+            CatalogKey::Override { tenant, service, instance, sidecar } => match serde_json::from_slice(&kv.value) {
+                Ok(v) => {
+                    let tc = self.tenants.entry(tenant.to_owned()).or_default();
+                    let m = tc.overrides.entry(service.to_owned()).or_default();
+                    m.insert((instance.to_owned(), sidecar.to_owned()), v);
+                }
+                Err(e) => parse_err(e),
+            },
         }
     }
 
@@ -159,6 +250,12 @@ impl Catalog {
             }
             CatalogKey::Binding { tenant, service, sidecar } => {
                 self.tenants.get_mut(tenant).and_then(|t| t.bindings.get_mut(service)).map(|b| b.remove(sidecar));
+            }
+            CatalogKey::Override { tenant, service, instance, sidecar } => {
+                self.tenants
+                    .get_mut(tenant)
+                    .and_then(|t| t.overrides.get_mut(service))
+                    .map(|m| m.remove(&(instance.to_owned(), sidecar.to_owned())));
             }
         }
     }

@@ -132,6 +132,14 @@ fn instance_desired(
     deploy: bool,
 ) -> Vec<DesiredSidecar> {
     let mut out = service_desired.to_vec();
+    for (sidecar, o) in tc.overrides_of(&record.service, &record.id) {
+        if let Some(d) = out.iter_mut().find(|d| d.name == sidecar)
+            && let Some(mut changed) = tc.desired_at_version(d, &o.version)
+        {
+            changed.mode = o.mode;
+            *d = changed;
+        }
+    }
     if deploy {
         return out;
     }
@@ -229,6 +237,7 @@ impl Fleet {
                 actor: format!("agent:{}", reg.instance),
                 object: format!("instance/{}", reg.instance),
                 reason: if previous.is_some() { "new deploy id".into() } else { "new instance".into() },
+                plan: None,
                 detail: serde_json::json!({"service": reg.service, "deploy_id": reg.deploy_id}),
             });
         }
@@ -303,7 +312,8 @@ impl Fleet {
                 continue;
             };
             let service_desired = tc.desired_for_service(&svc.1);
-            let per_instance = service_desired.iter().any(|d| d.mode == UpgradeMode::OnDeploy);
+            let per_instance =
+                tc.has_overrides(&svc.1) || service_desired.iter().any(|d| d.mode == UpgradeMode::OnDeploy);
             // Instances without an on-deploy adjustment share one snapshot, and most of them
             // share their previous one too: compare each distinct previous snapshot once.
             let shared = Arc::new(DesiredState { revision, sidecars: service_desired });
@@ -344,6 +354,22 @@ impl Fleet {
         }
         drop(g);
         self.metrics.desired_pushes.inc_by(pushed);
+    }
+
+    /// The instances of one service (records as last reported).
+    pub fn of_service(&self, tenant: &str, service: &str) -> Vec<Instance> {
+        let g = self.lock();
+        let (Some(ids), Some(entries)) =
+            (g.by_service.get(&(tenant.to_owned(), service.to_owned())), g.instances.get(tenant))
+        else {
+            return Vec::new();
+        };
+        ids.iter().filter_map(|id| entries.get(id)).map(|e| e.record.clone()).collect()
+    }
+
+    /// Every instance of a tenant (records as last reported).
+    pub fn of_tenant(&self, tenant: &str) -> Vec<Instance> {
+        self.list(tenant, &InstanceFilter::default())
     }
 
     /// Every (tenant, service) with registered instances.

@@ -51,6 +51,34 @@ pub fn bindings(t: &str, svc: &str) -> String {
     format!("catalog/{t}/bindings/{svc}/")
 }
 
+/// `catalog/{tenant}/overrides/{service}/{instance}/{sidecar}`: a plan's per-instance change.
+pub fn override_key(t: &str, svc: &str, instance: &str, s: &str) -> String {
+    format!("catalog/{t}/overrides/{svc}/{instance}/{s}")
+}
+
+/// `plans/{tenant}/{id}`
+pub fn plan(t: &str, id: &str) -> String {
+    format!("plans/{t}/{id}")
+}
+
+/// Prefix of a tenant's plans.
+pub fn plans(t: &str) -> String {
+    format!("plans/{t}/")
+}
+
+/// Prefix of every plan.
+pub const PLANS: &str = "plans/";
+
+/// `freezes/{tenant}/{id}`
+pub fn freeze(t: &str, id: &str) -> String {
+    format!("freezes/{t}/{id}")
+}
+
+/// Prefix of a tenant's freezes.
+pub fn freezes(t: &str) -> String {
+    format!("freezes/{t}/")
+}
+
 /// `instances/{tenant}/{id}`
 pub fn instance(t: &str, id: &str) -> String {
     format!("instances/{t}/{id}")
@@ -83,6 +111,8 @@ pub enum CatalogKey<'a> {
     Service { tenant: &'a str, service: &'a str },
     /// A binding.
     Binding { tenant: &'a str, service: &'a str, sidecar: &'a str },
+    /// A plan's override for one instance.
+    Override { tenant: &'a str, service: &'a str, instance: &'a str, sidecar: &'a str },
 }
 
 /// Parses a key under [`CATALOG`].
@@ -94,6 +124,9 @@ pub fn parse_catalog(key: &str) -> Option<CatalogKey<'_>> {
         [tenant, "versions", sidecar, version] => Some(CatalogKey::Version { tenant, sidecar, version }),
         [tenant, "services", service] => Some(CatalogKey::Service { tenant, service }),
         [tenant, "bindings", service, sidecar] => Some(CatalogKey::Binding { tenant, service, sidecar }),
+        [tenant, "overrides", service, instance, sidecar] => {
+            Some(CatalogKey::Override { tenant, service, instance, sidecar })
+        }
         _ => None,
     }
 }
@@ -111,6 +144,10 @@ mod tests {
         assert_eq!(
             parse_catalog(&version("t", "mesh", "1.0.0")),
             Some(CatalogKey::Version { tenant: "t", sidecar: "mesh", version: "1.0.0" })
+        );
+        assert_eq!(
+            parse_catalog(&override_key("t", "checkout", "i-1", "mesh")),
+            Some(CatalogKey::Override { tenant: "t", service: "checkout", instance: "i-1", sidecar: "mesh" })
         );
         assert_eq!(parse_catalog("catalog/t/unknown/x"), None);
     }

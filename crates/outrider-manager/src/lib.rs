@@ -13,6 +13,7 @@ pub mod api;
 mod auth;
 mod catalog;
 mod error;
+pub mod executor;
 pub mod fleet;
 mod keys;
 pub mod metrics;

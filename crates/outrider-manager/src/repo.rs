@@ -26,6 +26,8 @@ pub struct NewEvent {
     pub object: String,
     /// Why.
     pub reason: String,
+    /// Plan it belongs to.
+    pub plan: Option<String>,
     /// Details.
     pub detail: serde_json::Value,
 }
@@ -93,7 +95,7 @@ impl Repo {
             actor: e.actor,
             object: e.object,
             reason: e.reason,
-            plan: None,
+            plan: e.plan,
             detail: e.detail,
         };
         Ok(Op::put(key, encode(&event)?))

@@ -21,6 +21,7 @@ use crate::{
     api::{self, AppState},
     auth::Auth,
     catalog::Catalog,
+    executor,
     fleet::{Fleet, StoredInstance},
     keys,
     metrics::Metrics,
@@ -75,6 +76,7 @@ async fn ensure_default_tenant(repo: &Repo) -> anyhow::Result<()> {
         actor: "manager".into(),
         object: format!("tenant/{DEFAULT_TENANT}"),
         reason: "first start".into(),
+        plan: None,
         detail: serde_json::Value::Null,
     };
     let key = keys::tenant(DEFAULT_TENANT);
@@ -178,13 +180,21 @@ pub async fn start(config: ManagerConfig) -> anyhow::Result<RunningManager> {
     let records = store.range(keys::INSTANCES).await?;
     fleet.load(records.kvs.iter().map(|kv| decode::<StoredInstance>(&kv.key, &kv.value)).collect::<Result<_, _>>()?);
     let (catalog, watch_from) = load_catalog(store.as_ref()).await?;
-    let state =
-        AppState { repo: repo.clone(), fleet: fleet.clone(), catalog: Arc::new(RwLock::new(catalog)), auth, metrics };
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let state = AppState {
+        repo: repo.clone(),
+        fleet: fleet.clone(),
+        catalog: Arc::new(RwLock::new(catalog)),
+        auth,
+        metrics,
+        wake: wake.clone(),
+    };
 
     let cancel = CancellationToken::new();
     let background = vec![
         tokio::spawn(run_catalog_watch(state.clone(), watch_from, cancel.clone())),
         tokio::spawn(fleet.clone().run_flusher(repo, cancel.clone())),
+        tokio::spawn(executor::run(state.clone(), Arc::new(executor::SystemClock), wake, cancel.clone())),
     ];
     let grpc = tonic::service::Routes::new(AgentSyncServer::new(SyncService::new(state.clone()))).into_axum_router();
     let app = api::router(state).merge(grpc);

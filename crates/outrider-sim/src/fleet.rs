@@ -2,6 +2,7 @@
 //! instance, each with its own [`SimRuntime`], sharing a few HTTP/2 connections.
 
 use std::{
+    collections::BTreeMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -17,7 +18,7 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::{SimError, SimInstance, SimRuntime, SimRuntimeOptions};
+use crate::{Defect, SimError, SimInstance, SimRuntime, SimRuntimeOptions};
 
 /// How a [`SimFleet`] runs its agents.
 #[derive(Debug, Clone)]
@@ -31,17 +32,39 @@ pub struct SimFleetOptions {
     pub runtime: SimRuntimeOptions,
     /// Time to establish one connection.
     pub connect_timeout: Duration,
+    /// Defects injected into the instances they select.
+    pub defects: Vec<Defect>,
+    /// The traits of each service by name ([`FleetSpec::service_traits`]), which defects
+    /// that select by trait look at; a service missing here has no trait.
+    ///
+    /// [`FleetSpec::service_traits`]: crate::FleetSpec::service_traits
+    pub service_traits: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl Default for SimFleetOptions {
-    /// 200 agents per connection, reports every 30 s, the default runtime, 5 s to connect.
+    /// 200 agents per connection, reports every 30 s, the default runtime, 5 s to connect,
+    /// no defect.
     fn default() -> Self {
         Self {
             agents_per_connection: 200,
             report_interval: Duration::from_secs(30),
             runtime: SimRuntimeOptions::default(),
             connect_timeout: Duration::from_secs(5),
+            defects: Vec::new(),
+            service_traits: BTreeMap::new(),
         }
+    }
+}
+
+impl SimFleetOptions {
+    /// The defects that select `instance`.
+    pub fn defects_of(&self, instance: &SimInstance) -> Vec<Defect> {
+        if self.defects.is_empty() {
+            return Vec::new();
+        }
+        let no_traits = BTreeMap::new();
+        let traits = self.service_traits.get(&instance.service).unwrap_or(&no_traits);
+        self.defects.iter().filter(|d| d.selects(instance, traits)).cloned().collect()
     }
 }
 
@@ -98,7 +121,7 @@ pub struct SimFleet {
 
 impl SimFleet {
     /// Starts one agent per instance against the manager at `manager_url`, with `token`, in
-    /// `tenant`. Connections are opened lazily by the agents' first requests. Must be called
+    /// `tenant`; each instance's runtime gets the defects that select it. Connections are opened lazily by the agents' first requests. Must be called
     /// inside a Tokio runtime.
     pub fn start(
         manager_url: &str,
@@ -127,7 +150,8 @@ impl SimFleet {
                 connections += 1;
                 endpoint.connect_lazy()
             });
-            let runtime = Arc::new(SimRuntime::new(options.runtime, index as u64));
+            let runtime =
+                Arc::new(SimRuntime::new(options.runtime, index as u64).with_defects(options.defects_of(instance)));
             let (tx, rx) = watch::channel(SyncStatus::default());
             let mut config = SyncConfig::new(
                 token.to_owned(),

@@ -6,12 +6,16 @@
 //!   manager over the REST API.
 //! - [`SimFleet::start`] runs one real agent sync loop per instance, each with a
 //!   [`SimRuntime`] that "applies" desired state after a short simulated delay and reports
-//!   synthetic processes. The agents share a few HTTP/2 connections.
+//!   synthetic processes with health figures and metrics. The agents share a few HTTP/2
+//!   connections.
+//! - [`Defect`]s (`--defect version=1.3.0,trait=protocol:http,effect=crash`) make the
+//!   instances they select misbehave once they run the defective version.
 //!
 //! Architecture invariant: the simulation speaks only the public protocols (REST through
 //! `outrider-client`, agent sync through `outrider-agent`); it knows nothing of the
 //! manager's internals, so what it measures is what real agents see.
 
+mod defect;
 mod fleet;
 mod runtime;
 mod seed;
@@ -20,6 +24,7 @@ pub mod stats;
 
 use std::time::Duration;
 
+pub use defect::{Defect, Effect};
 pub use fleet::{Arrivals, SimAgent, SimFleet, SimFleetOptions};
 pub use runtime::{SimRuntime, SimRuntimeOptions};
 pub use seed::{

@@ -1,16 +1,45 @@
 //! A [`Runtime`] that runs no process: it "applies" a desired set after a short simulated
-//! delay and reports synthetic processes.
+//! delay and reports synthetic processes with the figures and metrics of a real sidecar, and
+//! the faults of the [`Defect`]s it was given.
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex, MutexGuard},
+    ops::Range,
+    sync::{Arc, Mutex, MutexGuard, Weak},
     time::Duration,
 };
 
 use outrider_agent::Runtime;
 use outrider_model::{DesiredSidecar, SidecarState, SidecarStatus};
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
+
+use crate::{Defect, Effect};
+
+/// Requests a second one simulated sidecar serves (drawn once per process).
+const REQUESTS_PER_SEC: Range<f64> = 20.0..200.0;
+/// Share of failed requests of a healthy sidecar (reports vary ±50 % around it).
+const HEALTHY_ERROR_RATE: f64 = 0.001;
+/// Share of failed requests under [`Effect::Errors`].
+const DEFECT_ERROR_RATE: f64 = 0.3;
+/// 99th-percentile latency of a healthy sidecar in milliseconds (reports vary ±10 %).
+const HEALTHY_P99_MS: f64 = 20.0;
+/// Latency factor under [`Effect::Latency`].
+const LATENCY_FACTOR: f64 = 10.0;
+/// Typical CPU use of a healthy sidecar, in percent of one core (drawn once per process).
+const HEALTHY_CPU: Range<f64> = 3.0..7.0;
+/// CPU use under [`Effect::Cpu`].
+const BURNING_CPU: f64 = 90.0;
+/// Typical resident memory of a sidecar (drawn once per process).
+const HEALTHY_RSS: Range<u64> = 20 << 20..60 << 20;
+/// Memory growth under [`Effect::Memory`].
+const LEAK_BYTES_PER_SEC: f64 = 10.0 * 1024.0 * 1024.0;
+/// Time between exits of a crashing sidecar (±20 %), until it is in a crash loop.
+const CRASH_INTERVAL: Duration = Duration::from_millis(500);
+/// Exits after which a crashing sidecar is in `crash_loop`.
+const CRASH_LOOP_AFTER: u32 = 3;
+/// Longest back-off between restarts in a crash loop.
+const CRASH_BACKOFF_MAX: Duration = Duration::from_secs(8);
 
 /// How a [`SimRuntime`] behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,10 +63,99 @@ struct SimSidecar {
     version: String,
     state: SidecarState,
     pid: Option<u32>,
+    /// Tells successive processes of one sidecar apart (a crash timer follows one).
+    serial: u64,
     /// Typical CPU use in percent of one core; reports vary around it.
     cpu_percent: f64,
     /// Typical resident memory; reports vary around it.
     rss_bytes: u64,
+    /// Unexpected exits (and as many restarts) of this process.
+    exits: u32,
+    /// The faults of its version.
+    effects: Vec<Effect>,
+    /// When it started.
+    started: Instant,
+    /// Requests a second it serves.
+    requests_per_sec: f64,
+    /// Requests served so far.
+    requests: f64,
+    /// Failed requests so far.
+    errors: f64,
+    /// When `requests` and `errors` were last brought up to date.
+    sampled: Instant,
+}
+
+impl SimSidecar {
+    /// A sidecar that was asked for but has not started yet.
+    fn starting(version: &str) -> Self {
+        let now = Instant::now();
+        Self {
+            version: version.to_owned(),
+            state: SidecarState::Starting,
+            pid: None,
+            serial: 0,
+            cpu_percent: 0.0,
+            rss_bytes: 0,
+            exits: 0,
+            effects: Vec::new(),
+            started: now,
+            requests_per_sec: 0.0,
+            requests: 0.0,
+            errors: 0.0,
+            sampled: now,
+        }
+    }
+
+    fn has(&self, effect: Effect) -> bool {
+        self.effects.contains(&effect)
+    }
+
+    fn crash_looping(&self) -> bool {
+        self.exits >= CRASH_LOOP_AFTER
+    }
+
+    /// The state it settles in once nothing is asked of it.
+    fn settled_state(&self) -> SidecarState {
+        if self.crash_looping() { SidecarState::CrashLoop } else { SidecarState::Running }
+    }
+
+    /// Its status at `now`: figures wander from report to report, counters grow with the
+    /// time since the last report, and the effects of its version show.
+    fn report(&mut self, name: &str, now: Instant, rng: &mut StdRng) -> SidecarStatus {
+        let mut status = SidecarStatus {
+            name: name.to_owned(),
+            version: self.version.clone(),
+            state: self.state,
+            pid: self.pid,
+            restarts: self.exits,
+            exits: self.exits,
+            ..SidecarStatus::default()
+        };
+        if self.pid.is_none() {
+            return status;
+        }
+        let mut wobble = |spread: f64| rng.random_range(1.0 - spread..1.0 + spread);
+        status.cpu_percent =
+            if self.has(Effect::Cpu) { BURNING_CPU * wobble(0.05) } else { self.cpu_percent * wobble(0.1) };
+        let leaked =
+            if self.has(Effect::Memory) { LEAK_BYTES_PER_SEC * (now - self.started).as_secs_f64() } else { 0.0 };
+        // Tens of MiB plus at most some GiB: far from any precision limit.
+        status.rss_bytes = (self.rss_bytes as f64 * wobble(0.02) + leaked) as u64;
+        let error_rate =
+            if self.has(Effect::Errors) { DEFECT_ERROR_RATE * wobble(0.05) } else { HEALTHY_ERROR_RATE * wobble(0.5) };
+        let latency = if self.has(Effect::Latency) { LATENCY_FACTOR } else { 1.0 };
+        let served = self.requests_per_sec * (now - self.sampled).as_secs_f64();
+        self.requests += served;
+        self.errors += served * error_rate;
+        self.sampled = now;
+        status.metrics = BTreeMap::from([
+            ("requests_total".to_owned(), self.requests.floor()),
+            ("errors_total".to_owned(), self.errors.floor()),
+            ("error_rate".to_owned(), error_rate),
+            ("latency_p99_ms".to_owned(), HEALTHY_P99_MS * latency * wobble(0.1)),
+        ]);
+        status
+    }
 }
 
 #[derive(Debug)]
@@ -49,31 +167,84 @@ struct State {
     target: BTreeMap<String, String>,
     sidecars: BTreeMap<String, SimSidecar>,
     next_pid: u32,
+    /// The serial of the last process started.
+    last_serial: u64,
+    /// Defects of the instance: the versions that misbehave here.
+    defects: Vec<Defect>,
     rng: StdRng,
 }
 
 impl State {
     /// Moves every sidecar to its target: new processes run the target version, sidecars no
-    /// longer desired disappear.
-    fn converge(&mut self) {
+    /// longer desired disappear. Returns the new processes that crash (name and serial).
+    fn converge(&mut self) -> Vec<(String, u64)> {
         let target = std::mem::take(&mut self.target);
         self.sidecars.retain(|name, _| target.contains_key(name));
+        let mut crashing = Vec::new();
         for (name, version) in &target {
-            if self.sidecars.get(name).is_some_and(|s| s.state == SidecarState::Running && &s.version == version) {
+            let settled = |s: &SimSidecar| s.state == s.settled_state() && (s.pid.is_some() || s.crash_looping());
+            if self.sidecars.get(name).is_some_and(|s| &s.version == version && settled(s)) {
                 continue;
             }
-            let pid = self.next_pid;
-            self.next_pid = self.next_pid.wrapping_add(1).max(2);
-            let sidecar = SimSidecar {
-                version: version.clone(),
-                state: SidecarState::Running,
-                pid: Some(pid),
-                cpu_percent: self.rng.random_range(0.5..3.0),
-                rss_bytes: self.rng.random_range(20u64 << 20..60u64 << 20),
-            };
+            let sidecar = self.process(name, version);
+            if sidecar.has(Effect::Crash) {
+                crashing.push((name.clone(), sidecar.serial));
+            }
             self.sidecars.insert(name.clone(), sidecar);
         }
         self.target = target;
+        crashing
+    }
+
+    /// A new running process of `name` at `version`, with the effects of the defects it hits.
+    fn process(&mut self, name: &str, version: &str) -> SimSidecar {
+        let mut effects: Vec<Effect> =
+            self.defects.iter().filter(|d| d.hits(name, version)).map(|d| d.effect).collect();
+        effects.sort_unstable();
+        effects.dedup();
+        self.last_serial += 1;
+        let now = Instant::now();
+        SimSidecar {
+            version: version.to_owned(),
+            state: SidecarState::Running,
+            pid: Some(self.take_pid()),
+            serial: self.last_serial,
+            cpu_percent: self.rng.random_range(HEALTHY_CPU),
+            rss_bytes: self.rng.random_range(HEALTHY_RSS),
+            exits: 0,
+            effects,
+            started: now,
+            requests_per_sec: self.rng.random_range(REQUESTS_PER_SEC),
+            requests: 0.0,
+            errors: 0.0,
+            sampled: now,
+        }
+    }
+
+    fn take_pid(&mut self) -> u32 {
+        let pid = self.next_pid;
+        self.next_pid = self.next_pid.wrapping_add(1).max(2);
+        pid
+    }
+
+    /// Process `serial` of `name` exits and is restarted (after `CRASH_LOOP_AFTER` exits it is
+    /// in a crash loop, with no process between backed-off restarts). Returns the time until
+    /// its next exit, or `None` when that process is gone (replaced or no longer desired).
+    fn crash(&mut self, name: &str, serial: u64) -> Option<Duration> {
+        let pid = self.take_pid();
+        let jitter = self.rng.random_range(0.8..1.2);
+        let s = self.sidecars.get_mut(name).filter(|s| s.serial == serial)?;
+        s.exits = s.exits.saturating_add(1);
+        if !s.crash_looping() {
+            s.pid = Some(pid);
+            return Some(CRASH_INTERVAL.mul_f64(jitter));
+        }
+        s.pid = None;
+        if s.state == SidecarState::Running {
+            s.state = SidecarState::CrashLoop;
+        }
+        let doublings = (s.exits - CRASH_LOOP_AFTER).min(8) + 1;
+        Some((CRASH_INTERVAL * 2u32.pow(doublings)).min(CRASH_BACKOFF_MAX).mul_f64(jitter))
     }
 
     /// The delay of one apply: the configured delay plus or minus the jitter.
@@ -86,12 +257,33 @@ impl State {
     }
 }
 
+/// Makes process `serial` of `name` exit again and again (see [`State::crash`]), reporting
+/// each exit, until that process is gone or the runtime is dropped.
+async fn keep_crashing(state: Weak<Mutex<State>>, changes: Arc<watch::Sender<u64>>, name: String, serial: u64) {
+    let mut wait = CRASH_INTERVAL;
+    loop {
+        tokio::time::sleep(wait).await;
+        let Some(state) = state.upgrade() else { return };
+        let Some(next) = lock(&state).crash(&name, serial) else { return };
+        changes.send_modify(|n| *n += 1);
+        wait = next;
+    }
+}
+
 /// A simulated runtime: [`Runtime::apply`] marks changed sidecars `upgrading` (or
 /// `starting`, for new ones) at once and, after [`SimRuntimeOptions::apply_delay`], reports
-/// each desired sidecar `running` at its desired version with a fresh fake pid and small
-/// synthetic CPU and memory figures; sidecars no longer desired disappear. Every visible
-/// change bumps [`Runtime::changes`]. Must be used inside a Tokio runtime (the delay is a
-/// Tokio timer).
+/// each desired sidecar `running` at its desired version with a fresh fake pid; sidecars no
+/// longer desired disappear. Every visible change bumps [`Runtime::changes`]. Must be used
+/// inside a Tokio runtime (the delays are Tokio timers).
+///
+/// Running sidecars report CPU (about 5 %), resident memory (tens of MiB) and the metrics
+/// `requests_total` and `errors_total` (counters growing with time), `error_rate` (about
+/// 0.001) and `latency_p99_ms` (about 20), all with a little seeded noise, refreshed at every
+/// report. A process at a version one of its [`Defect`]s hits shows the defect's [`Effect`]:
+/// `crash` makes it exit about every 500 ms (each exit is reported; after 3 it is in
+/// `crash_loop`, restarted with back-off up to 8 s), `errors` sets `error_rate` to 0.3,
+/// `latency` multiplies `latency_p99_ms` by 10, `cpu` holds CPU near 90 %, and `memory` adds
+/// 10 MiB of resident memory a second.
 #[derive(Debug)]
 pub struct SimRuntime {
     state: Arc<Mutex<State>>,
@@ -104,15 +296,33 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl SimRuntime {
-    /// A runtime with nothing running. `seed` makes its pids and figures reproducible.
+    /// A runtime with nothing running and no defect. `seed` makes its pids and figures
+    /// reproducible.
     pub fn new(options: SimRuntimeOptions, seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let next_pid = rng.random_range(1_000..60_000);
-        let state = State { epoch: 0, target: BTreeMap::new(), sidecars: BTreeMap::new(), next_pid, rng };
+        let state = State {
+            epoch: 0,
+            target: BTreeMap::new(),
+            sidecars: BTreeMap::new(),
+            next_pid,
+            last_serial: 0,
+            defects: Vec::new(),
+            rng,
+        };
         Self { state: Arc::new(Mutex::new(state)), changes: Arc::new(watch::channel(0).0), options }
     }
 
-    /// The version each sidecar runs now (sidecars still starting are left out).
+    /// The same runtime, whose processes show the effects of `defects` when they run a version
+    /// one of them hits. The caller picks the defects that select this instance
+    /// ([`Defect::selects`]); processes started before keep their behaviour.
+    pub fn with_defects(self, defects: Vec<Defect>) -> Self {
+        lock(&self.state).defects = defects;
+        self
+    }
+
+    /// The version each sidecar runs now (sidecars still starting or crash-looping are left
+    /// out).
     pub fn running(&self) -> BTreeMap<String, String> {
         lock(&self.state)
             .sidecars
@@ -135,19 +345,15 @@ impl Runtime for SimRuntime {
         for (name, version) in &target {
             match g.sidecars.get_mut(name) {
                 // Not started yet: start the new target instead.
-                Some(s) if s.pid.is_none() => s.version.clone_from(version),
+                Some(s) if s.pid.is_none() && !s.crash_looping() => {
+                    s.version.clone_from(version);
+                    s.state = SidecarState::Starting;
+                }
                 Some(s) if &s.version != version => s.state = SidecarState::Upgrading,
                 // Desired again at the version it runs (an upgrade or a stop called off).
-                Some(s) => s.state = SidecarState::Running,
+                Some(s) => s.state = s.settled_state(),
                 None => {
-                    let starting = SimSidecar {
-                        version: version.clone(),
-                        state: SidecarState::Starting,
-                        pid: None,
-                        cpu_percent: 0.0,
-                        rss_bytes: 0,
-                    };
-                    g.sidecars.insert(name.clone(), starting);
+                    g.sidecars.insert(name.clone(), SimSidecar::starting(version));
                 }
             }
         }
@@ -167,32 +373,20 @@ impl Runtime for SimRuntime {
             if g.epoch != epoch {
                 return;
             }
-            g.converge();
+            let crashing = g.converge();
             drop(g);
             changes.send_modify(|n| *n += 1);
+            for (name, serial) in crashing {
+                tokio::spawn(keep_crashing(Arc::downgrade(&state), changes.clone(), name, serial));
+            }
         });
     }
 
     fn status(&self) -> Vec<SidecarStatus> {
         let mut g = lock(&self.state);
-        let g = &mut *g;
-        g.sidecars
-            .iter()
-            .map(|(name, s)| {
-                // Figures wander ±10 % from report to report.
-                let wobble = if s.pid.is_some() { g.rng.random_range(0.9..1.1) } else { 1.0 };
-                SidecarStatus {
-                    name: name.clone(),
-                    version: s.version.clone(),
-                    state: s.state,
-                    pid: s.pid,
-                    cpu_percent: s.cpu_percent * wobble,
-                    // Tens of MiB times a factor near 1: far from any precision limit.
-                    rss_bytes: (s.rss_bytes as f64 * wobble) as u64,
-                    ..SidecarStatus::default()
-                }
-            })
-            .collect()
+        let State { sidecars, rng, .. } = &mut *g;
+        let now = Instant::now();
+        sidecars.iter_mut().map(|(name, s)| s.report(name, now, rng)).collect()
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
@@ -270,5 +464,136 @@ mod tests {
         assert!(rt.running().is_empty(), "the first apply landed after being superseded");
         tokio::time::sleep(Duration::from_millis(30)).await;
         assert_eq!(rt.running(), BTreeMap::from([("mesh".to_owned(), "1.1.0".to_owned())]));
+    }
+
+    fn defective(rt: SimRuntime, spec: &str) -> SimRuntime {
+        rt.with_defects(vec![spec.parse().unwrap()])
+    }
+
+    fn one(rt: &SimRuntime) -> SidecarStatus {
+        let mut all = rt.status();
+        assert_eq!(all.len(), 1, "{all:?}");
+        all.remove(0)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_matching_instance_crash_loops_on_the_defective_version_while_others_run() {
+        let options = SimRuntimeOptions { apply_delay: Duration::from_millis(50), jitter: Duration::ZERO };
+        let defect: crate::Defect = "version=1.3.0,trait=protocol:http,effect=crash".parse().unwrap();
+        let http = crate::SimInstance::new("a-i0", "a", "boe", "prod", "canary");
+        let grpc = crate::SimInstance::new("b-i0", "b", "boe", "prod", "canary");
+        let traits = |p: &str| BTreeMap::from([("protocol".to_owned(), p.to_owned())]);
+        let pick = |i: &crate::SimInstance, t| [defect.clone()].into_iter().filter(|d| d.selects(i, &t)).collect();
+        let matching = SimRuntime::new(options, 1).with_defects(pick(&http, traits("http")));
+        let other = SimRuntime::new(options, 2).with_defects(pick(&grpc, traits("grpc")));
+        let both = [&matching, &other];
+
+        // The version before is healthy everywhere.
+        for rt in both {
+            rt.apply(&[desired("mesh", "1.2.0")]);
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        for rt in both {
+            let s = one(rt);
+            assert_eq!((s.state, s.exits, s.version.as_str()), (SidecarState::Running, 0, "1.2.0"));
+        }
+
+        let mut changes = matching.changes();
+        for rt in both {
+            rt.apply(&[desired("mesh", "1.3.0")]);
+        }
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let started = one(&matching);
+        assert_eq!((started.state, started.exits), (SidecarState::Running, 0));
+        changes.mark_unchanged();
+
+        // The first exit: restarted with a new pid, and reported at once.
+        tokio::time::sleep(Duration::from_millis(650)).await;
+        assert!(changes.has_changed().unwrap(), "an exit was not reported");
+        let s = one(&matching);
+        assert_eq!((s.state, s.exits, s.restarts), (SidecarState::Running, 1, 1));
+        assert!(s.pid.is_some() && s.pid != started.pid);
+
+        // Then a crash loop, and exits keep growing.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let s = one(&matching);
+        assert_eq!(s.state, SidecarState::CrashLoop);
+        assert!(s.exits >= 3 && s.restarts == s.exits && s.pid.is_none(), "{s:?}");
+        assert!(matching.running().is_empty());
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(one(&matching).exits > s.exits);
+
+        // The instance that does not match runs the same version without trouble.
+        let s = one(&other);
+        assert_eq!((s.state, s.exits, s.version.as_str()), (SidecarState::Running, 0, "1.3.0"));
+
+        // Back to the version before: healthy again, and it stays so.
+        matching.apply(&[desired("mesh", "1.2.0")]);
+        assert_eq!(one(&matching).state, SidecarState::Upgrading);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let s = one(&matching);
+        assert_eq!((s.state, s.exits, s.version.as_str()), (SidecarState::Running, 0, "1.2.0"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_crash_loop_survives_an_apply_that_leaves_it_alone() {
+        let options = SimRuntimeOptions { apply_delay: Duration::from_millis(50), jitter: Duration::ZERO };
+        let rt = defective(SimRuntime::new(options, 3), "version=1.3.0,effect=crash,sidecar=mesh");
+        rt.apply(&[desired("mesh", "1.3.0")]);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let before = one(&rt);
+        assert_eq!(before.state, SidecarState::CrashLoop);
+        // Another sidecar comes: the crash-looping one keeps its state and its count.
+        rt.apply(&[desired("mesh", "1.3.0"), desired("logs", "1.3.0")]);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let all = rt.status();
+        let mesh = all.iter().find(|s| s.name == "mesh").unwrap();
+        assert_eq!(mesh.state, SidecarState::CrashLoop);
+        assert!(mesh.exits >= before.exits);
+        // The defect names the sidecar: the other one at the same version is fine.
+        let logs = all.iter().find(|s| s.name == "logs").unwrap();
+        assert_eq!((logs.state, logs.exits), (SidecarState::Running, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn metrics_are_reported_and_show_the_effects() {
+        let options = SimRuntimeOptions { apply_delay: Duration::from_millis(50), jitter: Duration::ZERO };
+        let healthy = SimRuntime::new(options, 10);
+        let errors = defective(SimRuntime::new(options, 11), "version=1.3.0,effect=errors");
+        let latency = defective(SimRuntime::new(options, 12), "version=1.3.0,effect=latency");
+        let cpu = defective(SimRuntime::new(options, 13), "version=1.3.0,effect=cpu");
+        let memory = defective(SimRuntime::new(options, 14), "version=1.3.0,effect=memory");
+        let all = [&healthy, &errors, &latency, &cpu, &memory];
+        for rt in all {
+            rt.apply(&[desired("mesh", "1.3.0")]);
+        }
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let first: Vec<SidecarStatus> = all.iter().map(|rt| one(rt)).collect();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let second: Vec<SidecarStatus> = all.iter().map(|rt| one(rt)).collect();
+        let metric = |s: &SidecarStatus, m: &str| *s.metrics.get(m).unwrap_or_else(|| panic!("no {m} in {s:?}"));
+
+        for (a, b) in first.iter().zip(&second) {
+            assert!(metric(b, "requests_total") > metric(a, "requests_total") + 100.0, "{a:?} then {b:?}");
+            assert!(metric(b, "errors_total") >= metric(a, "errors_total"));
+            assert_eq!(b.state, SidecarState::Running);
+        }
+        let [h, e, l, c, m] = &second[..] else { unreachable!() };
+        let rate = metric(h, "error_rate");
+        assert!((0.0001..0.002).contains(&rate), "healthy error rate {rate}");
+        let rate = metric(e, "error_rate");
+        assert!((0.25..0.35).contains(&rate), "defective error rate {rate}");
+        let share = metric(e, "errors_total") / metric(e, "requests_total");
+        assert!((0.25..0.35).contains(&share), "errors_total / requests_total = {share}");
+        let p99 = metric(h, "latency_p99_ms");
+        assert!((15.0..25.0).contains(&p99), "healthy p99 {p99}");
+        let p99 = metric(l, "latency_p99_ms");
+        assert!((150.0..250.0).contains(&p99), "defective p99 {p99}");
+        assert!(h.cpu_percent < 10.0 && c.cpu_percent > 80.0, "cpu {} vs {}", h.cpu_percent, c.cpu_percent);
+        // About 100 MiB more after 10 s; the healthy one stays where it was.
+        let grown = second[4].rss_bytes as f64 - first[4].rss_bytes as f64;
+        assert!((80.0..120.0).contains(&(grown / f64::from(1 << 20))), "grew {grown} bytes");
+        assert!(m.rss_bytes > 100 << 20);
+        assert!(h.rss_bytes.abs_diff(first[0].rss_bytes) < 5 << 20);
     }
 }

@@ -240,6 +240,11 @@ impl FleetSpec {
         }
         Ok(Self { services, instances })
     }
+
+    /// The traits of each service, by name (for [`crate::SimFleetOptions::service_traits`]).
+    pub fn service_traits(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        self.services.iter().map(|s| (s.name.clone(), s.traits.clone())).collect()
+    }
 }
 
 #[cfg(test)]

@@ -2,8 +2,10 @@
 
 mod events;
 mod extract;
+mod freezes;
 mod health;
 mod instances;
+mod plans;
 mod services;
 mod sidecars;
 mod tenants;
@@ -38,6 +40,8 @@ pub struct AppState {
     pub auth: Auth,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Pokes the executor to look at the plans now.
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 /// The authenticated caller, recorded as the actor of events.
@@ -91,6 +95,12 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{t}/services/{{service}}/sidecars/{{sidecar}}"), put(services::bind))
         .route(&format!("{t}/instances"), get(instances::list))
         .route(&format!("{t}/events"), get(events::list))
+        .route(&format!("{t}/plans"), get(plans::list).post(plans::create))
+        .route(&format!("{t}/plans/simulate"), post(plans::simulate))
+        .route(&format!("{t}/plans/{{plan}}"), get(plans::get_one))
+        .route(&format!("{t}/plans/{{plan}}/{{action}}"), post(plans::action))
+        .route(&format!("{t}/freezes"), get(freezes::list).post(freezes::create))
+        .route(&format!("{t}/freezes/{{freeze}}"), axum::routing::delete(freezes::delete))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))

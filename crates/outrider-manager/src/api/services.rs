@@ -21,6 +21,7 @@ fn service_event(tenant: &str, kind: &'static str, actor: &str, svc: &Service) -
         actor: actor.into(),
         object: format!("service/{}", svc.name),
         reason: String::new(),
+        plan: None,
         detail: serde_json::to_value(svc).unwrap_or_default(),
     }
 }
@@ -148,6 +149,7 @@ pub async fn bind(
             actor: actor.clone(),
             object: format!("service/{service}/sidecar/{sidecar}"),
             reason: String::new(),
+            plan: None,
             detail: serde_json::json!({
                 "from": old.as_ref().map(|(b, _)| b),
                 "to": &body,

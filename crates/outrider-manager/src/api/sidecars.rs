@@ -11,7 +11,15 @@ use super::{
 use crate::{ApiError, keys, repo::NewEvent};
 
 fn event(tenant: &str, kind: &'static str, actor: &str, object: String, reason: String) -> NewEvent {
-    NewEvent { tenant: tenant.into(), kind, actor: actor.into(), object, reason, detail: serde_json::Value::Null }
+    NewEvent {
+        tenant: tenant.into(),
+        kind,
+        actor: actor.into(),
+        object,
+        reason,
+        plan: None,
+        detail: serde_json::Value::Null,
+    }
 }
 
 pub async fn create(
@@ -180,6 +188,7 @@ pub async fn defective(
             )])
         })
         .await?;
+    super::plans::on_defective(&s, &tenant, &sidecar, &version, &actor).await?;
     Ok(Json(v))
 }
 

@@ -34,6 +34,7 @@ pub async fn create(
         actor,
         object: format!("tenant/{}", tenant.name),
         reason: String::new(),
+        plan: None,
         detail: serde_json::Value::Null,
     };
     let put = outrider_store::Op::put(key.clone(), encode(&tenant)?);

@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 
 use outrider_model::{Priority, UpgradeMode};
+use time::OffsetDateTime;
 
 use super::{
     ConnectArgs,
-    input::{parse_priority, parse_trait},
+    input::{parse_priority, parse_time, parse_trait},
 };
 
 /// A resource of the manager's REST API and what to do with it.
@@ -34,6 +35,12 @@ pub enum ResourceCommand {
     /// The event log.
     #[command(subcommand)]
     Event(Box<EventCommand>),
+    /// Upgrade plans: create, simulate, watch, and steer them.
+    #[command(subcommand)]
+    Plan(Box<PlanCommand>),
+    /// Change freezes: periods when no plan changes anything in scope.
+    #[command(subcommand)]
+    Freeze(Box<FreezeCommand>),
 }
 
 /// `outrider tenant …`
@@ -290,6 +297,108 @@ pub enum EventCommand {
         /// Only events of this plan.
         #[arg(long, value_name = "ID")]
         plan: Option<String>,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+}
+
+/// `outrider plan …`
+#[derive(clap::Subcommand, Debug)]
+pub enum PlanCommand {
+    /// Create a plan from a JSON file (the plan body of the REST API); it starts by itself.
+    Create {
+        /// JSON file with the plan body (`-` reads standard input; a `.yaml` file is accepted
+        /// only when it holds JSON).
+        #[arg(short = 'f', long, value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+    /// Predict a plan's schedule without changing anything.
+    Simulate {
+        /// JSON file with the plan body (`-` reads standard input).
+        #[arg(short = 'f', long, value_name = "FILE")]
+        file: PathBuf,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+    /// List the plans, newest first.
+    List {
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+    /// Show a plan: its phases, batches and incidents.
+    Show {
+        /// Plan id.
+        id: String,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+    /// Follow a plan live: progress per phase and its events, until it ends. Exits non-zero
+    /// when the plan does not complete. With `-o json`, prints only the events, one JSON
+    /// object per line.
+    Watch {
+        /// Plan id.
+        id: String,
+        /// Print the plan's events after this sequence number [default: all of them].
+        #[arg(long, value_name = "SEQ")]
+        since: Option<u64>,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+    /// Stop a moving plan where it is.
+    Pause(PlanActionArgs),
+    /// Let a paused plan move again.
+    Resume(PlanActionArgs),
+    /// Stop a plan for good; what was done stays.
+    Abort(PlanActionArgs),
+    /// Return every instance the plan changed to its previous version.
+    Rollback(PlanActionArgs),
+    /// Let a blocked plan go on: the incident was a false alarm.
+    Approve(PlanActionArgs),
+}
+
+/// The arguments of an operator action on a plan.
+#[derive(clap::Args, Debug)]
+pub struct PlanActionArgs {
+    /// Plan id.
+    pub id: String,
+    /// Why (recorded in the event log).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    #[command(flatten)]
+    pub conn: ConnectArgs,
+}
+
+/// `outrider freeze …`
+#[derive(clap::Subcommand, Debug)]
+pub enum FreezeCommand {
+    /// Freeze changes for a period.
+    Create {
+        /// Start (RFC 3339, e.g. 2026-02-01T00:00:00Z).
+        #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+        from: OffsetDateTime,
+        /// End, exclusive (RFC 3339).
+        #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+        to: OffsetDateTime,
+        /// Why changes are frozen.
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+        /// Only this service (repeatable) [default: the whole tenant].
+        #[arg(long = "service", value_name = "SERVICE")]
+        services: Vec<String>,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+    /// List the freezes.
+    List {
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+    /// Delete a freeze.
+    Delete {
+        /// Freeze id.
+        id: String,
         #[command(flatten)]
         conn: ConnectArgs,
     },

@@ -1,24 +1,59 @@
-//! What the CLI reads: JSON files, `key=value` flags, priorities, evidence.
+//! What the CLI reads: JSON files, `key=value` flags, priorities, evidence, times.
 
 use std::{collections::BTreeMap, path::Path};
 
 use anyhow::Context;
-use outrider_model::{Priority, Service, Sidecar};
+use outrider_model::{PlanSpec, Priority, Service, Sidecar};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tokio::io::AsyncReadExt;
+
+/// The text of `file`, or of standard input for `-`, and how to name it in messages.
+async fn read_text(file: &Path) -> anyhow::Result<(String, String)> {
+    if file == Path::new("-") {
+        let mut text = String::new();
+        tokio::io::stdin().read_to_string(&mut text).await.context("cannot read standard input")?;
+        Ok((text, "standard input".to_owned()))
+    } else {
+        let text = tokio::fs::read_to_string(file).await.with_context(|| format!("cannot read {}", file.display()))?;
+        Ok((text, file.display().to_string()))
+    }
+}
 
 /// Reads a `what` (`sidecar`, `version`…) from the JSON file `file`, or standard input for `-`.
 pub(super) async fn read_json<T: DeserializeOwned>(file: &Path, what: &str) -> anyhow::Result<T> {
-    let (text, source) = if file == Path::new("-") {
-        let mut text = String::new();
-        tokio::io::stdin().read_to_string(&mut text).await.context("cannot read standard input")?;
-        (text, "standard input".to_owned())
-    } else {
-        let text = tokio::fs::read_to_string(file).await.with_context(|| format!("cannot read {}", file.display()))?;
-        (text, file.display().to_string())
-    };
+    let (text, source) = read_text(file).await?;
     parse_json(&text, &source, what)
+}
+
+/// Reads a plan body from `file` (JSON; standard input for `-`) and checks it as the manager
+/// would, so that a bad file is refused before anything is sent.
+pub(super) async fn read_plan(file: &Path) -> anyhow::Result<PlanSpec> {
+    let (text, source) = read_text(file).await?;
+    parse_plan(&text, &source, file)
+}
+
+/// Parses and checks the plan body `text`, read from `source` (the file `file`). A `.yaml` or
+/// `.yml` file is accepted only when it holds JSON (which is also YAML): there is no YAML
+/// parser.
+pub(super) fn parse_plan(text: &str, source: &str, file: &Path) -> anyhow::Result<PlanSpec> {
+    let yaml = file.extension().is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"));
+    if yaml && serde_json::from_str::<Value>(text).is_err() {
+        anyhow::bail!(
+            "{source}: YAML is not supported; write the plan body as JSON (a .yaml file is accepted only when it \
+             holds JSON)"
+        );
+    }
+    let spec: PlanSpec = parse_json(text, source, "plan body")?;
+    spec.validate().with_context(|| format!("{source} holds an invalid plan body"))?;
+    Ok(spec)
+}
+
+/// Parses an RFC 3339 time (`2026-02-01T00:00:00Z`, `2026-02-01T08:00:00+08:00`).
+pub(super) fn parse_time(s: &str) -> Result<OffsetDateTime, String> {
+    OffsetDateTime::parse(s, &Rfc3339)
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time such as 2026-02-01T00:00:00Z: {e}"))
 }
 
 /// Parses `text` (read from `source`) as a `what`.

@@ -9,20 +9,21 @@ mod input;
 mod render;
 #[cfg(test)]
 mod tests;
+mod watch;
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use futures::StreamExt;
-use outrider_client::{Client, EventQuery, InstanceFilter};
-use outrider_model::{Binding, NewVersion, Service, ServiceUpdate, Sidecar};
+use outrider_client::{Client, EventQuery, InstanceFilter, PlanAction};
+use outrider_model::{Binding, NewFreeze, NewVersion, Service, ServiceUpdate, Sidecar};
 
 pub use commands::{
-    BindingCommand, EventCommand, InstanceCommand, ResourceCommand, ServiceCommand, SidecarCommand, TenantCommand,
-    VersionCommand,
+    BindingCommand, EventCommand, FreezeCommand, InstanceCommand, PlanActionArgs, PlanCommand, ResourceCommand,
+    ServiceCommand, SidecarCommand, TenantCommand, VersionCommand,
 };
 use input::read_json;
-use render::{emit, print_line};
+use render::{emit, emit_text, print_line};
 
 /// How to reach the manager, and how to print its answers.
 #[derive(clap::Args, Clone, Debug)]
@@ -69,6 +70,8 @@ pub async fn run(cmd: ResourceCommand) -> anyhow::Result<()> {
         ResourceCommand::Binding(c) => binding(*c).await,
         ResourceCommand::Instance(c) => instance(*c).await,
         ResourceCommand::Event(c) => event(*c).await,
+        ResourceCommand::Plan(c) => plan(*c).await,
+        ResourceCommand::Freeze(c) => freeze(*c).await,
     }
 }
 
@@ -209,6 +212,72 @@ async fn event(cmd: EventCommand) -> anyhow::Result<()> {
                 }
             }
             anyhow::bail!("the manager closed the event stream")
+        }
+    }
+}
+
+async fn plan(cmd: PlanCommand) -> anyhow::Result<()> {
+    match cmd {
+        PlanCommand::Create { file, conn } => {
+            let spec = input::read_plan(&file).await?;
+            let plan = conn.client()?.create_plan(&conn.tenant, &spec).await?;
+            emit_text(conn.output, &plan, |p| {
+                let tenant = if conn.tenant == outrider_model::DEFAULT_TENANT {
+                    String::new()
+                } else {
+                    format!(" --tenant {}", conn.tenant)
+                };
+                format!("{}\nfollow it with: outrider plan watch {}{tenant}", render::plan_summary(p), p.id)
+            })
+        }
+        PlanCommand::Simulate { file, conn } => {
+            let spec = input::read_plan(&file).await?;
+            let sim = conn.client()?.simulate_plan(&conn.tenant, &spec).await?;
+            emit_text(conn.output, &sim, render::simulation)
+        }
+        PlanCommand::List { conn } => {
+            let plans = conn.client()?.list_plans(&conn.tenant).await?;
+            emit(conn.output, &plans, |p| render::plans(p))
+        }
+        PlanCommand::Show { id, conn } => {
+            let plan = conn.client()?.get_plan(&conn.tenant, &id).await?;
+            emit_text(conn.output, &plan, render::plan)
+        }
+        PlanCommand::Watch { id, since, conn } => {
+            let client = conn.client()?;
+            let options = watch::WatchOptions::new(conn.output);
+            watch::watch(&client, &conn.tenant, &id, since, options, &mut std::io::stdout()).await
+        }
+        PlanCommand::Pause(args) => plan_action(PlanAction::Pause, args).await,
+        PlanCommand::Resume(args) => plan_action(PlanAction::Resume, args).await,
+        PlanCommand::Abort(args) => plan_action(PlanAction::Abort, args).await,
+        PlanCommand::Rollback(args) => plan_action(PlanAction::Rollback, args).await,
+        PlanCommand::Approve(args) => plan_action(PlanAction::Approve, args).await,
+    }
+}
+
+async fn plan_action(action: PlanAction, args: PlanActionArgs) -> anyhow::Result<()> {
+    let PlanActionArgs { id, reason, conn } = args;
+    let plan = conn.client()?.plan_action(&conn.tenant, &id, action, reason.as_deref()).await?;
+    emit_text(conn.output, &plan, render::plan_summary)
+}
+
+async fn freeze(cmd: FreezeCommand) -> anyhow::Result<()> {
+    match cmd {
+        FreezeCommand::Create { from, to, reason, services, conn } => {
+            let body = NewFreeze { from, to, reason, services };
+            body.validate()?;
+            let created = conn.client()?.create_freeze(&conn.tenant, &body).await?;
+            emit(conn.output, &created, |f| render::freezes(std::slice::from_ref(f)))
+        }
+        FreezeCommand::List { conn } => {
+            let freezes = conn.client()?.list_freezes(&conn.tenant).await?;
+            emit(conn.output, &freezes, |f| render::freezes(f))
+        }
+        FreezeCommand::Delete { id, conn } => {
+            conn.client()?.delete_freeze(&conn.tenant, &id).await?;
+            let done = serde_json::json!({ "id": id, "deleted": true });
+            emit_text(conn.output, &done, |_| format!("freeze {id} deleted"))
         }
     }
 }

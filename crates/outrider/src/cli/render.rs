@@ -1,5 +1,7 @@
 //! What the CLI prints: tables for people, JSON for scripts.
 
+mod plan;
+
 use std::io::{ErrorKind, Write};
 
 use anyhow::Context;
@@ -9,6 +11,9 @@ use outrider_model::{Binding, Event, Instance, Probe, ProbeCheck, Service, Sidec
 use serde::Serialize;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
+pub(super) use self::plan::{
+    freezes, incidents, phase_progress, plan, plan_summary, plans, progress_line, simulation, watch_event_line,
+};
 use super::OutputFormat;
 
 /// Prints `value` as pretty JSON, or as the table `table` makes of it.
@@ -20,6 +25,20 @@ pub(super) fn emit<T: Serialize>(
     let text = match format {
         OutputFormat::Json => serde_json::to_string_pretty(value)?,
         OutputFormat::Table => table(value).trim_fmt(),
+    };
+    print_line(&text)?;
+    Ok(())
+}
+
+/// Prints `value` as pretty JSON, or as the text `text` makes of it.
+pub(super) fn emit_text<T: Serialize>(
+    format: OutputFormat,
+    value: &T,
+    text: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
+    let text = match format {
+        OutputFormat::Json => serde_json::to_string_pretty(value)?,
+        OutputFormat::Table => text(value),
     };
     print_line(&text)?;
     Ok(())

@@ -200,3 +200,402 @@ fn distribution_table_shows_shares_and_total() {
     let text = render::distribution(&d).trim_fmt();
     assert!(text.contains("75.0%") && text.contains("25.0%") && text.contains("total"), "{text}");
 }
+
+/// The verb of a plan action line.
+fn plan_verb(line: &str) -> PlanCommand {
+    verb!(line, Plan)
+}
+
+#[test]
+fn plan_verbs_parse() {
+    let PlanCommand::Create { file, conn } = plan_verb("plan create -f plan.json --tenant payments") else {
+        panic!("not plan create");
+    };
+    assert_eq!((file.as_os_str(), conn.tenant.as_str()), ("plan.json".as_ref(), "payments"));
+    assert!(
+        matches!(plan_verb("plan simulate --file - -o json"), PlanCommand::Simulate { conn, .. } if conn.output == OutputFormat::Json)
+    );
+    assert!(matches!(plan_verb("plan list"), PlanCommand::List { .. }));
+    assert!(matches!(plan_verb("plan show p-1"), PlanCommand::Show { id, .. } if id == "p-1"));
+    assert!(
+        matches!(plan_verb("plan watch p-1 --since 7"), PlanCommand::Watch { id, since: Some(7), .. } if id == "p-1")
+    );
+
+    let PlanCommand::Approve(PlanActionArgs { id, reason, .. }) = plan_verb("plan approve p-1 --reason noise") else {
+        panic!("not plan approve");
+    };
+    assert_eq!((id.as_str(), reason.as_deref()), ("p-1", Some("noise")));
+    for (line, action) in [
+        ("plan pause p-1", "pause"),
+        ("plan resume p-1", "resume"),
+        ("plan abort p-1", "abort"),
+        ("plan rollback p-1", "rollback"),
+        ("plan approve p-1", "approve"),
+    ] {
+        let got = match plan_verb(line) {
+            PlanCommand::Pause(a) => ("pause", a),
+            PlanCommand::Resume(a) => ("resume", a),
+            PlanCommand::Abort(a) => ("abort", a),
+            PlanCommand::Rollback(a) => ("rollback", a),
+            PlanCommand::Approve(a) => ("approve", a),
+            other => panic!("{line:?} parsed as {other:?}"),
+        };
+        assert_eq!((got.0, got.1.id.as_str(), got.1.reason.as_deref()), (action, "p-1", None));
+    }
+}
+
+#[test]
+fn freeze_verbs_parse() {
+    let cmd = verb!(
+        "freeze create --from 2026-02-01T00:00:00Z --to 2026-02-08T08:00:00+08:00 --reason new-year --service a --service b",
+        Freeze
+    );
+    let FreezeCommand::Create { from, to, reason, services, .. } = cmd else { panic!("parsed as {cmd:?}") };
+    assert_eq!(from, time::macros::datetime!(2026-02-01 00:00 UTC));
+    assert_eq!(to, time::macros::datetime!(2026-02-08 00:00 UTC));
+    assert_eq!((reason.as_str(), services), ("new-year", vec!["a".to_owned(), "b".to_owned()]));
+    assert!(matches!(verb!("freeze list -o json", Freeze), FreezeCommand::List { .. }));
+    assert!(matches!(verb!("freeze delete f-1", Freeze), FreezeCommand::Delete { id, .. } if id == "f-1"));
+}
+
+#[test]
+fn bad_plan_and_freeze_lines_are_refused() {
+    for line in [
+        "plan create",
+        "plan create plan.json",
+        "plan show",
+        "plan watch",
+        "plan watch p-1 --since soon",
+        "plan pause",
+        "plan approve p-1 --reason",
+        "plan explode p-1",
+        "freeze create --from 2026-02-01T00:00:00Z --to 2026-02-08T00:00:00Z",
+        "freeze create --from yesterday --to 2026-02-08T00:00:00Z --reason x",
+        "freeze create --from 2026-02-01 --to 2026-02-08T00:00:00Z --reason x",
+        "freeze delete",
+    ] {
+        assert!(parse(line).is_err(), "{line:?} accepted");
+    }
+    let err = parse("freeze create --from yesterday --to 2026-02-08T00:00:00Z --reason x").unwrap_err().to_string();
+    assert!(err.contains("RFC 3339"), "{err}");
+}
+
+#[test]
+fn plan_files_are_json_checked_before_sending() {
+    let file = std::path::Path::new("plan.json");
+    let spec = input::parse_plan(r#"{"sidecar": "mesh", "target_version": "1.1.0"}"#, "plan.json", file).unwrap();
+    assert_eq!(spec.phases.len(), 2, "default phases");
+    // JSON is YAML: a .yaml file holding JSON is fine; real YAML is refused clearly.
+    let yaml = std::path::Path::new("plan.YAML");
+    assert!(input::parse_plan(r#"{"sidecar": "mesh", "target_version": "1.1.0"}"#, "plan.YAML", yaml).is_ok());
+    let err = input::parse_plan("sidecar: mesh\ntarget_version: 1.1.0\n", "plan.yml", "plan.yml".as_ref()).unwrap_err();
+    assert!(format!("{err:#}").contains("YAML is not supported"), "{err:#}");
+    // Not JSON in a .json file; a field the model refuses; a value the model refuses.
+    let err = input::parse_plan("sidecar: mesh", "plan.json", file).unwrap_err();
+    assert!(format!("{err:#}").starts_with("plan.json does not hold a valid plan body"), "{err:#}");
+    let err = input::parse_plan(r#"{"sidecar": "mesh", "target_version": "1.1.0", "colour": 1}"#, "plan.json", file)
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("colour"), "{err:#}");
+    let err = input::parse_plan(r#"{"sidecar": "mesh", "target_version": "1.1"}"#, "plan.json", file).unwrap_err();
+    assert!(format!("{err:#}").contains("invalid plan body: target_version"), "{err:#}");
+}
+
+/// A plan as the manager answers it: phase `gray` with a passed, a baking and a pending batch,
+/// phase `full` with two pending batches; `state` and incidents as given.
+fn sample_plan(state: &str, incidents: serde_json::Value) -> outrider_model::Plan {
+    let cell = |s: &str, n: u64| serde_json::json!({"service": s, "region": "boe", "env": "prod", "instances": n});
+    serde_json::from_value(serde_json::json!({
+        "id": "p-1", "name": "mesh to 1.1.0", "sidecar": "mesh", "target_version": "1.1.0",
+        "state": state, "reason": if state == "blocked" { "incident on gray batch 1" } else { "" },
+        "feature_services": ["checkout", "cart"],
+        "phases": [
+            {"name": "gray", "stage": "canary", "mode": "hot", "bake": "10m", "batches": [
+                {"index": 0, "lane": 0, "cells": [cell("checkout", 1)], "state": "passed", "verdict": "pass",
+                 "started_at": "2026-01-01T10:00:00Z"},
+                {"index": 1, "lane": 0, "cells": [cell("cart", 2), cell("search", 1), cell("feed", 1)],
+                 "state": "baking", "started_at": "2026-01-01T10:11:00Z"},
+                {"index": 2, "lane": 0, "cells": [cell("ads", 5)], "state": "pending"}
+            ]},
+            {"name": "full", "stage": "all", "mode": "on-deploy", "bake": "30m", "batches": [
+                {"index": 0, "lane": 0, "cells": [cell("checkout", 10)], "state": "pending"},
+                {"index": 1, "lane": 1, "cells": [cell("cart", 20)], "state": "skipped"}
+            ]}
+        ],
+        "counts": {"total": 39, "done": 1, "failed": 0, "pending": 18},
+        "blast_radius": 5, "incidents": incidents, "cursor_phase": 0,
+        "spec": {"sidecar": "mesh", "target_version": "1.1.0"},
+        "created_at": "2026-01-01T09:59:00Z", "updated_at": "2026-01-01T10:12:00Z"
+    }))
+    .unwrap()
+}
+
+fn sample_incident() -> serde_json::Value {
+    serde_json::json!([{
+        "opened_at": "2026-01-01T10:12:00Z", "phase": "gray", "batch": 1, "metric": "sidecar_exits",
+        "instances": ["cart-i0", "cart-i1", "search-i0", "feed-i0"], "canary_value": 4.0, "baseline_value": 0.0,
+        "test": "fisher_exact p=0.0012", "summary": "4 of 4 upgraded instances exited; 0 of 40 others"
+    }])
+}
+
+#[test]
+fn plan_tables_show_progress_batches_and_incidents() {
+    let plan = sample_plan("blocked", sample_incident());
+    let list = render::plans(std::slice::from_ref(&plan)).trim_fmt();
+    for want in ["ID", "DONE/TOTAL", "BLAST RADIUS", "p-1", "mesh to 1.1.0", "1.1.0", "blocked", "1/39", "5"] {
+        assert!(list.contains(want), "{want:?} missing from\n{list}");
+    }
+
+    let text = render::plan(&plan);
+    for want in [
+        "blocked (incident on gray batch 1)",
+        "checkout, cart",
+        "1 done of 39 (0 failed, 18 pending)",
+        "phase gray (current): stage canary, hot, bake 10m, 3 batches",
+        "phase full: stage all, on-deploy, bake 30m, 2 batches",
+        "INDEX",
+        "VERDICT",
+        "checkout/boe/prod",
+        "3 cells: cart/boe/prod, search/boe/prod, …",
+        "baking",
+        "pass",
+        "2026-01-01T10:11:00Z",
+        "incidents:",
+        "sidecar_exits",
+        "cart-i0, cart-i1, search-i0 (+1)",
+        "fisher_exact p=0.0012",
+        "4 of 4 upgraded instances exited",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from\n{text}");
+    }
+    assert!(!render::plan(&sample_plan("running", serde_json::json!([]))).contains("incidents:"));
+
+    let (done, total, status) = render::phase_progress(&plan.phases[0]);
+    assert_eq!((done, total, status.as_str()), (1, 10, "batch 1 baking, 1/3 passed"));
+    let (done, total, status) = render::phase_progress(&plan.phases[1]);
+    assert_eq!((done, total, status.as_str()), (0, 10, "0/1 batches passed"), "skipped batches do not count");
+    assert_eq!(
+        render::progress_line(&plan),
+        "plan p-1 blocked (incident on gray batch 1): gray 1/10 (batch 1 baking, 1/3 passed), full 0/10 (0/1 batches passed) \
+         instances, blast radius 5"
+    );
+    let summary = render::plan_summary(&plan);
+    assert!(summary.starts_with("plan p-1 (mesh to 1.1.0): mesh → 1.1.0, blocked"), "{summary}");
+}
+
+#[test]
+fn simulation_and_freeze_tables() {
+    let sim: outrider_model::Simulation = serde_json::from_value(serde_json::json!({
+        "feature_services": ["checkout"],
+        "phases": [{"name": "gray", "stage": "canary", "mode": "hot", "bake": "10m", "batches": [
+            {"index": 0, "lane": 0, "cells": [{"service": "checkout", "region": "boe", "env": "prod", "instances": 3}],
+             "state": "pending", "predicted_start": "2026-01-02T10:00:00Z"}
+        ]}],
+        "counts": {"total": 3, "done": 0, "failed": 0, "pending": 3},
+        "start": "2026-01-01T00:00:00Z", "finish": "2026-01-02T10:10:00.5Z", "days": 1.4236,
+        "notes": ["no window before 2026-01-02T10:00:00Z"]
+    }))
+    .unwrap();
+    let text = render::simulation(&sim);
+    for want in [
+        "PREDICTED START",
+        "gray",
+        "checkout/boe/prod",
+        "2026-01-02T10:00:00Z",
+        "finish:",
+        "2026-01-02T10:10:00Z\n",
+        "days:",
+        "1.42 (1d10h10m)",
+        "no window before",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from\n{text}");
+    }
+
+    let freezes: Vec<outrider_model::Freeze> = serde_json::from_value(serde_json::json!([
+        {"id": "f-1", "from": "2026-02-01T00:00:00Z", "to": "2026-02-08T00:00:00Z", "reason": "new year"},
+        {"id": "f-2", "from": "2026-03-01T00:00:00Z", "to": "2026-03-02T00:00:00Z", "reason": "sale",
+         "services": ["checkout", "cart"]}
+    ]))
+    .unwrap();
+    let text = render::freezes(&freezes).trim_fmt();
+    for want in ["ID", "f-1", "2026-02-08T00:00:00Z", "(all)", "new year", "checkout,cart", "sale"] {
+        assert!(text.contains(want), "{want:?} missing from\n{text}");
+    }
+}
+
+/// A tiny HTTP/1.1 server playing the manager for `plan watch` in tenant `default`: each GET
+/// of plan `p-1` answers the next of `plans` (then the last again); the plan's event list
+/// answers `events` after `since`, its event stream sends `events` and stays open; anything
+/// else is a 404.
+async fn fake_manager(plans: Vec<outrider_model::Plan>, events: Vec<serde_json::Value>) -> String {
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::new(Mutex::new(0usize));
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let (plans, events, served) = (plans.clone(), events.clone(), served.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let target = head.split_whitespace().nth(1).unwrap_or_default().to_owned();
+                let events_of_p1 = target.starts_with("/api/v1/tenants/default/events?") && target.contains("plan=p-1");
+                if events_of_p1 && !target.contains("follow=true") {
+                    let since: u64 = target
+                        .split(['?', '&'])
+                        .find_map(|kv| kv.strip_prefix("since="))
+                        .map_or(0, |s| s.parse().unwrap());
+                    let after: Vec<&serde_json::Value> =
+                        events.iter().filter(|e| e["seq"].as_u64().unwrap() > since).collect();
+                    let body = serde_json::to_string(&after).unwrap();
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                         connection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = sock.write_all(answer.as_bytes()).await;
+                    return;
+                }
+                if events_of_p1 {
+                    let mut body = String::new();
+                    for e in &events {
+                        body.push_str(&format!("{e}\n"));
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\nconnection: close\r\n\r\n{body}"
+                    );
+                    let _ = sock.write_all(answer.as_bytes()).await;
+                    // Stay open, like a live stream.
+                    tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                    return;
+                }
+                let (status, body) = if target == "/api/v1/tenants/default/plans/p-1" {
+                    let mut n = served.lock().unwrap();
+                    let plan = &plans[(*n).min(plans.len() - 1)];
+                    *n += 1;
+                    ("200 OK", serde_json::to_string(plan).unwrap())
+                } else {
+                    ("404 Not Found", r#"{"error": {"code": "not_found", "message": "no such plan"}}"#.to_owned())
+                };
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn plan_event(seq: u64, kind: &str, reason: &str) -> serde_json::Value {
+    serde_json::json!({"seq": seq, "time": "2026-01-01T10:00:00Z", "tenant": "default", "kind": kind,
+                       "actor": "executor", "object": "plan/p-1", "reason": reason, "plan": "p-1", "detail": {}})
+}
+
+/// Runs `plan watch p-1` against `manager` without bars; returns what it printed and how it
+/// ended.
+async fn run_watch(manager: &str, id: &str, format: OutputFormat) -> (String, anyhow::Result<()>) {
+    let client = outrider_client::Client::new(manager, None).unwrap();
+    let options = watch::WatchOptions {
+        poll: std::time::Duration::from_millis(40),
+        refresh: std::time::Duration::from_millis(40),
+        bars: false,
+        format,
+    };
+    let mut out = Vec::new();
+    let result = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        watch::watch(&client, "default", id, None, options, &mut out),
+    )
+    .await
+    .expect("the watch did not end");
+    (String::from_utf8(out).unwrap(), result)
+}
+
+#[tokio::test]
+async fn watch_follows_a_plan_through_a_block_to_completion() {
+    let mut completed = sample_plan("completed", sample_incident());
+    for b in completed.phases.iter_mut().flat_map(|p| &mut p.batches) {
+        if b.state != outrider_model::BatchState::Skipped {
+            b.state = outrider_model::BatchState::Passed;
+        }
+    }
+    let plans = vec![
+        sample_plan("running", serde_json::json!([])),
+        sample_plan("blocked", sample_incident()),
+        sample_plan("blocked", sample_incident()),
+        sample_plan("running", sample_incident()),
+        completed,
+    ];
+    let events = vec![
+        plan_event(3, "plan.created", ""),
+        plan_event(4, "batch.verdict", "fail"),
+        plan_event(5, "plan.state", "blocked"),
+    ];
+    let manager = fake_manager(plans, events).await;
+    let (out, result) = run_watch(&manager, "p-1", OutputFormat::Table).await;
+    result.unwrap();
+    for want in [
+        "plan p-1 running: gray 1/10 (batch 1 baking, 1/3 passed), full 0/10 (0/1 batches passed) instances, blast radius 5",
+        "10:00:00Z  plan.state  blocked",
+        "10:00:00Z  plan.created\n",
+        "incident:",
+        "sidecar_exits",
+        "plan p-1 is blocked: incident on gray batch 1",
+        "outrider plan approve p-1",
+        "outrider plan rollback p-1",
+        "gray 10/10 (done), full 10/10 (done)",
+        "plan p-1 completed: 1 of 39 instances done, blast radius 5",
+    ] {
+        assert!(out.contains(want), "{want:?} missing from\n{out}");
+    }
+    // Told once each, although the plan was seen blocked twice.
+    assert_eq!(out.matches("is blocked").count(), 1, "{out}");
+    assert_eq!(out.matches("incident:").count(), 1, "{out}");
+}
+
+#[tokio::test]
+async fn watch_fails_when_the_plan_does_not_complete() {
+    let manager = fake_manager(
+        vec![sample_plan("running", serde_json::json!([])), sample_plan("rolled_back", sample_incident())],
+        vec![plan_event(9, "plan.state", "rolled_back")],
+    )
+    .await;
+    let (out, result) = run_watch(&manager, "p-1", OutputFormat::Json).await;
+    let err = format!("{:#}", result.unwrap_err());
+    assert!(err.starts_with("plan p-1 did not complete: rolled_back: 1 of 39 instances done"), "{err}");
+    // JSON lines only: the events, nothing else.
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert_eq!(lines[0]["kind"], "plan.state");
+
+    let (_, result) = run_watch(&manager, "p-9", OutputFormat::Table).await;
+    assert!(format!("{:#}", result.unwrap_err()).contains("not_found"));
+}
+
+#[tokio::test]
+async fn watching_a_plan_that_ended_tells_its_story() {
+    let mut done = sample_plan("completed", serde_json::json!([]));
+    done.reason = "every batch passed".into();
+    let events = vec![plan_event(3, "plan.created", ""), plan_event(8, "plan.state", "every batch passed")];
+    let manager = fake_manager(vec![done], events).await;
+    let (out, result) = run_watch(&manager, "p-1", OutputFormat::Table).await;
+    result.unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "10:00:00Z  plan.created", "{out}");
+    assert_eq!(lines[1], "10:00:00Z  plan.state  every batch passed", "{out}");
+    assert!(lines[2].starts_with("plan p-1 completed (every batch passed): gray"), "{out}");
+    assert_eq!(lines[3], "plan p-1 completed (every batch passed): 1 of 39 instances done, blast radius 5");
+    assert_eq!(lines.len(), 4, "{out}");
+}

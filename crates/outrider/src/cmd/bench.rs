@@ -19,6 +19,9 @@ pub enum BenchCommand {
     /// Time from a binding write acknowledged by the API to each agent holding the new
     /// desired state, over N simulated agents of a dedicated service.
     Propagation(PropagationArgs),
+    /// Plans and simulates the default two-phase upgrade of a generated fleet, in process,
+    /// and prints the time each step took and the peak memory.
+    Plan(PlanArgs),
 }
 
 /// Flags of `outrider bench propagation`.
@@ -47,7 +50,25 @@ pub struct PropagationArgs {
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Propagation(args) => propagation(args).await,
+        BenchCommand::Plan(args) => plan_bench(&args),
     }
+}
+
+/// Flags of `outrider bench plan`.
+#[derive(clap::Args, Debug)]
+pub struct PlanArgs {
+    /// Services of the generated fleet.
+    #[arg(long, value_name = "N", default_value_t = 40_000)]
+    pub services: usize,
+    /// Instances of the generated fleet (at least one per service).
+    #[arg(long, value_name = "M", default_value_t = 4_000_000)]
+    pub instances: usize,
+    /// Seed of the fleet generator.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub seed: u64,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
 }
 
 /// The result of `outrider bench propagation` (`agents`, `changes`, `p50_ms`, `p99_ms`,
@@ -278,4 +299,157 @@ async fn time_changes(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Ok(timed)
+}
+
+/// The result of `outrider bench plan` (`services`, `instances`, `cells`, `batches`, `plan_ms`
+/// are the contract).
+#[derive(Debug, Serialize)]
+struct PlanResult {
+    services: usize,
+    instances: usize,
+    /// Cells over every phase.
+    cells: usize,
+    /// Batches over every phase.
+    batches: usize,
+    /// `outrider_rollout::plan` alone.
+    plan_ms: f64,
+    /// Generating the fleet (`outrider_sim::FleetSpec::generate`), not part of planning.
+    generate_ms: f64,
+    /// Folding the generated instances into the planner's `FleetView`.
+    build_ms: f64,
+    /// `outrider_rollout::simulate` of the plan.
+    simulate_ms: f64,
+    /// Resident memory once the fleet is generated (before the view is built).
+    fleet_rss_bytes: u64,
+    /// Peak resident memory of the whole run (`VmHWM`), generation included.
+    peak_rss_bytes: u64,
+    /// At most what the view, the plan and the simulation added to the generated fleet:
+    /// `peak_rss_bytes - fleet_rss_bytes` (the fleet stays allocated until the end, so the
+    /// planner's allocations are fresh memory).
+    planner_rss_bytes: u64,
+    /// Predicted duration of the plan, in days (no window, no freeze).
+    days: f64,
+    /// Feature services picked.
+    feature_services: usize,
+    /// Per phase: name, cells, batches, instances.
+    phases: Vec<PhaseFigures>,
+}
+
+/// Size of one planned phase.
+#[derive(Debug, Serialize)]
+struct PhaseFigures {
+    name: String,
+    cells: usize,
+    batches: usize,
+    instances: u64,
+}
+
+/// A `kB` figure of `/proc/self/status` (`VmRSS`, `VmHWM`), in bytes.
+fn proc_status_bytes(key: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .with_context(|| format!("/proc/self/status has no {key}"))
+}
+
+/// Generates a fleet where every instance runs `mesh-proxy` 1.0.0, then plans and simulates
+/// its default upgrade to 1.1.0.
+fn plan_bench(args: &PlanArgs) -> anyhow::Result<()> {
+    use outrider_model::{FeatureServices, PhaseSpec, PlanSpec, Selector};
+    use outrider_rollout::{FleetView, InstanceView, SimAssumptions, Windows};
+    use outrider_sim::{FleetParams, FleetSpec};
+
+    let t = Instant::now();
+    let fleet =
+        FleetSpec::generate(FleetParams { services: args.services, instances: args.instances, seed: args.seed })?;
+    let generate = t.elapsed();
+    let fleet_rss = proc_status_bytes("VmRSS")?;
+    eprintln!("generated {} services, {} instances in {:.1} s", args.services, args.instances, generate.as_secs_f64());
+
+    let t = Instant::now();
+    // `instances` stays allocated to the end, so whatever the view, the plan and the
+    // simulation allocate is fresh memory: the peak minus the fleet's RSS bounds it.
+    let FleetSpec { services, instances } = fleet;
+    let view = FleetView::from_instances(
+        services,
+        instances.iter().map(|i| InstanceView {
+            service: &i.service,
+            region: &i.labels.region,
+            env: &i.labels.env,
+            stage: &i.labels.stage,
+            version: Some("1.0.0"),
+        }),
+    );
+    let build = t.elapsed();
+
+    let spec = PlanSpec {
+        name: "bench".into(),
+        sidecar: "mesh-proxy".into(),
+        target_version: "1.1.0".into(),
+        from_versions: Vec::new(),
+        selector: Selector::default(),
+        region_order: Vec::new(),
+        feature_services: FeatureServices::default(),
+        windows: Vec::new(),
+        phases: PhaseSpec::defaults(),
+    };
+    let t = Instant::now();
+    let planned = outrider_rollout::plan(&spec, &view)?;
+    let plan_time = t.elapsed();
+
+    let windows = Windows::new(&spec.windows)?;
+    let t = Instant::now();
+    let now = time::OffsetDateTime::now_utc();
+    let sim = outrider_rollout::simulate(&planned, &spec, &windows, &[], now, SimAssumptions::default());
+    let simulate_time = t.elapsed();
+    let peak = proc_status_bytes("VmHWM")?;
+
+    let phases: Vec<PhaseFigures> = planned
+        .phases
+        .iter()
+        .map(|p| PhaseFigures {
+            name: p.name.clone(),
+            cells: p.batches.iter().map(|b| b.cells.len()).sum(),
+            batches: p.batches.len(),
+            instances: p.batches.iter().map(|b| b.instance_count()).sum(),
+        })
+        .collect();
+    let result = PlanResult {
+        services: args.services,
+        instances: args.instances,
+        cells: phases.iter().map(|p| p.cells).sum(),
+        batches: phases.iter().map(|p| p.batches).sum(),
+        plan_ms: ms(plan_time),
+        generate_ms: ms(generate),
+        build_ms: ms(build),
+        simulate_ms: ms(simulate_time),
+        fleet_rss_bytes: fleet_rss,
+        peak_rss_bytes: peak,
+        planner_rss_bytes: peak.saturating_sub(fleet_rss),
+        days: (sim.days * 1e3).round() / 1e3,
+        feature_services: planned.feature_services.len(),
+        phases,
+    };
+    let text = match args.output {
+        OutputFormat::Json => serde_json::to_string_pretty(&result)?,
+        OutputFormat::Table => format!(
+            "planned {} services / {} instances: {} cells in {} batches in {} ms \
+             (view built in {} ms, simulated in {} ms: {} days); peak RSS {} MiB, of which at most {} MiB for \
+             planning ({} MiB for the generated fleet)",
+            result.services,
+            result.instances,
+            result.cells,
+            result.batches,
+            result.plan_ms,
+            result.build_ms,
+            result.simulate_ms,
+            result.days,
+            result.peak_rss_bytes >> 20,
+            result.planner_rss_bytes >> 20,
+            result.fleet_rss_bytes >> 20,
+        ),
+    };
+    print_stdout(&text)
 }

@@ -9,7 +9,9 @@ use std::{
 use anyhow::Context;
 use outrider_client::Client;
 use outrider_model::HumanDuration;
-use outrider_sim::{FleetParams, FleetSpec, SidecarRef, SimFleet, SimFleetOptions, SimRuntimeOptions, seed_catalog};
+use outrider_sim::{
+    Defect, FleetParams, FleetSpec, SidecarRef, SimFleet, SimFleetOptions, SimRuntimeOptions, seed_catalog,
+};
 use serde::Serialize;
 
 use crate::cli::{ConnectArgs, OutputFormat};
@@ -29,6 +31,12 @@ pub struct SimArgs {
     /// Bind every generated service to this sidecar version (created if missing).
     #[arg(long, value_name = "NAME@VERSION")]
     pub sidecar: Option<SidecarRef>,
+    /// Make the instances a defect selects misbehave once they run its version (repeatable):
+    /// `version=1.3.0,effect=crash`, optionally narrowed by `trait=KEY:VALUE` (repeatable),
+    /// `service=NAME`, `region=R` and `sidecar=NAME`. Effects: crash, errors, latency, cpu,
+    /// memory.
+    #[arg(long = "defect", value_name = "SPEC")]
+    pub defects: Vec<Defect>,
     /// Stop by itself after this long (`30s`, `5m`); without it, run until Ctrl-C.
     #[arg(long)]
     pub duration: Option<HumanDuration>,
@@ -52,6 +60,7 @@ struct Summary {
     instances: usize,
     seed: u64,
     services_created: usize,
+    defects: Vec<String>,
     connections: usize,
     connected_at_stop: usize,
     ran_s: f64,
@@ -93,6 +102,23 @@ async fn report_connections(fleet: &SimFleet) {
     }
 }
 
+/// Each defect of `options` with the number of instances of `spec` it selects.
+fn selected_by_defect<'a>(spec: &FleetSpec, options: &'a SimFleetOptions) -> Vec<(&'a Defect, usize)> {
+    let no_traits = Default::default();
+    options
+        .defects
+        .iter()
+        .map(|d| {
+            let selected = spec
+                .instances
+                .iter()
+                .filter(|i| d.selects(i, options.service_traits.get(&i.service).unwrap_or(&no_traits)))
+                .count();
+            (d, selected)
+        })
+        .collect()
+}
+
 /// Runs `outrider sim` until Ctrl-C, SIGTERM or `--duration`.
 pub async fn run(args: SimArgs) -> anyhow::Result<()> {
     let spec =
@@ -116,8 +142,18 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
         agents_per_connection: usize::from(args.agents_per_connection),
         report_interval: args.report_interval.0,
         runtime: SimRuntimeOptions { apply_delay: args.apply_delay.0, jitter: args.apply_delay.0 * 2 / 5 },
+        defects: args.defects.clone(),
+        service_traits: spec.service_traits(),
         ..SimFleetOptions::default()
     };
+    for (defect, selected) in selected_by_defect(&spec, &options) {
+        if selected == 0 {
+            eprintln!("warning: defect {defect} selects no instance (check its service=, region= and trait=)");
+        } else {
+            let instances = if selected == 1 { "instance misbehaves" } else { "instances misbehave" };
+            eprintln!("defect {defect}: {selected} {instances} once they run {}", defect.version);
+        }
+    }
     let fleet = SimFleet::start(client.base_url(), &token, tenant, &spec.instances, &options)?;
     eprintln!("starting {} agents over {} connections…", fleet.agents().len(), fleet.connections());
     let running = Instant::now();
@@ -137,6 +173,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
         instances: spec.instances.len(),
         seed: args.seed,
         services_created: seeded.services_created,
+        defects: args.defects.iter().map(ToString::to_string).collect(),
         connections: fleet.connections(),
         connected_at_stop: fleet.connected(),
         ran_s: running.elapsed().as_secs_f64(),
@@ -159,5 +196,69 @@ pub(crate) fn print_stdout(text: &str) -> anyhow::Result<()> {
     match writeln!(out, "{text}").and_then(|()| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("cannot write to standard output"),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        sim: SimArgs,
+    }
+
+    fn parse(line: &str) -> Result<SimArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("sim").chain(line.split_whitespace())).map(|c| c.sim)
+    }
+
+    #[test]
+    fn defects_are_repeatable_and_parsed_strictly() {
+        let args = parse(
+            "--services 2 --instances 4 --defect version=1.3.0,trait=protocol:http,effect=crash \
+             --defect version=1.3.0,effect=latency,region=boe",
+        )
+        .unwrap();
+        assert_eq!(args.defects.len(), 2);
+        assert_eq!(args.defects[0].to_string(), "version=1.3.0,effect=crash,trait=protocol:http");
+        assert_eq!(args.defects[1].region.as_deref(), Some("boe"));
+        assert!(parse("--services 2 --instances 4").unwrap().defects.is_empty());
+
+        for (bad, says) in [
+            ("version=1.3.0,effect=melt", "unknown effect \"melt\""),
+            ("version=1.3.0,effect=crash,zone=a", "unknown key \"zone\""),
+            ("effect=crash", "needs version="),
+        ] {
+            let err = parse(&format!("--services 2 --instances 4 --defect {bad}")).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn counts_the_instances_each_defect_selects() {
+        let spec = FleetSpec::generate(FleetParams { services: 30, instances: 300, seed: 5 }).unwrap();
+        let defect = |s: &str| s.parse::<Defect>().unwrap();
+        let options = SimFleetOptions {
+            defects: vec![
+                defect("version=1.3.0,effect=crash"),
+                defect("version=1.3.0,effect=crash,trait=protocol:http"),
+                defect("version=1.3.0,effect=crash,region=boe"),
+                defect("version=1.3.0,effect=crash,service=no-such-service"),
+            ],
+            service_traits: spec.service_traits(),
+            ..SimFleetOptions::default()
+        };
+        let counts: Vec<usize> = selected_by_defect(&spec, &options).into_iter().map(|(_, n)| n).collect();
+        let http = spec
+            .instances
+            .iter()
+            .filter(|i| spec.services.iter().any(|s| s.name == i.service && s.traits["protocol"] == "http"))
+            .count();
+        let boe = spec.instances.iter().filter(|i| i.labels.region == "boe").count();
+        assert_eq!(counts, [300, http, boe, 0]);
+        assert!(http > 0 && http < 300 && boe > 0);
     }
 }

@@ -1,0 +1,421 @@
+//! Upgrade plans end to end: a real manager (in process, real sockets) and a simulated fleet
+//! speaking the real sync protocol, with an injected defect.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use outrider_manager::{ManagerConfig, RunningManager};
+use outrider_sim::{FleetParams, FleetSpec, SidecarRef, SimFleet, SimFleetOptions, SimRuntimeOptions};
+use serde_json::{Value, json};
+
+struct Env {
+    manager: RunningManager,
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    fleet: SimFleet,
+    spec: FleetSpec,
+    _dir: tempfile::TempDir,
+}
+
+impl Env {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req =
+            self.http.request(method, format!("{}/api/v1/tenants/default{path}", self.base)).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        let (s, v) = self.call(reqwest::Method::POST, path, Some(body)).await;
+        assert!((200..300).contains(&s), "POST {path}: {s} {v}");
+        v
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let (s, v) = self.call(reqwest::Method::GET, path, None).await;
+        assert_eq!(s, 200, "GET {path}: {v}");
+        v
+    }
+
+    /// Versions of `mesh` the instances report running, with counts.
+    async fn running(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for i in self.get("/instances").await.as_array().unwrap() {
+            for s in i["sidecars"].as_array().unwrap() {
+                if s["name"] == "mesh" && s["state"] == "running" {
+                    *out.entry(s["version"].as_str().unwrap().to_owned()).or_default() += 1;
+                }
+            }
+        }
+        out
+    }
+
+    async fn wait_plan(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let plan = self.get(&format!("/plans/{id}")).await;
+            if done(&plan) {
+                return plan;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}: {plan:#}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn shutdown(self) {
+        self.fleet.shutdown().await;
+        self.manager.shutdown().await;
+    }
+}
+
+/// A manager, 24 services / 240 instances running mesh 1.0.0, versions 1.1.0 (healthy) and
+/// 1.2.0 (crashes on services whose protocol is http), both admitted.
+async fn setup() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = outrider_manager::start(ManagerConfig {
+        data_dir: dir.path().to_owned(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+    })
+    .await
+    .unwrap();
+    let base = format!("http://{}", manager.addr);
+    let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap().trim().to_owned();
+    let client = outrider_client::Client::new(&base, Some(token.clone())).unwrap();
+    let spec = FleetSpec::generate(FleetParams { services: 24, instances: 240, seed: 11 }).unwrap();
+    let mesh = SidecarRef { name: "mesh".into(), version: "1.0.0".into() };
+    outrider_sim::seed_catalog(&client, "default", &spec, Some(&mesh)).await.unwrap();
+    for v in ["1.1.0", "1.2.0"] {
+        outrider_sim::ensure_version(&client, "default", "mesh", v).await.unwrap();
+    }
+    let options = SimFleetOptions {
+        report_interval: Duration::from_millis(500),
+        runtime: SimRuntimeOptions { apply_delay: Duration::from_millis(20), jitter: Duration::from_millis(10) },
+        defects: vec!["version=1.2.0,trait=protocol:http,effect=crash".parse().unwrap()],
+        service_traits: spec.service_traits(),
+        ..SimFleetOptions::default()
+    };
+    let fleet = SimFleet::start(&base, &token, "default", &spec.instances, &options).unwrap();
+    let env = Env { manager, http: reqwest::Client::new(), base, token, fleet, spec, _dir: dir };
+    for v in ["1.1.0", "1.2.0"] {
+        env.post(&format!("/sidecars/mesh/versions/{v}/admit"), json!({"evidence": "test"})).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while env.running().await.get("1.0.0") != Some(&240) {
+        assert!(tokio::time::Instant::now() < deadline, "fleet never came up: {:?}", env.running().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env
+}
+
+fn plan_body(target: &str) -> Value {
+    plan_body_baking(target, "150ms")
+}
+
+/// A two-phase plan whose batches bake for `bake`.
+fn plan_body_baking(target: &str, bake: &str) -> Value {
+    json!({
+        "sidecar": "mesh", "target_version": target, "from_versions": ["1.0.0"],
+        "feature_services": {"per_trait_value": 1},
+        "phases": [
+            {"name": "gray", "stage": "canary", "mode": "hot",
+             "batching": {"strategy": "exponential", "start": 1, "factor": 2},
+             "max_per_batch": {"cells": 4}, "bake": bake, "batch_timeout": "10s"},
+            {"name": "full", "stage": "all", "mode": "restart",
+             "batching": {"strategy": "linear", "size": 8}, "bake": bake, "region_parallelism": 2,
+             "batch_timeout": "10s"}
+        ]
+    })
+}
+
+/// Events of a plan, in order.
+async fn plan_events(env: &Env, id: &str) -> Vec<Value> {
+    env.get(&format!("/events?plan={id}&limit=10000")).await.as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_version_completes_both_phases_in_order() {
+    let env = setup().await;
+    let plan = env.post("/plans", plan_body("1.1.0")).await;
+    let id = plan["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        plan["counts"]["total"].as_u64().unwrap() as usize,
+        240 + plan["phases"][0]["batches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["cells"].as_array().unwrap().iter().map(|c| c["instances"].as_u64().unwrap()).sum::<u64>()
+                as usize)
+            .sum::<usize>(),
+        "gray counts canaries, full counts them again (planned before gray moved them)"
+    );
+    let done = env.wait_plan(&id, "completion", |p| p["state"] == "completed").await;
+    assert_eq!(env.running().await.get("1.1.0"), Some(&240), "every instance runs the target");
+    assert_eq!(done["blast_radius"], 240);
+    for phase in done["phases"].as_array().unwrap() {
+        for b in phase["batches"].as_array().unwrap() {
+            assert_eq!(b["state"], "passed", "{b}");
+            assert!(
+                b["cells"].as_array().unwrap().len() <= if phase["name"] == "gray" { 4 } else { 8 },
+                "cap held: {b}"
+            );
+        }
+    }
+    // Each batch was applied exactly once, and gray finished before full started.
+    let events = plan_events(&env, &id).await;
+    let applying: Vec<(String, u64)> = events
+        .iter()
+        .filter(|e| e["kind"] == "batch.state" && e["detail"]["state"] == "applying")
+        .map(|e| (e["detail"]["phase"].as_str().unwrap().to_owned(), e["detail"]["batch"].as_u64().unwrap()))
+        .collect();
+    let mut unique = applying.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), applying.len(), "a batch was applied twice: {applying:?}");
+    let first_full = applying.iter().position(|(p, _)| p == "full").unwrap();
+    assert!(applying[first_full..].iter().all(|(p, _)| p == "full"), "phases interleaved: {applying:?}");
+    assert!(events.iter().any(|e| e["kind"] == "phase.completed"));
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_defect_blocks_the_plan_where_it_first_shows_and_rollback_restores_everything() {
+    let env = setup().await;
+    let http_services: Vec<&str> = env
+        .spec
+        .services
+        .iter()
+        .filter(|s| s.traits.get("protocol").map(String::as_str) == Some("http"))
+        .map(|s| s.name.as_str())
+        .collect();
+    assert!(!http_services.is_empty(), "the generated fleet has http services");
+    // The simulated crash shows ~0.5 s after the upgrade: the bake must outlast that.
+    let plan = env.post("/plans", plan_body_baking("1.2.0", "1500ms")).await;
+    let id = plan["id"].as_str().unwrap().to_owned();
+    let blocked = env.wait_plan(&id, "the block", |p| p["state"] == "blocked").await;
+    let incident = &blocked["incidents"][0];
+    assert!(["crash_loop", "sidecar_exits"].contains(&incident["metric"].as_str().unwrap()), "{incident}");
+    // The failed batch is the first one that holds an http service.
+    let batches: Vec<&Value> =
+        blocked["phases"].as_array().unwrap().iter().flat_map(|p| p["batches"].as_array().unwrap()).collect();
+    let has_http = |b: &Value| {
+        b["cells"].as_array().unwrap().iter().any(|c| http_services.contains(&c["service"].as_str().unwrap()))
+    };
+    let failed = batches.iter().position(|b| b["state"] == "failed").expect("a failed batch");
+    assert!(has_http(batches[failed]), "the failed batch holds an http service");
+    assert!(batches[..failed].iter().all(|b| !has_http(b)), "no earlier batch held an http service");
+    assert!(batches[failed + 1..].iter().all(|b| b["state"] == "pending"), "nothing after the failed batch started");
+    let radius = blocked["blast_radius"].as_u64().unwrap();
+    assert!(radius >= 1, "the defect reached at least one instance");
+    let applied: u64 = batches[..=failed]
+        .iter()
+        .flat_map(|b| b["cells"].as_array().unwrap())
+        .map(|c| c["instances"].as_u64().unwrap())
+        .sum();
+    assert!(radius <= applied, "blast radius {radius} is within the applied batches ({applied})");
+
+    let rolled = env.post(&format!("/plans/{id}/rollback"), json!({"reason": "defect"})).await;
+    assert_eq!(rolled["state"], "rolled_back");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while env.running().await.get("1.0.0") != Some(&240) {
+        assert!(tokio::time::Instant::now() < deadline, "rollback incomplete: {:?}", env.running().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let kinds: Vec<String> =
+        plan_events(&env, &id).await.iter().map(|e| e["kind"].as_str().unwrap().to_owned()).collect();
+    assert!(kinds.contains(&"incident.opened".to_owned()) && kinds.contains(&"plan.action".to_owned()), "{kinds:?}");
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freeze_makes_the_plan_wait_and_lifting_it_lets_it_finish() {
+    let env = setup().await;
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = |t: time::OffsetDateTime| t.format(&time::format_description::well_known::Rfc3339).unwrap();
+    let freeze = env
+        .post("/freezes", json!({"from": fmt(now - time::Duration::minutes(1)), "to": fmt(now + time::Duration::hours(1)), "reason": "big promotion"}))
+        .await;
+    let plan = env.post("/plans", plan_body("1.1.0")).await;
+    let id = plan["id"].as_str().unwrap().to_owned();
+    let waiting = env.wait_plan(&id, "waiting", |p| p["state"] == "waiting").await;
+    assert!(waiting["reason"].as_str().unwrap().contains("big promotion"), "{}", waiting["reason"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(env.running().await.get("1.0.0"), Some(&240), "nothing changes during a freeze");
+    let (s, _) = env.call(reqwest::Method::DELETE, &format!("/freezes/{}", freeze["id"].as_str().unwrap()), None).await;
+    assert_eq!(s, 204);
+    env.wait_plan(&id, "completion", |p| p["state"] == "completed").await;
+    assert_eq!(env.running().await.get("1.1.0"), Some(&240));
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_refuses_bad_plans_with_the_reason() {
+    let env = setup().await;
+    outrider_sim::ensure_version(
+        &outrider_client::Client::new(&env.base, Some(env.token.clone())).unwrap(),
+        "default",
+        "mesh",
+        "1.3.0",
+    )
+    .await
+    .unwrap();
+    for (body, status, needle) in [
+        (json!({"sidecar": "mesh", "target_version": "1.3.0"}), 409, "not admitted"),
+        (json!({"sidecar": "mesh", "target_version": "9.9.9"}), 404, "9.9.9"),
+        (json!({"sidecar": "nope", "target_version": "1.1.0"}), 404, "nope"),
+        (json!({"sidecar": "mesh", "target_version": "1.1"}), 400, "target_version"),
+        (json!({"sidecar": "mesh", "target_version": "1.1.0", "colour": "red"}), 422, "colour"),
+    ] {
+        let (s, v) = env.call(reqwest::Method::POST, "/plans", Some(body.clone())).await;
+        assert_eq!(s, status, "{body} → {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(needle), "{body} → {v}");
+    }
+    let first = env.post("/plans", plan_body("1.1.0")).await;
+    let (s, v) = env.call(reqwest::Method::POST, "/plans", Some(plan_body("1.1.0"))).await;
+    assert_eq!(s, 409, "an overlapping plan is refused: {v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains(first["id"].as_str().unwrap()));
+    // Simulation changes nothing.
+    let before = env.get("/plans").await.as_array().unwrap().len();
+    let sim = env.post("/plans/simulate", plan_body("1.1.0")).await;
+    assert!(sim["days"].as_f64().unwrap() >= 0.0);
+    assert_eq!(env.get("/plans").await.as_array().unwrap().len(), before);
+    env.shutdown().await;
+}
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Runs `outrider server` as a separate process, so that it can be killed with SIGKILL.
+fn spawn_server(dir: &std::path::Path, port: u16) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_outrider"))
+        .args(["server", "--data-dir"])
+        .arg(dir)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join(format!("server-{}.log", rand_suffix()))).unwrap())
+        .spawn()
+        .expect("spawn outrider server")
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_manager_mid_rollout_changes_nothing_in_the_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut server = KillOnDrop(spawn_server(dir.path(), port));
+    let http = reqwest::Client::new();
+    let ready = || async {
+        for _ in 0..100 {
+            if http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("manager not ready");
+    };
+    ready().await;
+    let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap().trim().to_owned();
+    let client = outrider_client::Client::new(&base, Some(token.clone())).unwrap();
+    let spec = FleetSpec::generate(FleetParams { services: 16, instances: 160, seed: 5 }).unwrap();
+    let mesh = SidecarRef { name: "mesh".into(), version: "1.0.0".into() };
+    outrider_sim::seed_catalog(&client, "default", &spec, Some(&mesh)).await.unwrap();
+    outrider_sim::ensure_version(&client, "default", "mesh", "1.1.0").await.unwrap();
+    client.admit_version("default", "mesh", "1.1.0", &json!("test")).await.unwrap();
+    let options = SimFleetOptions {
+        report_interval: Duration::from_millis(500),
+        runtime: SimRuntimeOptions { apply_delay: Duration::from_millis(20), jitter: Duration::from_millis(10) },
+        ..SimFleetOptions::default()
+    };
+    let fleet = SimFleet::start(&base, &token, "default", &spec.instances, &options).unwrap();
+    let api = |path: String| {
+        let (http, base, token) = (http.clone(), base.clone(), token.clone());
+        async move {
+            let r = http.get(format!("{base}/api/v1/tenants/default{path}")).bearer_auth(&token).send().await.ok()?;
+            r.json::<Value>().await.ok()
+        }
+    };
+    let at = |v: &'static str| async move {
+        let list = api("/instances".into()).await.unwrap_or(Value::Null);
+        list.as_array().map_or(0, |l| {
+            l.iter()
+                .filter(|i| {
+                    i["sidecars"].as_array().unwrap().iter().any(|s| s["version"] == v && s["state"] == "running")
+                })
+                .count()
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while at("1.0.0").await != 160 {
+        assert!(tokio::time::Instant::now() < deadline, "fleet never came up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let resp = http
+        .post(format!("{base}/api/v1/tenants/default/plans"))
+        .bearer_auth(&token)
+        .json(&plan_body_baking("1.1.0", "400ms"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let id = resp.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+
+    // Kill the manager three times while the plan moves, restarting it each time.
+    for round in 0..3 {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        server.0.kill().unwrap();
+        server.0.wait().unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        server = KillOnDrop(spawn_server(dir.path(), port));
+        ready().await;
+        eprintln!("manager killed and restarted ({round})");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let plan = loop {
+        let plan = api(format!("/plans/{id}")).await.unwrap_or(Value::Null);
+        if plan["state"] == "completed" {
+            break plan;
+        }
+        assert!(plan["state"] != "blocked" && plan["state"] != "failed", "{plan:#}");
+        assert!(tokio::time::Instant::now() < deadline, "plan did not complete: {plan:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while at("1.1.0").await != 160 {
+        assert!(tokio::time::Instant::now() < deadline, "not every instance reached 1.1.0");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let events = api(format!("/events?plan={id}&limit=10000")).await.unwrap();
+    let mut applying: Vec<(String, u64)> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "batch.state" && e["detail"]["state"] == "applying")
+        .map(|e| (e["detail"]["phase"].as_str().unwrap().to_owned(), e["detail"]["batch"].as_u64().unwrap()))
+        .collect();
+    let batches: usize =
+        plan["phases"].as_array().unwrap().iter().map(|p| p["batches"].as_array().unwrap().len()).sum();
+    let n = applying.len();
+    applying.sort();
+    applying.dedup();
+    assert_eq!((n, applying.len()), (batches, batches), "every batch applied exactly once");
+    fleet.shutdown().await;
+}
