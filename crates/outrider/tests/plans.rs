@@ -419,3 +419,33 @@ async fn killing_the_manager_mid_rollout_changes_nothing_in_the_outcome() {
     assert_eq!((n, applying.len()), (batches, batches), "every batch applied exactly once");
     fleet.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marking_a_version_defective_blocks_its_plans_and_drafts_a_recall() {
+    let env = setup().await;
+    let plan = env.post("/plans", plan_body_baking("1.1.0", "30s")).await;
+    let id = plan["id"].as_str().unwrap().to_owned();
+    // Let the first batch reach some instances, then declare the version defective.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while env.running().await.get("1.1.0").copied().unwrap_or(0) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the first batch never landed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.post("/sidecars/mesh/versions/1.1.0/defective", json!({"reason": "leaks file descriptors"})).await;
+    let blocked = env.get(&format!("/plans/{id}")).await;
+    assert_eq!(blocked["state"], "blocked", "{blocked:#}");
+    assert!(blocked["reason"].as_str().unwrap().contains("defective"));
+    // A defective version can no longer be a target.
+    let (s, v) =
+        env.call(reqwest::Method::POST, "/plans", Some(json!({"sidecar": "mesh", "target_version": "1.1.0"}))).await;
+    assert_eq!(s, 409);
+    assert!(v["error"]["message"].as_str().unwrap().contains("Defective"), "{v}");
+    // The recall plan is drafted (paused) for everything on 1.1.0, towards the newest healthy version.
+    let plans = env.get("/plans").await;
+    let recall = plans.as_array().unwrap().iter().find(|p| p["id"] != id.as_str()).expect("a recall plan").clone();
+    assert_eq!((recall["state"].as_str(), recall["target_version"].as_str()), (Some("paused"), Some("1.2.0")));
+    assert_eq!(recall["spec"]["from_versions"], json!(["1.1.0"]));
+    let on_defective = env.running().await.get("1.1.0").copied().unwrap_or(0) as u64;
+    assert_eq!(recall["counts"]["total"].as_u64().unwrap(), on_defective, "the recall covers every instance on 1.1.0");
+    env.shutdown().await;
+}
