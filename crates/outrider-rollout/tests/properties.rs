@@ -178,17 +178,19 @@ type CellId = (String, String, String);
 
 /// Instances per cell of each phase, counted directly.
 fn expected_cells(case: &Case) -> Vec<BTreeMap<CellId, u64>> {
-    case.spec
-        .phases
-        .iter()
-        .map(|p| {
-            let mut cells = BTreeMap::new();
-            for i in case.instances.iter().filter(|i| in_scope(case, i) && (p.stage == "all" || p.stage == i.stage)) {
-                *cells.entry((i.service.clone(), i.region.to_owned(), i.env.to_owned())).or_insert(0) += 1;
+    let takes = |p: &PhaseSpec, i: &Inst| p.stage == "all" || p.stage == i.stage;
+    let mut out = vec![BTreeMap::new(); case.spec.phases.len()];
+    for i in case.instances.iter().filter(|i| in_scope(case, i)) {
+        // Each instance belongs to the first phase whose stage takes it, and to later phases
+        // with the same stage filter.
+        let Some(first) = case.spec.phases.iter().position(|p| takes(p, i)) else { continue };
+        for (pi, p) in case.spec.phases.iter().enumerate().skip(first) {
+            if takes(p, i) && p.stage == case.spec.phases[first].stage {
+                *out[pi].entry((i.service.clone(), i.region.to_owned(), i.env.to_owned())).or_insert(0) += 1;
             }
-            cells
-        })
-        .collect()
+        }
+    }
+    out
 }
 
 fn fnv(s: &str) -> u64 {

@@ -219,6 +219,25 @@ impl FleetSpec {
     /// Generates a fleet. The same parameters always give the same fleet. Fails when there
     /// are no services or fewer instances than services.
     pub fn generate(params: FleetParams) -> Result<Self, SimError> {
+        let (services, instances) = Self::generate_into(
+            params,
+            |_| Vec::with_capacity(params.instances),
+            |instances, svc, k, region, env, stage| {
+                instances.push(SimInstance::new(format!("{}-i{k}", svc.name), &svc.name, region, env, stage));
+            },
+        )?;
+        Ok(Self { services, instances })
+    }
+
+    /// The same fleet as [`FleetSpec::generate`], streamed: `init` sees the services first and
+    /// makes the accumulator, then `each` receives every instance (its service, its index in
+    /// the service — the id is `{service}-i{index}` — region, env and stage) in the same order,
+    /// without any instance being kept. Millions of instances then cost no memory of their own.
+    pub fn generate_into<S>(
+        params: FleetParams,
+        init: impl FnOnce(&[Service]) -> S,
+        mut each: impl FnMut(&mut S, &Service, usize, &'static str, &'static str, &'static str),
+    ) -> Result<(Vec<Service>, S), SimError> {
         let FleetParams { services: n_services, instances: n_instances, seed } = params;
         if n_services == 0 {
             return Err(SimError::Invalid("a fleet needs at least one service".into()));
@@ -232,13 +251,13 @@ impl FleetSpec {
         let services: Vec<Service> = (0..n_services).map(|i| service(&mut rng, i)).collect();
         let counts = instance_counts(&mut rng, n_services, n_instances);
         let largest = counts.iter().enumerate().max_by_key(|&(i, c)| (c, std::cmp::Reverse(i))).map_or(0, |(i, _)| i);
-        let mut instances = Vec::with_capacity(n_instances);
+        let mut acc = init(&services);
         for (i, (svc, &n)) in services.iter().zip(&counts).enumerate() {
             for (k, (region, env, stage)) in placements(&mut rng, n, i == largest).into_iter().enumerate() {
-                instances.push(SimInstance::new(format!("{}-i{k}", svc.name), &svc.name, region, env, stage));
+                each(&mut acc, svc, k, region, env, stage);
             }
         }
-        Ok(Self { services, instances })
+        Ok((services, acc))
     }
 
     /// The traits of each service, by name (for [`crate::SimFleetOptions::service_traits`]).

@@ -66,7 +66,9 @@ impl PlanError {
 ///   the sidecar at a version that is not the target and matches `from_versions` (any entry;
 ///   none: any version). An empty scope is not an error: every phase then has no batch.
 /// - Cells: per phase, the in-scope instances of the phase's stage (`all`: every stage)
-///   counted by (service, region, env).
+///   counted by (service, region, env). An instance belongs to the first phase whose stage
+///   takes it and to later phases with the same stage filter (e.g. `converge` after `full`),
+///   so `full` does not count again the canaries `gray` upgrades.
 /// - Order: by region (in `region_order`; default `boe` first; unlisted regions after the
 ///   listed ones, by name), env (`preview`, `prod`), feature services first, priority `P2` →
 ///   `P1` → `P0`, then the service's name.
@@ -96,13 +98,23 @@ pub fn plan(spec: &PlanSpec, fleet: &FleetView) -> Result<Planned, PlanError> {
         if !scope.admits(key) {
             continue;
         }
-        for (stage, cells) in stages.iter().zip(&mut raw) {
-            if stage.is_none_or(|s| s == Some(key.stage)) {
-                cells.push(RawCell { service: key.service, region: key.region, env: key.env, instances });
-                used.services[key.service as usize] = true;
-                used.regions[key.region.index()] = true;
-                used.envs[key.env.index()] = true;
+        // An instance belongs to the first phase whose stage takes it, and to later phases
+        // with that same stage filter (a `converge` after `full`): `full` does not count
+        // again the canaries that `gray` upgrades.
+        let mut first: Option<usize> = None;
+        for (i, (stage, cells)) in stages.iter().zip(&mut raw).enumerate() {
+            if !stage.is_none_or(|s| s == Some(key.stage)) {
+                continue;
             }
+            match first {
+                None => first = Some(i),
+                Some(f) if spec.phases[f].stage == spec.phases[i].stage => {}
+                Some(_) => continue,
+            }
+            cells.push(RawCell { service: key.service, region: key.region, env: key.env, instances });
+            used.services[key.service as usize] = true;
+            used.regions[key.region.index()] = true;
+            used.envs[key.env.index()] = true;
         }
     }
 

@@ -313,20 +313,12 @@ struct PlanResult {
     batches: usize,
     /// `outrider_rollout::plan` alone.
     plan_ms: f64,
-    /// Generating the fleet (`outrider_sim::FleetSpec::generate`), not part of planning.
+    /// Generating the fleet straight into the planner's `FleetView` (not part of planning).
     generate_ms: f64,
-    /// Folding the generated instances into the planner's `FleetView`.
-    build_ms: f64,
     /// `outrider_rollout::simulate` of the plan.
     simulate_ms: f64,
-    /// Resident memory once the fleet is generated (before the view is built).
-    fleet_rss_bytes: u64,
     /// Peak resident memory of the whole run (`VmHWM`), generation included.
     peak_rss_bytes: u64,
-    /// At most what the view, the plan and the simulation added to the generated fleet:
-    /// `peak_rss_bytes - fleet_rss_bytes` (the fleet stays allocated until the end, so the
-    /// planner's allocations are fresh memory).
-    planner_rss_bytes: u64,
     /// Predicted duration of the plan, in days (no window, no freeze).
     days: f64,
     /// Feature services picked.
@@ -361,28 +353,24 @@ fn plan_bench(args: &PlanArgs) -> anyhow::Result<()> {
     use outrider_rollout::{FleetView, InstanceView, SimAssumptions, Windows};
     use outrider_sim::{FleetParams, FleetSpec};
 
+    // The fleet is generated straight into the planner's view: no instance is kept, as a
+    // manager keeps its fleet as records, not as a second copy for planning.
     let t = Instant::now();
-    let fleet =
-        FleetSpec::generate(FleetParams { services: args.services, instances: args.instances, seed: args.seed })?;
+    let params = FleetParams { services: args.services, instances: args.instances, seed: args.seed };
+    let (_, view) = FleetSpec::generate_into(
+        params,
+        |services| FleetView::new(services.to_vec()),
+        |view, service, _, region, env, stage| {
+            view.push(InstanceView { service: &service.name, region, env, stage, version: Some("1.0.0") });
+        },
+    )?;
     let generate = t.elapsed();
-    let fleet_rss = proc_status_bytes("VmRSS")?;
-    eprintln!("generated {} services, {} instances in {:.1} s", args.services, args.instances, generate.as_secs_f64());
-
-    let t = Instant::now();
-    // `instances` stays allocated to the end, so whatever the view, the plan and the
-    // simulation allocate is fresh memory: the peak minus the fleet's RSS bounds it.
-    let FleetSpec { services, instances } = fleet;
-    let view = FleetView::from_instances(
-        services,
-        instances.iter().map(|i| InstanceView {
-            service: &i.service,
-            region: &i.labels.region,
-            env: &i.labels.env,
-            stage: &i.labels.stage,
-            version: Some("1.0.0"),
-        }),
+    eprintln!(
+        "generated {} services, {} instances into the planner's view in {:.1} s",
+        args.services,
+        args.instances,
+        generate.as_secs_f64()
     );
-    let build = t.elapsed();
 
     let spec = PlanSpec {
         name: "bench".into(),
@@ -423,11 +411,8 @@ fn plan_bench(args: &PlanArgs) -> anyhow::Result<()> {
         batches: phases.iter().map(|p| p.batches).sum(),
         plan_ms: ms(plan_time),
         generate_ms: ms(generate),
-        build_ms: ms(build),
         simulate_ms: ms(simulate_time),
-        fleet_rss_bytes: fleet_rss,
         peak_rss_bytes: peak,
-        planner_rss_bytes: peak.saturating_sub(fleet_rss),
         days: (sim.days * 1e3).round() / 1e3,
         feature_services: planned.feature_services.len(),
         phases,
@@ -436,19 +421,16 @@ fn plan_bench(args: &PlanArgs) -> anyhow::Result<()> {
         OutputFormat::Json => serde_json::to_string_pretty(&result)?,
         OutputFormat::Table => format!(
             "planned {} services / {} instances: {} cells in {} batches in {} ms \
-             (view built in {} ms, simulated in {} ms: {} days); peak RSS {} MiB, of which at most {} MiB for \
-             planning ({} MiB for the generated fleet)",
+             (fleet generated into the view in {} ms, simulated in {} ms: {} days); peak RSS {} MiB",
             result.services,
             result.instances,
             result.cells,
             result.batches,
             result.plan_ms,
-            result.build_ms,
+            result.generate_ms,
             result.simulate_ms,
             result.days,
             result.peak_rss_bytes >> 20,
-            result.planner_rss_bytes >> 20,
-            result.fleet_rss_bytes >> 20,
         ),
     };
     print_stdout(&text)
