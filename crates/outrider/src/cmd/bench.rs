@@ -66,6 +66,10 @@ pub struct PlanArgs {
     /// Seed of the fleet generator.
     #[arg(long, value_name = "K", default_value_t = 1)]
     pub seed: u64,
+    /// A plan body (JSON) to plan and simulate instead of the default one (its windows, caps
+    /// and phases count; its sidecar and versions are replaced by the generated fleet's).
+    #[arg(short = 'f', long = "file", value_name = "PLAN.json")]
+    pub file: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
@@ -372,16 +376,28 @@ fn plan_bench(args: &PlanArgs) -> anyhow::Result<()> {
         generate.as_secs_f64()
     );
 
-    let spec = PlanSpec {
-        name: "bench".into(),
-        sidecar: "mesh-proxy".into(),
-        target_version: "1.1.0".into(),
-        from_versions: Vec::new(),
-        selector: Selector::default(),
-        region_order: Vec::new(),
-        feature_services: FeatureServices::default(),
-        windows: Vec::new(),
-        phases: PhaseSpec::defaults(),
+    let spec = match &args.file {
+        None => PlanSpec {
+            name: "bench".into(),
+            sidecar: "mesh-proxy".into(),
+            target_version: "1.1.0".into(),
+            from_versions: Vec::new(),
+            selector: Selector::default(),
+            region_order: Vec::new(),
+            feature_services: FeatureServices::default(),
+            windows: Vec::new(),
+            phases: PhaseSpec::defaults(),
+        },
+        Some(path) => {
+            let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let mut spec: PlanSpec =
+                serde_json::from_slice(&raw).with_context(|| format!("{} is not a plan body", path.display()))?;
+            spec.sidecar = "mesh-proxy".into();
+            spec.target_version = "1.1.0".into();
+            spec.from_versions.clear();
+            spec.validate().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            spec
+        }
     };
     let t = Instant::now();
     let planned = outrider_rollout::plan(&spec, &view)?;
