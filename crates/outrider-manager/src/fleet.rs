@@ -428,9 +428,14 @@ impl Fleet {
             // Let a burst gather into one transaction. Deploys (which carry events and decide
             // on-deploy targets after a restart) are written within ~20 ms; status-only changes
             // wait longer so that writing them never competes with a push to thousands of agents.
+            let mut stop = stop;
             if !stop {
                 let urgent = !self.lock().events.is_empty();
-                tokio::time::sleep(if urgent { URGENT_FLUSH } else { STATUS_FLUSH }).await;
+                tokio::select! {
+                    () = tokio::time::sleep(if urgent { URGENT_FLUSH } else { STATUS_FLUSH }) => {}
+                    // Shutting down: write what is pending now, then stop.
+                    () = cancel.cancelled() => stop = true,
+                }
             }
             if let Err(e) = self.flush_once(&repo).await {
                 tracing::warn!(error = %e, "instance records not persisted; will retry");
