@@ -2,11 +2,16 @@
 //!
 //! 1. starts `outrider server` on a temporary directory and a free loopback port;
 //! 2. registers the demo sidecar (`outrider-demo-sidecar`, found next to this binary) with
-//!    versions 1.0.0 and 1.1.0, both admitted, and binds service `checkout` to 1.0.0;
-//! 3. starts three `outrider agent` processes (instances `i-1`…`i-3`) and waits until each
-//!    reports the sidecar running, then asks each sidecar `GET /`;
-//! 4. moves the binding to 1.1.0 in `restart` mode and prints every instance's move as the
-//!    manager sees it, while probing each sidecar every few milliseconds to measure the gap;
+//!    versions 1.0.0, 1.1.0 (healthy) and 1.2.0 (defective: `DEMO_FAULT=crash-after=1s`), all
+//!    admitted, and binds service `checkout` to 1.0.0;
+//! 3. starts three `outrider agent` processes (instances `i-1`…`i-3`; `i-1` is the canary) and
+//!    waits until each reports the sidecar running, then asks each sidecar `GET /`;
+//! 4. creates a two-phase upgrade plan (`gray` on the canary instance, then `full`) to 1.1.0
+//!    and follows it: every batch's states, the plan's states, every instance's move as the
+//!    manager sees it, while probing each sidecar every few milliseconds; then prints the
+//!    plan's counts, blast radius and events. With `--defect` the plan targets 1.2.0 instead:
+//!    the sidecar crashes on the canary, the plan blocks itself with an incident before the
+//!    `full` phase touches anything, and the demo rolls it back;
 //! 5. disables the binding (the agents stop their sidecars cleanly), stops the agents and the
 //!    manager, removes the temporary directory and prints a summary.
 //!
@@ -17,7 +22,7 @@
 //! sidecar the agents did not stop) is killed too.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     ffi::OsString,
     fs::File,
     io::Read,
@@ -32,15 +37,18 @@ use nix::{
     sys::signal::{Signal, kill, killpg},
     unistd::{Pid, getpgid},
 };
-use outrider_client::{Client, EventQuery, InstanceFilter};
+use outrider_client::{Client, InstanceFilter};
 use outrider_model::{
-    Artifact, Binding, HumanDuration, Instance, NewVersion, Priority, Probe, Service, Sidecar, SidecarState,
-    SidecarStatus, UpgradeMode,
+    Artifact, Batching, Binding, Event, HumanDuration, Instance, NewVersion, Priority, Probe, Service, Sidecar,
+    SidecarState, SidecarStatus, UpgradeMode,
 };
+use reqwest::Method;
 use serde::Deserialize;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tokio::process::Command;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// Tenant everything is created in.
 const TENANT: &str = outrider_model::DEFAULT_TENANT;
@@ -50,31 +58,48 @@ const SIDECAR: &str = "demo";
 const SERVICE: &str = "checkout";
 /// Version the instances start with.
 const OLD: &str = "1.0.0";
-/// Version they are upgraded to.
+/// The healthy release the plan moves them to.
 const NEW: &str = "1.1.0";
+/// The defective release (`--defect`): it crashes a second after it starts.
+const BAD: &str = "1.2.0";
+/// The fault [`BAD`] sets (`DEMO_FAULT`).
+const BAD_FAULT: &str = "crash-after=1s";
 /// Drain time of the sidecar (SIGTERM to SIGKILL).
 const DRAIN: Duration = Duration::from_secs(2);
+
+/// The plan's phases: name, stage (`all`: every instance an earlier phase did not take),
+/// batching, bake time.
+const PHASES: [(&str, &str, Batching, &str); 2] = [
+    ("gray", "canary", Batching::Exponential { start: 1, factor: 2 }, "3s"),
+    ("full", "all", Batching::Linear { size: 1 }, "2s"),
+];
+/// Time a batch may take to report the target version before it fails.
+const BATCH_TIMEOUT: &str = "20s";
 
 /// How long the manager may take to answer `/readyz`.
 const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the agents may take to fetch the artifact and start the sidecar.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long the upgrade may take on every instance.
-const UPGRADE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the healthy plan may take to complete (its bakes alone take 5 s).
+const PLAN_TIMEOUT: Duration = Duration::from_secs(40);
+/// How long the defective plan may take to block itself.
+const BLOCK_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the rollback may take to bring every changed instance back.
+const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the agents may take to stop their sidecars once the binding is disabled.
 const STOP_SIDECARS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time between SIGTERM and SIGKILL for the manager, the agents and leftover sidecars.
 const PROCESS_GRACE: Duration = Duration::from_secs(5);
 /// Time between two looks at the manager's instance list (or the agents' status).
 const POLL_EVERY: Duration = Duration::from_millis(100);
-/// The same during the upgrade, to catch the intermediate states and time the moves.
-const FOLLOW_EVERY: Duration = Duration::from_millis(25);
-/// Time between two requests of a sidecar prober during the upgrade.
-const PROBE_EVERY: Duration = Duration::from_millis(5);
+/// The same while the plan runs, to catch the intermediate states and time the moves.
+const FOLLOW_EVERY: Duration = Duration::from_millis(50);
+/// Time between two looks at the plan.
+const PLAN_POLL_EVERY: Duration = Duration::from_millis(200);
+/// Time between two requests of a sidecar prober while the plan runs.
+const PROBE_EVERY: Duration = Duration::from_millis(10);
 /// Time one HTTP request to a sidecar or an agent may take.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
-/// Events printed after the upgrade.
-const EVENTS_SHOWN: usize = 8;
 
 /// Flags of `outrider demo`.
 #[derive(clap::Args, Debug)]
@@ -86,6 +111,10 @@ pub struct DemoArgs {
     /// 3 sidecars) instead of free ports picked at random.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=65_529))]
     pub base_port: Option<u16>,
+    /// Let the plan target a defective release (1.2.0, which crashes a second after it
+    /// starts): the plan stops itself after its first batch, and the demo rolls it back.
+    #[arg(long)]
+    pub defect: bool,
 }
 
 /// One instance of the demo fleet.
@@ -247,19 +276,31 @@ struct Seen {
     state: SidecarState,
     version: String,
     pid: Option<u32>,
+    exits: u32,
     error: Option<String>,
 }
 
 impl Seen {
     fn of(status: &SidecarStatus) -> Self {
-        Self { state: status.state, version: status.version.clone(), pid: status.pid, error: status.error.clone() }
+        Self {
+            state: status.state,
+            version: status.version.clone(),
+            pid: status.pid,
+            exits: status.exits,
+            error: status.error.clone(),
+        }
     }
 
-    /// `1.0.0 running (pid 1234)`.
+    /// `1.0.0 running (pid 1234)`, `1.2.0 crash_loop, 2 exits`.
     fn describe(&self) -> String {
         let pid = self.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+        let exits = match self.exits {
+            0 => String::new(),
+            1 => ", 1 exit".into(),
+            n => format!(", {n} exits"),
+        };
         let error = self.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
-        format!("{} {}{pid}{error}", self.version, self.state)
+        format!("{} {}{pid}{exits}{error}", self.version, self.state)
     }
 
     fn is_running(&self, version: &str) -> bool {
@@ -271,16 +312,17 @@ impl Seen {
     }
 }
 
-/// How one instance moved to the new version.
+/// How one instance moved from one version to another.
 #[derive(Debug, Clone)]
 struct Move {
     id: &'static str,
     old_pid: u32,
     new_pid: u32,
+    /// From the start of its batch (or from the rollback) to running the new version.
     took: Duration,
 }
 
-/// What a sidecar prober saw during the upgrade.
+/// What a sidecar prober saw while the plan ran.
 #[derive(Debug, Clone, Default)]
 struct ProbeStats {
     ok: u32,
@@ -291,11 +333,125 @@ struct ProbeStats {
     versions: Vec<String>,
 }
 
-/// What the upgrade did.
+/// What the plan did, for the summary.
 #[derive(Debug, Clone)]
-struct UpgradeReport {
+struct Report {
+    /// The plan's target version.
+    target: &'static str,
+    /// The plan as last read.
+    plan: PlanView,
+    /// From the plan's creation to its completion (healthy run) or its block (`--defect`).
+    took: Duration,
+    /// Moves to the target version.
     moves: Vec<Move>,
+    /// `--defect`: moves back to the old version after the rollback, and how long the
+    /// rollback took (from the request to the last instance running the old version).
+    rollback: Option<(Vec<Move>, Duration)>,
+    /// Instances the plan never touched (`--defect`: the `full` phase), with their pid.
+    untouched: Vec<(&'static str, u32)>,
     probes: Vec<(&'static str, ProbeStats)>,
+}
+
+/// What following the plan gave (see [`Report`]).
+struct Followed {
+    watch: Watch,
+    took: Duration,
+    rollback: Option<(Vec<Move>, Duration)>,
+    untouched: Vec<(&'static str, u32)>,
+}
+
+/// A plan, as `GET /plans/{id}` answers it (the fields the demo shows).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+struct PlanView {
+    id: String,
+    state: String,
+    reason: String,
+    phases: Vec<PhaseView>,
+    counts: CountsView,
+    blast_radius: u64,
+    incidents: Vec<IncidentView>,
+}
+
+/// A phase of a plan.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+struct PhaseView {
+    name: String,
+    stage: String,
+    bake: String,
+    batches: Vec<BatchView>,
+}
+
+/// A batch of a phase.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+struct BatchView {
+    index: u32,
+    cells: Vec<CellView>,
+    state: String,
+    verdict: Option<String>,
+    /// RFC 3339.
+    started_at: Option<String>,
+}
+
+impl BatchView {
+    fn instances(&self) -> u64 {
+        self.cells.iter().map(|c| c.instances).sum()
+    }
+
+    /// `1 instance (checkout/boe/prod)`.
+    fn describe(&self) -> String {
+        let n = self.instances();
+        let cells: Vec<String> = self.cells.iter().map(|c| format!("{}/{}/{}", c.service, c.region, c.env)).collect();
+        format!("{n} instance{} ({})", if n == 1 { "" } else { "s" }, cells.join(", "))
+    }
+
+    /// Whether the instance is one of the batch's (in a phase of `stage`).
+    fn holds(&self, stage: &str, spec: &InstanceSpec) -> bool {
+        (stage == "all" || stage == spec.stage)
+            && self.cells.iter().any(|c| c.service == SERVICE && c.region == spec.region && c.env == spec.env)
+    }
+
+    /// Time since the batch started applying (by the manager's clock, which is this machine's).
+    fn since_start(&self) -> Option<Duration> {
+        let started = OffsetDateTime::parse(self.started_at.as_deref()?, &Rfc3339).ok()?;
+        Duration::try_from(OffsetDateTime::now_utc() - started).ok()
+    }
+}
+
+/// A cell of a batch.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+struct CellView {
+    service: String,
+    region: String,
+    env: String,
+    instances: u64,
+}
+
+/// The plan's progress in instances.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(default)]
+struct CountsView {
+    total: u64,
+    done: u64,
+    failed: u64,
+    pending: u64,
+}
+
+/// Evidence of harm the executor found.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+struct IncidentView {
+    phase: String,
+    batch: u32,
+    metric: String,
+    instances: Vec<String>,
+    canary_value: f64,
+    baseline_value: f64,
+    test: String,
+    summary: String,
 }
 
 /// The answer of an agent's `/status`.
@@ -325,7 +481,11 @@ struct Demo {
     http: reqwest::Client,
     server: Option<Child>,
     client: Option<Client>,
+    /// The manager's admin token (for the plan requests, made with `http`).
+    token: Option<String>,
     agents: Vec<Agent>,
+    /// `--defect`: the plan targets the defective release.
+    defect: bool,
 }
 
 /// The demo was stopped by a signal (Ctrl-C, SIGTERM, SIGHUP).
@@ -387,8 +547,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
 /// What the demo is about to do.
 fn print_intro(demo: &Demo, keep: bool) {
+    let [(gray, _, _, gray_bake), (full, _, _, full_bake)] = PHASES;
     println!("outrider demo: a manager, {} agents and the demo sidecar on this machine;", INSTANCES.len());
-    println!("then service {SERVICE} moves sidecar {SIDECAR} from {OLD} to {NEW} in restart mode.");
+    if demo.defect {
+        println!(
+            "then a two-phase plan tries to move service {SERVICE} from {SIDECAR} {OLD} to {BAD}, a defective \
+             release (DEMO_FAULT={BAD_FAULT}):"
+        );
+        println!("the plan stops itself after its first batch ({gray}, the canary), and the demo rolls it back.");
+    } else {
+        println!("then a two-phase plan moves service {SERVICE} from {SIDECAR} {OLD} to {NEW} in restart mode:");
+        println!(
+            "phase {gray} on the canary instance (bake {gray_bake}), then phase {full} on the others (bake {full_bake})."
+        );
+    }
     let fate = if keep { "kept: --keep" } else { "removed at the end; --keep keeps it" };
     println!("work dir: {} ({fate})", demo.root.display());
     println!();
@@ -430,22 +602,25 @@ impl Demo {
             http,
             server: None,
             client: None,
+            token: None,
             agents: Vec::new(),
+            defect: args.defect,
         })
     }
 
-    /// The demo proper: start, upgrade, show.
-    async fn script(&mut self) -> anyhow::Result<UpgradeReport> {
+    /// The demo proper: start, run the plan, show.
+    async fn script(&mut self) -> anyhow::Result<Report> {
         self.start_server().await?;
         self.register().await?;
         self.start_agents()?;
         let pids = self.wait_running().await?;
         self.show_answers().await?;
         println!();
-        let report = self.upgrade(&pids).await?;
+        let report = self.run_plan(&pids).await?;
+        println!();
         self.show_answers().await?;
         println!();
-        self.show_events().await?;
+        self.show_plan_events(&report.plan.id).await?;
         println!();
         Ok(report)
     }
@@ -489,22 +664,23 @@ impl Demo {
             tokio::time::sleep(POLL_EVERY).await;
         }
         let token = Client::token_from(Some(&token_file), None)?;
-        self.client = Some(Client::new(&url, token)?);
+        self.client = Some(Client::new(&url, token.clone())?);
+        self.token = token;
         self.clock.say("manager ready");
         Ok(())
     }
 
     // ---- 2. the catalog ----------------------------------------------------------------
 
-    /// Creates the sidecar, its two versions (admitted), the service and its binding.
+    /// Creates the sidecar, its three versions (admitted), the service and its binding.
     async fn register(&mut self) -> anyhow::Result<()> {
         let sha256 = sha256_of(&self.sidecar_bin).await?;
         let url = reqwest::Url::from_file_path(&self.sidecar_bin)
             .map_err(|()| anyhow!("{} is not an absolute path", self.sidecar_bin.display()))?;
         let client = self.client()?;
         client.create_sidecar(TENANT, &demo_sidecar()).await.context("cannot create the sidecar")?;
-        for version in [OLD, NEW] {
-            let body = demo_version(version, Artifact { url: url.to_string(), sha256: sha256.clone() });
+        for (version, fault) in [(OLD, None), (NEW, None), (BAD, Some(BAD_FAULT))] {
+            let body = demo_version(version, Artifact { url: url.to_string(), sha256: sha256.clone() }, fault);
             client.create_version(TENANT, SIDECAR, &body).await.with_context(|| format!("cannot create {version}"))?;
             let evidence = serde_json::json!({ "by": "outrider demo", "tests": "none: it is a demo" });
             client
@@ -513,9 +689,12 @@ impl Demo {
                 .with_context(|| format!("cannot admit {version}"))?;
         }
         self.clock.say(format!(
-            "sidecar {SIDECAR}: versions {OLD} and {NEW} registered and admitted (artifact {}, sha256 {}…)",
+            "sidecar {SIDECAR}: versions {OLD}, {NEW} and {BAD} registered and admitted (artifact {}, sha256 {}…)",
             url.path(),
             &sha256[..12]
+        ));
+        self.clock.say(format!(
+            "sidecar {SIDECAR}: {BAD} is defective on purpose (env DEMO_FAULT={BAD_FAULT}: it crashes 1 s after it starts)"
         ));
         let service = Service {
             name: SERVICE.into(),
@@ -644,106 +823,260 @@ impl Demo {
         Err(last.unwrap_or_else(|| anyhow!("no attempt made")))
     }
 
-    // ---- 4. the upgrade ----------------------------------------------------------------
+    // ---- 4. the plan -------------------------------------------------------------------
 
-    /// Moves the binding to the new version and follows every instance until it runs it.
-    async fn upgrade(&mut self, old_pids: &BTreeMap<&'static str, u32>) -> anyhow::Result<UpgradeReport> {
-        let stop_probes = CancellationToken::new();
-        // The probers also stop when the upgrade fails or is interrupted.
-        let _stop_on_drop = stop_probes.clone().drop_guard();
-        let probers: Vec<_> = self
-            .agents
-            .iter()
-            .map(|a| {
-                (a.spec.id, tokio::spawn(probe_loop(self.http.clone(), a.sidecar_url.clone(), stop_probes.clone())))
-            })
-            .collect();
-        // Let every prober see the old version first.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let started = Instant::now();
-        self.client()?.set_binding(TENANT, SERVICE, &binding(true, NEW)).await.context("cannot change the binding")?;
-        self.clock.say(format!("binding {SERVICE}/{SIDECAR} -> {NEW} (mode restart): the agents take it from here"));
-        let moves = self.follow_upgrade(started, old_pids).await;
-        // A last look at the new processes, then the probers report.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        stop_probes.cancel();
-        let mut probes = Vec::new();
-        for (id, task) in probers {
-            probes.push((id, task.await.unwrap_or_default()));
+    /// `method /api/v1/tenants/default{path}` with the admin token: the answer as JSON, or an
+    /// error with the status and the manager's message.
+    async fn api(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+        let url = format!("http://127.0.0.1:{}/api/v1/tenants/{TENANT}{path}", self.ports.manager);
+        let mut request = self.http.request(method.clone(), &url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
         }
-        Ok(UpgradeReport { moves: moves?, probes })
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let answer = request.send().await.with_context(|| format!("{method} {path}: the manager does not answer"))?;
+        let status = answer.status();
+        let text = answer.text().await.with_context(|| format!("{method} {path}: cannot read the answer"))?;
+        if !status.is_success() {
+            bail!("{method} {path}: {status}: {}", text.trim());
+        }
+        serde_json::from_str(&text).with_context(|| format!("{method} {path}: the answer is not JSON"))
     }
 
-    /// Prints each instance's state changes after `started` until all run the new version.
-    async fn follow_upgrade(
+    /// `GET /plans/{id}`.
+    async fn get_plan(&self, id: &str) -> anyhow::Result<PlanView> {
+        let answer = self.api(Method::GET, &format!("/plans/{id}"), None).await?;
+        serde_json::from_value(answer).context("cannot read the plan")
+    }
+
+    /// Creates the plan, follows it to its end (completed; or, with `--defect`, blocked and
+    /// rolled back), probing the sidecars all along.
+    async fn run_plan(&mut self, old_pids: &BTreeMap<&'static str, u32>) -> anyhow::Result<Report> {
+        let target = if self.defect { BAD } else { NEW };
+        let probers = Probers::start(&self.http, &self.agents);
+        // Let every prober see the old version first.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let outcome = self.create_and_follow(target, old_pids).await;
+        // A last look at the processes, then the probers report.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let probes = probers.finish().await;
+        let Followed { watch, took, rollback, untouched } = outcome?;
+        Ok(Report { target, plan: watch.plan, took, moves: watch.moves, rollback, untouched, probes })
+    }
+
+    /// The part of [`Demo::run_plan`] that can fail.
+    async fn create_and_follow(
         &mut self,
-        started: Instant,
+        target: &'static str,
         old_pids: &BTreeMap<&'static str, u32>,
-    ) -> anyhow::Result<Vec<Move>> {
-        let mut last: BTreeMap<String, Seen> = BTreeMap::new();
-        let mut moves: Vec<Move> = Vec::new();
-        while moves.len() < self.agents.len() {
-            self.ensure_alive()?;
-            let seen = self.sidecar_states().await?;
-            let at = started.elapsed();
-            for agent in &self.agents {
-                let id = agent.spec.id;
-                let Some(s) = seen.get(id) else { continue };
-                if last.get(id) == Some(s) || moves.iter().any(|m| m.id == id) {
-                    continue;
-                }
-                last.insert(id.to_owned(), s.clone());
-                let old_pid = old_pids.get(id).copied().unwrap_or_default();
-                if s.is_running(NEW) && s.pid != Some(old_pid) {
-                    let new_pid = s.pid.unwrap_or_default();
-                    self.clock.say(format!(
-                        "{id:<4} {SIDECAR} {OLD} (pid {old_pid}) -> {NEW} (pid {new_pid}) running  +{} ms",
-                        at.as_millis()
-                    ));
-                    moves.push(Move { id, old_pid, new_pid, took: at });
-                } else if s.state != SidecarState::Running || s.version != OLD {
-                    self.clock.say(format!("{id:<4} {SIDECAR} {}  +{} ms", s.describe(), at.as_millis()));
-                    if s.is_failing() && s.version == NEW {
-                        bail!("the upgrade failed on {id}: {}; see {}", s.describe(), agent.process.log.display());
-                    }
-                }
+    ) -> anyhow::Result<Followed> {
+        let created = Instant::now();
+        let answer =
+            self.api(Method::POST, "/plans", Some(&plan_body(target))).await.context("cannot create the plan")?;
+        let plan: PlanView = serde_json::from_value(answer).context("cannot read the plan")?;
+        let phases: Vec<String> = plan
+            .phases
+            .iter()
+            .map(|p| {
+                let n: u64 = p.batches.iter().map(BatchView::instances).sum();
+                let batches = p.batches.len();
+                format!(
+                    "{} ({} stage, {batches} batch{}, {n} instance{}, bake {})",
+                    p.name,
+                    p.stage,
+                    if batches == 1 { "" } else { "es" },
+                    if n == 1 { "" } else { "s" },
+                    p.bake
+                )
+            })
+            .collect();
+        self.clock.say(format!(
+            "plan {} created (POST /plans): {SIDECAR} {OLD} -> {target} on {} instances of {SERVICE}, mode restart",
+            plan.id, plan.counts.total
+        ));
+        self.clock.say(format!("         phases: {}", phases.join(", then ")));
+        let mut watch = Watch::new(plan, target, old_pids.clone());
+        if !self.defect {
+            let took = self.healthy_plan(&mut watch, created).await?;
+            return Ok(Followed { watch, took, rollback: None, untouched: Vec::new() });
+        }
+        let took = self.wait_blocked(&mut watch, created).await?;
+        let untouched = self.check_untouched(&watch).await?;
+        let rollback = self.roll_back(&mut watch).await?;
+        Ok(Followed { watch, took, rollback: Some(rollback), untouched })
+    }
+
+    /// Follows the healthy plan until it completes and every instance runs the target.
+    async fn healthy_plan(&mut self, w: &mut Watch, created: Instant) -> anyhow::Result<Duration> {
+        self.follow(w, PLAN_TIMEOUT, "the plan did not complete", |w| match w.plan.state.as_str() {
+            "completed" => Some(Ok(())),
+            "blocked" | "failed" | "aborted" | "rolled_back" | "paused" => {
+                Some(Err(anyhow!("the plan stopped: it is {} ({})", w.plan.state, w.plan.reason)))
             }
-            if started.elapsed() > UPGRADE_TIMEOUT {
-                let late: Vec<&str> =
-                    self.agents.iter().map(|a| a.spec.id).filter(|id| !moves.iter().any(|m| m.id == *id)).collect();
+            _ => None,
+        })
+        .await?;
+        let took = created.elapsed();
+        // Each batch baked only once its instances ran the target: their moves were seen,
+        // unless the last look was just before; one more look settles it.
+        self.follow(w, Duration::from_secs(5), "not every instance was seen running the target", |w| {
+            (w.moves.len() == INSTANCES.len()).then_some(Ok(()))
+        })
+        .await?;
+        self.show_outcome(&w.plan, w.target);
+        Ok(took)
+    }
+
+    /// Follows the defective plan until it blocks itself.
+    async fn wait_blocked(&mut self, w: &mut Watch, created: Instant) -> anyhow::Result<Duration> {
+        let what = format!("the plan did not block itself on the defective {SIDECAR} {BAD}");
+        self.follow(w, BLOCK_TIMEOUT, &what, |w| match w.plan.state.as_str() {
+            "blocked" => Some(Ok(())),
+            "completed" => {
+                Some(Err(anyhow!("the plan completed although {SIDECAR} {BAD} crashes: the executor did not stop it")))
+            }
+            "failed" | "aborted" | "rolled_back" | "paused" => {
+                Some(Err(anyhow!("the plan is {} ({}), not blocked", w.plan.state, w.plan.reason)))
+            }
+            _ => None,
+        })
+        .await?;
+        Ok(created.elapsed())
+    }
+
+    /// Checks that the instances of the batches that never started still run the old
+    /// version, in the same process as before the plan; returns them with their pid.
+    async fn check_untouched(&self, w: &Watch) -> anyhow::Result<Vec<(&'static str, u32)>> {
+        let seen = self.sidecar_states().await?;
+        let mut untouched = Vec::new();
+        for spec in INSTANCES.iter().filter(|s| w.batch_of(s).is_none()) {
+            let before = w.old_pids.get(spec.id).copied().unwrap_or_default();
+            match seen.get(spec.id) {
+                Some(s) if s.is_running(OLD) && s.pid == Some(before) => {
+                    let phase = w.phase_of(spec).map_or("its phase".into(), |p| format!("phase {p}"));
+                    self.clock.say(format!(
+                        "{:<4} untouched: {SIDECAR} {OLD} running, pid {before} as before the plan ({phase} never started)",
+                        spec.id
+                    ));
+                    untouched.push((spec.id, before));
+                }
+                other => bail!(
+                    "{} is outside every started batch, yet its sidecar changed: {} (pid {before} before the plan)",
+                    spec.id,
+                    other.map_or("not reported".into(), Seen::describe)
+                ),
+            }
+        }
+        Ok(untouched)
+    }
+
+    /// Rolls the blocked plan back and follows the changed instances until they run the old
+    /// version again; returns their moves back and the time from the request to the last one.
+    async fn roll_back(&mut self, w: &mut Watch) -> anyhow::Result<(Vec<Move>, Duration)> {
+        let why = w.plan.incidents.last().map_or_else(
+            || w.plan.reason.clone(),
+            |i| format!("{} on {} after the move to {BAD}", i.metric, i.instances.join(", ")),
+        );
+        let reason = format!("outrider demo: {why}");
+        self.clock.say(format!("rolling back: POST /plans/{}/rollback (reason: {reason:?})", w.plan.id));
+        let at = Instant::now();
+        let body = serde_json::json!({ "reason": reason });
+        let answer = self
+            .api(Method::POST, &format!("/plans/{}/rollback", w.plan.id), Some(&body))
+            .await
+            .context("cannot roll the plan back")?;
+        let plan: PlanView = serde_json::from_value(answer).context("cannot read the plan")?;
+        w.rollback = Some((at, Vec::new()));
+        let (early, late) = w.plan_changes(plan);
+        early.iter().chain(&late).for_each(|l| self.clock.say(l));
+        let what = format!("the rollback did not bring every changed instance back to {SIDECAR} {OLD}");
+        self.follow(w, ROLLBACK_TIMEOUT, &what, |w| w.rolled_back().then_some(Ok(()))).await?;
+        let plan = self.get_plan(&w.plan.id).await?;
+        let (early, late) = w.plan_changes(plan);
+        early.iter().chain(&late).for_each(|l| self.clock.say(l));
+        self.show_outcome(&w.plan, w.target);
+        let back = w.rollback.take().map(|(_, back)| back).unwrap_or_default();
+        let took = back.iter().map(|m| m.took).max().unwrap_or_default();
+        Ok((back, took))
+    }
+
+    /// Prints the plan's counts and blast radius.
+    fn show_outcome(&self, plan: &PlanView, target: &str) {
+        let c = plan.counts;
+        self.clock.say(format!(
+            "plan {} {}: counts total {}, done {}, failed {}, pending {}; blast radius {} (instances that ran {target} under the plan)",
+            plan.id, plan.state, c.total, c.done, c.failed, c.pending, plan.blast_radius
+        ));
+    }
+
+    /// Looks at the instances and the plan, printing what changed, until `done` answers or
+    /// `timeout` passes.
+    async fn follow(
+        &mut self,
+        w: &mut Watch,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&Watch) -> Option<anyhow::Result<()>>,
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            self.ensure_alive()?;
+            self.look(w).await?;
+            if let Some(outcome) = done(w) {
+                return outcome;
+            }
+            if started.elapsed() > timeout {
                 bail!(
-                    "instance(s) {} did not run {SIDECAR}@{NEW} within {UPGRADE_TIMEOUT:?}; see the agent logs in {}",
-                    late.join(", "),
+                    "{what} within {timeout:?} (plan {} is {}: {}); see the logs in {}",
+                    w.plan.id,
+                    w.plan.state,
+                    w.plan.reason,
                     self.root.join("logs").display()
                 );
             }
             tokio::time::sleep(FOLLOW_EVERY).await;
         }
-        Ok(moves)
     }
 
-    /// Prints the last events of the audit trail.
-    async fn show_events(&self) -> anyhow::Result<()> {
-        let events =
-            self.client()?.list_events(TENANT, &EventQuery::default()).await.context("cannot read the events")?;
-        println!(
-            "the audit trail, last {} of {} events (GET /events; times in UTC):",
-            EVENTS_SHOWN.min(events.len()),
-            events.len()
-        );
-        for e in events.iter().skip(events.len().saturating_sub(EVENTS_SHOWN)) {
+    /// One look: the instances, and the plan when it is due or an instance changed. Prints
+    /// the plan's starts first, then the instances' changes, then the plan's other changes
+    /// (they follow from what the instances did).
+    async fn look(&self, w: &mut Watch) -> anyhow::Result<()> {
+        let seen = self.sidecar_states().await?;
+        let changed = INSTANCES.iter().any(|i| seen.get(i.id) != w.seen.get(i.id));
+        let due = w.plan_polled.is_none_or(|t| t.elapsed() >= PLAN_POLL_EVERY);
+        let (early, late) = if changed || due {
+            let plan = self.get_plan(&w.plan.id).await?;
+            w.plan_polled = Some(Instant::now());
+            w.plan_changes(plan)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let instances = w.instance_changes(&seen);
+        early.iter().chain(&instances).chain(&late).for_each(|l| self.clock.say(l));
+        Ok(())
+    }
+
+    /// Prints the plan's events: its audit trail.
+    async fn show_plan_events(&self, id: &str) -> anyhow::Result<()> {
+        let answer =
+            self.api(Method::GET, &format!("/events?plan={id}"), None).await.context("cannot read the events")?;
+        let events: Vec<Event> = serde_json::from_value(answer).context("cannot read the events")?;
+        println!("the plan's audit trail, {} events (GET /events?plan={id}; times in UTC):", events.len());
+        for e in &events {
             let t = e.time.to_offset(time::UtcOffset::UTC).time();
-            let reason = if e.reason.is_empty() { String::new() } else { format!("  ({})", e.reason) };
             println!(
-                "  #{:<4} {:02}:{:02}:{:02}.{:03}  {:<18} {:<32} by {}{reason}",
+                "  #{:<4} {:02}:{:02}:{:02}.{:03}  {:<15} by {:<9} {}",
                 e.seq,
                 t.hour(),
                 t.minute(),
                 t.second(),
                 t.millisecond(),
                 e.kind,
-                e.object,
-                e.actor
+                e.actor,
+                e.reason
             );
         }
         Ok(())
@@ -762,6 +1095,9 @@ impl Demo {
             }
         }
         let leftovers = kill_leftover_sidecars(&self.root, &self.agent_dirs()).await;
+        // The typed client keeps idle connections to the manager, which would hold its
+        // graceful shutdown for its whole grace period: close them first.
+        self.client = None;
         if let Some(server) = &mut self.server
             && server.stop(PROCESS_GRACE).await == Ended::Killed
         {
@@ -807,7 +1143,7 @@ impl Demo {
         };
         let started = Instant::now();
         let disabled =
-            tokio::time::timeout(HTTP_TIMEOUT * 2, client.set_binding(TENANT, SERVICE, &binding(false, NEW))).await;
+            tokio::time::timeout(HTTP_TIMEOUT * 2, client.set_binding(TENANT, SERVICE, &binding(false, OLD))).await;
         if !matches!(disabled, Ok(Ok(_))) {
             self.clock.say("could not disable the binding; the sidecars will be killed instead");
             return;
@@ -861,6 +1197,185 @@ impl Demo {
     }
 }
 
+/// What the demo knows of the plan and the instances while it follows them.
+struct Watch {
+    target: &'static str,
+    /// The plan as last read.
+    plan: PlanView,
+    /// When the plan was last read.
+    plan_polled: Option<Instant>,
+    /// The pid each instance ran before the plan.
+    old_pids: BTreeMap<&'static str, u32>,
+    /// Each instance's sidecar as last seen.
+    seen: BTreeMap<&'static str, Seen>,
+    /// Moves to the target.
+    moves: Vec<Move>,
+    /// After a rollback: when it was asked, and the moves back to the old version.
+    rollback: Option<(Instant, Vec<Move>)>,
+    /// Phases already announced as completed.
+    completed_phases: BTreeSet<String>,
+}
+
+impl Watch {
+    fn new(plan: PlanView, target: &'static str, old_pids: BTreeMap<&'static str, u32>) -> Self {
+        Self {
+            target,
+            plan,
+            plan_polled: None,
+            old_pids,
+            seen: BTreeMap::new(),
+            moves: Vec::new(),
+            rollback: None,
+            completed_phases: BTreeSet::new(),
+        }
+    }
+
+    /// The started batch that holds the instance, if any.
+    fn batch_of(&self, spec: &InstanceSpec) -> Option<&BatchView> {
+        self.plan
+            .phases
+            .iter()
+            .flat_map(|p| p.batches.iter().filter(|b| b.started_at.is_some() && b.holds(&p.stage, spec)))
+            .next()
+    }
+
+    /// The name of the first phase that holds the instance in one of its batches.
+    fn phase_of(&self, spec: &InstanceSpec) -> Option<&str> {
+        self.plan.phases.iter().find(|p| p.batches.iter().any(|b| b.holds(&p.stage, spec))).map(|p| p.name.as_str())
+    }
+
+    /// Whether every instance of a started batch runs the old version again (after a
+    /// rollback).
+    fn rolled_back(&self) -> bool {
+        let Some((_, back)) = &self.rollback else { return false };
+        INSTANCES.iter().filter(|s| self.batch_of(s).is_some()).all(|s| back.iter().any(|m| m.id == s.id))
+    }
+
+    /// Takes a new look at the plan; returns the lines to print before the instances'
+    /// changes and those to print after them (what follows from what the instances did: a
+    /// batch baking or failing, an incident, the plan blocking or completing).
+    fn plan_changes(&mut self, new: PlanView) -> (Vec<String>, Vec<String>) {
+        let (mut early, mut late) = (Vec::new(), Vec::new());
+        let state_changed = new.state != self.plan.state || new.reason != self.plan.reason;
+        let state_line = format!("plan {}: {}", new.state, new.reason);
+        if state_changed && new.state == "running" {
+            early.push(state_line.clone());
+        }
+        for (pi, phase) in new.phases.iter().enumerate() {
+            for b in &phase.batches {
+                let before = self.plan.phases.get(pi).and_then(|p| p.batches.iter().find(|x| x.index == b.index));
+                if before.is_some_and(|x| x.state == b.state) {
+                    continue;
+                }
+                let extra = match b.state.as_str() {
+                    "baking" => format!("  (bake {})", phase.bake),
+                    "passed" | "failed" => b.verdict.as_deref().map(|v| format!("  verdict {v}")).unwrap_or_default(),
+                    _ => String::new(),
+                };
+                let line = format!("{:<5} batch {}  {:<9} {}{extra}", phase.name, b.index, b.state, b.describe());
+                if matches!(b.state.as_str(), "baking" | "failed") { late.push(line) } else { early.push(line) }
+            }
+            let passed = phase.batches.iter().any(|b| b.state == "passed")
+                && phase.batches.iter().all(|b| b.state == "passed" || b.state == "skipped");
+            if passed && self.completed_phases.insert(phase.name.clone()) {
+                early.push(format!("{:<5} phase completed", phase.name));
+            }
+        }
+        for i in new.incidents.iter().skip(self.plan.incidents.len()) {
+            late.push(format!(
+                "incident: {} on {} ({} batch {}): {}",
+                i.metric,
+                i.instances.join(", "),
+                i.phase,
+                i.batch,
+                i.summary
+            ));
+            late.push(format!(
+                "          upgraded {} vs baseline {}; test: {}",
+                i.canary_value, i.baseline_value, i.test
+            ));
+        }
+        if state_changed && new.state != "running" {
+            late.push(state_line);
+        }
+        self.plan = new;
+        (early, late)
+    }
+
+    /// Takes a new look at the instances; returns a line per change.
+    fn instance_changes(&mut self, seen: &BTreeMap<String, Seen>) -> Vec<String> {
+        let mut lines = Vec::new();
+        let target = self.target;
+        for spec in &INSTANCES {
+            let id = spec.id;
+            let Some(s) = seen.get(id) else { continue };
+            let last = self.seen.insert(id, s.clone());
+            if last.as_ref() == Some(s) {
+                continue;
+            }
+            let old_pid = self.old_pids.get(id).copied().unwrap_or_default();
+            let new_pid = s.pid.unwrap_or_default();
+            if let Some((at, back)) = &mut self.rollback
+                && s.is_running(OLD)
+                && s.pid != Some(old_pid)
+                && !back.iter().any(|m| m.id == id)
+            {
+                let took = at.elapsed();
+                let from = last.and_then(|l| l.pid).unwrap_or_default();
+                lines.push(format!(
+                    "{id:<4} {SIDECAR} {target} -> {OLD} (pid {new_pid}) running  +{} ms since the rollback",
+                    took.as_millis()
+                ));
+                back.push(Move { id, old_pid: from, new_pid, took });
+                continue;
+            }
+            if s.is_running(target) && s.pid != Some(old_pid) && !self.moves.iter().any(|m| m.id == id) {
+                let took = self.batch_of(spec).and_then(BatchView::since_start).unwrap_or_default();
+                lines.push(format!(
+                    "{id:<4} {SIDECAR} {OLD} (pid {old_pid}) -> {target} (pid {new_pid}) running  +{} ms since its batch started",
+                    took.as_millis()
+                ));
+                self.moves.push(Move { id, old_pid, new_pid, took });
+                continue;
+            }
+            if last.is_none() && s.is_running(OLD) && s.pid == Some(old_pid) {
+                continue;
+            }
+            lines.push(format!("{id:<4} {SIDECAR} {}", s.describe()));
+        }
+        lines
+    }
+}
+
+/// One prober per sidecar, asking `GET /` every [`PROBE_EVERY`] while the plan runs.
+struct Probers {
+    stop: CancellationToken,
+    /// Stops the probers if the demo gives up before [`Probers::finish`].
+    _on_drop: DropGuard,
+    tasks: Vec<(&'static str, tokio::task::JoinHandle<ProbeStats>)>,
+}
+
+impl Probers {
+    fn start(http: &reqwest::Client, agents: &[Agent]) -> Self {
+        let stop = CancellationToken::new();
+        let tasks = agents
+            .iter()
+            .map(|a| (a.spec.id, tokio::spawn(probe_loop(http.clone(), a.sidecar_url.clone(), stop.clone()))))
+            .collect();
+        Self { _on_drop: stop.clone().drop_guard(), stop, tasks }
+    }
+
+    /// Stops the probers; what each saw.
+    async fn finish(self) -> Vec<(&'static str, ProbeStats)> {
+        self.stop.cancel();
+        let mut probes = Vec::new();
+        for (id, task) in self.tasks {
+            probes.push((id, task.await.unwrap_or_default()));
+        }
+        probes
+    }
+}
+
 /// The sidecar's metadata: probes on `${label.port}`, a short drain time.
 fn demo_sidecar() -> Sidecar {
     let health = "http://127.0.0.1:${label.port}/healthz";
@@ -880,15 +1395,41 @@ fn demo_sidecar() -> Sidecar {
     }
 }
 
-/// A version of the demo sidecar: the same executable, listening on `${label.port}`.
-fn demo_version(version: &str, artifact: Artifact) -> NewVersion {
-    NewVersion {
-        version: version.into(),
-        artifact,
-        command: vec!["${artifact}".into()],
-        env: BTreeMap::from([("PORT".into(), "${label.port}".into())]),
-        notes: format!("demo release {version}"),
+/// A version of the demo sidecar: the same executable, listening on `${label.port}`, with
+/// `DEMO_FAULT` set to `fault` if given.
+fn demo_version(version: &str, artifact: Artifact, fault: Option<&str>) -> NewVersion {
+    let mut env = BTreeMap::from([("PORT".into(), "${label.port}".into())]);
+    let mut notes = format!("demo release {version}");
+    if let Some(fault) = fault {
+        env.insert("DEMO_FAULT".into(), fault.into());
+        notes.push_str(&format!(" (defective: DEMO_FAULT={fault})"));
     }
+    NewVersion { version: version.into(), artifact, command: vec!["${artifact}".into()], env, notes }
+}
+
+/// The body of `POST /plans`: `PHASES`, in restart mode, from [`OLD`] to `target`.
+fn plan_body(target: &str) -> serde_json::Value {
+    let phases: Vec<serde_json::Value> = PHASES
+        .iter()
+        .map(|(name, stage, batching, bake)| {
+            serde_json::json!({
+                "name": name,
+                "stage": stage,
+                "mode": "restart",
+                "batching": batching,
+                "bake": bake,
+                "batch_timeout": BATCH_TIMEOUT,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "name": format!("outrider demo: {SIDECAR} to {target}"),
+        "sidecar": SIDECAR,
+        "target_version": target,
+        "from_versions": [OLD],
+        "selector": {"services": [SERVICE]},
+        "phases": phases,
+    })
 }
 
 /// The binding of the demo sidecar to the service.
@@ -1024,29 +1565,97 @@ fn runs_from(pid: i32, root: &Path) -> bool {
 }
 
 /// The closing lines: what was measured.
-fn print_summary(report: &UpgradeReport, clock: Clock) {
-    let slowest = report.moves.iter().map(|m| m.took).max().unwrap_or_default();
+fn print_summary(report: &Report, clock: Clock) {
+    let total = INSTANCES.len();
+    let probe_of =
+        |id: &str| report.probes.iter().find(|(p, _)| *p == id).map(|(_, p)| describe_probe(p)).unwrap_or_default();
+    let move_of = |id: &str| report.moves.iter().find(|m| m.id == id);
     println!();
-    println!(
-        "summary: {} of {} instances upgraded {SIDECAR} {OLD} -> {NEW} in restart mode, {} ms from the binding change to the last one running {NEW}.",
-        report.moves.len(),
-        INSTANCES.len(),
-        slowest.as_millis()
-    );
-    let mut moves: Vec<&Move> = report.moves.iter().collect();
-    moves.sort_by_key(|m| m.id);
-    for m in moves {
-        let probe = report.probes.iter().find(|(id, _)| *id == m.id).map(|(_, p)| p);
-        let seen = probe.map(describe_probe).unwrap_or_default();
-        println!("  {:<4} pid {} -> {} after {} ms; {seen}", m.id, m.old_pid, m.new_pid, m.took.as_millis());
+    match &report.rollback {
+        None => {
+            let phases: Vec<&str> = report.plan.phases.iter().map(|p| p.name.as_str()).collect();
+            println!(
+                "summary: plan {} moved {} of {total} instances of {SERVICE} from {SIDECAR} {OLD} to {} in {} phases ({}), \
+                 {:.1} s from its creation to its completion; blast radius {}.",
+                report.plan.id,
+                report.moves.len(),
+                report.target,
+                phases.len(),
+                phases.join(", then "),
+                report.took.as_secs_f64(),
+                report.plan.blast_radius
+            );
+            for spec in &INSTANCES {
+                let Some(m) = move_of(spec.id) else { continue };
+                println!(
+                    "  {:<4} pid {} -> {}, running {} {} ms after its batch started; {}",
+                    m.id,
+                    m.old_pid,
+                    m.new_pid,
+                    report.target,
+                    m.took.as_millis(),
+                    probe_of(m.id)
+                );
+            }
+        }
+        Some((back, took)) => {
+            println!(
+                "summary: the defective version reached {} of {total} instances before the plan stopped itself; \
+                 rolled back in {} ms.",
+                report.plan.blast_radius,
+                took.as_millis()
+            );
+            let why = report
+                .plan
+                .incidents
+                .first()
+                .map_or_else(|| report.plan.reason.clone(), |i| format!("{} on {}", i.metric, i.instances.join(", ")));
+            let untouched: Vec<&str> = report.untouched.iter().map(|(id, _)| *id).collect();
+            println!(
+                "  the plan blocked itself {:.1} s after its creation ({why}); {} never touched (the same {OLD} processes throughout).",
+                report.took.as_secs_f64(),
+                if untouched.is_empty() { "no instance was".to_owned() } else { untouched.join(" and ") + " were" },
+            );
+            for spec in &INSTANCES {
+                let id = spec.id;
+                if let Some((_, pid)) = report.untouched.iter().find(|(u, _)| *u == id) {
+                    println!("  {id:<4} untouched (pid {pid}); {}", probe_of(id));
+                    continue;
+                }
+                let there = move_of(id).map_or_else(
+                    || format!("never seen running {}", report.target),
+                    |m| {
+                        format!(
+                            "pid {} -> {} ({}) after {} ms",
+                            m.old_pid,
+                            m.new_pid,
+                            report.target,
+                            m.took.as_millis()
+                        )
+                    },
+                );
+                let home = back.iter().find(|m| m.id == id).map_or_else(
+                    || format!("not seen back on {OLD}"),
+                    |m| format!("back on {OLD} (pid {}) {} ms after the rollback", m.new_pid, m.took.as_millis()),
+                );
+                println!("  {id:<4} {there}, {home}; {}", probe_of(id));
+            }
+        }
     }
     let (ok, failed) = report.probes.iter().fold((0, 0), |(o, f), (_, p)| (o + p.ok, f + p.failed));
     println!(
-        "  requests to the sidecars during the upgrade (one every {} ms each): {ok} answered, {failed} failed",
+        "  requests to the sidecars while the plan ran (one every {} ms each): {ok} answered, {failed} failed",
         PROBE_EVERY.as_millis()
     );
     if failed > 0 {
-        println!("  (restart mode stops the old process before it starts the new one: requests fail in between)");
+        if report.rollback.is_some() {
+            println!(
+                "  (they failed while {} crashed and restarted, and during the restarts of the moves)",
+                report.target
+            );
+        } else {
+            println!("  (restart mode stops the old process before it starts the new one: requests fail in between)");
+        }
     }
     println!("done in {:.1} s.", clock.0.elapsed().as_secs_f64());
 }
