@@ -214,7 +214,7 @@ impl Client {
 
     /// `GET /tenants/{tenant}/instances` with the filters that are set.
     pub async fn list_instances(&self, tenant: &str, filter: &InstanceFilter) -> Result<Vec<Instance>, ClientError> {
-        self.get(self.tenant_url(tenant, &["instances"], &filter.pairs())?).await
+        self.get(self.tenant_url(tenant, &["instances"], &crate::types::filter_pairs(filter))?).await
     }
 
     /// `POST /tenants/{tenant}/plans`: creates (and starts) a plan.
@@ -396,7 +396,7 @@ mod tests {
     fn urls_encode_names_and_skip_unset_filters() {
         let c = Client::new("http://h:1/p", None).unwrap();
         let filter = InstanceFilter { service: Some("a&b=c".into()), env: Some(String::new()), ..Default::default() };
-        let url = c.tenant_url("t 1", &["instances"], &filter.pairs()).unwrap();
+        let url = c.tenant_url("t 1", &["instances"], &crate::types::filter_pairs(&filter)).unwrap();
         assert_eq!(url.as_str(), "http://h:1/p/api/v1/tenants/t%201/instances?service=a%26b%3Dc");
         let q = EventQuery { since: Some(7), plan: None };
         assert_eq!(c.events_url("default", &q, true).unwrap().query(), Some("since=7&follow=true"));

@@ -29,4 +29,5 @@ mod types;
 
 pub use client::{Client, EventStream};
 pub use error::ClientError;
-pub use types::{Distribution, EventQuery, InstanceFilter, PlanAction, VersionCount};
+pub use outrider_model::InstanceFilter;
+pub use types::{Distribution, EventQuery, PlanAction, VersionCount};

@@ -24,36 +24,6 @@ pub struct VersionCount {
     pub instances: u64,
 }
 
-/// Filters of `GET …/instances`; `None` (or an empty string) does not filter.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct InstanceFilter {
-    /// Only instances of this service.
-    pub service: Option<String>,
-    /// Only instances that run this sidecar.
-    pub sidecar: Option<String>,
-    /// Only instances that run this version (of `sidecar`).
-    pub version: Option<String>,
-    /// Only instances in this region.
-    pub region: Option<String>,
-    /// Only instances in this env (`preview`, `prod`).
-    pub env: Option<String>,
-    /// Only instances in this stage (`canary`, `single-dc`, `full`).
-    pub stage: Option<String>,
-}
-
-impl InstanceFilter {
-    pub(crate) fn pairs(&self) -> [(&'static str, Option<&str>); 6] {
-        [
-            ("service", self.service.as_deref()),
-            ("sidecar", self.sidecar.as_deref()),
-            ("version", self.version.as_deref()),
-            ("region", self.region.as_deref()),
-            ("env", self.env.as_deref()),
-            ("stage", self.stage.as_deref()),
-        ]
-    }
-}
-
 /// Parameters of `GET …/events`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EventQuery {
@@ -109,4 +79,16 @@ impl FromStr for PlanAction {
             .find(|a| a.as_str() == s)
             .ok_or_else(|| format!("unknown plan action {s:?}: use pause, resume, abort, rollback or approve"))
     }
+}
+
+/// The query pairs of an instance filter.
+pub(crate) fn filter_pairs(f: &outrider_model::InstanceFilter) -> [(&'static str, Option<&str>); 6] {
+    [
+        ("service", f.service.as_deref()),
+        ("sidecar", f.sidecar.as_deref()),
+        ("version", f.version.as_deref()),
+        ("region", f.region.as_deref()),
+        ("env", f.env.as_deref()),
+        ("stage", f.stage.as_deref()),
+    ]
 }

@@ -196,37 +196,12 @@ fn parse_rate(s: &str) -> Result<f64, String> {
     Ok(rate)
 }
 
-/// Parses a duration such as `250ms`, `5s`, `2m`, `1h`, `1d` or `1m30s`.
+/// Parses a duration such as `250ms`, `5s`, `2m`, `1h`, `1d` or `1m30s` (the operators' form
+/// of [`outrider_model::HumanDuration`]).
 ///
 /// A bare number without a unit is rejected, so `latency=200` cannot silently mean seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration `{s}`: use forms like 250ms, 5s, 2m, 1h");
-    if s.is_empty() {
-        return Err(bad());
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
-        let unit_ms: u64 = match &rest[..unit_len] {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            _ => return Err(bad()),
-        };
-        rest = &rest[unit_len..];
-        let ms = n.checked_mul(unit_ms).ok_or_else(bad)?;
-        total = total.checked_add(Duration::from_millis(ms)).ok_or_else(bad)?;
-    }
-    Ok(total)
+    s.parse::<outrider_model::HumanDuration>().map(|d| d.0)
 }
 
 /// Parses a size such as `512KB` or `10MB` into bytes (powers of 1024).
@@ -247,10 +222,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(unit).ok_or_else(bad)
 }
 
-/// Formats a duration in the form [`parse_duration`] reads (`5s`, `250ms`).
+/// Formats a duration in the form [`parse_duration`] reads (`5s`, `1m30s`, `250ms`).
 pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms != 0 && ms.is_multiple_of(1000) { format!("{}s", ms / 1000) } else { format!("{ms}ms") }
+    outrider_model::HumanDuration(d).to_string()
 }
 
 fn format_size(bytes: u64) -> String {
@@ -315,7 +289,7 @@ mod tests {
             let f = parse(spec).unwrap();
             assert_eq!(parse(&f.to_string()).unwrap(), f, "{spec}");
         }
-        assert_eq!(parse("latency=1m30s,error-rate=0.25").unwrap().to_string(), "error-rate=0.25,latency=90s");
+        assert_eq!(parse("latency=1m30s,error-rate=0.25").unwrap().to_string(), "error-rate=0.25,latency=1m30s");
     }
 
     #[test]
@@ -371,7 +345,7 @@ mod tests {
         assert_eq!(parse_size("7b"), Ok(7));
         assert!(parse_size("10").is_err());
         assert!(parse_size("99999999999999GB").is_err());
-        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
-        assert_eq!(format_duration(Duration::ZERO), "0ms");
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1s500ms");
+        assert_eq!(format_duration(Duration::ZERO), "0s");
     }
 }

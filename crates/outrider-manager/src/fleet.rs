@@ -9,7 +9,7 @@ use std::{
 };
 
 use outrider_model::{
-    DesiredSidecar, DesiredState, Instance, InstanceLabels, SidecarStatus, UpgradeMode, validate_name,
+    DesiredSidecar, DesiredState, Instance, InstanceFilter, InstanceLabels, SidecarStatus, UpgradeMode, validate_name,
 };
 use outrider_store::Op;
 use time::OffsetDateTime;
@@ -87,39 +87,6 @@ pub struct Fleet {
     inner: Mutex<Inner>,
     flush: Notify,
     metrics: Arc<Metrics>,
-}
-
-/// Filters of `GET /instances`.
-#[derive(Debug, Default, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InstanceFilter {
-    /// Service name.
-    pub service: Option<String>,
-    /// Runs this sidecar.
-    pub sidecar: Option<String>,
-    /// Runs this version (of `sidecar`, or of any sidecar).
-    pub version: Option<String>,
-    /// Region.
-    pub region: Option<String>,
-    /// Env.
-    pub env: Option<String>,
-    /// Stage.
-    pub stage: Option<String>,
-}
-
-impl InstanceFilter {
-    fn matches(&self, i: &Instance) -> bool {
-        let eq = |f: &Option<String>, v: &str| f.as_deref().is_none_or(|f| f == v);
-        let sidecar_ok = match (&self.sidecar, &self.version) {
-            (None, None) => true,
-            (s, v) => i.sidecars.iter().any(|sc| eq(s, &sc.name) && eq(v, &sc.version)),
-        };
-        eq(&self.service, &i.service)
-            && eq(&self.region, &i.labels.region)
-            && eq(&self.env, &i.labels.env)
-            && eq(&self.stage, &i.labels.stage)
-            && sidecar_ok
-    }
 }
 
 /// Desired sidecars of one instance. `on-deploy` bindings keep the version the instance was

@@ -146,6 +146,46 @@ pub struct Instance {
     pub sidecars: Vec<SidecarStatus>,
 }
 
+/// Filters of `GET /instances`; `None` (or an empty string) does not filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceFilter {
+    /// Only instances of this service.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Only instances that run this sidecar.
+    #[serde(default)]
+    pub sidecar: Option<String>,
+    /// Only instances that run this version (of `sidecar`, or of any sidecar).
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Only instances in this region.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Only instances in this env (`preview`, `prod`).
+    #[serde(default)]
+    pub env: Option<String>,
+    /// Only instances in this stage (`canary`, `single-dc`, `full`).
+    #[serde(default)]
+    pub stage: Option<String>,
+}
+
+impl InstanceFilter {
+    /// Whether `i` passes every filter that is set.
+    pub fn matches(&self, i: &Instance) -> bool {
+        let eq = |f: &Option<String>, v: &str| f.as_deref().is_none_or(|f| f.is_empty() || f == v);
+        let sidecar_ok = match (&self.sidecar, &self.version) {
+            (None, None) => true,
+            (s, v) => i.sidecars.iter().any(|sc| eq(s, &sc.name) && eq(v, &sc.version)),
+        };
+        eq(&self.service, &i.service)
+            && eq(&self.region, &i.labels.region)
+            && eq(&self.env, &i.labels.env)
+            && eq(&self.stage, &i.labels.stage)
+            && sidecar_ok
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

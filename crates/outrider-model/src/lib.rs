@@ -23,7 +23,7 @@ pub use desired::{DesiredSidecar, DesiredState, desired_for_service};
 pub use duration::HumanDuration;
 pub use error::ValidationError;
 pub use event::Event;
-pub use instance::{Instance, InstanceLabels, SidecarState, SidecarStatus};
+pub use instance::{Instance, InstanceFilter, InstanceLabels, SidecarState, SidecarStatus};
 pub use name::validate_name;
 pub use placeholder::{PlaceholderContext, expand};
 pub use plan::{

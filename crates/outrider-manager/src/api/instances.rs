@@ -1,12 +1,12 @@
 use axum::{Json, extract::State};
-use outrider_model::Instance;
+use outrider_model::{Instance, InstanceFilter};
 
 use super::{
     AppState,
     extract::{ApiPath, ApiQuery},
     require_tenant,
 };
-use crate::{ApiError, fleet::InstanceFilter};
+use crate::ApiError;
 
 pub async fn list(
     State(s): State<AppState>,

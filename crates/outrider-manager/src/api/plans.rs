@@ -82,6 +82,36 @@ fn new_id(now: OffsetDateTime) -> String {
     format!("p{ms:x}{:04x}", rand::random::<u16>())
 }
 
+/// A new plan from its body and what the planner made of it.
+fn new_plan(
+    name: String,
+    spec: PlanSpec,
+    planned: outrider_rollout::Planned,
+    state: PlanState,
+    reason: String,
+) -> Plan {
+    let now = OffsetDateTime::now_utc();
+    let mut plan = Plan {
+        id: new_id(now),
+        name,
+        sidecar: spec.sidecar.clone(),
+        target_version: spec.target_version.clone(),
+        state,
+        reason,
+        feature_services: planned.feature_services,
+        phases: planned.phases,
+        counts: Default::default(),
+        blast_radius: 0,
+        incidents: Vec::new(),
+        cursor_phase: 0,
+        spec,
+        created_at: now,
+        updated_at: now,
+    };
+    plan.recount();
+    plan
+}
+
 fn services_of(plan: &Plan) -> std::collections::BTreeSet<&str> {
     plan.phases.iter().flat_map(|p| &p.batches).flat_map(|b| &b.cells).map(|c| c.service.as_str()).collect()
 }
@@ -96,29 +126,9 @@ pub async fn create(
     require_tenant(&s.repo, &tenant).await?;
     spec.validate()?;
     let planned = plan_spec(&s, &tenant, &spec)?;
-    let now = OffsetDateTime::now_utc();
-    let mut plan = Plan {
-        id: new_id(now),
-        name: if spec.name.is_empty() {
-            format!("{} to {}", spec.sidecar, spec.target_version)
-        } else {
-            spec.name.clone()
-        },
-        sidecar: spec.sidecar.clone(),
-        target_version: spec.target_version.clone(),
-        state: PlanState::Pending,
-        reason: "created".into(),
-        feature_services: planned.feature_services,
-        phases: planned.phases,
-        counts: Default::default(),
-        blast_radius: 0,
-        incidents: Vec::new(),
-        cursor_phase: 0,
-        spec,
-        created_at: now,
-        updated_at: now,
-    };
-    plan.recount();
+    let name =
+        if spec.name.is_empty() { format!("{} to {}", spec.sidecar, spec.target_version) } else { spec.name.clone() };
+    let plan = new_plan(name, spec, planned, PlanState::Pending, "created".into());
     // No other live plan may touch the same sidecar on the same services.
     let mine = services_of(&plan);
     let others: Vec<Plan> = s.repo.list(&keys::plans(&tenant)).await?;
@@ -373,25 +383,13 @@ pub async fn on_defective(
         }],
     };
     let planned = plan_spec(s, tenant, &spec)?;
-    let now = OffsetDateTime::now_utc();
-    let mut plan = Plan {
-        id: new_id(now),
-        name: spec.name.clone(),
-        sidecar: spec.sidecar.clone(),
-        target_version: spec.target_version.clone(),
-        state: PlanState::Paused,
-        reason: "draft recall plan: review it, then resume it to start".into(),
-        feature_services: planned.feature_services,
-        phases: planned.phases,
-        counts: Default::default(),
-        blast_radius: 0,
-        incidents: Vec::new(),
-        cursor_phase: 0,
+    let plan = new_plan(
+        spec.name.clone(),
         spec,
-        created_at: now,
-        updated_at: now,
-    };
-    plan.recount();
+        planned,
+        PlanState::Paused,
+        "draft recall plan: review it, then resume it to start".into(),
+    );
     let key = keys::plan(tenant, &plan.id);
     let event = NewEvent {
         tenant: tenant.to_owned(),
