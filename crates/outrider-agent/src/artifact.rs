@@ -277,7 +277,7 @@ impl HashingSink<'_> {
 }
 
 /// An error and its causes on one line (`a: b: c`).
-fn error_chain(e: &reqwest::Error) -> String {
+pub(crate) fn error_chain(e: &reqwest::Error) -> String {
     let mut out = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

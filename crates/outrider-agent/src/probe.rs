@@ -2,7 +2,7 @@
 //!
 //! Placeholders in probe targets are expanded by the caller; this module runs what it gets.
 
-use std::{error::Error as _, process::Stdio, sync::OnceLock, time::Duration};
+use std::{process::Stdio, sync::OnceLock, time::Duration};
 
 use nix::{
     sys::signal::{Signal, killpg},
@@ -46,21 +46,9 @@ async fn http(url: &str, timeout: Duration) -> Result<(), String> {
     match tokio::time::timeout(timeout, request).await {
         Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
         Ok(Ok(resp)) => Err(format!("http probe {url}: status {}", resp.status())),
-        Ok(Err(e)) => Err(format!("http probe {url}: {}", error_chain(&e))),
+        Ok(Err(e)) => Err(format!("http probe {url}: {}", crate::artifact::error_chain(&e))),
         Err(_) => Err(format!("http probe {url}: no answer within {timeout:?}")),
     }
-}
-
-/// An error and its causes on one line.
-fn error_chain(e: &reqwest::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
 }
 
 async fn exec(argv: &[String], timeout: Duration) -> Result<(), String> {
