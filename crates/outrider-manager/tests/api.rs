@@ -387,3 +387,84 @@ async fn on_deploy_target_applies_at_the_next_deploy_only() {
     assert_eq!(next_desired(&mut s4).await.sidecars[0].version, "1.1.0");
     m.shutdown().await;
 }
+
+#[tokio::test]
+async fn bad_plan_and_freeze_requests_get_clear_errors_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, api) = boot(dir.path()).await;
+    seed(&api).await;
+    api.ok(Method::POST, "/tenants/default/sidecars/mesh/versions/1.1.0/admit", json!({})).await;
+    let (_, before) = api.call(Method::GET, "/tenants/default/events", None).await;
+    let cases: Vec<(Method, &str, Value, StatusCode, &str)> = vec![
+        (
+            Method::POST,
+            "/tenants/default/freezes",
+            json!({"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z", "reason": "x"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
+        (
+            Method::POST,
+            "/tenants/default/freezes",
+            json!({"from": "2026-01-01T00:00:00Z", "to": "2026-01-02T00:00:00Z", "reason": " "}),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
+        (
+            Method::POST,
+            "/tenants/default/freezes",
+            json!({"from": "yesterday", "to": "2026-01-02T00:00:00Z", "reason": "x"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_json",
+        ),
+        (Method::DELETE, "/tenants/default/freezes/f123", Value::Null, StatusCode::NOT_FOUND, "not_found"),
+        (Method::POST, "/tenants/default/plans/p123/pause", Value::Null, StatusCode::NOT_FOUND, "not_found"),
+        (Method::GET, "/tenants/default/plans/p123", Value::Null, StatusCode::NOT_FOUND, "not_found"),
+        (
+            Method::POST,
+            "/tenants/default/plans",
+            json!({"sidecar": "mesh", "target_version": "1.1.0", "phases": [{"name": "g", "mode": "hot"}]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
+        (
+            Method::POST,
+            "/tenants/default/plans",
+            json!({"sidecar": "mesh", "target_version": "1.1.0", "windows": [{"from": "25:00", "to": "10:00"}]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
+        (
+            Method::POST,
+            "/tenants/default/plans",
+            json!({"sidecar": "mesh", "target_version": "1.1.0", "windows": [{"from": "10:00", "to": "17:00", "tz": "Mars/Olympus"}]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
+        (
+            Method::POST,
+            "/tenants/default/plans/simulate",
+            json!({"sidecar": "mesh", "target_version": "1.1.0", "windows": [{"days": "funday", "from": "10:00", "to": "17:00"}]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
+        (
+            Method::POST,
+            "/tenants/ghost/plans",
+            json!({"sidecar": "mesh", "target_version": "1.1.0"}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+    ];
+    for (method, path, body, status, code) in cases {
+        let body = (!body.is_null()).then_some(body);
+        let (s, v) = api.call(method.clone(), path, body.clone()).await;
+        assert_eq!((s, error_code(&v)), (status, code), "{method} {path} {body:?} → {v}");
+    }
+    let (_, after) = api.call(Method::GET, "/tenants/default/events", None).await;
+    assert_eq!(before, after, "nothing was recorded");
+    let (_, plans) = api.call(Method::GET, "/tenants/default/plans", None).await;
+    assert!(plans.as_array().is_some(), "{plans}");
+    assert_eq!(plans, json!([]));
+    m.shutdown().await;
+}

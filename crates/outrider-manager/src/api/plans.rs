@@ -61,6 +61,7 @@ fn admit(tc: &TenantCatalog, spec: &PlanSpec) -> Result<(), ApiError> {
 fn plan_spec(state: &AppState, tenant: &str, spec: &PlanSpec) -> Result<outrider_rollout::Planned, ApiError> {
     let catalog = state.catalog.read().unwrap_or_else(|p| p.into_inner());
     let tc = catalog.tenant(tenant).ok_or_else(|| ApiError::not_found(format!("tenant {tenant:?}")))?;
+    outrider_rollout::Windows::new(&spec.windows)?;
     admit(tc, spec)?;
     let services: Vec<outrider_model::Service> = tc.services().cloned().collect();
     let instances = state.fleet.of_tenant(tenant);

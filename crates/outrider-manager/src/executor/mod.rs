@@ -353,11 +353,14 @@ fn gate(ctx: &Ctx<'_>, plan: &Plan, pi: usize, batch: &Batch) -> Option<(PlanSta
         }
         Some(_) => {}
     }
-    if let Ok(windows) = Windows::new(&plan.spec.windows)
-        && !windows.allows(ctx.now)
-    {
-        let next = windows.next_open(ctx.now).map_or("never".into(), |t| t.to_string());
-        return Some((PlanState::Waiting, format!("outside the change windows; next opens {next}")));
+    match Windows::new(&plan.spec.windows) {
+        // Refused when the plan is created; a stored plan with unreadable windows never runs.
+        Err(e) => return Some((PlanState::Failed, format!("unreadable change windows: {e}"))),
+        Ok(windows) if !windows.allows(ctx.now) => {
+            let next = windows.next_open(ctx.now).map_or("never".into(), |t| t.to_string());
+            return Some((PlanState::Waiting, format!("outside the change windows; next opens {next}")));
+        }
+        Ok(_) => {}
     }
     for cell in &batch.cells {
         if let Some(f) = ctx.freezes.iter().find(|f| f.covers(ctx.now, &cell.service)) {
