@@ -15,6 +15,17 @@ use tonic::transport::Channel;
 
 use crate::{Runtime, atomic_file::write_atomic, backoff::Backoff};
 
+/// Status changes within this time of the first one go into one report.
+const REPORT_COALESCE: Duration = Duration::from_millis(100);
+
+/// Completes at `due`, or never when nothing is due.
+async fn sleep_until_due(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// File in the agent's data dir holding the last desired state applied.
 pub const DESIRED_FILE: &str = "desired.json";
 
@@ -186,6 +197,7 @@ async fn follow(
     let mut changes = runtime.changes();
     let mut tick = tokio::time::interval(config.report_interval);
     tick.tick().await;
+    let mut report_due: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             msg = inbound.message() => match msg {
@@ -209,10 +221,17 @@ async fn follow(
                 Ok(None) => return StreamEnd::Lost("manager closed the stream".into()),
                 Err(e) => return StreamEnd::Lost(format!("{:?}: {}", e.code(), e.message())),
             },
-            changed = changes.changed() => {
+            changed = changes.changed(), if report_due.is_none() => {
                 if changed.is_err() {
                     return StreamEnd::Lost("runtime stopped".into());
                 }
+                // Changes come in bursts (upgrading, then running): report once for the burst.
+                report_due = Some(tokio::time::Instant::now() + REPORT_COALESCE);
+            }
+            () = sleep_until_due(report_due) => {
+                report_due = None;
+                // This report covers every change so far.
+                changes.borrow_and_update();
                 if tx.send(report_message(runtime)).await.is_err() {
                     return StreamEnd::Lost("sync stream closed".into());
                 }

@@ -51,8 +51,18 @@ impl Clock for SystemClock {
     }
 }
 
+/// After the manager starts, the executor waits this long before acting on plans: instance
+/// records read from the store may lag what the agents run (status writes are batched), and
+/// reconnecting agents report the truth within a second or two. Acting earlier could leave
+/// out an instance whose stored record is behind.
+pub const SETTLE: Duration = Duration::from_secs(5);
+
 /// Runs the executor until `cancel`. `wake` makes it look at once (after an operator action).
 pub async fn run(state: AppState, clock: Arc<dyn Clock>, wake: Arc<Notify>, cancel: CancellationToken) {
+    tokio::select! {
+        () = tokio::time::sleep(SETTLE) => {}
+        () = cancel.cancelled() => return,
+    }
     let mut cache: HashMap<String, (u64, Plan)> = HashMap::new();
     loop {
         if let Err(e) = pass(&state, clock.now(), &mut cache).await {
