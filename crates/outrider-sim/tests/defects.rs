@@ -2,9 +2,12 @@
 //! its fault once they run the defective version, the others stay healthy, and what they
 //! report reaches the manager (state, exits, metrics).
 
-use std::time::Duration;
+mod support;
 
-use outrider_client::{Client, InstanceFilter};
+use std::time::Duration;
+use support::until;
+
+use outrider_client::Client;
 use outrider_manager::{ManagerConfig, start};
 use outrider_model::{Binding, Instance, SidecarState, SidecarStatus, UpgradeMode};
 use outrider_sim::{
@@ -16,19 +19,6 @@ const SIDECAR: &str = "mesh-proxy";
 
 fn sidecar(i: &Instance) -> Option<&SidecarStatus> {
     i.sidecars.iter().find(|s| s.name == SIDECAR)
-}
-
-/// Polls `GET /instances` until `done` holds for the list, or fails after 15 s.
-async fn until(client: &Client, what: &str, done: impl Fn(&[Instance]) -> bool) -> Vec<Instance> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let list = client.list_instances(TENANT, &InstanceFilter::default()).await.unwrap();
-        if done(&list) {
-            return list;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,7 +46,7 @@ async fn a_defective_version_crashes_only_the_instances_it_selects() {
     let fleet = SimFleet::start(client.base_url(), &token, TENANT, &spec.instances, &options).unwrap();
 
     // Healthy on 1.2.0, with metrics.
-    let list = until(&client, "every instance running 1.2.0 with metrics", |list| {
+    let list = until(&client, Duration::from_secs(15), "every instance running 1.2.0 with metrics", |list| {
         list.len() == 60
             && list.iter().all(|i| {
                 sidecar(i).is_some_and(|s| {
@@ -74,14 +64,15 @@ async fn a_defective_version_crashes_only_the_instances_it_selects() {
     for s in &spec.services {
         client.set_binding(TENANT, &s.name, &binding).await.unwrap();
     }
-    let list = until(&client, "http instances in crash_loop, the others running 1.3.0", |list| {
-        list.iter().all(|i| {
-            let s = sidecar(i).unwrap();
-            let want = if protocol(&i.service) == "http" { SidecarState::CrashLoop } else { SidecarState::Running };
-            s.version == "1.3.0" && s.state == want
+    let list =
+        until(&client, Duration::from_secs(15), "http instances in crash_loop, the others running 1.3.0", |list| {
+            list.iter().all(|i| {
+                let s = sidecar(i).unwrap();
+                let want = if protocol(&i.service) == "http" { SidecarState::CrashLoop } else { SidecarState::Running };
+                s.version == "1.3.0" && s.state == want
+            })
         })
-    })
-    .await;
+        .await;
     for i in &list {
         let s = sidecar(i).unwrap();
         if protocol(&i.service) == "http" {

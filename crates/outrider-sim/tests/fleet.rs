@@ -1,12 +1,15 @@
 //! A simulated fleet against a real manager in-process: seeding, registration, reported
 //! versions, and a binding change that reaches exactly its service's instances.
 
+mod support;
+
 use std::{
     collections::{BTreeMap, HashSet},
     time::Duration,
 };
+use support::until;
 
-use outrider_client::{Client, InstanceFilter};
+use outrider_client::Client;
 use outrider_manager::{ManagerConfig, RunningManager, start};
 use outrider_model::{Binding, Instance, SidecarState, UpgradeMode};
 use outrider_sim::{
@@ -26,19 +29,6 @@ async fn boot(dir: &std::path::Path) -> (RunningManager, Client, String) {
 /// The version of [`SIDECAR`] an instance reports running, if it runs it.
 fn running(i: &Instance) -> Option<&str> {
     i.sidecars.iter().find(|s| s.name == SIDECAR && s.state == SidecarState::Running).map(|s| s.version.as_str())
-}
-
-/// Polls `GET /instances` until `done` holds for the list, or fails after 10 s.
-async fn until(client: &Client, what: &str, done: impl Fn(&[Instance]) -> bool) -> Vec<Instance> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let list = client.list_instances(TENANT, &InstanceFilter::default()).await.unwrap();
-        if done(&list) {
-            return list;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -63,7 +53,7 @@ async fn a_simulated_fleet_registers_runs_and_follows_a_binding_change() {
     assert_eq!(fleet.connections(), 4);
 
     let ids: HashSet<&str> = spec.instances.iter().map(|i| i.id.as_str()).collect();
-    let list = until(&client, "every instance connected and running 1.0.0", |list| {
+    let list = until(&client, Duration::from_secs(10), "every instance connected and running 1.0.0", |list| {
         list.len() == ids.len() && list.iter().all(|i| i.connected && running(i) == Some("1.0.0"))
     })
     .await;
@@ -89,7 +79,7 @@ async fn a_simulated_fleet_registers_runs_and_follows_a_binding_change() {
         Binding { sidecar: SIDECAR.into(), enabled: true, version: "1.1.0".into(), mode: UpgradeMode::Restart };
     client.set_binding(TENANT, target, &binding).await.unwrap();
 
-    let list = until(&client, "the target service on 1.1.0", |list| {
+    let list = until(&client, Duration::from_secs(10), "the target service on 1.1.0", |list| {
         list.iter().filter(|i| i.service == *target).all(|i| running(i) == Some("1.1.0"))
     })
     .await;
@@ -111,7 +101,10 @@ async fn a_simulated_fleet_registers_runs_and_follows_a_binding_change() {
     }
 
     fleet.shutdown().await;
-    let list = until(&client, "every instance disconnected", |list| list.iter().all(|i| !i.connected)).await;
+    let list = until(&client, Duration::from_secs(10), "every instance disconnected", |list| {
+        list.iter().all(|i| !i.connected)
+    })
+    .await;
     assert_eq!(list.len(), 200);
     manager.shutdown().await;
 }
