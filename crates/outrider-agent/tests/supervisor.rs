@@ -86,6 +86,10 @@ impl Harness {
             startup_probe: None,
             liveness_probe: None,
             drain_time: HumanDuration::from_millis(500),
+            sockets: Vec::new(),
+            handover: Default::default(),
+            notify_ready: false,
+            warm: None,
         }
     }
 

@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Artifact, Binding, HumanDuration, Probe, Sidecar, UpgradeMode, Version};
+use crate::{Artifact, Binding, Handover, HumanDuration, ListenSocket, Probe, Sidecar, UpgradeMode, Version, Warm};
 
 /// What one instance must run for one sidecar.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,6 +27,18 @@ pub struct DesiredSidecar {
     pub liveness_probe: Option<Probe>,
     /// SIGTERM-to-SIGKILL time.
     pub drain_time: HumanDuration,
+    /// Agent-owned listening sockets (`LISTEN_FDS`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sockets: Vec<ListenSocket>,
+    /// How a hot upgrade hands the sockets over.
+    #[serde(default)]
+    pub handover: Handover,
+    /// Readiness comes as `READY=1` on `NOTIFY_SOCKET`.
+    #[serde(default)]
+    pub notify_ready: bool,
+    /// Drain and undrain actions of a warm upgrade.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm: Option<Warm>,
 }
 
 /// Everything one instance must run, at a manager revision.
@@ -61,6 +73,10 @@ pub fn desired_for_service<'a>(
                 startup_probe: s.startup_probe.clone(),
                 liveness_probe: s.liveness_probe.clone(),
                 drain_time: s.drain_time,
+                sockets: s.sockets.clone(),
+                handover: s.handover.clone(),
+                notify_ready: s.notify_ready,
+                warm: s.warm.clone(),
             })
         })
         .collect();

@@ -10,6 +10,7 @@ mod duration;
 mod error;
 mod event;
 mod instance;
+mod lifecycle;
 mod name;
 mod placeholder;
 mod plan;
@@ -24,6 +25,7 @@ pub use duration::HumanDuration;
 pub use error::ValidationError;
 pub use event::Event;
 pub use instance::{Instance, InstanceFilter, InstanceLabels, SidecarState, SidecarStatus};
+pub use lifecycle::{Action, Handover, ListenSocket, SIGNALS, Warm};
 pub use name::validate_name;
 pub use placeholder::{PlaceholderContext, expand};
 pub use plan::{

@@ -2,7 +2,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{HumanDuration, ValidationError, validate_name};
+use crate::{Handover, HumanDuration, ListenSocket, ValidationError, Warm, lifecycle, validate_name};
 
 /// How an instance moves from one version of a sidecar to another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -154,6 +154,20 @@ pub struct Sidecar {
     /// Custom metric names that anomaly detection watches.
     #[serde(default)]
     pub metrics: Vec<String>,
+    /// Listening sockets the agent owns and passes to every generation (`LISTEN_FDS`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sockets: Vec<ListenSocket>,
+    /// How a hot upgrade hands the listening sockets over (default `listen-fds`).
+    #[serde(default)]
+    pub handover: Handover,
+    /// The sidecar says it is ready with `READY=1` on `NOTIFY_SOCKET` (sd_notify); the
+    /// agent waits for it before the startup probe. Recommended with shared sockets, where a
+    /// probe on the port may be answered by the old generation.
+    #[serde(default)]
+    pub notify_ready: bool,
+    /// How a warm upgrade takes the instance out of traffic and puts it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm: Option<Warm>,
 }
 
 impl Sidecar {
@@ -181,7 +195,13 @@ impl Sidecar {
                 return Err(ValidationError::new("metrics", format!("{m:?} is not a metric name")));
             }
         }
-        Ok(())
+        lifecycle::validate(
+            &self.sockets,
+            &self.handover,
+            self.warm.as_ref(),
+            self.upgrade_modes.contains(&UpgradeMode::Hot),
+            self.upgrade_modes.contains(&UpgradeMode::Warm),
+        )
     }
 }
 

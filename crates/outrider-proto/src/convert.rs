@@ -94,6 +94,69 @@ impl From<v1::Probe> for m::Probe {
     }
 }
 
+impl From<&m::Handover> for v1::Handover {
+    fn from(h: &m::Handover) -> Self {
+        match h {
+            m::Handover::ListenFds => Self { kind: "listen-fds".into(), ..Self::default() },
+            m::Handover::ScmRights => Self { kind: "scm-rights".into(), ..Self::default() },
+            m::Handover::Signal { signal, stop_signal, pid_file } => Self {
+                kind: "signal".into(),
+                signal: signal.clone(),
+                stop_signal: stop_signal.clone(),
+                pid_file: pid_file.clone(),
+            },
+        }
+    }
+}
+
+impl TryFrom<v1::Handover> for m::Handover {
+    type Error = ConvertError;
+    fn try_from(h: v1::Handover) -> Result<Self, ConvertError> {
+        match h.kind.as_str() {
+            "" | "listen-fds" => Ok(Self::ListenFds),
+            "scm-rights" => Ok(Self::ScmRights),
+            "signal" => Ok(Self::Signal { signal: h.signal, stop_signal: h.stop_signal, pid_file: h.pid_file }),
+            other => Err(ConvertError { field: "sidecar.handover.kind", message: format!("unknown value {other:?}") }),
+        }
+    }
+}
+
+impl From<&m::Action> for v1::Action {
+    fn from(a: &m::Action) -> Self {
+        Self {
+            http: a.http.clone(),
+            method: a.method.clone(),
+            exec: a.exec.clone().unwrap_or_default(),
+            timeout_ms: ms(a.timeout),
+        }
+    }
+}
+
+impl From<v1::Action> for m::Action {
+    fn from(a: v1::Action) -> Self {
+        Self {
+            http: a.http,
+            method: if a.method.is_empty() { "POST".into() } else { a.method },
+            exec: (!a.exec.is_empty()).then_some(a.exec),
+            timeout: dur(a.timeout_ms.max(1)),
+        }
+    }
+}
+
+impl From<&m::Warm> for v1::Warm {
+    fn from(w: &m::Warm) -> Self {
+        Self { drain: Some((&w.drain).into()), undrain: w.undrain.as_ref().map(Into::into), wait_ms: ms(w.wait) }
+    }
+}
+
+impl TryFrom<v1::Warm> for m::Warm {
+    type Error = ConvertError;
+    fn try_from(w: v1::Warm) -> Result<Self, ConvertError> {
+        let drain = w.drain.ok_or(ConvertError { field: "sidecar.warm.drain", message: "missing".into() })?;
+        Ok(Self { drain: drain.into(), undrain: w.undrain.map(Into::into), wait: dur(w.wait_ms) })
+    }
+}
+
 impl From<&m::DesiredSidecar> for v1::DesiredSidecar {
     fn from(d: &m::DesiredSidecar) -> Self {
         Self {
@@ -107,6 +170,14 @@ impl From<&m::DesiredSidecar> for v1::DesiredSidecar {
             startup_probe: d.startup_probe.as_ref().map(Into::into),
             liveness_probe: d.liveness_probe.as_ref().map(Into::into),
             drain_ms: ms(d.drain_time),
+            sockets: d
+                .sockets
+                .iter()
+                .map(|s| v1::ListenSocket { name: s.name.clone(), listen: s.listen.clone() })
+                .collect(),
+            handover: Some((&d.handover).into()),
+            notify_ready: d.notify_ready,
+            warm: d.warm.as_ref().map(Into::into),
         }
     }
 }
@@ -124,6 +195,10 @@ impl TryFrom<v1::DesiredSidecar> for m::DesiredSidecar {
             startup_probe: d.startup_probe.map(Into::into),
             liveness_probe: d.liveness_probe.map(Into::into),
             drain_time: dur(d.drain_ms),
+            sockets: d.sockets.into_iter().map(|s| m::ListenSocket { name: s.name, listen: s.listen }).collect(),
+            handover: d.handover.map(TryInto::try_into).transpose()?.unwrap_or_default(),
+            notify_ready: d.notify_ready,
+            warm: d.warm.map(TryInto::try_into).transpose()?,
         })
     }
 }
@@ -176,6 +251,10 @@ mod tests {
                 startup_probe: Some(m::Probe::http("http://127.0.0.1:${label.port}/healthz")),
                 liveness_probe: None,
                 drain_time: m::HumanDuration::from_secs(3),
+                sockets: Vec::new(),
+                handover: Default::default(),
+                notify_ready: false,
+                warm: None,
             }],
         };
         let wire = v1::Desired::from(&d);

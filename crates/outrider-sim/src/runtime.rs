@@ -411,6 +411,10 @@ mod tests {
             startup_probe: None,
             liveness_probe: None,
             drain_time: HumanDuration::from_secs(1),
+            sockets: Vec::new(),
+            handover: Default::default(),
+            notify_ready: false,
+            warm: None,
         }
     }
 

@@ -107,6 +107,10 @@ mod tests {
             startup_probe: Some(Probe::http("http://127.0.0.1:${label.port}/healthz")),
             liveness_probe: None,
             drain_time: HumanDuration::from_secs(1),
+            sockets: Vec::new(),
+            handover: Default::default(),
+            notify_ready: false,
+            warm: None,
         }
     }
 

@@ -39,8 +39,8 @@ use nix::{
 };
 use outrider_client::{Client, InstanceFilter};
 use outrider_model::{
-    Artifact, Batching, Binding, Event, HumanDuration, Instance, NewVersion, Priority, Probe, Service, Sidecar,
-    SidecarState, SidecarStatus, UpgradeMode,
+    Artifact, Batching, Binding, Event, Handover, HumanDuration, Instance, ListenSocket, NewVersion, Priority, Probe,
+    Service, Sidecar, SidecarState, SidecarStatus, UpgradeMode,
 };
 use reqwest::Method;
 use serde::Deserialize;
@@ -1392,6 +1392,10 @@ fn demo_sidecar() -> Sidecar {
         liveness_probe: Some(Probe { period: HumanDuration::from_secs(2), ..Probe::http(health) }),
         drain_time: HumanDuration(DRAIN),
         metrics: Vec::new(),
+        sockets: vec![ListenSocket { name: "http".into(), listen: "127.0.0.1:${label.port}".into() }],
+        handover: Handover::ListenFds,
+        notify_ready: false,
+        warm: None,
     }
 }
 

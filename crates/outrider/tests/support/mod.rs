@@ -70,11 +70,13 @@ pub fn demo_sha256() -> &'static str {
     })
 }
 
-/// `POST /sidecars` body of the demo sidecar: short probes against `${label.port}`.
+/// `POST /sidecars` body of the demo sidecar: an agent-owned socket on `${label.port}`
+/// (hot upgrades by `LISTEN_FDS`), readiness by `NOTIFY_SOCKET`, short probes.
 pub fn demo_sidecar_body() -> Value {
     json!({
         "name": "demo",
         "upgrade_modes": ["restart", "hot", "on-deploy"],
+        "sockets": [{"name": "http", "listen": "127.0.0.1:${label.port}"}],
         "drain_time": "2s",
         "startup_probe": {"http": "http://127.0.0.1:${label.port}/healthz", "deadline": "10s"},
         "liveness_probe": {"http": "http://127.0.0.1:${label.port}/healthz", "period": "1s"},
