@@ -26,9 +26,11 @@
 
 mod actor;
 mod board;
+mod notify;
 mod process;
 mod record;
 mod resolve;
+mod sockets;
 mod stats;
 
 use std::{
@@ -116,6 +118,11 @@ impl SupervisorConfig {
     pub fn logs_dir(&self) -> PathBuf {
         self.data_dir.join("logs")
     }
+
+    /// `<data-dir>/run`: notify and handover sockets, pid and version files, stable links.
+    pub fn run_dir(&self) -> PathBuf {
+        self.data_dir.join("run")
+    }
 }
 
 /// Why the supervisor could not start.
@@ -158,7 +165,7 @@ impl Supervisor {
     /// is dropped), and starts supervising. Adopted sidecars keep running as they are until
     /// [`Runtime::apply`] says otherwise. Must be called within a tokio runtime.
     pub fn start(config: SupervisorConfig) -> Result<Arc<Self>, SupervisorError> {
-        for path in [config.sidecars_dir(), config.artifacts_dir(), config.logs_dir()] {
+        for path in [config.sidecars_dir(), config.artifacts_dir(), config.logs_dir(), config.run_dir()] {
             std::fs::create_dir_all(&path).map_err(|error| SupervisorError::DataDir { path, error })?;
         }
         let cache =
@@ -198,8 +205,28 @@ impl Supervisor {
 }
 
 /// Re-adopts the process of `record` if it is still the very process that was recorded.
-fn adopt(shared: &Arc<Shared>, record: Record) -> Option<ActorHandle> {
+///
+/// An agent that died in the middle of a hot upgrade left two processes: the old one, and
+/// the new one not yet known to be ready. The old one is kept and the new one killed (the
+/// upgrade starts over); if the old one is gone, the new one is adopted in its place.
+fn adopt(shared: &Arc<Shared>, mut record: Record) -> Option<ActorHandle> {
     let name = record.name.clone();
+    if let Some(successor) = record.successor.take() {
+        let main_alive = procfs::is_same_live_process(record.pid, record.start_time_ticks);
+        let successor_alive = procfs::is_same_live_process(successor.pid, successor.start_time_ticks);
+        if successor_alive && main_alive {
+            tracing::warn!(sidecar = %name, pid = successor.pid, version = %successor.desired.version,
+                "an earlier agent died during a hot upgrade; killing the unconfirmed new process");
+            kill_verified(successor.pid, successor.start_time_ticks);
+        } else if successor_alive {
+            tracing::warn!(sidecar = %name, pid = successor.pid, version = %successor.desired.version,
+                "an earlier agent died during a hot upgrade and the old process is gone; adopting the new one");
+            record.pid = successor.pid;
+            record.start_time_ticks = successor.start_time_ticks;
+            record.version = successor.desired.version.clone();
+            record.desired = successor.desired;
+        }
+    }
     if outrider_model::validate_name("name", &name).is_err() || record.desired.name != name {
         tracing::warn!(sidecar = %name, "sidecar record with an invalid name; dropping it");
         shared.records.remove_now(&name);
@@ -217,6 +244,25 @@ fn adopt(shared: &Arc<Shared>, record: Record) -> Option<ActorHandle> {
     let group_leader = stat.is_ok_and(|s| u32::try_from(s.pgrp).ok() == Some(record.pid));
     tracing::info!(sidecar = %name, version = %record.version, pid = record.pid, "re-adopted running sidecar");
     Some(actor::spawn_adopted(shared.clone(), record, group_leader))
+}
+
+/// SIGKILLs `pid` (its group too if it leads one) if it is still the process that started
+/// at `start_time`.
+fn kill_verified(pid: u32, start_time: u64) {
+    use nix::sys::signal::{Signal, kill, killpg};
+    let Ok(stat) = procfs::read_stat(pid) else { return };
+    let Some(target) = i32::try_from(pid).ok().filter(|p| *p > 0).map(nix::unistd::Pid::from_raw) else { return };
+    if stat.start_time != start_time {
+        return;
+    }
+    let result = if u32::try_from(stat.pgrp).ok() == Some(pid) {
+        killpg(target, Signal::SIGKILL)
+    } else {
+        kill(target, Signal::SIGKILL)
+    };
+    if let Err(e) = result {
+        tracing::warn!(pid, error = %e, "could not kill the unconfirmed process");
+    }
 }
 
 impl Runtime for Supervisor {

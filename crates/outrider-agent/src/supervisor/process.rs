@@ -9,10 +9,13 @@ use std::{
     collections::BTreeMap,
     fs::OpenOptions,
     io::{self, Write},
+    os::fd::{OwnedFd, RawFd},
     path::Path,
     process::Stdio,
     time::Duration,
 };
+
+use command_fds::{CommandFdExt, FdMapping};
 
 use nix::{
     errno::Errno,
@@ -56,6 +59,10 @@ pub(super) struct SpawnSpec<'a> {
     pub env: &'a BTreeMap<String, String>,
     /// The `OUTRIDER_*` variables, applied last.
     pub outrider_env: [(&'static str, &'a str); 4],
+    /// Variables of the upgrade machinery (`LISTEN_FDS`, `NOTIFY_SOCKET`, …), applied last.
+    pub lifecycle_env: Vec<(&'static str, String)>,
+    /// Descriptors the child gets at the given numbers (agent-owned sockets at 3, 4, …).
+    pub fds: Vec<(RawFd, OwnedFd)>,
     /// File that receives stdout and stderr (appended).
     pub log_path: &'a Path,
     /// A line written to the log before the process starts.
@@ -67,7 +74,7 @@ pub(super) struct SpawnSpec<'a> {
 /// not a pipe, so the sidecar survives the agent), the agent's environment without
 /// `OUTRIDER_TOKEN` plus the version's and the `OUTRIDER_*` variables, and not killed when the
 /// handle is dropped.
-pub(super) fn command(spec: &SpawnSpec<'_>) -> io::Result<Command> {
+pub(super) fn command(spec: SpawnSpec<'_>) -> io::Result<Command> {
     let (program, args) =
         spec.argv.split_first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
     let mut log = OpenOptions::new().create(true).append(true).open(spec.log_path)?;
@@ -77,11 +84,16 @@ pub(super) fn command(spec: &SpawnSpec<'_>) -> io::Result<Command> {
         .env_remove(super::TOKEN_ENV)
         .envs(spec.env)
         .envs(spec.outrider_env)
+        .envs(spec.lifecycle_env)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .process_group(0)
         .kill_on_drop(false);
+    if !spec.fds.is_empty() {
+        let mappings = spec.fds.into_iter().map(|(child_fd, parent_fd)| FdMapping { parent_fd, child_fd }).collect();
+        cmd.fd_mappings(mappings).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    }
     Ok(cmd)
 }
 
@@ -91,13 +103,14 @@ pub(super) fn command(spec: &SpawnSpec<'_>) -> io::Result<Command> {
 /// `ETXTBSY` is retried a few times: while another thread of the agent forks a child, that
 /// child briefly inherits any file descriptor open at that moment, including the write end
 /// of an artifact being fetched, and exec of that artifact fails until the fork has exec'd.
-pub(super) async fn spawn(spec: &SpawnSpec<'_>) -> io::Result<(Process, u64)> {
+pub(super) async fn spawn(spec: SpawnSpec<'_>) -> io::Result<(Process, u64)> {
+    let program = spec.argv.first().cloned();
     let mut cmd = command(spec)?;
     let mut delay = Duration::from_millis(5);
     let child = loop {
         match cmd.spawn() {
             Err(e) if e.raw_os_error() == Some(Errno::ETXTBSY as i32) && delay < Duration::from_millis(500) => {
-                tracing::debug!(program = ?spec.argv.first(), "executable busy; retrying");
+                tracing::debug!(?program, "executable busy; retrying");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
             }
@@ -182,6 +195,37 @@ impl Process {
         }
     }
 
+    /// Sends `signal` to the process alone, not its group (a signal-reload sidecar's new
+    /// generation is its child, in its group). Same checks as [`Self::signal`].
+    pub(super) fn signal_alone(&self, signal: Signal) {
+        let live = match self {
+            Self::Child { child, exit, .. } => exit.is_none() && child.id().is_some(),
+            Self::Adopted { pid, start_time, .. } => procfs::read_stat(*pid).is_ok_and(|s| s.start_time == *start_time),
+        };
+        if !live {
+            return;
+        }
+        if let Some(Err(e)) = nix_pid(self.pid()).map(|p| kill(p, signal))
+            && e != Errno::ESRCH
+        {
+            tracing::warn!(pid = self.pid(), %signal, error = %e, "could not signal sidecar");
+        }
+    }
+
+    /// Stops the process alone with `stop`, up to `drain` for it to end, then SIGKILL to it
+    /// alone. Whatever else is in its group is left running.
+    pub(super) async fn terminate_alone(&mut self, stop: Signal, drain: Duration) -> String {
+        self.signal_alone(stop);
+        match tokio::time::timeout(drain, self.wait()).await {
+            Ok(how) => how,
+            Err(_) => {
+                tracing::warn!(pid = self.pid(), ?drain, "sidecar still running after its drain time; sending SIGKILL");
+                self.signal_alone(Signal::SIGKILL);
+                format!("{}; SIGKILL after drain time {drain:?}", self.wait().await)
+            }
+        }
+    }
+
     /// After the leader of a spawned process group was reaped: kills whatever it left
     /// behind in its group (a shell's background jobs, say). The group id cannot have been
     /// reused while members remain, and the kernel hands out pids cyclically, so this only
@@ -234,6 +278,8 @@ mod tests {
                 ("OUTRIDER_SIDECAR", "mesh"),
                 ("OUTRIDER_VERSION", "1.0.0"),
             ],
+            lifecycle_env: Vec::new(),
+            fds: Vec::new(),
             log_path: log,
             banner: "--- starting".into(),
         }
@@ -245,7 +291,7 @@ mod tests {
         let argv = vec!["/bin/sh".to_owned(), "-c".to_owned(), "true".to_owned()];
         let env = BTreeMap::from([("A".to_owned(), "1".to_owned())]);
         let log = dir.path().join("x.log");
-        let cmd = command(&spec(&argv, &env, &log)).unwrap();
+        let cmd = command(spec(&argv, &env, &log)).unwrap();
         let envs: BTreeMap<_, _> = cmd
             .as_std()
             .get_envs()
@@ -256,7 +302,7 @@ mod tests {
         assert_eq!(envs.get("OUTRIDER_SIDECAR"), Some(&Some("mesh".into())));
         assert_eq!(envs.get("OUTRIDER_VERSION"), Some(&Some("1.0.0".into())));
         assert!(std::fs::read_to_string(&log).unwrap().starts_with("--- starting"));
-        assert!(command(&spec(&[], &env, &log)).is_err());
+        assert!(command(spec(&[], &env, &log)).is_err());
     }
 
     #[tokio::test]
@@ -266,7 +312,7 @@ mod tests {
         let argv = vec!["/bin/sh".to_owned(), "-c".to_owned(), "echo run".to_owned()];
         let env = BTreeMap::new();
         let log = dir.path().join("x.log");
-        let mut cmd = command(&spec(&argv, &env, &log)).unwrap();
+        let mut cmd = command(spec(&argv, &env, &log)).unwrap();
         for _ in 0..2 {
             assert!(cmd.spawn().unwrap().wait().await.unwrap().success());
         }
@@ -279,7 +325,7 @@ mod tests {
         let argv = vec!["/bin/sh".to_owned(), "-c".to_owned(), "echo out; echo err >&2; exit 3".to_owned()];
         let env = BTreeMap::new();
         let log = dir.path().join("x.log");
-        let (mut p, start_time) = spawn(&spec(&argv, &env, &log)).await.unwrap();
+        let (mut p, start_time) = spawn(spec(&argv, &env, &log)).await.unwrap();
         assert!(start_time > 0);
         let how = p.wait().await;
         assert!(how.contains('3'), "{how}");
@@ -295,7 +341,7 @@ mod tests {
         let argv = vec!["/bin/sh".to_owned(), "-c".to_owned(), "trap '' TERM; while :; do sleep 0.05; done".to_owned()];
         let env = BTreeMap::new();
         let log = dir.path().join("x.log");
-        let (mut p, _) = spawn(&spec(&argv, &env, &log)).await.unwrap();
+        let (mut p, _) = spawn(spec(&argv, &env, &log)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         let started = tokio::time::Instant::now();
         let how = p.terminate(Duration::from_millis(300)).await;

@@ -31,6 +31,20 @@ pub(super) struct Record {
     pub exits: u32,
     /// What the process was started from.
     pub desired: DesiredSidecar,
+    /// A new generation started beside this one by a hot upgrade still in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub successor: Option<Successor>,
+}
+
+/// The new process of a hot upgrade in progress.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct Successor {
+    /// Process id.
+    pub pid: u32,
+    /// Start time in clock ticks after boot.
+    pub start_time_ticks: u64,
+    /// What it was started from.
+    pub desired: DesiredSidecar,
 }
 
 /// The `sidecars/` directory.
@@ -140,6 +154,7 @@ mod tests {
                 notify_ready: false,
                 warm: None,
             },
+            successor: None,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
-use outrider_model::{DesiredSidecar, InstanceLabels, PlaceholderContext, Probe, ProbeCheck, expand};
+use outrider_model::{Action, DesiredSidecar, InstanceLabels, PlaceholderContext, Probe, ProbeCheck, expand};
 
 /// A desired sidecar with every placeholder expanded.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,6 +16,17 @@ pub(super) struct Resolved {
     pub startup: Option<ResolvedProbe>,
     /// Liveness check.
     pub liveness: Option<ResolvedProbe>,
+    /// Agent-owned sockets: `(name, address)`.
+    pub sockets: Vec<(String, String)>,
+}
+
+/// A warm-upgrade action with its placeholders expanded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum ResolvedAction {
+    /// Call this URL with this method.
+    Http { method: String, url: String },
+    /// Run this command.
+    Exec(Vec<String>),
 }
 
 /// A probe with its target expanded.
@@ -88,7 +99,20 @@ pub(super) fn resolve(who: &Identity<'_>, d: &DesiredSidecar, artifact: &Path) -
     };
     let startup = d.startup_probe.as_ref().map(|p| probe("startup_probe", p)).transpose()?;
     let liveness = d.liveness_probe.as_ref().map(|p| probe("liveness_probe", p)).transpose()?;
-    Ok(Resolved { argv, env, startup, liveness })
+    let sockets =
+        d.sockets.iter().map(|s| Ok((s.name.clone(), x("sockets.listen", &s.listen)?))).collect::<Result<_, String>>()?;
+    Ok(Resolved { argv, env, startup, liveness, sockets })
+}
+
+/// Expands the placeholders of a warm-upgrade action (`${artifact}` is not available there).
+pub(super) fn resolve_action(who: &Identity<'_>, field: &str, a: &Action) -> Result<ResolvedAction, String> {
+    let ctx = PlaceholderContext { instance: who.instance, service: who.service, labels: who.labels, artifact: "" };
+    let x = |s: &str| expand(s, &ctx).map_err(|e| format!("cannot expand {field}: {e}"));
+    match (&a.http, &a.exec) {
+        (Some(url), None) => Ok(ResolvedAction::Http { method: a.method.clone(), url: x(url)? }),
+        (None, Some(cmd)) if !cmd.is_empty() => Ok(ResolvedAction::Exec(cmd.iter().map(|s| x(s)).collect::<Result<_, _>>()?)),
+        _ => Err(format!("{field} must set exactly one of http, exec")),
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
@@ -346,7 +348,12 @@ impl Fleet {
 
     /// Creates the demo sidecar, the given versions and the service `checkout`.
     pub async fn create_catalog(&self, versions: &[Value]) {
-        self.api_ok(Method::POST, "/sidecars", Some(demo_sidecar_body())).await;
+        self.create_catalog_with(demo_sidecar_body(), versions).await;
+    }
+
+    /// Like [`Self::create_catalog`] with another body for the demo sidecar.
+    pub async fn create_catalog_with(&self, sidecar: Value, versions: &[Value]) {
+        self.api_ok(Method::POST, "/sidecars", Some(sidecar)).await;
         for v in versions {
             self.api_ok(Method::POST, "/sidecars/demo/versions", Some(v.clone())).await;
         }
@@ -355,12 +362,13 @@ impl Fleet {
 
     /// Binds service `checkout` to demo `version` (restart mode).
     pub async fn bind(&self, version: &str) {
+        self.bind_mode(version, "restart").await;
+    }
+
+    /// Binds service `checkout` to demo `version` with upgrade `mode`.
+    pub async fn bind_mode(&self, version: &str, mode: &str) {
         let b = self
-            .api_ok(
-                Method::PUT,
-                "/services/checkout/sidecars/demo",
-                Some(json!({"version": version, "mode": "restart"})),
-            )
+            .api_ok(Method::PUT, "/services/checkout/sidecars/demo", Some(json!({"version": version, "mode": mode})))
             .await;
         assert_eq!(b["version"], version, "{b}");
     }

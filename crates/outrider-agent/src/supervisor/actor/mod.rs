@@ -27,11 +27,18 @@ use tokio::{
     time::{Instant, sleep_until},
 };
 
+mod hot;
+mod warm;
+
+use outrider_model::UpgradeMode;
+
 use super::{
     Shared,
+    notify::NotifySocket,
     process::{self, Process, SpawnSpec},
-    record::Record,
+    record::{Record, Successor},
     resolve::{Identity, Resolved, ResolvedProbe, resolve},
+    sockets::SocketSet,
 };
 
 /// What the actor is told to converge to. `seq` grows with every change, so that
@@ -91,18 +98,18 @@ impl ActorHandle {
 /// Starts an actor for a newly desired sidecar.
 pub(super) fn spawn(shared: Arc<Shared>, desired: DesiredSidecar) -> ActorHandle {
     let name = desired.name.clone();
-    Actor::launch(shared, name, desired, None, 0, 0)
+    Actor::launch(shared, name, desired, None, SocketSet::default(), 0, 0)
 }
 
 /// Starts an actor that watches an already running process (re-adopted from an earlier agent
 /// process). Until told otherwise, it keeps it running as recorded.
 pub(super) fn spawn_adopted(shared: Arc<Shared>, record: Record, group_leader: bool) -> ActorHandle {
     let artifact_path = shared.cache.path_for(&record.desired.artifact.sha256);
-    let liveness = match resolve(&identity(&shared), &record.desired, &artifact_path) {
-        Ok(r) => r.liveness,
+    let (liveness, sockets) = match resolve(&identity(&shared), &record.desired, &artifact_path) {
+        Ok(r) => (r.liveness, recover_sockets(&record, &r.sockets)),
         Err(e) => {
             tracing::warn!(sidecar = %record.name, error = %e, "cannot expand the adopted sidecar's probes; no liveness checks");
-            None
+            (None, SocketSet::default())
         }
     };
     let now = Instant::now();
@@ -114,6 +121,7 @@ pub(super) fn spawn_adopted(shared: Arc<Shared>, record: Record, group_leader: b
     };
     let current = Current {
         process,
+        start_time: record.start_time_ticks,
         desired: record.desired.clone(),
         artifact_path,
         spawned_at: now,
@@ -123,6 +131,8 @@ pub(super) fn spawn_adopted(shared: Arc<Shared>, record: Record, group_leader: b
         next_probe_at: now + liveness.as_ref().map_or(Duration::ZERO, |l| l.period),
         liveness,
         liveness_failures: 0,
+        notify: None,
+        ready_deadline: now,
     };
     shared.board.update(&record.name, |s| {
         s.version.clone_from(&record.version);
@@ -132,7 +142,25 @@ pub(super) fn spawn_adopted(shared: Arc<Shared>, record: Record, group_leader: b
         s.exits = record.exits;
         s.error = None;
     });
-    Actor::launch(shared, record.name, record.desired, Some(current), record.restarts, record.exits)
+    Actor::launch(shared, record.name, record.desired, Some(current), sockets, record.restarts, record.exits)
+}
+
+/// Takes the agent-owned sockets back from an adopted process (see [`super::sockets`]).
+fn recover_sockets(record: &Record, wanted: &[(String, String)]) -> SocketSet {
+    if wanted.is_empty() {
+        return SocketSet::default();
+    }
+    match SocketSet::recover(record.pid, wanted) {
+        Ok(set) => {
+            tracing::info!(sidecar = %record.name, pid = record.pid, "took the agent-owned sockets back from the running sidecar");
+            set
+        }
+        Err(e) => {
+            tracing::warn!(sidecar = %record.name, pid = record.pid, error = %e,
+                "cannot take the agent-owned sockets back; the next upgrade of this sidecar stops the old process first");
+            SocketSet::default()
+        }
+    }
 }
 
 fn identity(shared: &Shared) -> Identity<'_> {
@@ -163,6 +191,8 @@ fn on_changed(r: Result<(), watch::error::RecvError>) -> Flow {
 /// The process the actor runs now.
 struct Current {
     process: Process,
+    /// Its start time in clock ticks (for the record).
+    start_time: u64,
     /// What it was started from.
     desired: DesiredSidecar,
     artifact_path: PathBuf,
@@ -175,7 +205,66 @@ struct Current {
     liveness: Option<ResolvedProbe>,
     next_probe_at: Instant,
     liveness_failures: u32,
+    /// This generation's `NOTIFY_SOCKET` while its `READY=1` is awaited.
+    notify: Option<NotifySocket>,
+    /// Until when it may take to become ready.
+    ready_deadline: Instant,
 }
+
+/// How waiting for a new process to become ready ended.
+enum Readiness {
+    Ready,
+    Exited(String),
+    /// Not ready in time, or the readiness channel broke: the message says which.
+    Failed(String),
+}
+
+impl Current {
+    /// Waits until the process is ready: `READY=1` on its notify socket (if it has one), then
+    /// its startup probe (if any), both before `ready_deadline`. Cancel-safe: progress is
+    /// kept in `self`, so a later call goes on where this one stopped.
+    async fn readiness(&mut self) -> Readiness {
+        let Self { process, notify, startup, next_probe_at, ready_deadline, .. } = self;
+        let deadline = *ready_deadline;
+        if let Some(n) = notify.as_ref() {
+            let waited = HumanDuration(deadline.saturating_duration_since(Instant::now()));
+            tokio::select! {
+                how = process.wait() => return Readiness::Exited(how),
+                r = n.ready() => match r {
+                    Ok(()) => *notify = None,
+                    Err(e) => return Readiness::Failed(format!("cannot read NOTIFY_SOCKET: {e}")),
+                },
+                () = sleep_until(deadline) => {
+                    return Readiness::Failed(format!("no READY=1 on NOTIFY_SOCKET within the startup deadline ({waited} left when waiting began)"));
+                }
+            }
+        }
+        let Some(probe) = startup.as_ref() else { return Readiness::Ready };
+        loop {
+            let result = tokio::select! {
+                how = process.wait() => return Readiness::Exited(how),
+                r = run_probe(Some(probe), *next_probe_at) => r,
+            };
+            let now = Instant::now();
+            match result {
+                Ok(()) => return Readiness::Ready,
+                Err(e) if now >= deadline => {
+                    return Readiness::Failed(format!(
+                        "startup probe did not pass within {}: {e}",
+                        HumanDuration(probe.deadline)
+                    ));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "startup probe not passed yet");
+                    *next_probe_at = (now + probe.period).min(deadline);
+                }
+            }
+        }
+    }
+}
+
+/// Time a process with `READY=1` notification but no startup probe has to become ready.
+const DEFAULT_READY_DEADLINE: Duration = Duration::from_secs(30);
 
 /// A version ready to be spawned: artifact in hand, placeholders expanded.
 struct Prepared {
@@ -183,9 +272,13 @@ struct Prepared {
     resolved: Resolved,
 }
 
+/// Fetches the artifact of `d` and expands its placeholders. `${artifact}` is the cached
+/// file, or for a signal-reload sidecar the stable link that is switched to it.
 async fn prepare(shared: &Shared, d: &DesiredSidecar) -> Result<Prepared, String> {
     let artifact_path = shared.cache.fetch(&d.artifact).await.map_err(|e| e.to_string())?;
-    let resolved = resolve(&identity(shared), d, &artifact_path)?;
+    let who = identity(shared);
+    let exe = hot::SignalFiles::of(&shared.config, &who, d).map_or_else(|| artifact_path.clone(), |f| f.link);
+    let resolved = resolve(&who, d, &exe)?;
     Ok(Prepared { artifact_path, resolved })
 }
 
@@ -230,6 +323,8 @@ struct Actor {
     restart_pending: bool,
     restarts: u32,
     exits: u32,
+    /// The agent-owned sockets of this sidecar.
+    sockets: SocketSet,
 }
 
 impl Actor {
@@ -238,6 +333,7 @@ impl Actor {
         name: String,
         desired: DesiredSidecar,
         current: Option<Current>,
+        sockets: SocketSet,
         restarts: u32,
         exits: u32,
     ) -> ActorHandle {
@@ -256,6 +352,7 @@ impl Actor {
             restart_pending: false,
             restarts,
             exits,
+            sockets,
         };
         let task = tokio::spawn(actor.run());
         ActorHandle { name, tx, settled, task }
@@ -389,8 +486,44 @@ impl Actor {
     }
 
     async fn spawn_process(&mut self, d: DesiredSidecar, p: Prepared) -> Flow {
+        match self.launch_generation(&d, p).await {
+            Ok(cur) => self.install(cur).await,
+            Err(msg) => self.fail(&d, msg),
+        }
+        Flow::Continue
+    }
+
+    /// Starts a process of `d`: its agent-owned sockets at fds 3…, a fresh `NOTIFY_SOCKET`
+    /// when it notifies readiness, the handover and pid-file variables of its handover kind.
+    /// The process is returned, not yet installed as the current one.
+    async fn launch_generation(&mut self, d: &DesiredSidecar, p: Prepared) -> Result<Current, String> {
         let shared = self.shared.clone();
         let config = &shared.config;
+        self.sockets.bind(&p.resolved.sockets)?;
+        let notify = if d.notify_ready {
+            Some(
+                NotifySocket::bind(&config.run_dir(), &self.name)
+                    .map_err(|e| format!("cannot create the NOTIFY_SOCKET: {e}"))?,
+            )
+        } else {
+            None
+        };
+        let mut lifecycle_env = self.sockets.env();
+        if let Some(n) = &notify {
+            lifecycle_env.push(("NOTIFY_SOCKET", n.path().display().to_string()));
+        }
+        let who = identity(&shared);
+        lifecycle_env.extend(hot::handover_env(config, &who, d));
+        if let Some(files) = hot::SignalFiles::of(config, &who, d) {
+            files.install(&p.artifact_path, &d.version).map_err(|e| format!("cannot set up the executable link: {e}"))?;
+        }
+        let mut fds = Vec::new();
+        for (child_fd, listener) in self.sockets.fd_table() {
+            let dup = std::os::fd::AsFd::as_fd(listener)
+                .try_clone_to_owned()
+                .map_err(|e| format!("cannot duplicate a listening socket: {e}"))?;
+            fds.push((child_fd, dup));
+        }
         let log_path = config.logs_dir().join(format!("{}.log", self.name));
         let now_text =
             time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
@@ -403,49 +536,22 @@ impl Actor {
                 ("OUTRIDER_SIDECAR", &self.name),
                 ("OUTRIDER_VERSION", &d.version),
             ],
+            lifecycle_env,
+            fds,
             log_path: &log_path,
             banner: format!("--- outrider {now_text}: starting {} version {}", self.name, d.version),
         };
-        let (process, start_time) = match process::spawn(&spec).await {
-            Ok(started) => started,
-            Err(e) => {
-                let msg = format!("cannot start {:?}: {e}", p.resolved.argv[0]);
-                self.fail(&d, msg);
-                return Flow::Continue;
-            }
-        };
-        if std::mem::take(&mut self.restart_pending) {
-            self.restarts = self.restarts.saturating_add(1);
-        }
-        let pid = process.pid();
-        let record = Record {
-            name: self.name.clone(),
-            version: d.version.clone(),
-            pid,
-            start_time_ticks: start_time,
-            restarts: self.restarts,
-            exits: self.exits,
-            desired: d.clone(),
-        };
-        if let Err(e) = shared.records.save(&record).await {
-            tracing::warn!(sidecar = %self.name, error = %e, "cannot persist the sidecar record; a restarted agent will not re-adopt it");
-        }
+        let (process, start_time) =
+            process::spawn(spec).await.map_err(|e| format!("cannot start {:?}: {e}", p.resolved.argv[0]))?;
         let now = Instant::now();
-        let ready = p.resolved.startup.is_none();
+        let ready = p.resolved.startup.is_none() && notify.is_none();
+        let ready_deadline = now + p.resolved.startup.as_ref().map_or(DEFAULT_READY_DEADLINE, |s| s.deadline);
         let liveness_period = p.resolved.liveness.as_ref().map_or(Duration::ZERO, |l| l.period);
-        let state = self.running_state(ready);
-        let (restarts, exits) = (self.restarts, self.exits);
-        self.update(|s| {
-            s.version.clone_from(&d.version);
-            s.state = state;
-            s.pid = Some(pid);
-            s.restarts = restarts;
-            s.exits = exits;
-        });
-        tracing::info!(sidecar = %self.name, version = %d.version, pid, "sidecar started");
-        self.current = Some(Current {
+        tracing::info!(sidecar = %self.name, version = %d.version, pid = process.pid(), "sidecar started");
+        Ok(Current {
             process,
-            desired: d,
+            start_time,
+            desired: d.clone(),
             artifact_path: p.artifact_path,
             spawned_at: now,
             ready,
@@ -454,8 +560,50 @@ impl Actor {
             liveness: p.resolved.liveness,
             next_probe_at: if ready { now + liveness_period } else { now },
             liveness_failures: 0,
+            notify,
+            ready_deadline,
+        })
+    }
+
+    /// Makes `cur` the current process: records it for re-adoption and reports it.
+    async fn install(&mut self, cur: Current) {
+        if std::mem::take(&mut self.restart_pending) {
+            self.restarts = self.restarts.saturating_add(1);
+        }
+        self.save_record(&cur, None).await;
+        let pid = cur.process.pid();
+        let state = self.running_state(cur.ready);
+        let (restarts, exits) = (self.restarts, self.exits);
+        let version = cur.desired.version.clone();
+        self.update(|s| {
+            s.version = version;
+            s.state = state;
+            s.pid = Some(pid);
+            s.restarts = restarts;
+            s.exits = exits;
         });
-        Flow::Continue
+        self.current = Some(cur);
+    }
+
+    /// Persists the record of `cur` (and of a new generation starting beside it).
+    async fn save_record(&self, cur: &Current, successor: Option<&Current>) {
+        let record = Record {
+            name: self.name.clone(),
+            version: cur.desired.version.clone(),
+            pid: cur.process.pid(),
+            start_time_ticks: cur.start_time,
+            restarts: self.restarts,
+            exits: self.exits,
+            desired: cur.desired.clone(),
+            successor: successor.map(|n| Successor {
+                pid: n.process.pid(),
+                start_time_ticks: n.start_time,
+                desired: n.desired.clone(),
+            }),
+        };
+        if let Err(e) = self.shared.records.save(&record).await {
+            tracing::warn!(sidecar = %self.name, error = %e, "cannot persist the sidecar record; a restarted agent will not re-adopt it");
+        }
     }
 
     /// A process runs but `d` wants another one. All upgrade modes restart for now: get the
@@ -480,25 +628,47 @@ impl Actor {
                 return Flow::Continue;
             }
             Ok(Err(msg)) => {
-                self.upgrade_failures = self.upgrade_failures.saturating_add(1);
-                let delay = self.shared.config.backoff.delay(self.upgrade_failures - 1);
-                self.retry_at = Some(Instant::now() + delay);
-                tracing::warn!(sidecar = %self.name, version = %d.version, error = %msg, retry_in = ?delay,
-                    "cannot upgrade sidecar; the running version keeps running");
-                self.update(|s| s.error = Some(msg));
+                self.upgrade_failed(&d, msg);
                 return Flow::Continue;
             }
             Ok(Ok(p)) => p,
         };
+        match d.mode {
+            UpgradeMode::Hot => self.hot_upgrade(d, prepared).await,
+            UpgradeMode::Warm => self.warm_upgrade(d, prepared).await,
+            UpgradeMode::Restart | UpgradeMode::OnDeploy => self.restart_upgrade(d, prepared).await,
+        }
+    }
+
+    /// The upgrade to `d` did not happen and the running version keeps running: report it
+    /// and retry after a backoff.
+    fn upgrade_failed(&mut self, d: &DesiredSidecar, msg: String) {
+        self.upgrade_failures = self.upgrade_failures.saturating_add(1);
+        let delay = self.shared.config.backoff.delay(self.upgrade_failures - 1);
+        self.retry_at = Some(Instant::now() + delay);
+        tracing::warn!(sidecar = %self.name, version = %d.version, error = %msg, retry_in = ?delay,
+            "cannot upgrade sidecar; the running version keeps running");
+        let running = self.current.as_ref().map(|c| (c.desired.version.clone(), c.process.pid(), c.ready));
+        let state = self.running_state(running.as_ref().is_none_or(|r| r.2));
+        self.update(|s| {
+            if let Some((version, pid, _)) = running {
+                s.version = version;
+                s.pid = Some(pid);
+                s.state = state;
+            }
+            s.error = Some(msg);
+        });
+    }
+
+    /// Restart mode: stop the old process (SIGTERM, drain time, SIGKILL), then start `d`.
+    async fn restart_upgrade(&mut self, d: DesiredSidecar, prepared: Prepared) -> Flow {
         let Some(mut old) = self.current.take() else { return Flow::Continue };
         tracing::info!(sidecar = %self.name, from = %old.desired.version, to = %d.version, mode = %d.mode, pid = old.process.pid(),
             "upgrading sidecar (stop, then start)");
         self.update(|s| s.state = SidecarState::Upgrading);
         let how = old.process.terminate(old.desired.drain_time.0).await;
         tracing::info!(sidecar = %self.name, version = %old.desired.version, %how, "old version stopped");
-        if let Err(e) = shared.records.remove(&self.name).await {
-            tracing::warn!(sidecar = %self.name, error = %e, "cannot delete the sidecar record");
-        }
+        self.remove_record().await;
         self.failures = 0;
         self.upgrade_failures = 0;
         self.restart_pending = false;
@@ -511,7 +681,19 @@ impl Actor {
         let stable_after = self.shared.config.stable_after;
         loop {
             let Some(cur) = self.current.as_mut() else { return Flow::Continue };
-            let probe = if cur.ready { cur.liveness.as_ref() } else { cur.startup.as_ref() };
+            if !cur.ready {
+                let readiness = tokio::select! {
+                    biased;
+                    r = self.rx.changed() => return on_changed(r),
+                    r = cur.readiness() => r,
+                    () = sleep_until_opt(wake_at), if wake_at.is_some() => return Flow::Continue,
+                };
+                if let Some(flow) = self.on_readiness(readiness).await {
+                    return flow;
+                }
+                continue;
+            }
+            let probe = cur.liveness.as_ref();
             let probe_at = cur.next_probe_at;
             let stable_at = (cur.ready && !cur.stable).then(|| cur.spawned_at + stable_after);
             let event = tokio::select! {
@@ -554,38 +736,39 @@ impl Actor {
         });
     }
 
+    /// Acts on the end of the current process's wait for readiness; `Some` when the process
+    /// is gone and the caller must return.
+    async fn on_readiness(&mut self, readiness: Readiness) -> Option<Flow> {
+        match readiness {
+            Readiness::Ready => {
+                let cur = self.current.as_mut()?;
+                cur.ready = true;
+                cur.next_probe_at = Instant::now() + cur.liveness.as_ref().map_or(Duration::ZERO, |l| l.period);
+                tracing::info!(sidecar = %self.name, version = %cur.desired.version, "sidecar is ready");
+                let state = self.running_state(true);
+                self.update(|s| s.state = state);
+                None
+            }
+            Readiness::Exited(how) => {
+                self.on_exit(how).await;
+                Some(Flow::Continue)
+            }
+            Readiness::Failed(msg) => {
+                let mut cur = self.current.take()?;
+                let how = cur.process.kill().await;
+                tracing::warn!(sidecar = %self.name, version = %cur.desired.version, %how, error = %msg, "sidecar did not become ready; killed");
+                self.remove_record().await;
+                self.restart_pending = true;
+                self.fail(&cur.desired, msg);
+                Some(Flow::Continue)
+            }
+        }
+    }
+
     /// Acts on one probe result; `Some` when the process is gone and the caller must return.
     async fn on_probe(&mut self, res: Result<(), String>) -> Option<Flow> {
         let now = Instant::now();
         let cur = self.current.as_mut()?;
-        if !cur.ready {
-            let startup = cur.startup.as_ref()?;
-            let deadline_at = cur.spawned_at + startup.deadline;
-            match res {
-                Ok(()) => {
-                    cur.ready = true;
-                    cur.next_probe_at = now + cur.liveness.as_ref().map_or(Duration::ZERO, |l| l.period);
-                    tracing::info!(sidecar = %self.name, version = %cur.desired.version, "sidecar passed its startup probe");
-                    let state = self.running_state(true);
-                    self.update(|s| s.state = state);
-                }
-                Err(e) if now >= deadline_at => {
-                    let deadline = HumanDuration(startup.deadline);
-                    let mut cur = self.current.take()?;
-                    let how = cur.process.kill().await;
-                    tracing::warn!(sidecar = %self.name, version = %cur.desired.version, %how, "startup probe did not pass in time; killed");
-                    self.remove_record().await;
-                    self.restart_pending = true;
-                    self.fail(&cur.desired, format!("startup probe did not pass within {deadline}: {e}"));
-                    return Some(Flow::Continue);
-                }
-                Err(e) => {
-                    tracing::debug!(sidecar = %self.name, error = %e, "startup probe not passed yet");
-                    cur.next_probe_at = (now + startup.period).min(deadline_at);
-                }
-            }
-            return None;
-        }
         let liveness = cur.liveness.as_ref()?;
         cur.next_probe_at = now + liveness.period;
         match res {
@@ -643,6 +826,7 @@ impl Actor {
             tracing::info!(sidecar = %self.name, %how, "sidecar stopped");
         }
         self.shared.board.remove(&self.name);
+        self.sockets.close();
         self.failures = 0;
         self.upgrade_failures = 0;
         self.retry_at = None;

@@ -1,0 +1,310 @@
+//! Hot upgrades: the new generation starts beside the old one, takes the listening sockets
+//! over (inherited agent-owned sockets, `SCM_RIGHTS` from the old generation, or the
+//! sidecar's own signal reload), and only once it is ready does the old one drain and exit.
+//! If the new generation never becomes ready it is killed and the old one keeps serving
+//! (automatic fallback); the upgrade is reported failed and retried after a backoff.
+
+use std::{
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use nix::sys::signal::Signal;
+use outrider_model::{DesiredSidecar, Handover, SidecarState};
+use tokio::time::Instant;
+
+use super::{Actor, Current, DEFAULT_READY_DEADLINE, Flow, Prepared, Readiness, identity, on_changed};
+use crate::{
+    procfs,
+    supervisor::{SupervisorConfig, process::Process, resolve::Identity},
+};
+
+/// How often the pid file of a signal-reload sidecar is read while its new generation starts.
+const PID_FILE_POLL: Duration = Duration::from_millis(20);
+
+/// The files of a signal-reload sidecar in the run dir.
+pub(super) struct SignalFiles {
+    /// Stable path of the executable (`${artifact}`): a symlink to the cached artifact.
+    pub link: PathBuf,
+    /// Where the sidecar writes its pid (`OUTRIDER_PID_FILE`).
+    pub pid_file: PathBuf,
+    /// Holds the version the next generation runs (`OUTRIDER_VERSION_FILE`).
+    pub version_file: PathBuf,
+}
+
+impl SignalFiles {
+    /// The files of `name`; `None` unless `d` uses the signal handover.
+    pub(super) fn of(config: &SupervisorConfig, who: &Identity<'_>, d: &DesiredSidecar) -> Option<Self> {
+        let Handover::Signal { pid_file, .. } = &d.handover else { return None };
+        let run = config.run_dir();
+        let pid_file = pid_file
+            .as_deref()
+            .and_then(|p| {
+                let ctx = outrider_model::PlaceholderContext {
+                    instance: who.instance,
+                    service: who.service,
+                    labels: who.labels,
+                    artifact: "",
+                };
+                outrider_model::expand(p, &ctx).ok()
+            })
+            .map_or_else(|| run.join(format!("{}.pid", d.name)), PathBuf::from);
+        Some(Self {
+            link: run.join(format!("{}.current", d.name)),
+            pid_file,
+            version_file: run.join(format!("{}.version", d.name)),
+        })
+    }
+
+    /// Points the stable link at `artifact` and records `version`, both atomically.
+    pub(super) fn install(&self, artifact: &Path, version: &str) -> std::io::Result<()> {
+        let tmp = self.link.with_extension("current.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(artifact, &tmp)?;
+        std::fs::rename(&tmp, &self.link)?;
+        crate::atomic_file::write_atomic(&self.version_file, version.as_bytes())
+    }
+
+    /// The pid the pid file holds, if it holds one.
+    fn read_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(&self.pid_file).ok()?.trim().parse().ok()
+    }
+}
+
+/// Variables of the handover kind of `d` for a new generation of sidecar `name`.
+pub(super) fn handover_env(
+    config: &SupervisorConfig,
+    who: &Identity<'_>,
+    d: &DesiredSidecar,
+) -> Vec<(&'static str, String)> {
+    match &d.handover {
+        Handover::ListenFds => Vec::new(),
+        Handover::ScmRights => vec![(
+            "OUTRIDER_HANDOVER_SOCKET",
+            config.run_dir().join(format!("{}.handover.sock", d.name)).display().to_string(),
+        )],
+        Handover::Signal { .. } => SignalFiles::of(config, who, d)
+            .map(|f| {
+                vec![
+                    ("OUTRIDER_PID_FILE", f.pid_file.display().to_string()),
+                    ("OUTRIDER_VERSION_FILE", f.version_file.display().to_string()),
+                ]
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// What ended the wait for the new generation.
+enum Step {
+    Changed(Result<(), tokio::sync::watch::error::RecvError>),
+    OldExited(String),
+    New(Readiness),
+}
+
+impl Actor {
+    /// Hot mode: see the [module docs](self).
+    pub(super) async fn hot_upgrade(&mut self, d: DesiredSidecar, p: Prepared) -> Flow {
+        if matches!(d.handover, Handover::Signal { .. }) {
+            return self.signal_upgrade(d, p).await;
+        }
+        if !p.resolved.sockets.is_empty() && !self.sockets.matches(&p.resolved.sockets) {
+            let why = if self.sockets.is_empty() {
+                "the agent does not hold the sidecar's sockets (it could not take them back after its restart)"
+            } else {
+                "the socket addresses changed"
+            };
+            tracing::warn!(sidecar = %self.name, version = %d.version, why, "cannot hand the sockets over; upgrading by restart instead");
+            return self.restart_upgrade(d, p).await;
+        }
+        let Some(old_version) = self.current.as_ref().map(|c| c.desired.version.clone()) else {
+            return Flow::Continue;
+        };
+        tracing::info!(sidecar = %self.name, from = %old_version, to = %d.version, handover = ?d.handover,
+            "hot upgrade: starting the new version beside the old one");
+        self.update(|s| s.state = SidecarState::Upgrading);
+        let new = match self.launch_generation(&d, p).await {
+            Ok(new) => new,
+            Err(msg) => {
+                self.upgrade_failed(&d, format!("hot upgrade to {}: {msg}; {old_version} keeps serving", d.version));
+                return Flow::Continue;
+            }
+        };
+        self.finish_hot(d, &old_version, new, None).await
+    }
+
+    /// Waits for `new` to become ready beside the current process, then retires the old
+    /// process with `stop` (`None`: SIGTERM to its process group) or falls back to it.
+    async fn finish_hot(
+        &mut self,
+        d: DesiredSidecar,
+        old_version: &str,
+        mut new: Current,
+        stop: Option<Signal>,
+    ) -> Flow {
+        if let Some(cur) = &self.current {
+            self.save_record(cur, Some(&new)).await;
+        }
+        let Some(old) = self.current.as_mut() else { return Flow::Continue };
+        let step = tokio::select! {
+            biased;
+            r = self.rx.changed() => Step::Changed(r),
+            how = old.process.wait() => Step::OldExited(how),
+            r = new.readiness() => Step::New(r),
+        };
+        let failure = match step {
+            Step::Changed(r) => {
+                // A new target: drop this attempt; the next pass starts from what runs.
+                self.abandon(&mut new, stop.is_some()).await;
+                tracing::info!(sidecar = %self.name, version = %d.version, "hot upgrade abandoned for a new target");
+                self.update(|s| s.state = SidecarState::Running);
+                return on_changed(r);
+            }
+            Step::OldExited(how) => {
+                tracing::warn!(sidecar = %self.name, version = %old_version, %how, "the old version exited during the hot upgrade");
+                if let Some(old) = self.current.take() {
+                    old.process.kill_leftovers();
+                }
+                self.exits = self.exits.saturating_add(1);
+                self.install(new).await;
+                return Flow::Continue;
+            }
+            Step::New(Readiness::Ready) => None,
+            Step::New(Readiness::Exited(how)) => Some(format!("the new process exited before it was ready ({how})")),
+            Step::New(Readiness::Failed(msg)) => Some(msg),
+        };
+        if let Some(msg) = failure {
+            self.abandon(&mut new, stop.is_some()).await;
+            self.upgrade_failed(&d, format!("hot upgrade to {} failed: {msg}; {old_version} keeps serving", d.version));
+            return Flow::Continue;
+        }
+        new.ready = true;
+        new.next_probe_at = Instant::now() + new.liveness.as_ref().map_or(Duration::ZERO, |l| l.period);
+        let Some(mut old) = self.current.take() else { return Flow::Continue };
+        tracing::info!(sidecar = %self.name, version = %d.version, pid = new.process.pid(), old_pid = old.process.pid(),
+            "hot upgrade: the new version is ready; the old one drains");
+        match stop {
+            None => old.process.signal(Signal::SIGTERM),
+            Some(s) => old.process.signal_alone(s),
+        }
+        self.failures = 0;
+        self.upgrade_failures = 0;
+        self.install(new).await;
+        let drain = old.desired.drain_time.0;
+        let how = match stop {
+            None => old.process.terminate(drain).await,
+            Some(s) => old.process.terminate_alone(s, drain).await,
+        };
+        tracing::info!(sidecar = %self.name, version = %old.desired.version, %how, "old version stopped");
+        Flow::Continue
+    }
+
+    /// Kills a new generation that will not take over, and records the old one alone again.
+    async fn abandon(&mut self, new: &mut Current, alone: bool) {
+        let how = if alone {
+            new.process.signal_alone(Signal::SIGKILL);
+            new.process.wait().await
+        } else {
+            new.process.kill().await
+        };
+        tracing::info!(sidecar = %self.name, version = %new.desired.version, %how, "new generation stopped");
+        if let Some(cur) = &self.current {
+            self.save_record(cur, None).await;
+        }
+    }
+
+    /// Hot mode for sidecars that upgrade themselves on a signal (nginx-style): swap the
+    /// executable behind the stable link, signal the running process, wait for a new pid in
+    /// the pid file, check it, then send the stop signal to the old process alone (the new
+    /// one is its child, in its process group).
+    async fn signal_upgrade(&mut self, d: DesiredSidecar, p: Prepared) -> Flow {
+        let Handover::Signal { signal, stop_signal, .. } = &d.handover else { return Flow::Continue };
+        let (reload, stop) = match (Signal::from_str(signal), Signal::from_str(stop_signal)) {
+            (Ok(r), Ok(s)) => (r, s),
+            _ => {
+                self.upgrade_failed(&d, format!("unknown signal {signal:?} or {stop_signal:?}"));
+                return Flow::Continue;
+            }
+        };
+        let shared = self.shared.clone();
+        let Some(files) = SignalFiles::of(&shared.config, &identity(&shared), &d) else { return Flow::Continue };
+        let Some((old_version, old_pid, old_artifact)) =
+            self.current.as_ref().map(|c| (c.desired.version.clone(), c.process.pid(), c.artifact_path.clone()))
+        else {
+            return Flow::Continue;
+        };
+        if let Err(e) = files.install(&p.artifact_path, &d.version) {
+            self.upgrade_failed(&d, format!("cannot switch the executable link: {e}"));
+            return Flow::Continue;
+        }
+        tracing::info!(sidecar = %self.name, from = %old_version, to = %d.version, pid = old_pid, %reload,
+            "hot upgrade: asking the sidecar to re-execute itself");
+        self.update(|s| s.state = SidecarState::Upgrading);
+        let deadline = Instant::now() + p.resolved.startup.as_ref().map_or(DEFAULT_READY_DEADLINE, |s| s.deadline);
+        if let Some(old) = &self.current {
+            old.process.signal_alone(reload);
+        }
+        let found = self.wait_for_new_pid(&files, old_pid, deadline).await;
+        let (pid, start_time) = match found {
+            Ok(found) => found,
+            Err(msg) => {
+                if let Err(e) = files.install(&old_artifact, &old_version) {
+                    tracing::warn!(sidecar = %self.name, error = %e, "cannot restore the executable link");
+                }
+                self.upgrade_failed(&d, format!("hot upgrade to {} failed: {msg}; {old_version} keeps serving", d.version));
+                return Flow::Continue;
+            }
+        };
+        let group_leader = procfs::read_stat(pid).is_ok_and(|s| u32::try_from(s.pgrp).ok() == Some(pid));
+        let now = Instant::now();
+        let ready = p.resolved.startup.is_none();
+        let new = Current {
+            process: Process::Adopted { pid, start_time, group_leader, poll: shared.config.adopted_poll_interval },
+            start_time,
+            desired: d.clone(),
+            artifact_path: p.artifact_path,
+            spawned_at: now,
+            ready,
+            stable: false,
+            startup: p.resolved.startup,
+            liveness: p.resolved.liveness,
+            next_probe_at: now,
+            liveness_failures: 0,
+            notify: None,
+            ready_deadline: deadline,
+        };
+        let flow = self.finish_hot(d, &old_version, new, Some(stop)).await;
+        let upgraded = self.current.as_ref().is_some_and(|c| c.process.pid() == pid);
+        if !upgraded
+            && self.current.as_ref().is_some_and(|c| c.process.pid() == old_pid)
+            && let Err(e) = files.install(&old_artifact, &old_version)
+        {
+            tracing::warn!(sidecar = %self.name, error = %e, "cannot restore the executable link");
+        }
+        flow
+    }
+
+    /// Polls the pid file until it names a live process other than `old_pid`.
+    async fn wait_for_new_pid(&mut self, files: &SignalFiles, old_pid: u32, deadline: Instant) -> Result<(u32, u64), String> {
+        loop {
+            if let Some(pid) = files.read_pid().filter(|p| *p != old_pid)
+                && let Ok(stat) = procfs::read_stat(pid)
+                && !stat.is_exited()
+            {
+                return Ok((pid, stat.start_time));
+            }
+            if let Some(old) = self.current.as_mut() {
+                let exited = tokio::select! {
+                    how = old.process.wait() => Some(how),
+                    () = tokio::time::sleep(PID_FILE_POLL) => None,
+                };
+                if let Some(how) = exited {
+                    return Err(format!("the running process exited after the reload signal ({how})"));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("no new pid in {} before the startup deadline", files.pid_file.display()));
+            }
+        }
+    }
+}
