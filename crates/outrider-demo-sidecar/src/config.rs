@@ -1,13 +1,11 @@
 //! Configuration from the environment.
 
-use std::{env, net::TcpListener, time::Duration};
+use std::{env, net::TcpListener, path::PathBuf, time::Duration};
 
+use outrider_handover::{ListenFdsError, listen_fds};
 use thiserror::Error;
 
-use crate::{
-    fault::{FaultError, Faults, parse_duration},
-    listener::{self, ListenError},
-};
+use crate::fault::{FaultError, Faults, parse_duration};
 
 /// What `GET /` reports when `OUTRIDER_VERSION` or `OUTRIDER_INSTANCE` is not set.
 pub const UNKNOWN: &str = "unknown";
@@ -18,6 +16,13 @@ pub const DEFAULT_PORT: u16 = 8080;
 /// How long in-flight requests may take to finish after SIGTERM when `DRAIN_TIMEOUT` is not set.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a keep-alive connection may stay idle while draining when `DRAIN_IDLE_GRACE` is
+/// not set.
+pub const DEFAULT_DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
+
+/// The name of the socket this sidecar serves on, among inherited or handed-over ones.
+pub const HTTP_SOCKET: &str = "http";
+
 /// The sidecar's configuration.
 ///
 /// [`Config::from_env`] reads it from the environment the agent sets up; tests build it
@@ -26,14 +31,25 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Config {
     /// Port to listen on at `127.0.0.1` (`PORT`), unless a listener was inherited.
     pub port: u16,
-    /// The version reported by `GET /` and `demo_info` (`OUTRIDER_VERSION`).
+    /// The version reported by `GET /` and `demo_info`: the content of the file named by
+    /// `OUTRIDER_VERSION_FILE` when set, else `OUTRIDER_VERSION`.
     pub version: String,
     /// The instance id reported by `GET /` (`OUTRIDER_INSTANCE`).
     pub instance: String,
     /// Injected faults (`DEMO_FAULT`).
     pub faults: Faults,
-    /// How long in-flight requests may take to finish after SIGTERM (`DRAIN_TIMEOUT`).
+    /// How long draining may take after SIGTERM before the process exits anyway
+    /// (`DRAIN_TIMEOUT`).
     pub drain_timeout: Duration,
+    /// How long a keep-alive connection may stay idle while draining before it is closed
+    /// (`DRAIN_IDLE_GRACE`).
+    pub drain_idle_grace: Duration,
+    /// The unix socket path for the `SCM_RIGHTS` handover between generations
+    /// (`OUTRIDER_HANDOVER_SOCKET`); used when no socket was inherited.
+    pub handover_socket: Option<PathBuf>,
+    /// Where this generation writes its pid once it serves; enables the SIGUSR2 reload
+    /// (`OUTRIDER_PID_FILE`).
+    pub pid_file: Option<PathBuf>,
     /// A listening socket inherited through `LISTEN_FDS` (hot upgrade); when present it is
     /// served instead of binding `port`.
     pub inherited_listener: Option<TcpListener>,
@@ -47,6 +63,9 @@ impl Default for Config {
             instance: UNKNOWN.to_owned(),
             faults: Faults::default(),
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            drain_idle_grace: DEFAULT_DRAIN_IDLE_GRACE,
+            handover_socket: None,
+            pid_file: None,
             inherited_listener: None,
         }
     }
@@ -70,16 +89,15 @@ pub enum ConfigError {
     Fault(#[from] FaultError),
     /// `LISTEN_FDS` was set but the inherited socket cannot be used.
     #[error("inherited socket (LISTEN_FDS): {0}")]
-    Listen(#[from] ListenError),
+    Listen(ListenFdsError),
 }
 
 impl Config {
-    /// Reads the configuration from the process environment: `PORT`, `OUTRIDER_VERSION`,
-    /// `OUTRIDER_INSTANCE`, `DEMO_FAULT`, `DRAIN_TIMEOUT`, and the socket-activation
-    /// variables `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES`.
+    /// Reads the configuration from the process environment (the variables of
+    /// [`Config::from_vars`]) and takes over the socket inherited through `LISTEN_FDS` (with
+    /// `LISTEN_PID` and `LISTEN_FDNAMES`): the one named `http`, else the first.
     ///
-    /// An inherited listener is taken over here (see [`listener::take_inherited`]), so call
-    /// this once, early in `main` and before starting an async runtime: the `LISTEN_*`
+    /// Call this once, early in `main` and before starting an async runtime: the `LISTEN_*`
     /// variables are removed from the environment only while the process is single-threaded.
     pub fn from_env() -> Result<Self, ConfigError> {
         let mut config = Self::from_vars(|name| match env::var(name) {
@@ -87,12 +105,23 @@ impl Config {
             Err(env::VarError::NotPresent) => None,
             Err(env::VarError::NotUnicode(v)) => Some(v.to_string_lossy().into_owned()),
         })?;
-        config.inherited_listener = listener::take_inherited()?;
+        let mut inherited = listen_fds::take().map_err(ConfigError::Listen)?;
+        let name = if inherited.names().any(|n| n == HTTP_SOCKET) {
+            Some(HTTP_SOCKET.to_owned())
+        } else {
+            inherited.names().next().map(str::to_owned)
+        };
+        if let Some(name) = name {
+            config.inherited_listener = inherited.take_tcp_listener(&name).map_err(ConfigError::Listen)?;
+            tracing::info!(socket = %name, "serving on an inherited socket (LISTEN_FDS)");
+        }
         Ok(config)
     }
 
-    /// Builds the configuration from variables looked up through `var`, without touching the
-    /// process (no inherited listener). Empty values count as unset.
+    /// Builds the configuration from variables looked up through `var`: `PORT`,
+    /// `OUTRIDER_VERSION`, `OUTRIDER_VERSION_FILE` (read here), `OUTRIDER_INSTANCE`,
+    /// `DEMO_FAULT`, `DRAIN_TIMEOUT`, `DRAIN_IDLE_GRACE`, `OUTRIDER_HANDOVER_SOCKET` and
+    /// `OUTRIDER_PID_FILE`. No inherited listener. Empty values count as unset.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &str| var(name).filter(|v| !v.trim().is_empty());
         let mut config = Self::default();
@@ -105,6 +134,16 @@ impl Config {
         }
         if let Some(v) = get("OUTRIDER_VERSION") {
             config.version = v;
+        }
+        if let Some(path) = get("OUTRIDER_VERSION_FILE") {
+            let invalid =
+                |reason: String| ConfigError::Invalid { name: "OUTRIDER_VERSION_FILE", value: path.clone(), reason };
+            let content = std::fs::read_to_string(&path).map_err(|e| invalid(format!("cannot read it: {e}")))?;
+            let version = content.trim();
+            if version.is_empty() {
+                return Err(invalid("the file is empty".to_owned()));
+            }
+            config.version = version.to_owned();
         }
         if let Some(v) = get("OUTRIDER_INSTANCE") {
             config.instance = v;
@@ -119,6 +158,15 @@ impl Config {
                 reason,
             })?;
         }
+        if let Some(v) = get("DRAIN_IDLE_GRACE") {
+            config.drain_idle_grace = parse_duration(v.trim()).map_err(|reason| ConfigError::Invalid {
+                name: "DRAIN_IDLE_GRACE",
+                value: v.clone(),
+                reason,
+            })?;
+        }
+        config.handover_socket = get("OUTRIDER_HANDOVER_SOCKET").map(PathBuf::from);
+        config.pid_file = get("OUTRIDER_PID_FILE").map(PathBuf::from);
         Ok(config)
     }
 }
@@ -142,6 +190,9 @@ mod tests {
         assert_eq!(c.instance, "unknown");
         assert!(c.faults.is_empty());
         assert_eq!(c.drain_timeout, Duration::from_secs(10));
+        assert_eq!(c.drain_idle_grace, Duration::from_secs(1));
+        assert!(c.handover_socket.is_none());
+        assert!(c.pid_file.is_none());
         assert!(c.inherited_listener.is_none());
     }
 
@@ -153,6 +204,9 @@ mod tests {
             ("OUTRIDER_INSTANCE", "i-42"),
             ("DEMO_FAULT", "latency=200ms"),
             ("DRAIN_TIMEOUT", "3s"),
+            ("DRAIN_IDLE_GRACE", "250ms"),
+            ("OUTRIDER_HANDOVER_SOCKET", "/run/demo/handover.sock"),
+            ("OUTRIDER_PID_FILE", "/run/demo/demo.pid"),
         ])
         .unwrap();
         assert_eq!(c.port, 9123);
@@ -160,6 +214,26 @@ mod tests {
         assert_eq!(c.instance, "i-42");
         assert_eq!(c.faults.latency, Some(Duration::from_millis(200)));
         assert_eq!(c.drain_timeout, Duration::from_secs(3));
+        assert_eq!(c.drain_idle_grace, Duration::from_millis(250));
+        assert_eq!(c.handover_socket.as_deref(), Some(std::path::Path::new("/run/demo/handover.sock")));
+        assert_eq!(c.pid_file.as_deref(), Some(std::path::Path::new("/run/demo/demo.pid")));
+    }
+
+    #[test]
+    fn the_version_file_overrides_the_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("version");
+        std::fs::write(&file, "2.0.0\n").unwrap();
+        let path = file.to_str().unwrap();
+        let c = from(&[("OUTRIDER_VERSION", "1.0.0"), ("OUTRIDER_VERSION_FILE", path)]).unwrap();
+        assert_eq!(c.version, "2.0.0");
+
+        std::fs::write(&file, " \n").unwrap();
+        let err = from(&[("OUTRIDER_VERSION_FILE", path)]).unwrap_err().to_string();
+        assert!(err.starts_with("OUTRIDER_VERSION_FILE=") && err.contains("empty"), "{err}");
+        let missing = dir.path().join("missing");
+        let err = from(&[("OUTRIDER_VERSION_FILE", missing.to_str().unwrap())]).unwrap_err().to_string();
+        assert!(err.contains("cannot read it"), "{err}");
     }
 
     #[test]
@@ -176,6 +250,8 @@ mod tests {
         assert!(err.starts_with("PORT="), "{err}");
         let err = from(&[("DRAIN_TIMEOUT", "10")]).unwrap_err().to_string();
         assert!(err.starts_with("DRAIN_TIMEOUT="), "{err}");
+        let err = from(&[("DRAIN_IDLE_GRACE", "soon")]).unwrap_err().to_string();
+        assert!(err.starts_with("DRAIN_IDLE_GRACE="), "{err}");
         let err = from(&[("DEMO_FAULT", "error-rate=0.3,bogus=1")]).unwrap_err().to_string();
         assert!(err.starts_with("DEMO_FAULT: ") && err.contains("`bogus`"), "{err}");
     }

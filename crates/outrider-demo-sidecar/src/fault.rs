@@ -6,7 +6,7 @@ use thiserror::Error;
 
 /// Every knob name `DEMO_FAULT` understands, in the order they are documented.
 pub const KNOWN_KNOBS: &[&str] =
-    &["crash-after", "error-rate", "latency", "cpu-burn", "leak", "fail-health", "exit-immediately"];
+    &["crash-after", "error-rate", "latency", "cpu-burn", "leak", "fail-health", "exit-immediately", "handover-hang"];
 
 /// The faults this sidecar injects, parsed from `DEMO_FAULT`.
 ///
@@ -20,8 +20,9 @@ pub const KNOWN_KNOBS: &[&str] =
 /// | `latency=200ms` | added to every `GET /` |
 /// | `cpu-burn` | one thread spins for as long as the process runs |
 /// | `leak=10MB/s` | that much memory is allocated, touched and kept every second |
-/// | `fail-health` | `GET /healthz` always answers 503 |
+/// | `fail-health` | `GET /healthz` always answers 503, and the process never says `READY=1` on `NOTIFY_SOCKET` |
 /// | `exit-immediately` | the process exits with status 1 at start |
+/// | `handover-hang` | the process never serves nor becomes ready: with `OUTRIDER_HANDOVER_SOCKET` it connects to its predecessor and never sends `hello`; it waits for SIGTERM and exits 0 |
 ///
 /// Durations are written like `250ms`, `5s`, `2m`, `1h`, `1d` or `1m30s`. Sizes are written
 /// like `512KB` or `10MB` (units `B`, `KB`, `MB`, `GB`, case-insensitive, powers of 1024;
@@ -39,10 +40,12 @@ pub struct Faults {
     pub cpu_burn: bool,
     /// Allocate, touch and keep this many bytes per second.
     pub leak_bytes_per_sec: Option<u64>,
-    /// Answer `GET /healthz` with 503 always.
+    /// Answer `GET /healthz` with 503 always and never notify readiness.
     pub fail_health: bool,
     /// Exit with status 1 at start.
     pub exit_immediately: bool,
+    /// Hang at start: never serve nor notify; stall a handover after connecting.
+    pub handover_hang: bool,
 }
 
 impl Faults {
@@ -152,6 +155,7 @@ impl FromStr for Faults {
                 "cpu-burn" => faults.cpu_burn = flag()?,
                 "fail-health" => faults.fail_health = flag()?,
                 "exit-immediately" => faults.exit_immediately = flag()?,
+                "handover-hang" => faults.handover_hang = flag()?,
                 _ => unreachable!("knob names are checked against KNOWN_KNOBS above"),
             }
         }
@@ -183,6 +187,9 @@ impl fmt::Display for Faults {
         }
         if self.exit_immediately {
             parts.push("exit-immediately".to_owned());
+        }
+        if self.handover_hang {
+            parts.push("handover-hang".to_owned());
         }
         f.write_str(&parts.join(","))
     }
@@ -252,8 +259,10 @@ mod tests {
 
     #[test]
     fn parses_every_knob() {
-        let f = parse("crash-after=5s, error-rate=0.3,latency=200ms,cpu-burn,leak=10MB/s,fail-health,exit-immediately")
-            .unwrap();
+        let f = parse(
+            "crash-after=5s, error-rate=0.3,latency=200ms,cpu-burn,leak=10MB/s,fail-health,exit-immediately,handover-hang",
+        )
+        .unwrap();
         assert_eq!(
             f,
             Faults {
@@ -264,6 +273,7 @@ mod tests {
                 leak_bytes_per_sec: Some(10 << 20),
                 fail_health: true,
                 exit_immediately: true,
+                handover_hang: true,
             }
         );
     }
@@ -285,6 +295,7 @@ mod tests {
             "crash-after=2m,latency=250ms",
             "error-rate=1,leak=512KB/s,fail-health",
             "cpu-burn,exit-immediately,leak=1B/s",
+            "fail-health,handover-hang",
         ] {
             let f = parse(spec).unwrap();
             assert_eq!(parse(&f.to_string()).unwrap(), f, "{spec}");
@@ -327,6 +338,8 @@ mod tests {
         assert!(matches!(parse("latency"), Err(FaultError::MissingValue { .. })));
         assert!(matches!(parse("error-rate="), Err(FaultError::MissingValue { .. })));
         assert!(matches!(parse("cpu-burn=yes"), Err(FaultError::UnexpectedValue { .. })));
+        assert!(matches!(parse("handover-hang=1"), Err(FaultError::UnexpectedValue { .. })));
+        assert!(matches!(parse("handover-hang,handover-hang"), Err(FaultError::Duplicate { .. })));
         assert!(matches!(parse("latency=1s,latency=2s"), Err(FaultError::Duplicate { .. })));
     }
 

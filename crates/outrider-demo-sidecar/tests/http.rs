@@ -22,6 +22,8 @@ struct Sidecar {
 
 impl Sidecar {
     fn start(config: Config) -> Self {
+        // Idle keep-alive connections of the client pool would hold every stop for the default 1s.
+        let config = Config { drain_idle_grace: Duration::from_millis(50), ..config };
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();

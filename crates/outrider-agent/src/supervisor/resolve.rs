@@ -99,8 +99,11 @@ pub(super) fn resolve(who: &Identity<'_>, d: &DesiredSidecar, artifact: &Path) -
     };
     let startup = d.startup_probe.as_ref().map(|p| probe("startup_probe", p)).transpose()?;
     let liveness = d.liveness_probe.as_ref().map(|p| probe("liveness_probe", p)).transpose()?;
-    let sockets =
-        d.sockets.iter().map(|s| Ok((s.name.clone(), x("sockets.listen", &s.listen)?))).collect::<Result<_, String>>()?;
+    let sockets = d
+        .sockets
+        .iter()
+        .map(|s| Ok((s.name.clone(), x("sockets.listen", &s.listen)?)))
+        .collect::<Result<_, String>>()?;
     Ok(Resolved { argv, env, startup, liveness, sockets })
 }
 
@@ -110,7 +113,9 @@ pub(super) fn resolve_action(who: &Identity<'_>, field: &str, a: &Action) -> Res
     let x = |s: &str| expand(s, &ctx).map_err(|e| format!("cannot expand {field}: {e}"));
     match (&a.http, &a.exec) {
         (Some(url), None) => Ok(ResolvedAction::Http { method: a.method.clone(), url: x(url)? }),
-        (None, Some(cmd)) if !cmd.is_empty() => Ok(ResolvedAction::Exec(cmd.iter().map(|s| x(s)).collect::<Result<_, _>>()?)),
+        (None, Some(cmd)) if !cmd.is_empty() => {
+            Ok(ResolvedAction::Exec(cmd.iter().map(|s| x(s)).collect::<Result<_, _>>()?))
+        }
         _ => Err(format!("{field} must set exactly one of http, exec")),
     }
 }

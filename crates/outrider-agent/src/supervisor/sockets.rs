@@ -97,9 +97,8 @@ impl SocketSet {
             .map_err(|e| format!("pidfd_open({pid}): {e}"))?;
         let mut sockets = Vec::with_capacity(wanted.len());
         for ((name, listen), fd) in wanted.iter().zip(FIRST_FD..) {
-            let owned: OwnedFd =
-                rustix::process::pidfd_getfd(&pidfd, fd, rustix::process::PidfdGetfdFlags::empty())
-                    .map_err(|e| format!("pidfd_getfd({pid}, {fd}): {e}"))?;
+            let owned: OwnedFd = rustix::process::pidfd_getfd(&pidfd, fd, rustix::process::PidfdGetfdFlags::empty())
+                .map_err(|e| format!("pidfd_getfd({pid}, {fd}): {e}"))?;
             let listener = TcpListener::from(owned);
             check_listening(&listener, listen).map_err(|e| format!("fd {fd} of process {pid}: {e}"))?;
             sockets.push(OwnedSocket { name: name.clone(), listen: listen.clone(), listener });

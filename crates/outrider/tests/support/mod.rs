@@ -32,8 +32,16 @@ use tempfile::TempDir;
 
 /// The `outrider` binary.
 pub const OUTRIDER: &str = env!("CARGO_BIN_EXE_outrider");
-/// The demo sidecar binary, used as the artifact of every version.
-pub const DEMO_SIDECAR: &str = env!("CARGO_BIN_EXE_outrider-demo-sidecar");
+/// The demo sidecar binary (built by its own crate next to `outrider`: run the tests with
+/// `cargo test --workspace`), used as the artifact of every version.
+pub fn demo_sidecar() -> &'static str {
+    static PATH: OnceLock<String> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let path = Path::new(OUTRIDER).with_file_name("outrider-demo-sidecar");
+        assert!(path.exists(), "{} is missing: build the workspace (cargo test --workspace)", path.display());
+        path.display().to_string()
+    })
+}
 
 /// Where the tenant's REST API lives, relative to the server.
 const TENANT: &str = "/api/v1/tenants/default";
@@ -58,7 +66,7 @@ pub fn free_port() -> u16 {
 pub fn demo_sha256() -> &'static str {
     static SHA: OnceLock<String> = OnceLock::new();
     SHA.get_or_init(|| {
-        let mut file = fs::File::open(DEMO_SIDECAR).expect("open the demo sidecar binary");
+        let mut file = fs::File::open(demo_sidecar()).expect("open the demo sidecar binary");
         let mut hasher = Sha256::new();
         let mut buf = vec![0; 1 << 20];
         loop {
@@ -79,6 +87,7 @@ pub fn demo_sidecar_body() -> Value {
         "name": "demo",
         "upgrade_modes": ["restart", "hot", "on-deploy"],
         "sockets": [{"name": "http", "listen": "127.0.0.1:${label.port}"}],
+        "notify_ready": true,
         "drain_time": "2s",
         "startup_probe": {"http": "http://127.0.0.1:${label.port}/healthz", "deadline": "10s"},
         "liveness_probe": {"http": "http://127.0.0.1:${label.port}/healthz", "period": "1s"},
@@ -98,7 +107,7 @@ pub fn demo_version_with_sha(version: &str, fault: Option<&str>, sha256: &str) -
     }
     json!({
         "version": version,
-        "artifact": {"url": format!("file://{DEMO_SIDECAR}"), "sha256": sha256},
+        "artifact": {"url": format!("file://{}", demo_sidecar()), "sha256": sha256},
         "env": env,
     })
 }

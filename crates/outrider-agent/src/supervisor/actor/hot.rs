@@ -251,7 +251,10 @@ impl Actor {
                 if let Err(e) = files.install(&old_artifact, &old_version) {
                     tracing::warn!(sidecar = %self.name, error = %e, "cannot restore the executable link");
                 }
-                self.upgrade_failed(&d, format!("hot upgrade to {} failed: {msg}; {old_version} keeps serving", d.version));
+                self.upgrade_failed(
+                    &d,
+                    format!("hot upgrade to {} failed: {msg}; {old_version} keeps serving", d.version),
+                );
                 return Flow::Continue;
             }
         };
@@ -285,7 +288,12 @@ impl Actor {
     }
 
     /// Polls the pid file until it names a live process other than `old_pid`.
-    async fn wait_for_new_pid(&mut self, files: &SignalFiles, old_pid: u32, deadline: Instant) -> Result<(u32, u64), String> {
+    async fn wait_for_new_pid(
+        &mut self,
+        files: &SignalFiles,
+        old_pid: u32,
+        deadline: Instant,
+    ) -> Result<(u32, u64), String> {
         loop {
             if let Some(pid) = files.read_pid().filter(|p| *p != old_pid)
                 && let Ok(stat) = procfs::read_stat(pid)

@@ -515,7 +515,9 @@ impl Actor {
         let who = identity(&shared);
         lifecycle_env.extend(hot::handover_env(config, &who, d));
         if let Some(files) = hot::SignalFiles::of(config, &who, d) {
-            files.install(&p.artifact_path, &d.version).map_err(|e| format!("cannot set up the executable link: {e}"))?;
+            files
+                .install(&p.artifact_path, &d.version)
+                .map_err(|e| format!("cannot set up the executable link: {e}"))?;
         }
         let mut fds = Vec::new();
         for (child_fd, listener) in self.sockets.fd_table() {

@@ -44,7 +44,8 @@ impl Actor {
         tracing::info!(sidecar = %self.name, from = %old_version, to = %d.version, "warm upgrade: taking the instance out of traffic");
         self.update(|s| s.state = SidecarState::Draining);
         if let Err(e) = self.run_action(&drain, warm.drain.timeout.0).await {
-            let mut msg = format!("warm upgrade to {}: drain action failed: {e}; {old_version} keeps running", d.version);
+            let mut msg =
+                format!("warm upgrade to {}: drain action failed: {e}; {old_version} keeps running", d.version);
             if let Some((u, timeout)) = &undrain
                 && let Err(e) = self.run_action(u, *timeout).await
             {
@@ -79,7 +80,10 @@ impl Actor {
                         self.restart_pending = true;
                         self.fail(
                             &d,
-                            format!("warm upgrade to {} failed: {msg}; {old_version} did not start again either: {e}", d.version),
+                            format!(
+                                "warm upgrade to {} failed: {msg}; {old_version} did not start again either: {e}",
+                                d.version
+                            ),
                         );
                         return Flow::Continue;
                     }
@@ -102,7 +106,9 @@ impl Actor {
                 tracing::warn!(sidecar = %self.name, error = %e, "warm upgrade: the instance may still be out of traffic");
                 self.update(|s| s.error = Some(e));
             }
-            (None, Ok(())) => tracing::info!(sidecar = %self.name, version = %d.version, "warm upgrade done; instance back in traffic"),
+            (None, Ok(())) => {
+                tracing::info!(sidecar = %self.name, version = %d.version, "warm upgrade done; instance back in traffic")
+            }
         }
         Flow::Continue
     }
@@ -158,7 +164,9 @@ impl Actor {
                     .map_err(|e| format!("cannot run {program:?}: {e}"))?;
                 let output = tokio::time::timeout(timeout, child.wait_with_output())
                     .await
-                    .map_err(|_| format!("{program:?} did not finish within {}", outrider_model::HumanDuration(timeout)))?
+                    .map_err(|_| {
+                        format!("{program:?} did not finish within {}", outrider_model::HumanDuration(timeout))
+                    })?
                     .map_err(|e| format!("{program:?}: {e}"))?;
                 if output.status.success() {
                     return Ok(());

@@ -1,4 +1,4 @@
-//! `outrider-demo-sidecar`: the reference sidecar (see the `outrider-demo-sidecar` crate).
+//! `outrider-demo-sidecar`: the reference sidecar (see the crate docs for its environment).
 //!
 //! Exit status: 0 after a graceful shutdown, 1 when it fails or a fault ends it, 2 when the
 //! configuration (environment) is invalid.

@@ -1,0 +1,275 @@
+//! End to end, the upgrade modes of PRODUCT.md §2 and §4 carried out by a real agent on the
+//! real demo sidecar, under continuous HTTP load on its port: hot upgrades (agent-owned
+//! sockets by `LISTEN_FDS`, `SCM_RIGHTS` handover, signal reload) fail no request; a new
+//! version that never gets ready, or never completes its handover, leaves the old one
+//! serving; an agent killed in the middle of a hot upgrade leaves no stray process and
+//! keeps its sockets; warm upgrades drain, restart and put the instance back, and a failing
+//! drain action changes nothing.
+
+mod support;
+
+use std::{path::Path, time::Duration};
+
+use serde_json::{Value, json};
+use support::{Fleet, Sidecar, alive, demo_version_body, load::Load};
+
+/// Budget of one upgrade.
+const UPGRADE: Duration = Duration::from_secs(30);
+
+/// The demo sidecar with `handover`, readiness by `NOTIFY_SOCKET`, agent-owned sockets when
+/// `owned_socket`, a 4 s startup deadline, and `extra` fields merged in.
+fn sidecar_body(handover: Value, owned_socket: bool, extra: Value) -> Value {
+    let health = "http://127.0.0.1:${label.port}/healthz";
+    let mut body = json!({
+        "name": "demo",
+        "upgrade_modes": ["restart", "hot", "on-deploy"],
+        "handover": handover,
+        "notify_ready": true,
+        "drain_time": "3s",
+        "startup_probe": {"http": health, "deadline": "4s", "period": "100ms"},
+        "liveness_probe": {"http": health, "period": "1s"},
+    });
+    if owned_socket {
+        body["sockets"] = json!([{"name": "http", "listen": "127.0.0.1:${label.port}"}]);
+    }
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    body
+}
+
+/// A fleet of one agent running demo 1.0.0 with `sidecar`, with 1.1.0, 1.2.0 and the
+/// given faulty versions in the catalog.
+async fn one_instance(sidecar: Value, faulty: &[(&str, &str)]) -> Fleet {
+    let f = Fleet::new(1);
+    f.start_server().await;
+    let mut versions: Vec<Value> = ["1.0.0", "1.1.0", "1.2.0"].iter().map(|v| demo_version_body(v, None)).collect();
+    versions.extend(faulty.iter().map(|(v, fault)| demo_version_body(v, Some(fault))));
+    f.create_catalog_with(sidecar, &versions).await;
+    f.bind("1.0.0").await;
+    f.start_agent(0);
+    running(&f, "1.0.0").await;
+    f
+}
+
+/// Waits until the agent runs demo `version`, ready; returns its status.
+async fn running(f: &Fleet, version: &str) -> Sidecar {
+    f.eventually(UPGRADE, &format!("demo@{version} running"), async || {
+        let s = f.demo(0).await?;
+        s.running(version)?;
+        Ok(s)
+    })
+    .await
+}
+
+/// Hot-upgrades to `version` and waits until it runs under a new pid; returns the pid.
+async fn hot_upgrade(f: &Fleet, version: &str, old_pid: u32) -> u32 {
+    f.bind_mode(version, "hot").await;
+    let s = f
+        .eventually(UPGRADE, &format!("demo@{version} running after a hot upgrade"), async || {
+            let s = f.demo(0).await?;
+            let pid = s.running(version)?;
+            if pid == old_pid {
+                return Err(format!("still pid {old_pid}"));
+            }
+            Ok(s)
+        })
+        .await;
+    assert_eq!(s.restarts, 0, "a hot upgrade is not a restart: {s:?}");
+    s.pid.expect("running")
+}
+
+/// Upgrades back and forth `n` times under load and checks that no request failed, that
+/// every generation answered, and that every old generation is gone.
+async fn upgrades_drop_nothing(f: &Fleet, n: usize) {
+    let mut pid = f.demo(0).await.expect("status").pid.expect("running");
+    let load = Load::start(f.agents[0].sidecar_port, 4, Duration::from_millis(2));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut pids = vec![pid];
+    for i in 0..n {
+        let version = if i % 2 == 0 { "1.1.0" } else { "1.0.0" };
+        pid = hot_upgrade(f, version, pid).await;
+        pids.push(pid);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let stats = load.finish().await;
+    assert_eq!(stats.failed, 0, "failed requests during {n} hot upgrades: {:?}", stats.errors);
+    assert!(stats.ok > 100, "too little load to tell: {stats:?}");
+    for p in &pids {
+        assert!(stats.answered_by.iter().any(|(_, by)| *by == u64::from(*p)), "pid {p} never answered");
+    }
+    f.eventually(Duration::from_secs(10), "old generations to exit", async || {
+        match pids[..n].iter().find(|p| alive(**p)) {
+            Some(p) => Err(format!("old pid {p} still runs")),
+            None => Ok(()),
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hot_upgrades_with_agent_owned_sockets_fail_no_request() {
+    let f = one_instance(sidecar_body(json!({"kind": "listen-fds"}), true, json!({})), &[]).await;
+    upgrades_drop_nothing(&f, 6).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hot_upgrades_by_scm_rights_handover_fail_no_request() {
+    let f = one_instance(sidecar_body(json!({"kind": "scm-rights"}), false, json!({})), &[]).await;
+    upgrades_drop_nothing(&f, 4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hot_upgrades_by_signal_reload_fail_no_request() {
+    let f = one_instance(sidecar_body(json!({"kind": "signal", "signal": "SIGUSR2"}), false, json!({})), &[]).await;
+    upgrades_drop_nothing(&f, 4).await;
+}
+
+/// Hot-upgrades to a version that never gets ready: the old generation keeps serving every
+/// request, the failure is reported, and the new process is gone.
+async fn falls_back(f: &Fleet, bad: &str, why: &str) {
+    let before = running(f, "1.0.0").await;
+    let pid = before.pid.expect("running");
+    let load = Load::start(f.agents[0].sidecar_port, 4, Duration::from_millis(2));
+    f.bind_mode(bad, "hot").await;
+    let failed = f
+        .eventually(UPGRADE, "the hot upgrade to be reported failed", async || {
+            let s = f.demo(0).await?;
+            match &s.error {
+                Some(e) if e.contains(&format!("hot upgrade to {bad} failed")) => Ok(s),
+                _ => Err(format!("no failure reported yet: {s:?}")),
+            }
+        })
+        .await;
+    let stats = load.finish().await;
+    assert_eq!(failed.running("1.0.0"), Ok(pid), "the old generation keeps serving: {failed:?}");
+    assert!(failed.error.as_deref().is_some_and(|e| e.contains(why)), "{failed:?}");
+    assert_eq!(stats.failed, 0, "failed requests during a failed hot upgrade: {:?}", stats.errors);
+    assert!(stats.answered_by.iter().all(|(v, p)| v == "1.0.0" && *p == u64::from(pid)), "{:?}", stats.answered_by);
+    let hello = f.hello(0).await.expect("GET /");
+    assert_eq!(hello["pid"], pid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_version_that_never_gets_ready_leaves_the_old_one_serving() {
+    let f =
+        one_instance(sidecar_body(json!({"kind": "listen-fds"}), true, json!({})), &[("1.9.0", "fail-health")]).await;
+    falls_back(&f, "1.9.0", "NOTIFY_SOCKET").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_handover_the_new_process_never_completes_leaves_the_old_one_serving() {
+    let f = one_instance(sidecar_body(json!({"kind": "scm-rights"}), false, json!({})), &[("1.9.0", "handover-hang")])
+        .await;
+    falls_back(&f, "1.9.0", "NOTIFY_SOCKET").await;
+}
+
+/// The sidecar record of agent 0.
+fn record(f: &Fleet) -> Value {
+    let path = f.agents[0].data_dir.join("sidecars/demo.json");
+    serde_json::from_slice(&std::fs::read(&path).unwrap_or_default()).unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_killed_during_a_hot_upgrade_leaves_no_stray_process_and_keeps_its_sockets() {
+    let f =
+        one_instance(sidecar_body(json!({"kind": "listen-fds"}), true, json!({})), &[("1.9.0", "handover-hang")]).await;
+    let old = running(&f, "1.0.0").await.pid.expect("running");
+    let load = Load::start(f.agents[0].sidecar_port, 4, Duration::from_millis(2));
+    // The new generation never gets ready; kill the agent while it waits for it.
+    f.bind_mode("1.9.0", "hot").await;
+    let successor = f
+        .eventually(UPGRADE, "the new generation to be recorded", async || {
+            record(&f)["successor"]["pid"].as_u64().ok_or_else(|| format!("record: {}", record(&f)))
+        })
+        .await;
+    let successor = u32::try_from(successor).expect("pid");
+    assert!(alive(successor));
+    f.kill_agent(0);
+    // Bring the good release while the agent is down; the restarted agent finds both
+    // processes, keeps the old one, kills the unconfirmed new one, and upgrades hot.
+    f.bind_mode("1.2.0", "hot").await;
+    f.start_agent(0);
+    let new = hot_upgrade(&f, "1.2.0", old).await;
+    let stats = load.finish().await;
+    assert!(!alive(successor), "the unconfirmed generation {successor} was killed");
+    assert_ne!(new, successor);
+    assert_eq!(stats.failed, 0, "failed requests across the agent restart: {:?}", stats.errors);
+    assert!(stats.answered_by.iter().any(|(v, _)| v == "1.2.0"), "{:?}", stats.answered_by);
+    f.eventually(Duration::from_secs(10), "the old generation to exit", async || {
+        if alive(old) { Err(format!("pid {old} still runs")) } else { Ok(()) }
+    })
+    .await;
+}
+
+/// A warm sidecar whose drain and undrain actions append to `journal` (the drain fails if
+/// `drain_fails`).
+fn warm_body(journal: &Path, drain_fails: bool) -> Value {
+    let journal = journal.display().to_string();
+    let drain = if drain_fails {
+        format!("echo drain-refused >> {journal}; exit 3")
+    } else {
+        format!("echo drain >> {journal}")
+    };
+    sidecar_body(
+        json!({"kind": "listen-fds"}),
+        true,
+        json!({
+            "upgrade_modes": ["restart", "warm"],
+            "warm": {
+                "drain": {"exec": ["/bin/sh", "-c", drain]},
+                "undrain": {"exec": ["/bin/sh", "-c", format!("echo undrain >> {journal}")]},
+                "wait": "1500ms",
+            },
+        }),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_warm_upgrade_drains_restarts_and_puts_the_instance_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = dir.path().join("journal");
+    let f = one_instance(warm_body(&journal, false), &[]).await;
+    let old = running(&f, "1.0.0").await.pid.expect("running");
+    f.bind_mode("1.1.0", "warm").await;
+    f.eventually(UPGRADE, "the manager to show the instance draining", async || {
+        let view = f.manager_demo().await?;
+        match view.get("i-1") {
+            Some(s) if s.state == "draining" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let s = running(&f, "1.1.0").await;
+    assert_ne!(s.pid, Some(old));
+    assert!(!alive(old));
+    f.eventually(Duration::from_secs(5), "the undrain action", async || {
+        let text = std::fs::read_to_string(&journal).unwrap_or_default();
+        if text == "drain\nundrain\n" { Ok(()) } else { Err(format!("journal: {text:?}")) }
+    })
+    .await;
+    assert_eq!(f.hello(0).await.expect("GET /")["version"], "1.1.0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_drain_action_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = dir.path().join("journal");
+    let f = one_instance(warm_body(&journal, true), &[]).await;
+    let old = running(&f, "1.0.0").await.pid.expect("running");
+    f.bind_mode("1.1.0", "warm").await;
+    let s = f
+        .eventually(UPGRADE, "the failed drain to be reported", async || {
+            let s = f.demo(0).await?;
+            match &s.error {
+                Some(e) if e.contains("drain action failed") => Ok(s),
+                _ => Err(format!("{s:?}")),
+            }
+        })
+        .await;
+    assert_eq!(s.running("1.0.0"), Ok(old), "{s:?}");
+    assert!(s.error.as_deref().is_some_and(|e| e.contains("exit status: 3")), "{s:?}");
+    let text = std::fs::read_to_string(&journal).unwrap_or_default();
+    assert!(text.starts_with("drain-refused\nundrain\n"), "the undrain action is tried after a failed drain: {text:?}");
+    assert_eq!(f.hello(0).await.expect("GET /")["pid"], old);
+}
