@@ -4,7 +4,7 @@
 //! version that never gets ready, or never completes its handover, leaves the old one
 //! serving; an agent killed in the middle of a hot upgrade leaves no stray process and
 //! keeps its sockets; warm upgrades drain, restart and put the instance back, and a failing
-//! drain action changes nothing.
+//! drain action changes nothing; on-deploy targets wait for the instance's next deploy.
 
 mod support;
 
@@ -272,4 +272,37 @@ async fn a_failing_drain_action_changes_nothing() {
     let text = std::fs::read_to_string(&journal).unwrap_or_default();
     assert!(text.starts_with("drain-refused\nundrain\n"), "the undrain action is tried after a failed drain: {text:?}");
     assert_eq!(f.hello(0).await.expect("GET /")["pid"], old);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_on_deploy_target_waits_for_the_next_deploy() {
+    let f = Fleet::new(1);
+    f.start_server().await;
+    let versions: Vec<Value> = ["1.0.0", "1.1.0"].iter().map(|v| demo_version_body(v, None)).collect();
+    f.create_catalog(&versions).await;
+    f.bind("1.0.0").await;
+    f.start_agent_with(0, &["--deploy-id", "d1"]);
+    let old = running(&f, "1.0.0").await.pid.expect("running");
+    f.bind_mode("1.1.0", "on-deploy").await;
+    f.consistently(Duration::from_secs(2), "1.0.0 to keep running before a deploy", async || {
+        f.demo(0).await?.running("1.0.0").map(|pid| assert_eq!(pid, old))
+    })
+    .await;
+    // An agent restart with the same deploy id is not a deploy.
+    f.kill_agent(0);
+    f.start_agent_with(0, &["--deploy-id", "d1"]);
+    f.eventually(UPGRADE, "the restarted agent to reconnect", async || {
+        let s = f.demo(0).await?;
+        if s.connected { Ok(()) } else { Err(format!("{s:?}")) }
+    })
+    .await;
+    f.consistently(Duration::from_secs(2), "1.0.0 to keep running after an agent restart", async || {
+        f.demo(0).await?.running("1.0.0").map(|pid| assert_eq!(pid, old))
+    })
+    .await;
+    // A new deploy id is a deploy: the target applies.
+    f.kill_agent(0);
+    f.start_agent_with(0, &["--deploy-id", "d2"]);
+    let s = running(&f, "1.1.0").await;
+    assert_ne!(s.pid, Some(old));
 }

@@ -292,6 +292,11 @@ impl Fleet {
 
     /// Starts agent `i` (the same flags every time).
     pub fn start_agent(&self, i: usize) {
+        self.start_agent_with(i, &[]);
+    }
+
+    /// Starts agent `i` with `extra` flags (`--deploy-id D`, say).
+    pub fn start_agent_with(&self, i: usize, extra: &[&str]) {
         let a = &self.agents[i];
         let args: Vec<String> = [
             "agent",
@@ -317,6 +322,7 @@ impl Fleet {
             &format!("127.0.0.1:{}", a.listen),
         ]
         .into_iter()
+        .chain(extra.iter().copied())
         .map(str::to_owned)
         .collect();
         self.spawn(&self.agent_role(i), &args);
