@@ -306,3 +306,26 @@ async fn an_on_deploy_target_waits_for_the_next_deploy() {
     let s = running(&f, "1.1.0").await;
     assert_ne!(s.pid, Some(old));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_warm_upgrade_to_a_version_that_never_gets_ready_goes_back_to_the_old_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = dir.path().join("journal");
+    let f = one_instance(warm_body(&journal, false), &[("1.9.0", "fail-health")]).await;
+    let old = running(&f, "1.0.0").await.pid.expect("running");
+    f.bind_mode("1.9.0", "warm").await;
+    let s = f
+        .eventually(UPGRADE, "the failed warm upgrade to be reported", async || {
+            let s = f.demo(0).await?;
+            match &s.error {
+                Some(e) if e.contains("warm upgrade to 1.9.0 failed") && s.state == "running" => Ok(s),
+                _ => Err(format!("{s:?}")),
+            }
+        })
+        .await;
+    assert_eq!(s.version, "1.0.0", "back on the old version: {s:?}");
+    assert_ne!(s.pid, Some(old), "the old version was started again");
+    assert_eq!(f.hello(0).await.expect("GET /")["version"], "1.0.0");
+    let text = std::fs::read_to_string(&journal).unwrap_or_default();
+    assert!(text.starts_with("drain\nundrain\n"), "the instance was put back: {text:?}");
+}
