@@ -36,9 +36,12 @@ async fn tcp(addr: &str, timeout: Duration) -> Result<(), String> {
 }
 
 /// The client HTTP probes share: no proxy (probes target the local sidecar).
+/// The HTTP probe client. No pooled connections: each probe connects afresh (as kubelet's
+/// do), so it reaches whichever generation now accepts on a shared socket, and a draining
+/// generation is not kept alive by an idle probe connection.
 fn probe_client() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(|| reqwest::Client::builder().no_proxy().build().unwrap_or_default())
+    CLIENT.get_or_init(|| reqwest::Client::builder().no_proxy().pool_max_idle_per_host(0).build().unwrap_or_default())
 }
 
 async fn http(url: &str, timeout: Duration) -> Result<(), String> {

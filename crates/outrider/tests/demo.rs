@@ -43,6 +43,9 @@ fn demo_runs_a_two_phase_plan_and_cleans_up() {
     let gray_passed = stdout.find("gray  batch 0  passed").unwrap_or_default();
     let full_applying = stdout.find("full  batch 0  applying").unwrap_or_default();
     assert!(gray_passed < full_applying, "the full phase started before the gray batch passed:\n{stdout}");
+    // The canary moved by a hot upgrade: its sidecar answered every request meanwhile.
+    let canary = stdout.lines().find(|l| l.starts_with("  i-1  pid")).unwrap_or_default();
+    assert!(canary.contains(", failed 0") && canary.contains("1.0.0 -> 1.1.0"), "canary: {canary:?}\n{stdout}");
 }
 
 #[test]

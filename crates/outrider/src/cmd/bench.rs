@@ -22,6 +22,9 @@ pub enum BenchCommand {
     /// Plans and simulates the default two-phase upgrade of a generated fleet, in process,
     /// and prints the time each step took and the peak memory.
     Plan(PlanArgs),
+    /// Upgrades of a real sidecar under load (wrk) in each upgrade mode, crash recovery and
+    /// the agent's footprint, with a manager and an agent it starts on this machine.
+    Upgrade(super::bench_upgrade::UpgradeArgs),
 }
 
 /// Flags of `outrider bench propagation`.
@@ -51,6 +54,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Propagation(args) => propagation(args).await,
         BenchCommand::Plan(args) => plan_bench(&args),
+        BenchCommand::Upgrade(args) => super::bench_upgrade::run(args).await,
     }
 }
 

@@ -23,20 +23,12 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    ffi::OsString,
-    fs::File,
-    io::Read,
     net::TcpListener,
-    path::{Path, PathBuf},
-    process::Stdio,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, anyhow, bail};
-use nix::{
-    sys::signal::{Signal, kill, killpg},
-    unistd::{Pid, getpgid},
-};
 use outrider_client::{Client, InstanceFilter};
 use outrider_model::{
     Artifact, Batching, Binding, Event, Handover, HumanDuration, Instance, ListenSocket, NewVersion, Priority, Probe,
@@ -45,10 +37,13 @@ use outrider_model::{
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
-use tokio::process::Command;
 use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::local::{
+    self, AgentFlags, Child, Ended, Hello, Interrupted, PROCESS_GRACE, fetch_hello, free_ports, interrupt,
+    kill_leftover_sidecars, processes_running_from,
+};
 
 /// Tenant everything is created in.
 const TENANT: &str = outrider_model::DEFAULT_TENANT;
@@ -68,10 +63,11 @@ const BAD_FAULT: &str = "crash-after=1s";
 const DRAIN: Duration = Duration::from_secs(2);
 
 /// The plan's phases: name, stage (`all`: every instance an earlier phase did not take),
-/// batching, bake time.
-const PHASES: [(&str, &str, Batching, &str); 2] = [
-    ("gray", "canary", Batching::Exponential { start: 1, factor: 2 }, "3s"),
-    ("full", "all", Batching::Linear { size: 1 }, "2s"),
+/// batching, bake time, upgrade mode (`hot` on the canary: the new process starts beside
+/// the old one on the agent-owned socket; `restart` for the rest, to show the difference).
+const PHASES: [(&str, &str, Batching, &str, &str); 2] = [
+    ("gray", "canary", Batching::Exponential { start: 1, factor: 2 }, "3s", "hot"),
+    ("full", "all", Batching::Linear { size: 1 }, "2s", "restart"),
 ];
 /// Time a batch may take to report the target version before it fails.
 const BATCH_TIMEOUT: &str = "20s";
@@ -88,8 +84,6 @@ const BLOCK_TIMEOUT: Duration = Duration::from_secs(20);
 const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the agents may take to stop their sidecars once the binding is disabled.
 const STOP_SIDECARS_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time between SIGTERM and SIGKILL for the manager, the agents and leftover sidecars.
-const PROCESS_GRACE: Duration = Duration::from_secs(5);
 /// Time between two looks at the manager's instance list (or the agents' status).
 const POLL_EVERY: Duration = Duration::from_millis(100);
 /// The same while the plan runs, to catch the intermediate states and time the moves.
@@ -157,15 +151,6 @@ impl Ports {
     }
 }
 
-/// `n` distinct free loopback ports: all are bound at once, then released.
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .context("cannot bind a free port on 127.0.0.1")?;
-    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
-}
-
 /// `base`, `base + 1`, … (`n` ports), each checked free.
 fn consecutive_free_ports(base: u16, n: usize) -> anyhow::Result<Vec<u16>> {
     let ports: Vec<u16> = (0..n).map_while(|i| base.checked_add(u16::try_from(i).ok()?)).collect();
@@ -185,77 +170,6 @@ impl Clock {
     /// Prints `[  1.2s] line`.
     fn say(&self, line: impl std::fmt::Display) {
         println!("[{:>5.1}s] {line}", self.0.elapsed().as_secs_f64());
-    }
-}
-
-/// A child process of the demo (the manager or an agent), in its own process group and
-/// killed if dropped.
-struct Child {
-    name: String,
-    log: PathBuf,
-    child: tokio::process::Child,
-}
-
-/// How a child ended when asked to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ended {
-    /// It had already exited.
-    Before,
-    /// It exited after SIGTERM.
-    Terminated,
-    /// It had to be killed.
-    Killed,
-}
-
-impl Child {
-    /// Runs `exe args…` with stdout and stderr appended to `log`.
-    fn spawn(name: &str, exe: &Path, args: Vec<OsString>, log: PathBuf) -> anyhow::Result<Self> {
-        let out = File::create(&log).with_context(|| format!("cannot create the log file {}", log.display()))?;
-        let err = out.try_clone().context("cannot duplicate a log file handle")?;
-        let child = Command::new(exe)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            // Ctrl-C in the terminal must reach only the demo, which stops everything in order.
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start the {name} ({})", exe.display()))?;
-        Ok(Self { name: name.to_owned(), log, child })
-    }
-
-    /// Fails when the process has exited, pointing at its log.
-    fn ensure_alive(&mut self) -> anyhow::Result<()> {
-        match self.child.try_wait() {
-            Ok(None) => Ok(()),
-            Ok(Some(status)) => bail!("the {} exited ({status}); see {}", self.name, self.log.display()),
-            Err(e) => Err(e).with_context(|| format!("cannot check the {}", self.name)),
-        }
-    }
-
-    /// SIGTERM to the whole group, then SIGKILL after `grace`.
-    async fn stop(&mut self, grace: Duration) -> Ended {
-        if !matches!(self.child.try_wait(), Ok(None)) {
-            return Ended::Before;
-        }
-        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
-        }
-        if tokio::time::timeout(grace, self.child.wait()).await.is_ok() {
-            return Ended::Terminated;
-        }
-        self.kill().await;
-        Ended::Killed
-    }
-
-    /// SIGKILL at once, and reap.
-    async fn kill(&mut self) {
-        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        let _ = self.child.start_kill();
-        let _ = tokio::time::timeout(PROCESS_GRACE, self.child.wait()).await;
     }
 }
 
@@ -454,21 +368,6 @@ struct IncidentView {
     summary: String,
 }
 
-/// The answer of an agent's `/status`.
-#[derive(Debug, Deserialize)]
-struct AgentStatus {
-    #[serde(default)]
-    sidecars: Vec<SidecarStatus>,
-}
-
-/// The answer of the sidecar's `GET /`.
-#[derive(Debug, Deserialize)]
-struct Hello {
-    version: String,
-    #[serde(default)]
-    pid: Option<u32>,
-}
-
 /// Everything the demo started, to run the script and to clean up after it.
 struct Demo {
     clock: Clock,
@@ -486,35 +385,6 @@ struct Demo {
     agents: Vec<Agent>,
     /// `--defect`: the plan targets the defective release.
     defect: bool,
-}
-
-/// The demo was stopped by a signal (Ctrl-C, SIGTERM, SIGHUP).
-#[derive(Debug)]
-struct Interrupted(&'static str);
-
-impl std::fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "interrupted ({})", self.0)
-    }
-}
-
-impl std::error::Error for Interrupted {}
-
-/// Completes with the first SIGINT, SIGTERM or SIGHUP. Any of them would otherwise end the
-/// demo without stopping its children.
-async fn interrupt() -> Interrupted {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term), Ok(mut hup)) =
-        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()), signal(SignalKind::hangup()))
-    else {
-        // No handler could be installed: the default actions stay, so this never completes.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => Interrupted("SIGINT"),
-        _ = term.recv() => Interrupted("SIGTERM"),
-        _ = hup.recv() => Interrupted("SIGHUP"),
-    }
 }
 
 /// Runs `outrider demo`.
@@ -547,7 +417,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
 /// What the demo is about to do.
 fn print_intro(demo: &Demo, keep: bool) {
-    let [(gray, _, _, gray_bake), (full, _, _, full_bake)] = PHASES;
+    let [(gray, _, _, gray_bake, _), (full, _, _, full_bake, _)] = PHASES;
     println!("outrider demo: a manager, {} agents and the demo sidecar on this machine;", INSTANCES.len());
     if demo.defect {
         println!(
@@ -569,13 +439,7 @@ fn print_intro(demo: &Demo, keep: bool) {
 impl Demo {
     /// Finds the binaries, creates the temporary directory and chooses the ports.
     fn prepare(args: &DemoArgs) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("cannot find the outrider binary itself")?;
-        let sidecar_bin = exe.with_file_name("outrider-demo-sidecar");
-        anyhow::ensure!(
-            sidecar_bin.is_file(),
-            "the demo sidecar {} is missing; build it with `cargo build --release` (it is built with outrider)",
-            sidecar_bin.display()
-        );
+        let (exe, sidecar_bin) = local::binaries()?;
         let ports = Ports::choose(args.base_port)?;
         let dir = tempfile::Builder::new()
             .prefix("outrider-demo-")
@@ -643,28 +507,12 @@ impl Demo {
     /// Starts `outrider server` and waits until it is ready and has written its token.
     async fn start_server(&mut self) -> anyhow::Result<()> {
         let data_dir = self.root.join("manager");
-        let listen = format!("127.0.0.1:{}", self.ports.manager);
-        let url = format!("http://{listen}");
+        let url = format!("http://127.0.0.1:{}", self.ports.manager);
         let log = self.root.join("logs/manager.log");
-        let args =
-            vec!["server".into(), "--data-dir".into(), data_dir.clone().into(), "--listen".into(), listen.into()];
-        self.server = Some(Child::spawn("manager", &self.exe, args, log.clone())?);
+        let server = self.server.insert(local::spawn_manager(&self.exe, &data_dir, self.ports.manager, log.clone())?);
         self.clock.say(format!("manager starting on {url} (log: {})", log.display()));
-        let probe = Client::new(&url, None)?;
-        let deadline = Instant::now() + SERVER_READY_TIMEOUT;
-        let token_file = data_dir.join("admin.token");
-        loop {
-            self.ensure_alive()?;
-            if probe.readyz().await.is_ok() && token_file.is_file() {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("the manager was not ready within {SERVER_READY_TIMEOUT:?}; see {}", log.display());
-            }
-            tokio::time::sleep(POLL_EVERY).await;
-        }
-        let token = Client::token_from(Some(&token_file), None)?;
-        self.client = Some(Client::new(&url, token.clone())?);
+        let (client, token) = local::wait_manager_ready(server, &url, &data_dir, SERVER_READY_TIMEOUT).await?;
+        self.client = Some(client);
         self.token = token;
         self.clock.say("manager ready");
         Ok(())
@@ -674,13 +522,11 @@ impl Demo {
 
     /// Creates the sidecar, its three versions (admitted), the service and its binding.
     async fn register(&mut self) -> anyhow::Result<()> {
-        let sha256 = sha256_of(&self.sidecar_bin).await?;
-        let url = reqwest::Url::from_file_path(&self.sidecar_bin)
-            .map_err(|()| anyhow!("{} is not an absolute path", self.sidecar_bin.display()))?;
+        let artifact = local::file_artifact(&self.sidecar_bin).await?;
         let client = self.client()?;
         client.create_sidecar(TENANT, &demo_sidecar()).await.context("cannot create the sidecar")?;
         for (version, fault) in [(OLD, None), (NEW, None), (BAD, Some(BAD_FAULT))] {
-            let body = demo_version(version, Artifact { url: url.to_string(), sha256: sha256.clone() }, fault);
+            let body = demo_version(version, artifact.clone(), fault);
             client.create_version(TENANT, SIDECAR, &body).await.with_context(|| format!("cannot create {version}"))?;
             let evidence = serde_json::json!({ "by": "outrider demo", "tests": "none: it is a demo" });
             client
@@ -690,8 +536,8 @@ impl Demo {
         }
         self.clock.say(format!(
             "sidecar {SIDECAR}: versions {OLD}, {NEW} and {BAD} registered and admitted (artifact {}, sha256 {}…)",
-            url.path(),
-            &sha256[..12]
+            self.sidecar_bin.display(),
+            &artifact.sha256[..12]
         ));
         self.clock.say(format!(
             "sidecar {SIDECAR}: {BAD} is defective on purpose (env DEMO_FAULT={BAD_FAULT}: it crashes 1 s after it starts)"
@@ -719,20 +565,19 @@ impl Demo {
             let (listen, port) = (self.ports.agents[i], self.ports.sidecars[i]);
             let data_dir = self.root.join("agents").join(spec.id);
             let log = self.root.join(format!("logs/agent-{}.log", spec.id));
-            let flags: [(&str, OsString); 10] = [
-                ("--manager", manager.clone().into()),
-                ("--token-file", token_file.clone().into()),
-                ("--data-dir", data_dir.clone().into()),
-                ("--service", SERVICE.into()),
-                ("--instance", spec.id.into()),
-                ("--region", spec.region.into()),
-                ("--env", spec.env.into()),
-                ("--stage", spec.stage.into()),
-                ("--label", format!("port={port}").into()),
-                ("--listen", format!("127.0.0.1:{listen}").into()),
-            ];
-            let mut args = vec![OsString::from("agent")];
-            args.extend(flags.into_iter().flat_map(|(flag, value)| [flag.into(), value]));
+            let args = AgentFlags {
+                manager: &manager,
+                token_file: &token_file,
+                data_dir: &data_dir,
+                service: SERVICE,
+                instance: spec.id,
+                region: spec.region,
+                env: spec.env,
+                stage: spec.stage,
+                labels: vec![("port".into(), port.to_string())],
+                listen,
+            }
+            .args();
             let process = Child::spawn(&format!("agent {}", spec.id), &self.exe, args, log)?;
             self.clock.say(format!(
                 "agent {} started ({}/{}/{}, sidecar port {port})",
@@ -1168,10 +1013,7 @@ impl Demo {
             if agent.process.ensure_alive().is_err() {
                 continue;
             }
-            let status = async {
-                self.http.get(&agent.status_url).send().await?.error_for_status()?.json::<AgentStatus>().await
-            };
-            match status.await {
+            match local::agent_status(&self.http, &agent.status_url).await {
                 Ok(s) if s.sidecars.is_empty() => {}
                 _ => return false,
             }
@@ -1394,7 +1236,7 @@ fn demo_sidecar() -> Sidecar {
         metrics: Vec::new(),
         sockets: vec![ListenSocket { name: "http".into(), listen: "127.0.0.1:${label.port}".into() }],
         handover: Handover::ListenFds,
-        notify_ready: false,
+        notify_ready: true,
         warm: None,
     }
 }
@@ -1411,15 +1253,15 @@ fn demo_version(version: &str, artifact: Artifact, fault: Option<&str>) -> NewVe
     NewVersion { version: version.into(), artifact, command: vec!["${artifact}".into()], env, notes }
 }
 
-/// The body of `POST /plans`: `PHASES`, in restart mode, from [`OLD`] to `target`.
+/// The body of `POST /plans`: `PHASES` from [`OLD`] to `target`.
 fn plan_body(target: &str) -> serde_json::Value {
     let phases: Vec<serde_json::Value> = PHASES
         .iter()
-        .map(|(name, stage, batching, bake)| {
+        .map(|(name, stage, batching, bake, mode)| {
             serde_json::json!({
                 "name": name,
                 "stage": stage,
-                "mode": "restart",
+                "mode": mode,
                 "batching": batching,
                 "bake": bake,
                 "batch_timeout": BATCH_TIMEOUT,
@@ -1439,31 +1281,6 @@ fn plan_body(target: &str) -> serde_json::Value {
 /// The binding of the demo sidecar to the service.
 fn binding(enabled: bool, version: &str) -> Binding {
     Binding { sidecar: SIDECAR.into(), enabled, version: version.into(), mode: UpgradeMode::Restart }
-}
-
-/// Lower-case hex SHA-256 of a file.
-async fn sha256_of(path: &Path) -> anyhow::Result<String> {
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let mut file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = file.read(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        Ok(hex::encode(hasher.finalize()))
-    })
-    .await
-    .context("hashing task failed")?
-}
-
-/// One `GET /` of a sidecar.
-async fn fetch_hello(http: &reqwest::Client, url: &str) -> anyhow::Result<Hello> {
-    Ok(http.get(url).send().await?.error_for_status()?.json::<Hello>().await?)
 }
 
 /// Asks `url` for its version every [`PROBE_EVERY`] until `stop`.
@@ -1496,76 +1313,6 @@ async fn probe_loop(http: reqwest::Client, url: String, stop: CancellationToken)
             }
         }
     }
-}
-
-/// Kills (SIGTERM, then SIGKILL) every process that runs an executable from `root`: sidecars
-/// the agents did not stop. Candidates come from the agents' records (`sidecars/*.json`) and
-/// from `/proc`. Returns how many there were.
-async fn kill_leftover_sidecars(root: &Path, agent_dirs: &[PathBuf]) -> usize {
-    let mut pids = recorded_pids(agent_dirs);
-    pids.extend(processes_running_from(root));
-    pids.sort_unstable();
-    pids.dedup();
-    pids.retain(|&pid| runs_from(pid, root));
-    if pids.is_empty() {
-        return 0;
-    }
-    signal_all(&pids, Signal::SIGTERM);
-    let deadline = Instant::now() + PROCESS_GRACE;
-    while Instant::now() < deadline && pids.iter().any(|&p| runs_from(p, root)) {
-        tokio::time::sleep(POLL_EVERY).await;
-    }
-    let stubborn: Vec<i32> = pids.iter().copied().filter(|&p| runs_from(p, root)).collect();
-    signal_all(&stubborn, Signal::SIGKILL);
-    pids.len()
-}
-
-/// Sends `signal` to each process and, when it leads its own group, to the group.
-fn signal_all(pids: &[i32], signal: Signal) {
-    for &pid in pids {
-        let pid = Pid::from_raw(pid);
-        if getpgid(Some(pid)).is_ok_and(|g| g == pid) {
-            let _ = killpg(pid, signal);
-        }
-        let _ = kill(pid, signal);
-    }
-}
-
-/// The pids in the agents' sidecar records.
-fn recorded_pids(agent_dirs: &[PathBuf]) -> Vec<i32> {
-    #[derive(Deserialize)]
-    struct Record {
-        pid: i32,
-    }
-    let files = agent_dirs.iter().filter_map(|d| std::fs::read_dir(d.join("sidecars")).ok()).flatten().flatten();
-    files
-        .filter_map(|f| std::fs::read(f.path()).ok())
-        .filter_map(|bytes| serde_json::from_slice::<Record>(&bytes).ok())
-        .map(|r| r.pid)
-        .collect()
-}
-
-/// Every process whose executable lies under `root`.
-fn processes_running_from(root: &Path) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| runs_from(pid, root))
-        .collect()
-}
-
-/// Whether process `pid` is alive (not a zombie) and runs an executable from under `root`.
-fn runs_from(pid: i32, root: &Path) -> bool {
-    if pid <= 0 {
-        return false;
-    }
-    let exe_inside = std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe.starts_with(root));
-    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
-        .unwrap_or(true);
-    exe_inside && !zombie
 }
 
 /// The closing lines: what was measured.
@@ -1658,7 +1405,7 @@ fn print_summary(report: &Report, clock: Clock) {
                 report.target
             );
         } else {
-            println!("  (restart mode stops the old process before it starts the new one: requests fail in between)");
+            println!("  (the restart mode of the full phase stops the old process before it starts the new one)");
         }
     }
     println!("done in {:.1} s.", clock.0.elapsed().as_secs_f64());

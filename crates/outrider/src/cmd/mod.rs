@@ -2,6 +2,8 @@
 
 pub mod agent;
 pub mod bench;
+mod bench_upgrade;
 pub mod demo;
+mod local;
 pub mod server;
 pub mod sim;
