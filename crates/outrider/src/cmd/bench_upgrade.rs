@@ -177,6 +177,10 @@ pub struct UpgradeArgs {
     /// Upgrades between the two idle windows of the footprint part.
     #[arg(long, value_name = "M", default_value_t = 1000)]
     pub footprint_upgrades: u32,
+    /// Mode of those upgrades (`hot` exercises the most agent machinery: a notify socket,
+    /// socket duplicates and a successor record per upgrade).
+    #[arg(long, default_value = "hot", value_parser = parse_footprint_mode)]
+    pub footprint_mode: UpgradeMode,
     /// Skip the agent-footprint part.
     #[arg(long)]
     pub skip_footprint: bool,
@@ -632,7 +636,7 @@ impl Bench {
         }
         let crash_recovery =
             if args.skip_crash { None } else { Some(self.crash_recovery(args.crashes, args.crash_interval.0).await?) };
-        let agent_footprint = if args.skip_footprint { None } else { Some(self.footprint(args, &scenarios).await?) };
+        let agent_footprint = if args.skip_footprint { None } else { Some(self.footprint(args).await?) };
         Ok(UpgradeBenchResult {
             upgrades: args.upgrades,
             wrk: format!(
@@ -1090,8 +1094,8 @@ impl Bench {
 
     /// The agent with three idle sidecars, before and after `--footprint-upgrades` upgrades
     /// of one of them.
-    async fn footprint(&mut self, args: &UpgradeArgs, scenarios: &[ScenarioResult]) -> anyhow::Result<FootprintResult> {
-        let mode = footprint_mode(scenarios);
+    async fn footprint(&mut self, args: &UpgradeArgs) -> anyhow::Result<FootprintResult> {
+        let mode = args.footprint_mode;
         let sidecars: Vec<String> = (1..=IDLE_SIDECARS).map(idle_sidecar).collect();
         eprintln!(
             "agent footprint: {} sidecars idle for {:?}, then {} {mode} upgrades of {}, then idle again",
@@ -1242,19 +1246,11 @@ fn idle_sidecar(i: usize) -> String {
     format!("idle-{i}")
 }
 
-/// The faster of hot and restart by the scenarios' median upgrade time (only scenarios with no
-/// failed upgrade count); restart when the scenarios did not measure both.
-fn footprint_mode(scenarios: &[ScenarioResult]) -> UpgradeMode {
-    let p50 = |name: &str| {
-        scenarios
-            .iter()
-            .find(|s| s.name == name && s.upgrades_failed == 0 && s.error.is_none())
-            .and_then(|s| s.upgrade_ms)
-            .map(|p| p.p50)
-    };
-    match (p50(Scenario::Hot.name()), p50(Scenario::Restart.name())) {
-        (Some(hot), Some(restart)) if hot < restart => UpgradeMode::Hot,
-        _ => UpgradeMode::Restart,
+/// `--footprint-mode`: `hot` or `restart` (the modes every footprint sidecar supports).
+fn parse_footprint_mode(s: &str) -> Result<UpgradeMode, String> {
+    match s.parse::<UpgradeMode>()? {
+        m @ (UpgradeMode::Hot | UpgradeMode::Restart) => Ok(m),
+        other => Err(format!("{other} upgrades are not measured here: use hot or restart")),
     }
 }
 
