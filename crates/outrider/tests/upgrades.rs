@@ -329,3 +329,19 @@ async fn a_warm_upgrade_to_a_version_that_never_gets_ready_goes_back_to_the_old_
     let text = std::fs::read_to_string(&journal).unwrap_or_default();
     assert!(text.starts_with("drain\nundrain\n"), "the instance was put back: {text:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_signal_reload_sidecar_gets_a_changed_environment_by_restart() {
+    let f = one_instance(
+        sidecar_body(json!({"kind": "signal", "signal": "SIGUSR2"}), false, json!({})),
+        &[("1.3.0", "latency=1ms")],
+    )
+    .await;
+    let old = running(&f, "1.0.0").await.pid.expect("running");
+    // 1.3.0 sets DEMO_FAULT: a re-executed process would keep the old environment.
+    let new = hot_upgrade(&f, "1.3.0", old).await;
+    let environ = std::fs::read(format!("/proc/{new}/environ")).expect("environ of the new process");
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(environ.split('\0').any(|v| v == "DEMO_FAULT=latency=1ms"), "the new environment applies: {environ}");
+    assert!(!alive(old));
+}

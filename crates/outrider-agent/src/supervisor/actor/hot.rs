@@ -216,7 +216,8 @@ impl Actor {
     /// Hot mode for sidecars that upgrade themselves on a signal (nginx-style): swap the
     /// executable behind the stable link, signal the running process, wait for a new pid in
     /// the pid file, check it, then send the stop signal to the old process alone (the new
-    /// one is its child, in its process group).
+    /// one is its child, in its process group). A new version with another command line or
+    /// environment is carried out as a restart, since the re-executed process keeps both.
     async fn signal_upgrade(&mut self, d: DesiredSidecar, p: Prepared) -> Flow {
         let Handover::Signal { signal, stop_signal, .. } = &d.handover else { return Flow::Continue };
         let (reload, stop) = match (Signal::from_str(signal), Signal::from_str(stop_signal)) {
@@ -226,6 +227,13 @@ impl Actor {
                 return Flow::Continue;
             }
         };
+        if self.current.as_ref().is_some_and(|c| c.desired.command != d.command || c.desired.env != d.env) {
+            // The sidecar re-executes itself with its own command line and environment: a
+            // change of either can only be applied by starting it afresh.
+            tracing::warn!(sidecar = %self.name, version = %d.version,
+                "the new version changes the command or the environment, which a signal reload cannot apply; upgrading by restart instead");
+            return self.restart_upgrade(d, p).await;
+        }
         let shared = self.shared.clone();
         let Some(files) = SignalFiles::of(&shared.config, &identity(&shared), &d) else { return Flow::Continue };
         let Some((old_version, old_pid, old_artifact)) =
