@@ -60,6 +60,11 @@ pub struct SidecarStatus {
     /// The last error (artifact refused, startup check failed…).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A version the agent tried to upgrade to and gave up on, keeping the running version
+    /// (a hot upgrade whose new process never got ready, a failed drain…); cleared once a
+    /// new process runs. `error` says why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_upgrade: Option<String>,
     /// Custom metrics scraped from the sidecar.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metrics: BTreeMap<String, f64>,

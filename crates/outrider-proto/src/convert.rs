@@ -44,6 +44,7 @@ impl From<&m::SidecarStatus> for v1::SidecarStatus {
             rss_bytes: s.rss_bytes,
             error: s.error.clone(),
             metrics: s.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            failed_upgrade: s.failed_upgrade.clone(),
         }
     }
 }
@@ -62,6 +63,7 @@ impl TryFrom<v1::SidecarStatus> for m::SidecarStatus {
             rss_bytes: s.rss_bytes,
             error: s.error,
             metrics: s.metrics.into_iter().filter(|(_, v)| v.is_finite()).collect(),
+            failed_upgrade: s.failed_upgrade,
         })
     }
 }

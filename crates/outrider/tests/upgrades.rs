@@ -146,8 +146,17 @@ async fn falls_back(f: &Fleet, bad: &str, why: &str) {
     assert!(failed.error.as_deref().is_some_and(|e| e.contains(why)), "{failed:?}");
     assert_eq!(stats.failed, 0, "failed requests during a failed hot upgrade: {:?}", stats.errors);
     assert!(stats.answered_by.iter().all(|(v, p)| v == "1.0.0" && *p == u64::from(pid)), "{:?}", stats.answered_by);
-    let hello = f.hello(0).await.expect("GET /");
-    assert_eq!(hello["pid"], pid);
+    // The manager is told which upgrade was given up, for the plan's judge.
+    f.eventually(UPGRADE, "the manager to see the failed upgrade", async || {
+        let instances = f.instances().await?;
+        let demo = instances
+            .iter()
+            .flat_map(|i| i["sidecars"].as_array().cloned().unwrap_or_default())
+            .find(|s| s["name"] == "demo")
+            .ok_or("no demo sidecar")?;
+        if demo["failed_upgrade"] == bad { Ok(()) } else { Err(format!("{demo}")) }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -325,7 +334,6 @@ async fn a_warm_upgrade_to_a_version_that_never_gets_ready_goes_back_to_the_old_
         .await;
     assert_eq!(s.version, "1.0.0", "back on the old version: {s:?}");
     assert_ne!(s.pid, Some(old), "the old version was started again");
-    assert_eq!(f.hello(0).await.expect("GET /")["version"], "1.0.0");
     let text = std::fs::read_to_string(&journal).unwrap_or_default();
     assert!(text.starts_with("drain\nundrain\n"), "the instance was put back: {text:?}");
 }
@@ -344,4 +352,40 @@ async fn a_signal_reload_sidecar_gets_a_changed_environment_by_restart() {
     let environ = String::from_utf8_lossy(&environ);
     assert!(environ.split('\0').any(|v| v == "DEMO_FAULT=latency=1ms"), "the new environment applies: {environ}");
     assert!(!alive(old));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_plan_blocks_on_a_hot_upgrade_the_agent_gave_up_before_its_batch_timeout() {
+    let f =
+        one_instance(sidecar_body(json!({"kind": "listen-fds"}), true, json!({})), &[("1.9.0", "fail-health")]).await;
+    let old = running(&f, "1.0.0").await.pid.expect("running");
+    f.api_ok(reqwest::Method::POST, "/sidecars/demo/versions/1.9.0/admit", Some(json!({"evidence": "test"}))).await;
+    let plan = f
+        .api_ok(
+            reqwest::Method::POST,
+            "/plans",
+            Some(json!({"sidecar": "demo", "target_version": "1.9.0", "phases": [
+                {"name": "gray", "stage": "canary", "mode": "hot", "bake": "1s", "batch_timeout": "60s"}]})),
+        )
+        .await;
+    let id = plan["id"].as_str().expect("plan id").to_owned();
+    let started = std::time::Instant::now();
+    let blocked = f
+        .eventually(Duration::from_secs(45), "the plan to block", async || {
+            let (_, p) = f.api(reqwest::Method::GET, &format!("/plans/{id}"), None).await?;
+            if p["state"] == "blocked" { Ok(p) } else { Err(format!("plan state {}", p["state"])) }
+        })
+        .await;
+    // The executor settles 5 s after the manager starts; the startup deadline is 4 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "blocked after {:?}, not at the batch timeout",
+        started.elapsed()
+    );
+    let incident = &blocked["incidents"][0];
+    assert_eq!(incident["metric"], "upgrade_failed", "{incident}");
+    assert_eq!(blocked["blast_radius"], 0, "the new version never served: {blocked}");
+    // The agent keeps trying (with backoff) while the plan is blocked; 1.0.0 keeps running.
+    let s = f.demo(0).await.expect("status");
+    assert_eq!((s.version.as_str(), s.pid), ("1.0.0", Some(old)), "{s:?}");
 }

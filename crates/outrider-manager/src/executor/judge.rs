@@ -1,6 +1,7 @@
 //! The first judge of a batch: until anomaly detection lands, a batch fails when its
-//! upgraded instances report sidecar exits, crash loops, a failed sidecar, or a version that
-//! never arrives. Pure: it looks only at what it is given.
+//! upgraded instances report sidecar exits, crash loops, a failed sidecar, an upgrade the
+//! agent gave up on (the old version kept serving), or a version that never arrives. Pure:
+//! it looks only at what it is given.
 
 use outrider_model::{SidecarState, SidecarStatus};
 
@@ -34,6 +35,7 @@ pub fn observe(instances: &[InstanceObs<'_>], target: &str) -> Observation {
     let mut crash = Vec::new();
     let mut failed = Vec::new();
     let mut exited = Vec::new();
+    let mut gave_up = Vec::new();
     for i in instances {
         let Some(s) = i.status else {
             o.missing.push(i.id.to_owned());
@@ -44,6 +46,7 @@ pub fn observe(instances: &[InstanceObs<'_>], target: &str) -> Observation {
             o.ran_target += 1;
         }
         match s.state {
+            _ if !on_target && s.failed_upgrade.as_deref() == Some(target) => gave_up.push(i.id.to_owned()),
             SidecarState::CrashLoop if on_target => crash.push(i.id.to_owned()),
             SidecarState::Failed if on_target => failed.push(i.id.to_owned()),
             _ if on_target && s.exits > i.exits_before => exited.push(i.id.to_owned()),
@@ -51,9 +54,10 @@ pub fn observe(instances: &[InstanceObs<'_>], target: &str) -> Observation {
             _ => o.missing.push(i.id.to_owned()),
         }
     }
-    o.harm = [("crash_loop", crash), ("sidecar_failed", failed), ("sidecar_exits", exited)]
-        .into_iter()
-        .find(|(_, ids)| !ids.is_empty());
+    o.harm =
+        [("crash_loop", crash), ("sidecar_failed", failed), ("sidecar_exits", exited), ("upgrade_failed", gave_up)]
+            .into_iter()
+            .find(|(_, ids)| !ids.is_empty());
     o
 }
 
@@ -103,6 +107,18 @@ mod tests {
     fn a_crash_of_the_old_version_is_not_the_targets_fault() {
         let old = status("1.0.0", SidecarState::CrashLoop, 9);
         let obs = observe(&[InstanceObs { id: "a", status: Some(&old), exits_before: 0 }], "1.1.0");
+        assert_eq!((obs.harm, obs.missing), (None, vec!["a".to_owned()]));
+    }
+
+    #[test]
+    fn an_upgrade_the_agent_gave_up_on_is_harm_only_for_its_target() {
+        let gave_up =
+            SidecarStatus { failed_upgrade: Some("1.1.0".into()), ..status("1.0.0", SidecarState::Running, 0) };
+        let obs = observe(&[InstanceObs { id: "a", status: Some(&gave_up), exits_before: 0 }], "1.1.0");
+        assert_eq!(obs.harm, Some(("upgrade_failed", vec!["a".to_owned()])));
+        assert_eq!(obs.ran_target, 0);
+        // Another plan's target, or a rollback to 1.0.0, is not concerned.
+        let obs = observe(&[InstanceObs { id: "a", status: Some(&gave_up), exits_before: 0 }], "1.2.0");
         assert_eq!((obs.harm, obs.missing), (None, vec!["a".to_owned()]));
     }
 }

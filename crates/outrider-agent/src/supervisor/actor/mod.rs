@@ -583,6 +583,7 @@ impl Actor {
             s.pid = Some(pid);
             s.restarts = restarts;
             s.exits = exits;
+            s.failed_upgrade = None;
         });
         self.current = Some(cur);
     }
@@ -652,6 +653,7 @@ impl Actor {
             "cannot upgrade sidecar; the running version keeps running");
         let running = self.current.as_ref().map(|c| (c.desired.version.clone(), c.process.pid(), c.ready));
         let state = self.running_state(running.as_ref().is_none_or(|r| r.2));
+        let target = d.version.clone();
         self.update(|s| {
             if let Some((version, pid, _)) = running {
                 s.version = version;
@@ -659,6 +661,7 @@ impl Actor {
                 s.state = state;
             }
             s.error = Some(msg);
+            s.failed_upgrade = Some(target);
         });
     }
 
