@@ -125,6 +125,42 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
             "invalid_argument",
         ),
         (Method::POST, "/tenants/default/sidecars", json!({"name": "mesh"}), StatusCode::CONFLICT, "conflict"),
+        // Hot and warm settings that cannot work.
+        (
+            Method::POST,
+            "/tenants/default/sidecars",
+            json!({"name": "x", "upgrade_modes": ["hot"]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
+        (
+            Method::POST,
+            "/tenants/default/sidecars",
+            json!({"name": "x", "upgrade_modes": ["warm"]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
+        (
+            Method::POST,
+            "/tenants/default/sidecars",
+            json!({"name": "x", "upgrade_modes": ["hot"], "handover": {"kind": "signal", "signal": "SIGKILL"}}),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
+        (
+            Method::POST,
+            "/tenants/default/sidecars",
+            json!({"name": "x", "handover": {"kind": "teleport"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_json",
+        ),
+        (
+            Method::POST,
+            "/tenants/default/sidecars",
+            json!({"name": "x", "sockets": [{"name": "http", "listen": "no-port"}]}),
+            StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        ),
         (
             Method::POST,
             "/tenants/default/sidecars/mesh/versions",
