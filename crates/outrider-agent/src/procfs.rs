@@ -28,6 +28,11 @@ impl ProcStat {
         matches!(self.state, 'Z' | 'X' | 'x')
     }
 
+    /// Whether the process leads its own process group.
+    pub fn leads_group(&self) -> bool {
+        u32::try_from(self.pgrp).ok() == Some(self.pid)
+    }
+
     /// CPU time used so far, user plus kernel, in clock ticks.
     pub fn cpu_ticks(&self) -> u64 {
         self.utime.saturating_add(self.stime)

@@ -269,5 +269,11 @@ mod tests {
         assert_eq!(m::SidecarStatus::try_from(s).unwrap_err().field, "sidecar.state");
         let d = v1::DesiredSidecar { mode: "sideways".into(), ..Default::default() };
         assert_eq!(m::DesiredSidecar::try_from(d).unwrap_err().field, "sidecar.mode");
+        let handover = Some(v1::Handover { kind: "teleport".into(), ..Default::default() });
+        let d = v1::DesiredSidecar { mode: "hot".into(), handover, ..Default::default() };
+        assert_eq!(m::DesiredSidecar::try_from(d).unwrap_err().field, "sidecar.handover.kind");
+        let warm = Some(v1::Warm { drain: None, undrain: None, wait_ms: 10 });
+        let d = v1::DesiredSidecar { mode: "warm".into(), warm, ..Default::default() };
+        assert_eq!(m::DesiredSidecar::try_from(d).unwrap_err().field, "sidecar.warm.drain");
     }
 }

@@ -48,6 +48,7 @@ use tokio::{sync::watch, task::JoinHandle};
 use crate::{Runtime, artifact::ArtifactCache, backoff::Backoff, procfs};
 use actor::ActorHandle;
 use board::StatusBoard;
+use process::Process;
 use record::{Record, RecordStore};
 
 /// The agent's own credential: removed from the environment of sidecars and probes.
@@ -217,7 +218,7 @@ fn adopt(shared: &Arc<Shared>, mut record: Record) -> Option<ActorHandle> {
         if successor_alive && main_alive {
             tracing::warn!(sidecar = %name, pid = successor.pid, version = %successor.desired.version,
                 "an earlier agent died during a hot upgrade; killing the unconfirmed new process");
-            kill_verified(successor.pid, successor.start_time_ticks);
+            kill_verified(successor.pid, successor.start_time_ticks, shared.config.adopted_poll_interval);
         } else if successor_alive {
             tracing::warn!(sidecar = %name, pid = successor.pid, version = %successor.desired.version,
                 "an earlier agent died during a hot upgrade and the old process is gone; adopting the new one");
@@ -241,28 +242,16 @@ fn adopt(shared: &Arc<Shared>, mut record: Record) -> Option<ActorHandle> {
         shared.records.remove_now(&name);
         return None;
     }
-    let group_leader = stat.is_ok_and(|s| u32::try_from(s.pgrp).ok() == Some(record.pid));
+    let group_leader = stat.is_ok_and(|s| s.leads_group());
     tracing::info!(sidecar = %name, version = %record.version, pid = record.pid, "re-adopted running sidecar");
     Some(actor::spawn_adopted(shared.clone(), record, group_leader))
 }
 
 /// SIGKILLs `pid` (its group too if it leads one) if it is still the process that started
 /// at `start_time`.
-fn kill_verified(pid: u32, start_time: u64) {
-    use nix::sys::signal::{Signal, kill, killpg};
-    let Ok(stat) = procfs::read_stat(pid) else { return };
-    let Some(target) = i32::try_from(pid).ok().filter(|p| *p > 0).map(nix::unistd::Pid::from_raw) else { return };
-    if stat.start_time != start_time {
-        return;
-    }
-    let result = if u32::try_from(stat.pgrp).ok() == Some(pid) {
-        killpg(target, Signal::SIGKILL)
-    } else {
-        kill(target, Signal::SIGKILL)
-    };
-    if let Err(e) = result {
-        tracing::warn!(pid, error = %e, "could not kill the unconfirmed process");
-    }
+fn kill_verified(pid: u32, start_time: u64, poll: std::time::Duration) {
+    let group_leader = procfs::read_stat(pid).is_ok_and(|s| s.leads_group());
+    Process::Adopted { pid, start_time, group_leader, poll }.signal(nix::sys::signal::Signal::SIGKILL);
 }
 
 impl Runtime for Supervisor {

@@ -172,40 +172,35 @@ impl Process {
     /// not lead its group). Does nothing once the process is known to be gone, or if an
     /// adopted pid no longer belongs to the recorded process.
     pub(super) fn signal(&self, signal: Signal) {
-        let result = match self {
-            Self::Child { child, pid, exit } => {
+        self.send(signal, true);
+    }
+
+    /// Sends `signal` to the process alone, not its group (a signal-reload sidecar's new
+    /// generation is its child, in its group). Same checks as [`Self::signal`].
+    pub(super) fn signal_alone(&self, signal: Signal) {
+        self.send(signal, false);
+    }
+
+    fn send(&self, signal: Signal, to_group: bool) {
+        let leads_group = match self {
+            Self::Child { child, exit, .. } => {
                 if exit.is_some() || child.id().is_none() {
                     return;
                 }
-                nix_pid(*pid).map(|p| killpg(p, signal))
+                true
             }
             Self::Adopted { pid, start_time, group_leader, .. } => {
                 // A zombie still holds its pid, so "same start time" is enough to be sure.
                 if !procfs::read_stat(*pid).is_ok_and(|s| s.start_time == *start_time) {
                     return;
                 }
-                let target = nix_pid(*pid);
-                if *group_leader { target.map(|p| killpg(p, signal)) } else { target.map(|p| kill(p, signal)) }
+                *group_leader
             }
         };
+        let target = nix_pid(self.pid());
+        let result =
+            if to_group && leads_group { target.map(|p| killpg(p, signal)) } else { target.map(|p| kill(p, signal)) };
         if let Some(Err(e)) = result
-            && e != Errno::ESRCH
-        {
-            tracing::warn!(pid = self.pid(), %signal, error = %e, "could not signal sidecar");
-        }
-    }
-
-    /// Sends `signal` to the process alone, not its group (a signal-reload sidecar's new
-    /// generation is its child, in its group). Same checks as [`Self::signal`].
-    pub(super) fn signal_alone(&self, signal: Signal) {
-        let live = match self {
-            Self::Child { child, exit, .. } => exit.is_none() && child.id().is_some(),
-            Self::Adopted { pid, start_time, .. } => procfs::read_stat(*pid).is_ok_and(|s| s.start_time == *start_time),
-        };
-        if !live {
-            return;
-        }
-        if let Some(Err(e)) = nix_pid(self.pid()).map(|p| kill(p, signal))
             && e != Errno::ESRCH
         {
             tracing::warn!(pid = self.pid(), %signal, error = %e, "could not signal sidecar");
@@ -215,12 +210,17 @@ impl Process {
     /// Stops the process alone with `stop`, up to `drain` for it to end, then SIGKILL to it
     /// alone. Whatever else is in its group is left running.
     pub(super) async fn terminate_alone(&mut self, stop: Signal, drain: Duration) -> String {
-        self.signal_alone(stop);
+        self.stop(stop, drain, false).await
+    }
+
+    /// `stop`, up to `drain` for the end, then SIGKILL; to the group or the process alone.
+    async fn stop(&mut self, stop: Signal, drain: Duration, to_group: bool) -> String {
+        self.send(stop, to_group);
         match tokio::time::timeout(drain, self.wait()).await {
             Ok(how) => how,
             Err(_) => {
                 tracing::warn!(pid = self.pid(), ?drain, "sidecar still running after its drain time; sending SIGKILL");
-                self.signal_alone(Signal::SIGKILL);
+                self.send(Signal::SIGKILL, to_group);
                 format!("{}; SIGKILL after drain time {drain:?}", self.wait().await)
             }
         }
@@ -242,15 +242,7 @@ impl Process {
     /// Stops the process: SIGTERM to its group, up to `drain` for it to end, then SIGKILL.
     /// Returns how it ended.
     pub(super) async fn terminate(&mut self, drain: Duration) -> String {
-        self.signal(Signal::SIGTERM);
-        let how = match tokio::time::timeout(drain, self.wait()).await {
-            Ok(how) => how,
-            Err(_) => {
-                tracing::warn!(pid = self.pid(), ?drain, "sidecar still running after its drain time; sending SIGKILL");
-                self.signal(Signal::SIGKILL);
-                format!("{}; SIGKILL after drain time {drain:?}", self.wait().await)
-            }
-        };
+        let how = self.stop(Signal::SIGTERM, drain, true).await;
         self.kill_leftovers();
         how
     }

@@ -107,10 +107,16 @@ pub(super) fn resolve(who: &Identity<'_>, d: &DesiredSidecar, artifact: &Path) -
     Ok(Resolved { argv, env, startup, liveness, sockets })
 }
 
-/// Expands the placeholders of a warm-upgrade action (`${artifact}` is not available there).
-pub(super) fn resolve_action(who: &Identity<'_>, field: &str, a: &Action) -> Result<ResolvedAction, String> {
+/// Expands the placeholders of `s`, a setting outside the command line (`${artifact}` is
+/// not available there); the error names `field`.
+pub(super) fn expand_setting(who: &Identity<'_>, field: &str, s: &str) -> Result<String, String> {
     let ctx = PlaceholderContext { instance: who.instance, service: who.service, labels: who.labels, artifact: "" };
-    let x = |s: &str| expand(s, &ctx).map_err(|e| format!("cannot expand {field}: {e}"));
+    expand(s, &ctx).map_err(|e| format!("cannot expand {field}: {e}"))
+}
+
+/// Expands the placeholders of a warm-upgrade action.
+pub(super) fn resolve_action(who: &Identity<'_>, field: &str, a: &Action) -> Result<ResolvedAction, String> {
+    let x = |s: &str| expand_setting(who, field, s);
     match (&a.http, &a.exec) {
         (Some(url), None) => Ok(ResolvedAction::Http { method: a.method.clone(), url: x(url)? }),
         (None, Some(cmd)) if !cmd.is_empty() => {

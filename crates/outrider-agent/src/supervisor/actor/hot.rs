@@ -14,10 +14,14 @@ use nix::sys::signal::Signal;
 use outrider_model::{DesiredSidecar, Handover, SidecarState};
 use tokio::time::Instant;
 
-use super::{Actor, Current, DEFAULT_READY_DEADLINE, Flow, Prepared, Readiness, identity, on_changed};
+use super::{Actor, Current, Flow, Prepared, Readiness, identity, on_changed};
 use crate::{
     procfs,
-    supervisor::{SupervisorConfig, process::Process, resolve::Identity},
+    supervisor::{
+        SupervisorConfig,
+        process::Process,
+        resolve::{Identity, expand_setting},
+    },
 };
 
 /// How often the pid file of a signal-reload sidecar is read while its new generation starts.
@@ -40,16 +44,14 @@ impl SignalFiles {
         let run = config.run_dir();
         let pid_file = pid_file
             .as_deref()
-            .and_then(|p| {
-                let ctx = outrider_model::PlaceholderContext {
-                    instance: who.instance,
-                    service: who.service,
-                    labels: who.labels,
-                    artifact: "",
-                };
-                outrider_model::expand(p, &ctx).ok()
+            .and_then(|p| match expand_setting(who, "handover.pid_file", p) {
+                Ok(p) => Some(PathBuf::from(p)),
+                Err(e) => {
+                    tracing::warn!(sidecar = %d.name, error = %e, "using the default pid file");
+                    None
+                }
             })
-            .map_or_else(|| run.join(format!("{}.pid", d.name)), PathBuf::from);
+            .unwrap_or_else(|| run.join(format!("{}.pid", d.name)));
         Some(Self {
             link: run.join(format!("{}.current", d.name)),
             pid_file,
@@ -248,7 +250,7 @@ impl Actor {
         tracing::info!(sidecar = %self.name, from = %old_version, to = %d.version, pid = old_pid, %reload,
             "hot upgrade: asking the sidecar to re-execute itself");
         self.update(|s| s.state = SidecarState::Upgrading);
-        let deadline = Instant::now() + p.resolved.startup.as_ref().map_or(DEFAULT_READY_DEADLINE, |s| s.deadline);
+        let deadline = p.ready_deadline(Instant::now());
         if let Some(old) = &self.current {
             old.process.signal_alone(reload);
         }
@@ -266,24 +268,9 @@ impl Actor {
                 return Flow::Continue;
             }
         };
-        let group_leader = procfs::read_stat(pid).is_ok_and(|s| u32::try_from(s.pgrp).ok() == Some(pid));
-        let now = Instant::now();
-        let ready = p.resolved.startup.is_none();
-        let new = Current {
-            process: Process::Adopted { pid, start_time, group_leader, poll: shared.config.adopted_poll_interval },
-            start_time,
-            desired: d.clone(),
-            artifact_path: p.artifact_path,
-            spawned_at: now,
-            ready,
-            stable: false,
-            startup: p.resolved.startup,
-            liveness: p.resolved.liveness,
-            next_probe_at: now,
-            liveness_failures: 0,
-            notify: None,
-            ready_deadline: deadline,
-        };
+        let group_leader = procfs::read_stat(pid).is_ok_and(|s| s.leads_group());
+        let process = Process::Adopted { pid, start_time, group_leader, poll: shared.config.adopted_poll_interval };
+        let new = Current::starting(process, start_time, &d, p, None, deadline);
         let flow = self.finish_hot(d, &old_version, new, Some(stop)).await;
         let upgraded = self.current.as_ref().is_some_and(|c| c.process.pid() == pid);
         if !upgraded

@@ -220,6 +220,35 @@ enum Readiness {
 }
 
 impl Current {
+    /// A process of `d` just started from `p`, not ready yet unless it has nothing to wait for.
+    fn starting(
+        process: Process,
+        start_time: u64,
+        d: &DesiredSidecar,
+        p: Prepared,
+        notify: Option<NotifySocket>,
+        ready_deadline: Instant,
+    ) -> Self {
+        let now = Instant::now();
+        let ready = p.resolved.startup.is_none() && notify.is_none();
+        let liveness_period = p.resolved.liveness.as_ref().map_or(Duration::ZERO, |l| l.period);
+        Self {
+            process,
+            start_time,
+            desired: d.clone(),
+            artifact_path: p.artifact_path,
+            spawned_at: now,
+            ready,
+            stable: false,
+            startup: p.resolved.startup,
+            liveness: p.resolved.liveness,
+            next_probe_at: if ready { now + liveness_period } else { now },
+            liveness_failures: 0,
+            notify,
+            ready_deadline,
+        }
+    }
+
     /// Waits until the process is ready: `READY=1` on its notify socket (if it has one), then
     /// its startup probe (if any), both before `ready_deadline`. Cancel-safe: progress is
     /// kept in `self`, so a later call goes on where this one stopped.
@@ -270,6 +299,14 @@ const DEFAULT_READY_DEADLINE: Duration = Duration::from_secs(30);
 struct Prepared {
     artifact_path: PathBuf,
     resolved: Resolved,
+}
+
+impl Prepared {
+    /// Until when a process started at `start` has to become ready: its startup probe's
+    /// deadline, or [`DEFAULT_READY_DEADLINE`].
+    fn ready_deadline(&self, start: Instant) -> Instant {
+        start + self.resolved.startup.as_ref().map_or(DEFAULT_READY_DEADLINE, |s| s.deadline)
+    }
 }
 
 /// Fetches the artifact of `d` and expands its placeholders. `${artifact}` is the cached
@@ -545,26 +582,9 @@ impl Actor {
         };
         let (process, start_time) =
             process::spawn(spec).await.map_err(|e| format!("cannot start {:?}: {e}", p.resolved.argv[0]))?;
-        let now = Instant::now();
-        let ready = p.resolved.startup.is_none() && notify.is_none();
-        let ready_deadline = now + p.resolved.startup.as_ref().map_or(DEFAULT_READY_DEADLINE, |s| s.deadline);
-        let liveness_period = p.resolved.liveness.as_ref().map_or(Duration::ZERO, |l| l.period);
         tracing::info!(sidecar = %self.name, version = %d.version, pid = process.pid(), "sidecar started");
-        Ok(Current {
-            process,
-            start_time,
-            desired: d.clone(),
-            artifact_path: p.artifact_path,
-            spawned_at: now,
-            ready,
-            stable: false,
-            startup: p.resolved.startup,
-            liveness: p.resolved.liveness,
-            next_probe_at: if ready { now + liveness_period } else { now },
-            liveness_failures: 0,
-            notify,
-            ready_deadline,
-        })
+        let ready_deadline = p.ready_deadline(Instant::now());
+        Ok(Current::starting(process, start_time, d, p, notify, ready_deadline))
     }
 
     /// Makes `cur` the current process: records it for re-adoption and reports it.
