@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::{
-    ApiError, keys,
+    Error, keys,
     repo::{Repo, encode},
 };
 
@@ -69,15 +69,15 @@ impl Auth {
     }
 
     /// The actor behind an `Authorization` header value.
-    pub fn check(&self, header: Option<&str>) -> Result<String, ApiError> {
-        let header = header.ok_or_else(|| ApiError::unauthenticated("missing Authorization: Bearer <token>"))?;
+    pub fn check(&self, header: Option<&str>) -> Result<String, Error> {
+        let header = header.ok_or_else(|| Error::unauthenticated("missing Authorization: Bearer <token>"))?;
         let token = header
             .strip_prefix("Bearer ")
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| ApiError::unauthenticated("Authorization must be \"Bearer <token>\""))?;
+            .ok_or_else(|| Error::unauthenticated("Authorization must be \"Bearer <token>\""))?;
         let tokens = self.tokens.read().unwrap_or_else(|p| p.into_inner());
         // Comparing hashes by map lookup does not leak the token through timing.
-        tokens.get(&hash(token)).map(|i| i.name.clone()).ok_or_else(|| ApiError::unauthenticated("unknown token"))
+        tokens.get(&hash(token)).map(|i| i.name.clone()).ok_or_else(|| Error::unauthenticated("unknown token"))
     }
 }

@@ -1,9 +1,10 @@
-//! An in-memory mirror of the catalog (tenants, sidecars, versions, services, bindings),
-//! fed by the store watch, from which desired state is computed without store reads.
+//! An in-memory mirror of the catalog (tenants, sidecars, versions, services, bindings, plan
+//! overrides, freezes), fed by the store watch, from which desired state is computed and the
+//! executor reads without store reads.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use outrider_model::{Binding, DesiredSidecar, Service, Sidecar, Version, desired_for_service};
+use outrider_model::{Binding, DesiredSidecar, Freeze, Override, Service, Sidecar, Version, desired_for_service};
 use outrider_store::{KeyValue, WatchEvent};
 
 use crate::keys::{self, CatalogKey};
@@ -18,29 +19,8 @@ pub struct TenantCatalog {
     bindings: HashMap<String, BTreeMap<String, Binding>>,
     /// service → (instance, sidecar) → a plan's override.
     overrides: HashMap<String, HashMap<(String, String), Override>>,
-}
-
-/// A plan's change to one instance's sidecar. It applies while the service's binding still
-/// names `base_version` (a later binding change supersedes it).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Override {
-    /// Plan that wrote it.
-    pub plan: String,
-    /// Phase index and batch index in the plan.
-    pub phase: u32,
-    /// Batch index.
-    pub batch: u32,
-    /// Version to run.
-    pub version: String,
-    /// How to get there.
-    pub mode: outrider_model::UpgradeMode,
-    /// What the instance ran before (for rollback).
-    pub previous: String,
-    /// The binding's version when the override was written.
-    pub base_version: String,
-    /// The sidecar's exit count when the override was written (the judge counts new exits).
-    #[serde(default)]
-    pub exits_before: u32,
+    /// Change freezes, by id.
+    freezes: Vec<Freeze>,
 }
 
 impl TenantCatalog {
@@ -92,11 +72,12 @@ impl TenantCatalog {
     }
 
     /// Every override of `plan`, with its service and instance.
-    pub fn overrides_of_plan<'a>(&'a self, plan: &'a str) -> impl Iterator<Item = (&'a str, &'a str, &'a Override)> {
+    pub fn overrides_of_plan(&self, plan: &str) -> Vec<(&str, &str, &Override)> {
         self.overrides
             .iter()
             .flat_map(|(svc, m)| m.iter().map(move |((i, _), o)| (svc.as_str(), i.as_str(), o)))
-            .filter(move |(_, _, o)| o.plan == plan)
+            .filter(|(_, _, o)| o.plan == plan)
+            .collect()
     }
 
     /// The binding of `sidecar` on `service`.
@@ -127,6 +108,11 @@ impl TenantCatalog {
     /// Every service.
     pub fn services(&self) -> impl Iterator<Item = &Service> {
         self.services.values()
+    }
+
+    /// The tenant's change freezes, by id.
+    pub fn freezes(&self) -> &[Freeze] {
+        &self.freezes
     }
 
     /// Services that bind `sidecar`.
@@ -192,6 +178,18 @@ impl Catalog {
             self.tenants.entry(t.to_owned()).or_default();
             return;
         }
+        if let Some((tenant, _)) = keys::parse_freeze(&kv.key) {
+            match serde_json::from_slice::<Freeze>(&kv.value) {
+                Ok(f) => {
+                    let freezes = &mut self.tenants.entry(tenant.to_owned()).or_default().freezes;
+                    freezes.retain(|g| g.id != f.id);
+                    let at = freezes.partition_point(|g| g.id < f.id);
+                    freezes.insert(at, f);
+                }
+                Err(e) => tracing::error!(key = %kv.key, error = %e, "unreadable freeze"),
+            }
+            return;
+        }
         let Some(k) = keys::parse_catalog(&kv.key) else { return };
         let parse_err = |e: serde_json::Error| tracing::error!(key = %kv.key, error = %e, "unreadable catalog value");
         match k {
@@ -235,6 +233,12 @@ impl Catalog {
     fn remove(&mut self, key: &str) {
         if let Some(t) = key.strip_prefix(keys::TENANTS) {
             self.tenants.remove(t);
+            return;
+        }
+        if let Some((tenant, id)) = keys::parse_freeze(key) {
+            if let Some(t) = self.tenants.get_mut(tenant) {
+                t.freezes.retain(|f| f.id != id);
+            }
             return;
         }
         let Some(k) = keys::parse_catalog(key) else { return };

@@ -1,93 +1,112 @@
-//! One error type for the API, mapping to both an HTTP status and a gRPC code.
+//! The manager's one error type. Each variant carries a stable machine code; the HTTP status
+//! is chosen at the API edge (`api::error`) and the gRPC status in the sync service.
 
-use axum::{
-    Json,
-    http::StatusCode,
-    response::{IntoResponse, Response},
-};
 use outrider_model::ValidationError;
 use outrider_store::StoreError;
-use serde_json::json;
 
-/// An error answered to a client: a stable machine code, a message for humans.
+/// Why a manager operation failed: a stable code (see [`Error::code`]) and a message for
+/// humans.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{code}: {message}")]
-pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Stable code (`not_found`, `conflict`, `invalid_argument`…).
-    pub code: &'static str,
-    /// Explanation.
-    pub message: String,
+pub enum Error {
+    /// The request is malformed or a value is out of bounds.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The body is not well-formed JSON.
+    #[error("{0}")]
+    MalformedJson(String),
+    /// The body is well-formed JSON of the wrong shape (unknown field, wrong type).
+    #[error("{0}")]
+    UnexpectedJson(String),
+    /// The body is larger than the API accepts.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// The body is not JSON at all (content type).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// No such object (the message names it).
+    #[error("{0} not found")]
+    NotFound(String),
+    /// No such API path.
+    #[error("no such API path")]
+    NoSuchPath,
+    /// The path exists, not with this method.
+    #[error("method not allowed on this path")]
+    MethodNotAllowed,
+    /// The object exists already, or changed meanwhile.
+    #[error("{0}")]
+    Conflict(String),
+    /// The request is valid but the state does not allow it.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// No or a wrong credential.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The store cannot be reached or refused the operation.
+    #[error("store: {0}")]
+    Unavailable(String),
+    /// A bug or corrupt data.
+    #[error("{0}")]
+    Internal(String),
 }
 
-impl ApiError {
-    /// An error with this status, code and message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+impl Error {
+    /// The stable code clients script against (`not_found`, `conflict`, `invalid_argument`…).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidArgument(_) => "invalid_argument",
+            Self::MalformedJson(_) | Self::UnexpectedJson(_) => "invalid_json",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::NotFound(_) | Self::NoSuchPath => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Conflict(_) => "conflict",
+            Self::FailedPrecondition(_) => "failed_precondition",
+            Self::Unauthenticated(_) => "unauthenticated",
+            Self::Unavailable(_) => "unavailable",
+            Self::Internal(_) => "internal",
+        }
     }
 
-    /// 400 invalid_argument.
+    /// A malformed request or a value out of bounds.
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_argument", message)
+        Self::InvalidArgument(message.into())
     }
 
-    /// 404 not_found.
+    /// `what` does not exist.
     pub fn not_found(what: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{} not found", what.into()))
+        Self::NotFound(what.into())
     }
 
-    /// 409 conflict.
+    /// The object exists already, or changed meanwhile.
     pub fn conflict(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, "conflict", message)
+        Self::Conflict(message.into())
     }
 
-    /// 409 failed_precondition: the request is valid but the state does not allow it.
+    /// The request is valid but the state does not allow it.
     pub fn precondition(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, "failed_precondition", message)
+        Self::FailedPrecondition(message.into())
     }
 
-    /// 401 unauthenticated.
+    /// No or a wrong credential.
     pub fn unauthenticated(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+        Self::Unauthenticated(message.into())
     }
 
-    /// 500 internal.
+    /// A bug or corrupt data.
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
-    }
-
-    /// The matching gRPC status.
-    pub fn to_status(&self) -> tonic::Status {
-        let code = match self.status {
-            StatusCode::BAD_REQUEST => tonic::Code::InvalidArgument,
-            StatusCode::NOT_FOUND => tonic::Code::NotFound,
-            StatusCode::CONFLICT => tonic::Code::FailedPrecondition,
-            StatusCode::UNAUTHORIZED => tonic::Code::Unauthenticated,
-            StatusCode::FORBIDDEN => tonic::Code::PermissionDenied,
-            StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable,
-            _ => tonic::Code::Internal,
-        };
-        tonic::Status::new(code, format!("{}: {}", self.code, self.message))
+        Self::Internal(message.into())
     }
 }
 
-impl From<ValidationError> for ApiError {
+impl From<ValidationError> for Error {
     fn from(e: ValidationError) -> Self {
         Self::invalid(e.to_string())
     }
 }
 
-impl From<StoreError> for ApiError {
+impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "store failure");
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("store: {e}"))
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        Self::Unavailable(e.to_string())
     }
 }

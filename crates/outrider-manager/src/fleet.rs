@@ -17,7 +17,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    ApiError,
+    Error,
     catalog::{Catalog, ServiceRef, TenantCatalog},
     keys,
     metrics::Metrics,
@@ -86,6 +86,8 @@ struct Inner {
 pub struct Fleet {
     inner: Mutex<Inner>,
     flush: Notify,
+    /// Poked when what instances report changes (the executor's judge looks again).
+    observed: Notify,
     metrics: Arc<Metrics>,
 }
 
@@ -134,7 +136,7 @@ fn material(a: &[SidecarStatus], b: &[SidecarStatus]) -> bool {
 impl Fleet {
     /// An empty fleet.
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { inner: Mutex::new(Inner::default()), flush: Notify::new(), metrics }
+        Self { inner: Mutex::new(Inner::default()), flush: Notify::new(), observed: Notify::new(), metrics }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -152,12 +154,12 @@ impl Fleet {
     }
 
     /// Registers an instance's sync stream and computes its first desired state.
-    pub fn connect(&self, reg: Registration, catalog: &Catalog) -> Result<Connection, ApiError> {
+    pub fn connect(&self, reg: Registration, catalog: &Catalog) -> Result<Connection, Error> {
         validate_name("instance", &reg.instance)?;
         reg.labels.validate()?;
-        let tc = catalog.tenant(&reg.tenant).ok_or_else(|| ApiError::not_found(format!("tenant {:?}", reg.tenant)))?;
+        let tc = catalog.tenant(&reg.tenant).ok_or_else(|| Error::not_found(format!("tenant {:?}", reg.tenant)))?;
         if !tc.has_service(&reg.service) {
-            return Err(ApiError::not_found(format!("service {:?} in tenant {:?}", reg.service, reg.tenant)));
+            return Err(Error::not_found(format!("service {:?} in tenant {:?}", reg.service, reg.tenant)));
         }
         let now = OffsetDateTime::now_utc();
         let mut g = self.lock();
@@ -198,15 +200,12 @@ impl Fleet {
         let (tx, rx) = watch::channel(desired.clone());
         g.by_service.entry((reg.tenant.clone(), reg.service.clone())).or_default().insert(reg.instance.clone());
         if deploy {
-            g.events.push(NewEvent {
-                tenant: reg.tenant.clone(),
-                kind: "instance.deployed",
-                actor: format!("agent:{}", reg.instance),
-                object: format!("instance/{}", reg.instance),
-                reason: if previous.is_some() { "new deploy id".into() } else { "new instance".into() },
-                plan: None,
-                detail: serde_json::json!({"service": reg.service, "deploy_id": reg.deploy_id}),
-            });
+            let agent = format!("agent:{}", reg.instance);
+            let reason = if previous.is_some() { "new deploy id" } else { "new instance" };
+            let event = NewEvent::new(&reg.tenant, "instance.deployed", &agent, format!("instance/{}", reg.instance))
+                .reason(reason)
+                .detail(serde_json::json!({"service": reg.service, "deploy_id": reg.deploy_id}));
+            g.events.push(event);
         }
         let entry = Entry { record, conn: Some((conn_id, tx)), last_told: Some(desired), dirty: true };
         g.instances.entry(reg.tenant.clone()).or_default().insert(reg.instance.clone(), entry);
@@ -217,6 +216,7 @@ impl Fleet {
             self.metrics.agents_connected.inc();
         }
         self.flush.notify_one();
+        self.observed.notify_one();
         Ok(Connection { id: conn_id, desired: rx, deploy })
     }
 
@@ -245,11 +245,22 @@ impl Fleet {
 
     /// Records what the instance runs.
     pub fn report(&self, tenant: &str, id: &str, conn: u64, sidecars: Vec<SidecarStatus>) {
+        let mut observed = false;
         self.with_conn(tenant, id, conn, |r| {
+            observed = r.sidecars != sidecars;
             let changed = material(&r.sidecars, &sidecars);
             r.sidecars = sidecars;
             changed
         });
+        if observed {
+            self.observed.notify_one();
+        }
+    }
+
+    /// Resolves when an instance connected, disconnected or reported something new since the
+    /// last call (one waiter: the executor).
+    pub async fn observed(&self) {
+        self.observed.notified().await;
     }
 
     /// Ends a sync stream (a newer stream of the same instance is left alone).
@@ -265,6 +276,7 @@ impl Fleet {
         drop(g);
         self.metrics.agents_connected.dec();
         self.flush.notify_one();
+        self.observed.notify_one();
     }
 
     /// Recomputes and pushes the desired state of every connected instance of `touched`.
@@ -323,15 +335,16 @@ impl Fleet {
         self.metrics.desired_pushes.inc_by(pushed);
     }
 
-    /// The instances of one service (records as last reported).
-    pub fn of_service(&self, tenant: &str, service: &str) -> Vec<Instance> {
+    /// Calls `f` with every instance of one service (records as last reported), under the
+    /// fleet's lock: `f` must not call back into the fleet.
+    pub fn for_each_of_service(&self, tenant: &str, service: &str, f: &mut dyn FnMut(&Instance)) {
         let g = self.lock();
         let (Some(ids), Some(entries)) =
             (g.by_service.get(&(tenant.to_owned(), service.to_owned())), g.instances.get(tenant))
         else {
-            return Vec::new();
+            return;
         };
-        ids.iter().filter_map(|id| entries.get(id)).map(|e| e.record.clone()).collect()
+        ids.iter().filter_map(|id| entries.get(id)).for_each(|e| f(&e.record));
     }
 
     /// Every instance of a tenant (records as last reported).
@@ -415,7 +428,7 @@ impl Fleet {
         }
     }
 
-    async fn flush_once(&self, repo: &Repo) -> Result<(), ApiError> {
+    async fn flush_once(&self, repo: &Repo) -> Result<(), Error> {
         let (records, events) = {
             let mut g = self.lock();
             let mut records = Vec::new();

@@ -74,6 +74,14 @@ pub fn freeze(t: &str, id: &str) -> String {
     format!("freezes/{t}/{id}")
 }
 
+/// Prefix of every freeze.
+pub const FREEZES: &str = "freezes/";
+
+/// The tenant and id of a freeze key.
+pub fn parse_freeze(key: &str) -> Option<(&str, &str)> {
+    key.strip_prefix(FREEZES)?.split_once('/')
+}
+
 /// Prefix of a tenant's freezes.
 pub fn freezes(t: &str) -> String {
     format!("freezes/{t}/")
@@ -150,5 +158,6 @@ mod tests {
             Some(CatalogKey::Override { tenant: "t", service: "checkout", instance: "i-1", sidecar: "mesh" })
         );
         assert_eq!(parse_catalog("catalog/t/unknown/x"), None);
+        assert_eq!(parse_freeze(&freeze("t", "f1")), Some(("t", "f1")));
     }
 }

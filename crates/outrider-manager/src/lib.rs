@@ -17,9 +17,11 @@ pub mod executor;
 pub mod fleet;
 mod keys;
 pub mod metrics;
+mod plans;
 mod repo;
 mod server;
+mod state;
 mod sync;
 
-pub use error::ApiError;
+pub use error::Error;
 pub use server::{ManagerConfig, RunningManager, start};

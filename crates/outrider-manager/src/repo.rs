@@ -7,11 +7,12 @@ use std::sync::{
 };
 
 use outrider_model::Event;
+use outrider_rollout::reconcile::PlanEvent;
 use outrider_store::{Compare, Op, Store, Txn, TxnResult};
 use serde::{Serialize, de::DeserializeOwned};
 use time::OffsetDateTime;
 
-use crate::{ApiError, keys};
+use crate::{Error, keys};
 
 /// An event to append with a write. Its `seq` is the revision of that write.
 #[derive(Debug, Clone)]
@@ -30,6 +31,45 @@ pub struct NewEvent {
     pub plan: Option<String>,
     /// Details.
     pub detail: serde_json::Value,
+}
+
+impl NewEvent {
+    /// An event of `kind` by `actor` about `object` (`service/checkout`), with no reason or
+    /// detail yet.
+    pub fn new(tenant: &str, kind: &'static str, actor: &str, object: impl Into<String>) -> Self {
+        Self {
+            tenant: tenant.to_owned(),
+            kind,
+            actor: actor.to_owned(),
+            object: object.into(),
+            reason: String::new(),
+            plan: None,
+            detail: serde_json::Value::Null,
+        }
+    }
+
+    /// The same event with this reason.
+    pub fn reason(mut self, reason: impl Into<String>) -> Self {
+        self.reason = reason.into();
+        self
+    }
+
+    /// The same event with these details.
+    pub fn detail(mut self, detail: serde_json::Value) -> Self {
+        self.detail = detail;
+        self
+    }
+
+    /// The same event, recorded as part of plan `id`.
+    pub fn plan(mut self, id: &str) -> Self {
+        self.plan = Some(id.to_owned());
+        self
+    }
+
+    /// An event about plan `plan` by `actor`, as a plan step or action drafted it.
+    pub fn of_plan(tenant: &str, actor: &str, plan: &str, e: PlanEvent) -> Self {
+        Self::new(tenant, e.kind, actor, format!("plan/{plan}")).reason(e.reason).detail(e.detail).plan(plan)
+    }
 }
 
 /// The manager's typed view of the store.
@@ -51,7 +91,7 @@ impl Repo {
     }
 
     /// The value at `key` and its mod revision.
-    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(T, u64)>, ApiError> {
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<(T, u64)>, Error> {
         match self.store.get(key).await? {
             None => Ok(None),
             Some(kv) => Ok(Some((decode(&kv.key, &kv.value)?, kv.mod_revision))),
@@ -59,12 +99,12 @@ impl Repo {
     }
 
     /// Whether `key` exists.
-    pub async fn exists(&self, key: &str) -> Result<bool, ApiError> {
+    pub async fn exists(&self, key: &str) -> Result<bool, Error> {
         Ok(self.store.get(key).await?.is_some())
     }
 
     /// Every value under `prefix`, in key order.
-    pub async fn list<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>, ApiError> {
+    pub async fn list<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<T>, Error> {
         let r = self.store.range(prefix).await?;
         r.kvs.iter().map(|kv| decode(&kv.key, &kv.value)).collect()
     }
@@ -75,7 +115,7 @@ impl Repo {
         compare: Vec<Compare>,
         mut ops: Vec<Op>,
         events: Vec<NewEvent>,
-    ) -> Result<TxnResult, ApiError> {
+    ) -> Result<TxnResult, Error> {
         for e in events {
             ops.push(self.event_op(e)?);
         }
@@ -83,7 +123,7 @@ impl Repo {
     }
 
     /// The write of one event-log entry.
-    pub fn event_op(&self, e: NewEvent) -> Result<Op, ApiError> {
+    pub fn event_op(&self, e: NewEvent) -> Result<Op, Error> {
         let now = OffsetDateTime::now_utc();
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let key = format!("{}{:020}-{n:010}", keys::events(&e.tenant), now.unix_timestamp_nanos());
@@ -103,13 +143,13 @@ impl Repo {
 }
 
 /// JSON bytes of a value.
-pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, ApiError> {
-    serde_json::to_vec(v).map_err(|e| ApiError::internal(format!("encode: {e}")))
+pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(v).map_err(|e| Error::internal(format!("encode: {e}")))
 }
 
 /// A value from JSON bytes.
-pub fn decode<T: DeserializeOwned>(key: &str, raw: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(raw).map_err(|e| ApiError::internal(format!("corrupt value at {key}: {e}")))
+pub fn decode<T: DeserializeOwned>(key: &str, raw: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice(raw).map_err(|e| Error::internal(format!("corrupt value at {key}: {e}")))
 }
 
 impl Repo {
@@ -122,7 +162,7 @@ impl Repo {
         parents: &[(String, String)],
         what: &str,
         events: Vec<NewEvent>,
-    ) -> Result<u64, ApiError> {
+    ) -> Result<u64, Error> {
         let mut compare: Vec<Compare> = parents.iter().map(|(k, _)| Compare::Exists(k.clone())).collect();
         compare.push(Compare::absent(key));
         let r = self.commit(compare, vec![Op::put(key, encode(value)?)], events).await?;
@@ -131,27 +171,38 @@ impl Repo {
         }
         for (k, name) in parents {
             if !self.exists(k).await? {
-                return Err(ApiError::not_found(name.clone()));
+                return Err(Error::not_found(name.clone()));
             }
         }
-        Err(ApiError::conflict(format!("{what} already exists")))
+        Err(Error::conflict(format!("{what} already exists")))
     }
 
     /// Read-modify-write of `key` with compare-and-swap, retried a few times under contention.
     /// `f` changes the value and returns the events to record, or refuses.
-    pub async fn update<T, F>(&self, key: &str, what: &str, mut f: F) -> Result<T, ApiError>
+    pub async fn update<T, F>(&self, key: &str, what: &str, mut f: F) -> Result<T, Error>
     where
         T: Serialize + DeserializeOwned,
-        F: FnMut(&mut T) -> Result<Vec<NewEvent>, ApiError>,
+        F: FnMut(&mut T) -> Result<Vec<NewEvent>, Error>,
+    {
+        self.update_with(key, what, |v| Ok((Vec::new(), f(v)?))).await
+    }
+
+    /// Like [`Repo::update`], with other writes to commit in the same transaction: `f` returns
+    /// them beside the events.
+    pub async fn update_with<T, F>(&self, key: &str, what: &str, mut f: F) -> Result<T, Error>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut(&mut T) -> Result<(Vec<Op>, Vec<NewEvent>), Error>,
     {
         for _ in 0..5 {
-            let (mut v, rev) = self.get::<T>(key).await?.ok_or_else(|| ApiError::not_found(what))?;
-            let events = f(&mut v)?;
-            let r = self.commit(vec![Compare::unchanged(key, rev)], vec![Op::put(key, encode(&v)?)], events).await?;
+            let (mut v, rev) = self.get::<T>(key).await?.ok_or_else(|| Error::not_found(what))?;
+            let (mut ops, events) = f(&mut v)?;
+            ops.push(Op::put(key, encode(&v)?));
+            let r = self.commit(vec![Compare::unchanged(key, rev)], ops, events).await?;
             if r.succeeded {
                 return Ok(v);
             }
         }
-        Err(ApiError::conflict(format!("{what} is being changed concurrently; retry")))
+        Err(Error::conflict(format!("{what} is being changed concurrently; retry")))
     }
 }

@@ -70,15 +70,8 @@ impl RunningManager {
 
 async fn ensure_default_tenant(repo: &Repo) -> anyhow::Result<()> {
     let tenant = Tenant { name: DEFAULT_TENANT.into(), created_at: OffsetDateTime::now_utc() };
-    let event = NewEvent {
-        tenant: DEFAULT_TENANT.into(),
-        kind: "tenant.created",
-        actor: "manager".into(),
-        object: format!("tenant/{DEFAULT_TENANT}"),
-        reason: "first start".into(),
-        plan: None,
-        detail: serde_json::Value::Null,
-    };
+    let event = NewEvent::new(DEFAULT_TENANT, "tenant.created", "manager", format!("tenant/{DEFAULT_TENANT}"))
+        .reason("first start");
     let key = keys::tenant(DEFAULT_TENANT);
     repo.commit(vec![outrider_store::Compare::absent(&key)], vec![Op::put(&key, encode(&tenant)?)], vec![event])
         .await?;
@@ -90,11 +83,13 @@ async fn load_catalog(store: &dyn Store) -> Result<(Catalog, u64), StoreError> {
     let mut catalog = Catalog::default();
     let tenants = store.range(keys::TENANTS).await?;
     let items = store.range(keys::CATALOG).await?;
-    for kv in tenants.kvs.iter().chain(&items.kvs) {
+    let freezes = store.range(keys::FREEZES).await?;
+    for kv in tenants.kvs.iter().chain(&items.kvs).chain(&freezes.kvs) {
         catalog.load(kv);
     }
-    catalog.revision = tenants.revision.max(items.revision);
-    Ok((catalog, tenants.revision.min(items.revision) + 1))
+    let revisions = [tenants.revision, items.revision, freezes.revision];
+    catalog.revision = revisions.into_iter().max().unwrap_or_default();
+    Ok((catalog, revisions.into_iter().min().unwrap_or_default() + 1))
 }
 
 /// Applies watched batches until the watch fails (`true`: reload needed) or stops (`false`).
@@ -119,10 +114,17 @@ async fn follow(
         };
         let mut touched = BTreeSet::new();
         let mut c = state.catalog.write().unwrap_or_else(|p| p.into_inner());
+        let mut plan_inputs = false;
         for e in &b.events {
-            if e.key().starts_with(keys::CATALOG) || e.key().starts_with(keys::TENANTS) {
+            let key = e.key();
+            if key.starts_with(keys::CATALOG) || key.starts_with(keys::TENANTS) || key.starts_with(keys::FREEZES) {
                 c.apply(e, &mut touched);
+                plan_inputs = true;
             }
+        }
+        if plan_inputs {
+            // The plans' gates read the catalog and the freezes: let the executor look.
+            state.wake.notify_one();
         }
         c.revision = b.revision;
         state.metrics.catalog_revision.set(i64::try_from(b.revision).unwrap_or(i64::MAX));
@@ -194,7 +196,16 @@ pub async fn start(config: ManagerConfig) -> anyhow::Result<RunningManager> {
     let background = vec![
         tokio::spawn(run_catalog_watch(state.clone(), watch_from, cancel.clone())),
         tokio::spawn(fleet.clone().run_flusher(repo, cancel.clone())),
-        tokio::spawn(executor::run(state.clone(), Arc::new(executor::SystemClock), wake, cancel.clone())),
+        tokio::spawn(
+            executor::Executor {
+                repo: state.repo.clone(),
+                catalog: state.catalog.clone(),
+                fleet: state.fleet.clone(),
+                clock: Arc::new(executor::SystemClock),
+                wake,
+            }
+            .run(cancel.clone()),
+        ),
     ];
     let grpc = tonic::service::Routes::new(AgentSyncServer::new(SyncService::new(state.clone()))).into_axum_router();
     let app = api::router(state).merge(grpc);

@@ -8,9 +8,9 @@ use outrider_proto::v1::{
     self, AgentMessage, ManagerMessage, agent_message::Body, agent_sync_server::AgentSync, manager_message,
 };
 use tokio_stream::wrappers::WatchStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
-use crate::{api::AppState, fleet::Registration};
+use crate::{Error, fleet::Registration, state::AppState};
 
 /// How long an agent may take to send `Register` after opening the stream.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,6 +31,25 @@ fn statuses(list: Vec<v1::SidecarStatus>) -> Result<Vec<SidecarStatus>, Status> 
     list.into_iter().map(|s| SidecarStatus::try_from(s).map_err(|e| Status::invalid_argument(e.to_string()))).collect()
 }
 
+/// The gRPC status that answers `e`.
+fn grpc_status(e: &Error) -> Status {
+    let code = match e {
+        Error::InvalidArgument(_)
+        | Error::MalformedJson(_)
+        | Error::UnexpectedJson(_)
+        | Error::PayloadTooLarge(_)
+        | Error::UnsupportedMediaType(_) => Code::InvalidArgument,
+        Error::NotFound(_) | Error::NoSuchPath => Code::NotFound,
+        Error::MethodNotAllowed => Code::Unimplemented,
+        Error::Conflict(_) => Code::Aborted,
+        Error::FailedPrecondition(_) => Code::FailedPrecondition,
+        Error::Unauthenticated(_) => Code::Unauthenticated,
+        Error::Unavailable(_) => Code::Unavailable,
+        Error::Internal(_) => Code::Internal,
+    };
+    Status::new(code, format!("{}: {e}", e.code()))
+}
+
 type DesiredStream = Pin<Box<dyn Stream<Item = Result<ManagerMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -39,7 +58,7 @@ impl AgentSync for SyncService {
 
     async fn sync(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<DesiredStream>, Status> {
         let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
-        self.state.auth.check(header).map_err(|e| e.to_status())?;
+        self.state.auth.check(header).map_err(|e| grpc_status(&e))?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.message())
             .await
@@ -58,7 +77,7 @@ impl AgentSync for SyncService {
         let (tenant, instance) = (registration.tenant.clone(), registration.instance.clone());
         let conn = {
             let catalog = self.state.catalog.read().unwrap_or_else(|p| p.into_inner());
-            self.state.fleet.connect(registration, &catalog).map_err(|e| e.to_status())?
+            self.state.fleet.connect(registration, &catalog).map_err(|e| grpc_status(&e))?
         };
         tracing::debug!(%tenant, %instance, deploy = conn.deploy, "agent connected");
         let fleet = self.state.fleet.clone();

@@ -12,6 +12,7 @@ mod event;
 mod instance;
 mod lifecycle;
 mod name;
+mod overrides;
 mod placeholder;
 mod plan;
 mod service;
@@ -27,6 +28,7 @@ pub use event::Event;
 pub use instance::{Instance, InstanceFilter, InstanceLabels, SidecarState, SidecarStatus};
 pub use lifecycle::{Action, Handover, ListenSocket, SIGNALS, Warm};
 pub use name::validate_name;
+pub use overrides::Override;
 pub use placeholder::{PlaceholderContext, expand};
 pub use plan::{
     Batch, BatchState, Batching, Caps, Cell, ChangeWindow, Counts, FeatureServices, Freeze, Incident, NewFreeze, Phase,

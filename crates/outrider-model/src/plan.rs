@@ -532,6 +532,41 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// A `pending` plan made from `spec` and the planner's phases, named after the body or,
+    /// when it has no name, after its sidecar and target.
+    pub fn new(
+        id: String,
+        spec: PlanSpec,
+        feature_services: Vec<String>,
+        phases: Vec<Phase>,
+        now: OffsetDateTime,
+    ) -> Self {
+        let name = if spec.name.is_empty() {
+            format!("{} to {}", spec.sidecar, spec.target_version)
+        } else {
+            spec.name.clone()
+        };
+        let mut plan = Self {
+            id,
+            name,
+            sidecar: spec.sidecar.clone(),
+            target_version: spec.target_version.clone(),
+            state: PlanState::Pending,
+            reason: "created".into(),
+            feature_services,
+            phases,
+            counts: Counts::default(),
+            blast_radius: 0,
+            incidents: Vec::new(),
+            cursor_phase: 0,
+            spec,
+            created_at: now,
+            updated_at: now,
+        };
+        plan.recount();
+        plan
+    }
+
     /// Recomputes `counts` from the batches.
     pub fn recount(&mut self) {
         let mut c = Counts::default();

@@ -17,7 +17,7 @@ use super::{
     extract::{ApiPath, ApiQuery},
     require_tenant,
 };
-use crate::{ApiError, keys, repo::decode};
+use crate::{Error, keys, repo::decode};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,7 +35,7 @@ pub struct EventQuery {
     limit: Option<usize>,
 }
 
-fn to_event(kv: &KeyValue) -> Result<Event, ApiError> {
+fn to_event(kv: &KeyValue) -> Result<Event, Error> {
     let mut e: Event = decode(&kv.key, &kv.value)?;
     e.seq = kv.mod_revision;
     Ok(e)
@@ -45,7 +45,7 @@ pub async fn list(
     State(s): State<AppState>,
     ApiPath(tenant): ApiPath<String>,
     ApiQuery(q): ApiQuery<EventQuery>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     require_tenant(&s.repo, &tenant).await?;
     let prefix = keys::events(&tenant);
     let range = s.repo.store().range(&prefix).await?;

@@ -6,16 +6,16 @@ use axum::{
 };
 use serde::de::DeserializeOwned;
 
-use crate::ApiError;
+use crate::Error;
 
 /// A JSON body; malformed JSON, unknown fields, a wrong content type or an oversized body are
 /// 4xx JSON errors.
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(Self(v)),
             Err(e) => Err(json_rejection(e)),
@@ -23,27 +23,29 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
-fn json_rejection(e: JsonRejection) -> ApiError {
-    let status = e.status();
-    let code = match status.as_u16() {
-        413 => "payload_too_large",
-        415 => "unsupported_media_type",
-        _ => "invalid_json",
-    };
-    ApiError::new(status, code, e.body_text())
+fn json_rejection(e: JsonRejection) -> Error {
+    let text = e.body_text();
+    match e {
+        JsonRejection::JsonDataError(_) => Error::UnexpectedJson(text),
+        JsonRejection::MissingJsonContentType(_) => Error::UnsupportedMediaType(text),
+        JsonRejection::BytesRejection(_) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+            Error::PayloadTooLarge(text)
+        }
+        _ => Error::MalformedJson(text),
+    }
 }
 
 /// Path parameters.
 pub struct ApiPath<T>(pub T);
 
 impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
         Path::<T>::from_request_parts(parts, state)
             .await
             .map(|Path(v)| Self(v))
-            .map_err(|e| ApiError::invalid(e.body_text()))
+            .map_err(|e| Error::invalid(e.body_text()))
     }
 }
 
@@ -51,12 +53,12 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
 pub struct ApiQuery<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(v)| Self(v))
-            .map_err(|e| ApiError::invalid(e.body_text()))
+            .map_err(|e| Error::invalid(e.body_text()))
     }
 }

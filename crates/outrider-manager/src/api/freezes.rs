@@ -10,18 +10,12 @@ use super::{
     extract::{ApiJson, ApiPath},
     require_tenant,
 };
-use crate::{ApiError, keys, repo::NewEvent};
+use crate::{Error, keys, repo::NewEvent};
 
 fn event(tenant: &str, kind: &'static str, actor: String, f: &Freeze) -> NewEvent {
-    NewEvent {
-        tenant: tenant.to_owned(),
-        kind,
-        actor,
-        object: format!("freeze/{}", f.id),
-        reason: f.reason.clone(),
-        plan: None,
-        detail: serde_json::to_value(f).unwrap_or_default(),
-    }
+    NewEvent::new(tenant, kind, &actor, format!("freeze/{}", f.id))
+        .reason(f.reason.clone())
+        .detail(serde_json::to_value(f).unwrap_or_default())
 }
 
 /// `POST /freezes`.
@@ -30,7 +24,7 @@ pub async fn create(
     Extension(Actor(actor)): Extension<Actor>,
     ApiPath(tenant): ApiPath<String>,
     ApiJson(body): ApiJson<NewFreeze>,
-) -> Result<(StatusCode, Json<Freeze>), ApiError> {
+) -> Result<(StatusCode, Json<Freeze>), Error> {
     require_tenant(&s.repo, &tenant).await?;
     body.validate()?;
     let ms = u64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
@@ -49,7 +43,7 @@ pub async fn create(
 }
 
 /// `GET /freezes`.
-pub async fn list(State(s): State<AppState>, ApiPath(tenant): ApiPath<String>) -> Result<Json<Vec<Freeze>>, ApiError> {
+pub async fn list(State(s): State<AppState>, ApiPath(tenant): ApiPath<String>) -> Result<Json<Vec<Freeze>>, Error> {
     require_tenant(&s.repo, &tenant).await?;
     Ok(Json(s.repo.list(&keys::freezes(&tenant)).await?))
 }
@@ -59,15 +53,15 @@ pub async fn delete(
     State(s): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
     ApiPath((tenant, id)): ApiPath<(String, String)>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<StatusCode, Error> {
     require_tenant(&s.repo, &tenant).await?;
     validate_name("freeze", &id)?;
     let key = keys::freeze(&tenant, &id);
-    let (f, rev) = s.repo.get::<Freeze>(&key).await?.ok_or_else(|| ApiError::not_found(format!("freeze {id:?}")))?;
+    let (f, rev) = s.repo.get::<Freeze>(&key).await?.ok_or_else(|| Error::not_found(format!("freeze {id:?}")))?;
     let ev = event(&tenant, "freeze.deleted", actor, &f);
     let r = s.repo.commit(vec![Compare::unchanged(&key, rev)], vec![Op::delete(&key)], vec![ev]).await?;
     if !r.succeeded {
-        return Err(ApiError::conflict("the freeze changed meanwhile; retry"));
+        return Err(Error::conflict("the freeze changed meanwhile; retry"));
     }
     s.wake.notify_one();
     Ok(StatusCode::NO_CONTENT)

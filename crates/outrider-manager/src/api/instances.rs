@@ -6,13 +6,13 @@ use super::{
     extract::{ApiPath, ApiQuery},
     require_tenant,
 };
-use crate::ApiError;
+use crate::Error;
 
 pub async fn list(
     State(s): State<AppState>,
     ApiPath(tenant): ApiPath<String>,
     ApiQuery(filter): ApiQuery<InstanceFilter>,
-) -> Result<Json<Vec<Instance>>, ApiError> {
+) -> Result<Json<Vec<Instance>>, Error> {
     require_tenant(&s.repo, &tenant).await?;
     Ok(Json(s.fleet.list(&tenant, &filter)))
 }

@@ -1,5 +1,6 @@
 //! The REST API of PRODUCT.md §3: JSON over HTTP under `/api/v1`, bearer-authenticated.
 
+mod error;
 mod events;
 mod extract;
 mod freezes;
@@ -9,8 +10,6 @@ mod plans;
 mod services;
 mod sidecars;
 mod tenants;
-
-use std::sync::{Arc, RwLock};
 
 use axum::{
     Router,
@@ -22,33 +21,17 @@ use axum::{
 };
 use outrider_model::validate_name;
 
-use crate::{ApiError, auth::Auth, catalog::Catalog, fleet::Fleet, keys, metrics::Metrics, repo::Repo};
+pub use crate::state::AppState;
+use crate::{Error, keys, repo::Repo};
 
 /// Largest request body accepted (1 MiB).
 pub const MAX_BODY: usize = 1 << 20;
-
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct AppState {
-    /// Typed store access.
-    pub repo: Repo,
-    /// The live fleet.
-    pub fleet: Arc<Fleet>,
-    /// The catalog mirror.
-    pub catalog: Arc<RwLock<Catalog>>,
-    /// Token checks.
-    pub auth: Auth,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// Pokes the executor to look at the plans now.
-    pub wake: Arc<tokio::sync::Notify>,
-}
 
 /// The authenticated caller, recorded as the actor of events.
 #[derive(Debug, Clone)]
 pub struct Actor(pub String);
 
-async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, ApiError> {
+async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, Error> {
     state.metrics.http_requests.inc();
     let header = req.headers().get(AUTHORIZATION).map(HeaderValue::to_str).transpose().ok().flatten();
     let actor = state.auth.check(header)?;
@@ -57,21 +40,17 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
 }
 
 /// Checks a tenant name and that the tenant exists.
-pub async fn require_tenant(repo: &Repo, tenant: &str) -> Result<(), ApiError> {
+pub async fn require_tenant(repo: &Repo, tenant: &str) -> Result<(), Error> {
     validate_name("tenant", tenant)?;
-    if repo.exists(&keys::tenant(tenant)).await? {
-        Ok(())
-    } else {
-        Err(ApiError::not_found(format!("tenant {tenant:?}")))
-    }
+    if repo.exists(&keys::tenant(tenant)).await? { Ok(()) } else { Err(Error::not_found(format!("tenant {tenant:?}"))) }
 }
 
-async fn unknown_route() -> ApiError {
-    ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such API path")
+async fn unknown_route() -> Error {
+    Error::NoSuchPath
 }
 
-async fn wrong_method() -> ApiError {
-    ApiError::new(axum::http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this path")
+async fn wrong_method() -> Error {
+    Error::MethodNotAllowed
 }
 
 /// The REST router (without the gRPC service).

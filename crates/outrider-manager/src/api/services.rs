@@ -10,20 +10,13 @@ use super::{
     require_tenant,
 };
 use crate::{
-    ApiError, keys,
+    Error, keys,
     repo::{NewEvent, encode},
 };
 
 fn service_event(tenant: &str, kind: &'static str, actor: &str, svc: &Service) -> NewEvent {
-    NewEvent {
-        tenant: tenant.into(),
-        kind,
-        actor: actor.into(),
-        object: format!("service/{}", svc.name),
-        reason: String::new(),
-        plan: None,
-        detail: serde_json::to_value(svc).unwrap_or_default(),
-    }
+    NewEvent::new(tenant, kind, actor, format!("service/{}", svc.name))
+        .detail(serde_json::to_value(svc).unwrap_or_default())
 }
 
 pub async fn create(
@@ -31,7 +24,7 @@ pub async fn create(
     Extension(Actor(actor)): Extension<Actor>,
     ApiPath(tenant): ApiPath<String>,
     ApiJson(body): ApiJson<Service>,
-) -> Result<(StatusCode, Json<Service>), ApiError> {
+) -> Result<(StatusCode, Json<Service>), Error> {
     require_tenant(&s.repo, &tenant).await?;
     body.validate()?;
     let ev = service_event(&tenant, "service.created", &actor, &body);
@@ -41,12 +34,12 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
-pub async fn list(State(s): State<AppState>, ApiPath(tenant): ApiPath<String>) -> Result<Json<Vec<Service>>, ApiError> {
+pub async fn list(State(s): State<AppState>, ApiPath(tenant): ApiPath<String>) -> Result<Json<Vec<Service>>, Error> {
     require_tenant(&s.repo, &tenant).await?;
     Ok(Json(s.repo.list(&keys::services(&tenant)).await?))
 }
 
-async fn service_key(s: &AppState, tenant: &str, service: &str) -> Result<String, ApiError> {
+async fn service_key(s: &AppState, tenant: &str, service: &str) -> Result<String, Error> {
     require_tenant(&s.repo, tenant).await?;
     validate_name("service", service)?;
     Ok(keys::service(tenant, service))
@@ -55,9 +48,9 @@ async fn service_key(s: &AppState, tenant: &str, service: &str) -> Result<String
 pub async fn get_one(
     State(s): State<AppState>,
     ApiPath((tenant, service)): ApiPath<(String, String)>,
-) -> Result<Json<Service>, ApiError> {
+) -> Result<Json<Service>, Error> {
     let key = service_key(&s, &tenant, &service).await?;
-    let (v, _) = s.repo.get(&key).await?.ok_or_else(|| ApiError::not_found(format!("service {service:?}")))?;
+    let (v, _) = s.repo.get(&key).await?.ok_or_else(|| Error::not_found(format!("service {service:?}")))?;
     Ok(Json(v))
 }
 
@@ -66,7 +59,7 @@ pub async fn replace(
     Extension(Actor(actor)): Extension<Actor>,
     ApiPath((tenant, service)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<ServiceUpdate>,
-) -> Result<Json<Service>, ApiError> {
+) -> Result<Json<Service>, Error> {
     let key = service_key(&s, &tenant, &service).await?;
     let new = body.into_service(&service)?;
     let what = format!("service {service:?}");
@@ -83,10 +76,10 @@ pub async fn replace(
 pub async fn list_bindings(
     State(s): State<AppState>,
     ApiPath((tenant, service)): ApiPath<(String, String)>,
-) -> Result<Json<Vec<Binding>>, ApiError> {
+) -> Result<Json<Vec<Binding>>, Error> {
     let key = service_key(&s, &tenant, &service).await?;
     if !s.repo.exists(&key).await? {
-        return Err(ApiError::not_found(format!("service {service:?}")));
+        return Err(Error::not_found(format!("service {service:?}")));
     }
     Ok(Json(s.repo.list(&keys::bindings(&tenant, &service)).await?))
 }
@@ -96,14 +89,11 @@ pub async fn bind(
     Extension(Actor(actor)): Extension<Actor>,
     ApiPath((tenant, service, sidecar)): ApiPath<(String, String, String)>,
     ApiJson(mut body): ApiJson<Binding>,
-) -> Result<Json<Binding>, ApiError> {
+) -> Result<Json<Binding>, Error> {
     let service_key = service_key(&s, &tenant, &service).await?;
     validate_name("sidecar", &sidecar)?;
     if !body.sidecar.is_empty() && body.sidecar != sidecar {
-        return Err(ApiError::invalid(format!(
-            "sidecar: body names {:?} but the path names {sidecar:?}",
-            body.sidecar
-        )));
+        return Err(Error::invalid(format!("sidecar: body names {:?} but the path names {sidecar:?}", body.sidecar)));
     }
     body.sidecar = sidecar.clone();
     validate_version(&body.version)?;
@@ -115,25 +105,25 @@ pub async fn bind(
             .repo
             .get::<Service>(&service_key)
             .await?
-            .ok_or_else(|| ApiError::not_found(format!("service {service:?}")))?;
+            .ok_or_else(|| Error::not_found(format!("service {service:?}")))?;
         let (sc, sc_rev) = s
             .repo
             .get::<Sidecar>(&sidecar_key)
             .await?
-            .ok_or_else(|| ApiError::not_found(format!("sidecar {sidecar:?}")))?;
+            .ok_or_else(|| Error::not_found(format!("sidecar {sidecar:?}")))?;
         let (ver, ver_rev) = s
             .repo
             .get::<Version>(&version_key)
             .await?
-            .ok_or_else(|| ApiError::not_found(format!("version {} of sidecar {sidecar:?}", body.version)))?;
+            .ok_or_else(|| Error::not_found(format!("version {} of sidecar {sidecar:?}", body.version)))?;
         if ver.state != VersionState::Active {
-            return Err(ApiError::precondition(format!(
+            return Err(Error::precondition(format!(
                 "version {} of sidecar {sidecar:?} is {:?} and cannot be bound",
                 body.version, ver.state
             )));
         }
         if !sc.upgrade_modes.contains(&body.mode) {
-            return Err(ApiError::invalid(format!(
+            return Err(Error::invalid(format!(
                 "mode: sidecar {sidecar:?} does not support {} (it supports {:?})",
                 body.mode, sc.upgrade_modes
             )));
@@ -143,18 +133,8 @@ pub async fn bind(
             return Ok(Json(body));
         }
         let old_rev = old.as_ref().map_or(0, |(_, r)| *r);
-        let ev = NewEvent {
-            tenant: tenant.clone(),
-            kind: "binding.updated",
-            actor: actor.clone(),
-            object: format!("service/{service}/sidecar/{sidecar}"),
-            reason: String::new(),
-            plan: None,
-            detail: serde_json::json!({
-                "from": old.as_ref().map(|(b, _)| b),
-                "to": &body,
-            }),
-        };
+        let ev = NewEvent::new(&tenant, "binding.updated", &actor, format!("service/{service}/sidecar/{sidecar}"))
+            .detail(serde_json::json!({"from": old.as_ref().map(|(b, _)| b), "to": &body}));
         let compare = vec![
             Compare::unchanged(&service_key, svc_rev),
             Compare::unchanged(&sidecar_key, sc_rev),
@@ -166,5 +146,5 @@ pub async fn bind(
             return Ok(Json(body));
         }
     }
-    Err(ApiError::conflict("the binding's service, sidecar or version is being changed concurrently; retry"))
+    Err(Error::conflict("the binding's service, sidecar or version is being changed concurrently; retry"))
 }

@@ -8,18 +8,10 @@ use super::{
     extract::{ApiJson, ApiPath},
     require_tenant,
 };
-use crate::{ApiError, keys, repo::NewEvent};
+use crate::{Error, keys, repo::NewEvent};
 
 fn event(tenant: &str, kind: &'static str, actor: &str, object: String, reason: String) -> NewEvent {
-    NewEvent {
-        tenant: tenant.into(),
-        kind,
-        actor: actor.into(),
-        object,
-        reason,
-        plan: None,
-        detail: serde_json::Value::Null,
-    }
+    NewEvent::new(tenant, kind, actor, object).reason(reason)
 }
 
 pub async fn create(
@@ -27,7 +19,7 @@ pub async fn create(
     Extension(Actor(actor)): Extension<Actor>,
     ApiPath(tenant): ApiPath<String>,
     ApiJson(body): ApiJson<Sidecar>,
-) -> Result<(StatusCode, Json<Sidecar>), ApiError> {
+) -> Result<(StatusCode, Json<Sidecar>), Error> {
     require_tenant(&s.repo, &tenant).await?;
     body.validate()?;
     let ev = event(&tenant, "sidecar.created", &actor, format!("sidecar/{}", body.name), String::new());
@@ -37,7 +29,7 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
-pub async fn list(State(s): State<AppState>, ApiPath(tenant): ApiPath<String>) -> Result<Json<Vec<Sidecar>>, ApiError> {
+pub async fn list(State(s): State<AppState>, ApiPath(tenant): ApiPath<String>) -> Result<Json<Vec<Sidecar>>, Error> {
     require_tenant(&s.repo, &tenant).await?;
     Ok(Json(s.repo.list(&keys::sidecars(&tenant)).await?))
 }
@@ -45,15 +37,15 @@ pub async fn list(State(s): State<AppState>, ApiPath(tenant): ApiPath<String>) -
 pub async fn get_one(
     State(s): State<AppState>,
     ApiPath((tenant, sidecar)): ApiPath<(String, String)>,
-) -> Result<Json<Sidecar>, ApiError> {
+) -> Result<Json<Sidecar>, Error> {
     require_tenant(&s.repo, &tenant).await?;
     validate_name("sidecar", &sidecar)?;
     let (v, _) = s.repo.get(&keys::sidecar(&tenant, &sidecar)).await?.ok_or_else(|| not_found_sidecar(&sidecar))?;
     Ok(Json(v))
 }
 
-fn not_found_sidecar(sidecar: &str) -> ApiError {
-    ApiError::not_found(format!("sidecar {sidecar:?}"))
+fn not_found_sidecar(sidecar: &str) -> Error {
+    Error::not_found(format!("sidecar {sidecar:?}"))
 }
 
 pub async fn create_version(
@@ -61,7 +53,7 @@ pub async fn create_version(
     Extension(Actor(actor)): Extension<Actor>,
     ApiPath((tenant, sidecar)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<NewVersion>,
-) -> Result<(StatusCode, Json<Version>), ApiError> {
+) -> Result<(StatusCode, Json<Version>), Error> {
     require_tenant(&s.repo, &tenant).await?;
     validate_name("sidecar", &sidecar)?;
     body.validate()?;
@@ -77,7 +69,7 @@ pub async fn create_version(
 pub async fn list_versions(
     State(s): State<AppState>,
     ApiPath((tenant, sidecar)): ApiPath<(String, String)>,
-) -> Result<Json<Vec<Version>>, ApiError> {
+) -> Result<Json<Vec<Version>>, Error> {
     require_tenant(&s.repo, &tenant).await?;
     validate_name("sidecar", &sidecar)?;
     if !s.repo.exists(&keys::sidecar(&tenant, &sidecar)).await? {
@@ -88,7 +80,7 @@ pub async fn list_versions(
     Ok(Json(versions))
 }
 
-async fn version_key(s: &AppState, tenant: &str, sidecar: &str, version: &str) -> Result<String, ApiError> {
+async fn version_key(s: &AppState, tenant: &str, sidecar: &str, version: &str) -> Result<String, Error> {
     require_tenant(&s.repo, tenant).await?;
     validate_name("sidecar", sidecar)?;
     validate_version(version)?;
@@ -98,13 +90,10 @@ async fn version_key(s: &AppState, tenant: &str, sidecar: &str, version: &str) -
 pub async fn get_version(
     State(s): State<AppState>,
     ApiPath((tenant, sidecar, version)): ApiPath<(String, String, String)>,
-) -> Result<Json<Version>, ApiError> {
+) -> Result<Json<Version>, Error> {
     let key = version_key(&s, &tenant, &sidecar, &version).await?;
-    let (v, _) = s
-        .repo
-        .get(&key)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("version {version} of sidecar {sidecar:?}")))?;
+    let (v, _) =
+        s.repo.get(&key).await?.ok_or_else(|| Error::not_found(format!("version {version} of sidecar {sidecar:?}")))?;
     Ok(Json(v))
 }
 
@@ -116,11 +105,11 @@ struct AdmitBody {
 }
 
 /// Parses an optional JSON body (empty means defaults).
-fn optional_body<T: serde::de::DeserializeOwned + Default>(raw: &Bytes) -> Result<T, ApiError> {
+fn optional_body<T: serde::de::DeserializeOwned + Default>(raw: &Bytes) -> Result<T, Error> {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(raw).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))
+    serde_json::from_slice(raw).map_err(|e| Error::MalformedJson(e.to_string()))
 }
 
 pub async fn admit(
@@ -128,7 +117,7 @@ pub async fn admit(
     Extension(Actor(actor)): Extension<Actor>,
     ApiPath((tenant, sidecar, version)): ApiPath<(String, String, String)>,
     raw: Bytes,
-) -> Result<Json<Version>, ApiError> {
+) -> Result<Json<Version>, Error> {
     let body: AdmitBody = optional_body(&raw)?;
     let key = version_key(&s, &tenant, &sidecar, &version).await?;
     let what = format!("version {version} of sidecar {sidecar:?}");
@@ -136,7 +125,7 @@ pub async fn admit(
         .repo
         .update(&key, &what, |v: &mut Version| {
             if v.state != VersionState::Active {
-                return Err(ApiError::precondition(format!(
+                return Err(Error::precondition(format!(
                     "{what} is {:?}; only active versions can be admitted",
                     v.state
                 )));
@@ -168,9 +157,9 @@ pub async fn defective(
     Extension(Actor(actor)): Extension<Actor>,
     ApiPath((tenant, sidecar, version)): ApiPath<(String, String, String)>,
     ApiJson(body): ApiJson<DefectBody>,
-) -> Result<Json<Version>, ApiError> {
+) -> Result<Json<Version>, Error> {
     if body.reason.trim().is_empty() {
-        return Err(ApiError::invalid("reason: say why the version is defective"));
+        return Err(Error::invalid("reason: say why the version is defective"));
     }
     let key = version_key(&s, &tenant, &sidecar, &version).await?;
     let what = format!("version {version} of sidecar {sidecar:?}");
@@ -188,7 +177,7 @@ pub async fn defective(
             )])
         })
         .await?;
-    super::plans::on_defective(&s, &tenant, &sidecar, &version, &actor).await?;
+    crate::plans::on_defective(&s, &tenant, &sidecar, &version, &actor).await?;
     Ok(Json(v))
 }
 
@@ -209,7 +198,7 @@ struct VersionCount {
 pub async fn distribution(
     State(s): State<AppState>,
     ApiPath((tenant, sidecar)): ApiPath<(String, String)>,
-) -> Result<Json<Distribution>, ApiError> {
+) -> Result<Json<Distribution>, Error> {
     require_tenant(&s.repo, &tenant).await?;
     validate_name("sidecar", &sidecar)?;
     if !s.repo.exists(&keys::sidecar(&tenant, &sidecar)).await? {

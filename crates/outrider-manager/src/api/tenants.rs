@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 
 use super::{Actor, AppState, extract::ApiJson};
 use crate::{
-    ApiError, keys,
+    Error, keys,
     repo::{NewEvent, encode},
 };
 
@@ -16,7 +16,7 @@ pub struct NewTenant {
     name: String,
 }
 
-pub async fn list(State(s): State<AppState>) -> Result<Json<Vec<Tenant>>, ApiError> {
+pub async fn list(State(s): State<AppState>) -> Result<Json<Vec<Tenant>>, Error> {
     Ok(Json(s.repo.list(keys::TENANTS).await?))
 }
 
@@ -24,23 +24,15 @@ pub async fn create(
     State(s): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
     ApiJson(body): ApiJson<NewTenant>,
-) -> Result<(StatusCode, Json<Tenant>), ApiError> {
+) -> Result<(StatusCode, Json<Tenant>), Error> {
     validate_name("name", &body.name)?;
     let tenant = Tenant { name: body.name, created_at: OffsetDateTime::now_utc() };
     let key = keys::tenant(&tenant.name);
-    let event = NewEvent {
-        tenant: tenant.name.clone(),
-        kind: "tenant.created",
-        actor,
-        object: format!("tenant/{}", tenant.name),
-        reason: String::new(),
-        plan: None,
-        detail: serde_json::Value::Null,
-    };
+    let event = NewEvent::new(&tenant.name, "tenant.created", &actor, format!("tenant/{}", tenant.name));
     let put = outrider_store::Op::put(key.clone(), encode(&tenant)?);
     let r = s.repo.commit(vec![Compare::absent(key)], vec![put], vec![event]).await?;
     if !r.succeeded {
-        return Err(ApiError::conflict(format!("tenant {:?} already exists", tenant.name)));
+        return Err(Error::conflict(format!("tenant {:?} already exists", tenant.name)));
     }
     Ok((StatusCode::CREATED, Json(tenant)))
 }

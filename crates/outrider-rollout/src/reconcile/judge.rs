@@ -1,4 +1,4 @@
-//! The first judge of a batch: until anomaly detection lands, a batch fails when its
+//! The judge of a batch's process signals: until anomaly detection lands, a batch fails when its
 //! upgraded instances report sidecar exits, crash loops, a failed sidecar, an upgrade the
 //! agent gave up on (the old version kept serving), or a version that never arrives. Pure:
 //! it looks only at what it is given.

@@ -1,0 +1,34 @@
+//! The API edge of [`Error`]: the HTTP status of each code and the JSON error body
+//! `{"error": {"code", "message"}}`.
+
+use axum::{
+    Json,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+use crate::Error;
+
+/// The HTTP status that answers `e`.
+pub fn status(e: &Error) -> StatusCode {
+    match e {
+        Error::InvalidArgument(_) | Error::MalformedJson(_) => StatusCode::BAD_REQUEST,
+        Error::UnexpectedJson(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        Error::NotFound(_) | Error::NoSuchPath => StatusCode::NOT_FOUND,
+        Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        Error::Conflict(_) | Error::FailedPrecondition(_) => StatusCode::CONFLICT,
+        Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+        Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        (status(&self), Json(body)).into_response()
+    }
+}

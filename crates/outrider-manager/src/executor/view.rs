@@ -1,0 +1,43 @@
+//! What a plan step sees: one tenant's catalog mirror (with its overrides and freezes) and the
+//! live fleet, read in place — no copy of the fleet per step.
+
+use outrider_model::{Binding, Freeze, Instance, Override, Service, Version};
+use outrider_rollout::reconcile::View;
+
+use crate::{catalog::TenantCatalog, fleet::Fleet};
+
+/// The reconciler's [`View`] of one tenant.
+pub struct TenantView<'a> {
+    /// Tenant name.
+    pub tenant: &'a str,
+    /// Its catalog.
+    pub catalog: &'a TenantCatalog,
+    /// The live fleet.
+    pub fleet: &'a Fleet,
+}
+
+impl View for TenantView<'_> {
+    fn version(&self, sidecar: &str, version: &str) -> Option<&Version> {
+        self.catalog.version(sidecar, version)
+    }
+
+    fn service(&self, name: &str) -> Option<&Service> {
+        self.catalog.service(name)
+    }
+
+    fn binding(&self, service: &str, sidecar: &str) -> Option<&Binding> {
+        self.catalog.binding(service, sidecar)
+    }
+
+    fn overrides_of_plan(&self, plan: &str) -> Vec<(&str, &str, &Override)> {
+        self.catalog.overrides_of_plan(plan)
+    }
+
+    fn freezes(&self) -> &[Freeze] {
+        self.catalog.freezes()
+    }
+
+    fn for_each_instance(&self, service: &str, f: &mut dyn FnMut(&Instance)) {
+        self.fleet.for_each_of_service(self.tenant, service, f);
+    }
+}

@@ -1,0 +1,161 @@
+//! Operator actions on a plan — pause, resume, abort, approve, rollback — as a state machine,
+//! each committed with compare-and-swap together with its event (and, for a rollback, the
+//! overrides that take the changed instances back).
+
+use std::{fmt, str::FromStr};
+
+use outrider_model::{BatchState, Override, Plan, PlanState, UpgradeMode, Verdict};
+use outrider_rollout::reconcile::transition;
+use outrider_store::Op;
+use time::OffsetDateTime;
+
+use crate::{
+    Error,
+    catalog::TenantCatalog,
+    keys,
+    repo::{NewEvent, encode},
+    state::AppState,
+};
+
+/// An operator action (`POST /plans/{id}/{action}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Stop starting batches.
+    Pause,
+    /// Start batches again.
+    Resume,
+    /// End the plan; instances keep what they run.
+    Abort,
+    /// A blocked plan's incident was a false alarm: continue.
+    Approve,
+    /// Take every instance the plan changed back to its previous version.
+    Rollback,
+}
+
+impl FromStr for Action {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Ok(match s {
+            "pause" => Self::Pause,
+            "resume" => Self::Resume,
+            "abort" => Self::Abort,
+            "approve" => Self::Approve,
+            "rollback" => Self::Rollback,
+            _ => {
+                return Err(Error::not_found(format!("action {s:?} (use pause, resume, abort, rollback or approve)")));
+            }
+        })
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+            Self::Abort => "abort",
+            Self::Approve => "approve",
+            Self::Rollback => "rollback",
+        })
+    }
+}
+
+/// Carries out `action` on plan `id` for `actor`; `reason` may be empty.
+pub async fn act(
+    s: &AppState,
+    tenant: &str,
+    id: &str,
+    action: Action,
+    reason: &str,
+    actor: &str,
+) -> Result<Plan, Error> {
+    let key = keys::plan(tenant, id);
+    let reason = if reason.is_empty() { format!("{action} by {actor}") } else { reason.to_owned() };
+    let plan = s
+        .repo
+        .update_with(&key, &format!("plan {id:?}"), |plan: &mut Plan| {
+            let mut ops = Vec::new();
+            let to = next_state(plan, action)?;
+            match action {
+                Action::Abort => skip_pending(plan),
+                // False alarm: the failed batch counts as passed; its verdict stays on record.
+                Action::Approve => {
+                    for b in plan.phases.iter_mut().flat_map(|p| &mut p.batches) {
+                        if b.state == BatchState::Failed {
+                            b.state = BatchState::Passed;
+                        }
+                    }
+                }
+                Action::Rollback => {
+                    let catalog = s.catalog.read().unwrap_or_else(|p| p.into_inner());
+                    let tc = catalog.tenant(tenant).ok_or_else(|| Error::not_found(format!("tenant {tenant:?}")))?;
+                    ops = rollback(tc, tenant, plan)?;
+                }
+                Action::Pause | Action::Resume => {}
+            }
+            let mut e = transition(plan, to, reason.clone());
+            e.kind = "plan.action";
+            e.detail = serde_json::json!({"action": action.to_string(), "to": to, "overrides_written": ops.len()});
+            plan.updated_at = OffsetDateTime::now_utc();
+            plan.recount();
+            Ok((ops, vec![NewEvent::of_plan(tenant, actor, id, e)]))
+        })
+        .await?;
+    s.wake.notify_one();
+    Ok(plan)
+}
+
+/// The state `action` moves `plan` to, or why it cannot.
+fn next_state(plan: &Plan, action: Action) -> Result<PlanState, Error> {
+    let to = match (action, plan.state) {
+        (Action::Pause, PlanState::Pending | PlanState::Running | PlanState::Waiting) => PlanState::Paused,
+        (Action::Resume, PlanState::Paused) => PlanState::Running,
+        (Action::Abort, st) if !st.is_terminal() => PlanState::Aborted,
+        (Action::Approve, PlanState::Blocked) => PlanState::Running,
+        (Action::Rollback, st) if st != PlanState::RolledBack && st != PlanState::Failed => PlanState::RolledBack,
+        (_, st) => {
+            return Err(Error::precondition(format!("plan {} is {st}: cannot {action} it", plan.id)));
+        }
+    };
+    Ok(to)
+}
+
+fn skip_pending(plan: &mut Plan) {
+    for b in plan.phases.iter_mut().flat_map(|p| &mut p.batches).filter(|b| b.state == BatchState::Pending) {
+        b.state = BatchState::Skipped;
+    }
+}
+
+/// Returns every instance the plan changed to the version it had before: all at once
+/// (hot where the sidecar supports it), so the rollback is as fast as the agents.
+fn rollback(tc: &TenantCatalog, tenant: &str, plan: &mut Plan) -> Result<Vec<Op>, Error> {
+    let mode = match tc.sidecar(&plan.sidecar) {
+        Some(sc) if sc.upgrade_modes.contains(&UpgradeMode::Hot) => UpgradeMode::Hot,
+        _ => UpgradeMode::Restart,
+    };
+    let mut ops = Vec::new();
+    let mut changed = tc.overrides_of_plan(&plan.id);
+    // Reverse order of application: last batch first.
+    changed.sort_by_key(|c| std::cmp::Reverse((c.2.phase, c.2.batch)));
+    for (svc, inst, o) in changed {
+        if o.version == o.previous {
+            continue;
+        }
+        let back = Override { version: o.previous.clone(), mode, ..o.clone() };
+        ops.push(Op::put(keys::override_key(tenant, svc, inst, &plan.sidecar), encode(&back)?));
+    }
+    for b in plan.phases.iter_mut().flat_map(|p| &mut p.batches) {
+        b.state = match b.state {
+            BatchState::Pending => BatchState::Skipped,
+            BatchState::Applying | BatchState::Baking | BatchState::Passed | BatchState::Failed => {
+                BatchState::RolledBack
+            }
+            other => other,
+        };
+        if b.state == BatchState::RolledBack && b.verdict.is_none() {
+            b.verdict = Some(Verdict::Inconclusive);
+        }
+    }
+    Ok(ops)
+}

@@ -1,0 +1,102 @@
+//! Plans as the manager's domain: creating one (admission, planning against the live fleet,
+//! no overlap with another live plan), simulating one, the operator actions, and the recall
+//! that follows a defective version. The HTTP handlers only parse, call and render; the
+//! executor moves plans forward (`crate::executor`).
+
+mod actions;
+mod admission;
+mod recall;
+
+use outrider_model::{Freeze, Plan, PlanSpec, Simulation, validate_name};
+use outrider_rollout::{FleetView, InstanceView, Planned, SimAssumptions, Windows};
+use outrider_store::{Compare, Op};
+use time::OffsetDateTime;
+
+pub use actions::{Action, act};
+pub use recall::on_defective;
+
+use crate::{
+    Error, keys,
+    repo::{NewEvent, encode},
+    state::AppState,
+};
+
+/// Plans `spec` against the live fleet of `tenant`, after admission.
+fn plan_spec(s: &AppState, tenant: &str, spec: &PlanSpec) -> Result<Planned, Error> {
+    let catalog = s.catalog.read().unwrap_or_else(|p| p.into_inner());
+    let tc = catalog.tenant(tenant).ok_or_else(|| Error::not_found(format!("tenant {tenant:?}")))?;
+    Windows::new(&spec.windows)?;
+    admission::admit(tc, spec)?;
+    let services: Vec<outrider_model::Service> = tc.services().cloned().collect();
+    let instances = s.fleet.of_tenant(tenant);
+    let view = FleetView::from_instances(
+        services,
+        instances.iter().map(|i| InstanceView {
+            service: &i.service,
+            region: &i.labels.region,
+            env: &i.labels.env,
+            stage: &i.labels.stage,
+            version: i.sidecars.iter().find(|s| s.name == spec.sidecar).map(|s| s.version.as_str()),
+        }),
+    );
+    outrider_rollout::plan(spec, &view).map_err(|e| Error::invalid(e.to_string()))
+}
+
+/// A new plan id: time-ordered, with a random tail.
+fn new_id(now: OffsetDateTime) -> String {
+    let ms = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    format!("p{ms:x}{:04x}", rand::random::<u16>())
+}
+
+/// Creates a `pending` plan from `spec` for `actor`: validated, admitted, planned, and not
+/// overlapping another live plan of the same sidecar.
+pub async fn create(s: &AppState, tenant: &str, actor: &str, spec: PlanSpec) -> Result<Plan, Error> {
+    spec.validate()?;
+    let planned = plan_spec(s, tenant, &spec)?;
+    let now = OffsetDateTime::now_utc();
+    let plan = Plan::new(new_id(now), spec, planned.feature_services, planned.phases, now);
+    let others: Vec<Plan> = s.repo.list(&keys::plans(tenant)).await?;
+    admission::no_overlap(&plan, &others)?;
+    let key = keys::plan(tenant, &plan.id);
+    let batches = plan.phases.iter().map(|p| p.batches.len()).sum::<usize>();
+    let event = NewEvent::new(tenant, "plan.created", actor, format!("plan/{}", plan.id))
+        .plan(&plan.id)
+        .reason(plan.name.clone())
+        .detail(serde_json::json!({"instances": plan.counts.total, "batches": batches}));
+    let r = s.repo.commit(vec![Compare::absent(&key)], vec![Op::put(&key, encode(&plan)?)], vec![event]).await?;
+    if !r.succeeded {
+        return Err(Error::conflict("plan id collision; retry"));
+    }
+    s.wake.notify_one();
+    Ok(plan)
+}
+
+/// The predicted schedule of `spec` from now; nothing changes.
+pub async fn simulate(s: &AppState, tenant: &str, spec: &PlanSpec) -> Result<Simulation, Error> {
+    spec.validate()?;
+    let planned = plan_spec(s, tenant, spec)?;
+    let windows = Windows::new(&spec.windows).map_err(|e| Error::invalid(e.to_string()))?;
+    let freezes: Vec<Freeze> = s.repo.list(&keys::freezes(tenant)).await?;
+    Ok(outrider_rollout::simulate(
+        &planned,
+        spec,
+        &windows,
+        &freezes,
+        OffsetDateTime::now_utc(),
+        SimAssumptions::default(),
+    ))
+}
+
+/// Every plan of `tenant`, newest first.
+pub async fn list(s: &AppState, tenant: &str) -> Result<Vec<Plan>, Error> {
+    let mut plans: Vec<Plan> = s.repo.list(&keys::plans(tenant)).await?;
+    plans.sort_by_key(|p| std::cmp::Reverse(p.created_at));
+    Ok(plans)
+}
+
+/// Plan `id` of `tenant`.
+pub async fn get(s: &AppState, tenant: &str, id: &str) -> Result<Plan, Error> {
+    validate_name("plan", id)?;
+    let found = s.repo.get(&keys::plan(tenant, id)).await?;
+    found.map(|(p, _)| p).ok_or_else(|| Error::not_found(format!("plan {id:?}")))
+}

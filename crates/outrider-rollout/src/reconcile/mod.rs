@@ -1,0 +1,422 @@
+//! The rollout reconciler: one step of a plan, as a pure function. Given the plan, what it
+//! needs to see of the world (a [`View`]: catalog, live fleet, freezes) and the time, it
+//! decides the next steps — start, gate, apply a batch, judge, bake, block, complete — and
+//! returns the plan as it should be written, the overrides and events to write with it (in one
+//! transaction), and when the plan is next due. It is level-triggered and idempotent: the
+//! same inputs give the same step, and a step computed again after a crash writes nothing new.
+
+mod gate;
+mod judge;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    time::Duration,
+};
+
+use outrider_model::{
+    BatchState, Binding, Freeze, Incident, Instance, Override, Plan, PlanState, Service, SidecarState, SidecarStatus,
+    UpgradeMode, Verdict, Version, VersionMatch,
+};
+use time::OffsetDateTime;
+
+use judge::{InstanceObs, observe};
+
+/// A batch's default time to report the target when its phase spec is missing.
+const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What a step reads of the world besides the plan: one tenant's catalog, its live fleet and
+/// its freezes.
+pub trait View {
+    /// A version of a sidecar.
+    fn version(&self, sidecar: &str, version: &str) -> Option<&Version>;
+    /// A service.
+    fn service(&self, name: &str) -> Option<&Service>;
+    /// The binding of `sidecar` on `service`.
+    fn binding(&self, service: &str, sidecar: &str) -> Option<&Binding>;
+    /// Every override `plan` wrote: (service, instance, override).
+    fn overrides_of_plan(&self, plan: &str) -> Vec<(&str, &str, &Override)>;
+    /// The tenant's freezes.
+    fn freezes(&self) -> &[Freeze];
+    /// Calls `f` with every live instance of `service`.
+    fn for_each_instance(&self, service: &str, f: &mut dyn FnMut(&Instance));
+}
+
+/// An event a step records, about its plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanEvent {
+    /// Kind (`plan.state`, `batch.state`, `batch.verdict`, `incident.opened`, `phase.completed`).
+    pub kind: &'static str,
+    /// Why, for humans.
+    pub reason: String,
+    /// Details.
+    pub detail: serde_json::Value,
+}
+
+/// An override a step writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OverrideWrite {
+    /// Service of the instance.
+    pub service: String,
+    /// Instance.
+    pub instance: String,
+    /// Sidecar.
+    pub sidecar: String,
+    /// The override.
+    pub value: Override,
+}
+
+/// The outcome of one step.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// The plan as it should be written (equal to the input when nothing changed).
+    pub plan: Plan,
+    /// Whether the plan changed (and so must be written, with `overrides` and `events`).
+    pub changed: bool,
+    /// Overrides to write in the same transaction as the plan.
+    pub overrides: Vec<OverrideWrite>,
+    /// Events to record in the same transaction.
+    pub events: Vec<PlanEvent>,
+    /// When the plan must be looked at again if nothing else changes; `None`: only when its
+    /// inputs change (an operator action, the catalog, a freeze).
+    pub next: Option<OffsetDateTime>,
+}
+
+/// Moves `plan` to `to` and returns the event that records it.
+pub fn transition(plan: &mut Plan, to: PlanState, reason: String) -> PlanEvent {
+    let from = plan.state;
+    plan.state = to;
+    plan.reason = reason.clone();
+    PlanEvent { kind: "plan.state", reason, detail: serde_json::json!({"from": from, "to": to}) }
+}
+
+/// Whether the executor has anything to do for a plan in this state.
+pub fn is_live(state: PlanState) -> bool {
+    !state.is_terminal() && state != PlanState::Blocked
+}
+
+/// One step of `plan` at `now`.
+pub fn reconcile(plan: &Plan, view: &dyn View, now: OffsetDateTime) -> Step {
+    let mut s = Stepper {
+        view,
+        now,
+        plan: plan.clone(),
+        overrides: Vec::new(),
+        events: Vec::new(),
+        until: None,
+        applied: false,
+    };
+    if is_live(plan.state) {
+        if s.plan.state == PlanState::Pending {
+            let e = transition(&mut s.plan, PlanState::Running, "started".into());
+            s.events.push(e);
+        }
+        s.advance();
+    }
+    let changed = s.plan != *plan;
+    if changed {
+        s.plan.updated_at = now;
+        s.plan.recount();
+    }
+    let next = s.next_due();
+    Step { plan: s.plan, changed, overrides: s.overrides, events: s.events, next }
+}
+
+/// The state of one step in progress.
+struct Stepper<'a> {
+    view: &'a dyn View,
+    now: OffsetDateTime,
+    plan: Plan,
+    overrides: Vec<OverrideWrite>,
+    events: Vec<PlanEvent>,
+    /// When the gate that held the plan back lifts, if it does by itself.
+    until: Option<OffsetDateTime>,
+    /// Whether this step applied a batch.
+    applied: bool,
+}
+
+impl Stepper<'_> {
+    fn event(&mut self, kind: &'static str, reason: String, detail: serde_json::Value) {
+        self.events.push(PlanEvent { kind, reason, detail });
+    }
+
+    fn transition(&mut self, to: PlanState, reason: String) {
+        let e = transition(&mut self.plan, to, reason);
+        self.events.push(e);
+    }
+
+    /// When the plan is next due, from its state after the step, if nothing else changes: a
+    /// batch just applied at once (its instances may already be there), a batch applying at
+    /// its timeout, a baking one at the end of its bake, a waiting plan when its hold lifts.
+    /// The judge also needs a look whenever the batch's instances report: that is the
+    /// caller's wake-up, not a due time.
+    fn next_due(&self) -> Option<OffsetDateTime> {
+        let plan = &self.plan;
+        if !is_live(plan.state) {
+            return None;
+        }
+        let pi = plan.cursor_phase as usize;
+        let in_flight = plan.phases.get(pi).into_iter().flat_map(|p| &p.batches).filter_map(|b| match b.state {
+            BatchState::Applying if self.applied => Some(self.now),
+            BatchState::Applying => Some(b.started_at.unwrap_or(self.now) + batch_timeout(plan, pi)),
+            BatchState::Baking => Some(b.applied_at.map_or(self.now, |t| t + plan.phases[pi].bake.0)),
+            _ => None,
+        });
+        let held = if plan.state == PlanState::Waiting { self.until } else { None };
+        in_flight.chain(held).min()
+    }
+
+    fn advance(&mut self) {
+        self.update_blast_radius();
+        while (self.plan.cursor_phase as usize) < self.plan.phases.len() {
+            let pi = self.plan.cursor_phase as usize;
+            for bi in 0..self.plan.phases[pi].batches.len() {
+                if matches!(self.plan.phases[pi].batches[bi].state, BatchState::Applying | BatchState::Baking) {
+                    self.judge_batch(pi, bi);
+                    if self.plan.state == PlanState::Blocked {
+                        return;
+                    }
+                }
+            }
+            let phase_done = self.plan.phases[pi]
+                .batches
+                .iter()
+                .all(|b| matches!(b.state, BatchState::Passed | BatchState::Skipped));
+            if phase_done {
+                let name = self.plan.phases[pi].name.clone();
+                self.event("phase.completed", format!("phase {name} completed"), serde_json::Value::Null);
+                self.plan.cursor_phase += 1;
+                continue;
+            }
+            if self.plan.state == PlanState::Paused {
+                return;
+            }
+            self.start_batches(pi);
+            return;
+        }
+        self.transition(PlanState::Completed, "every batch passed".into());
+    }
+
+    /// How many instances have run the target under this plan (never decreases).
+    fn update_blast_radius(&mut self) {
+        let mut by_service: HashMap<&str, BTreeSet<&str>> = HashMap::new();
+        let overrides = self.view.overrides_of_plan(&self.plan.id);
+        for (svc, inst, _) in &overrides {
+            by_service.entry(svc).or_default().insert(inst);
+        }
+        let (sidecar, target) = (&self.plan.sidecar, &self.plan.target_version);
+        let mut ran = 0u64;
+        for (svc, ids) in by_service {
+            self.view.for_each_instance(svc, &mut |i| {
+                if ids.contains(i.id.as_str()) && i.sidecars.iter().any(|s| &s.name == sidecar && &s.version == target)
+                {
+                    ran += 1;
+                }
+            });
+        }
+        self.plan.blast_radius = self.plan.blast_radius.max(ran);
+    }
+
+    fn judge_batch(&mut self, pi: usize, bi: usize) {
+        let plan = &self.plan;
+        let members: Vec<(&str, &str, &Override)> = self
+            .view
+            .overrides_of_plan(&plan.id)
+            .into_iter()
+            .filter(|(_, _, o)| o.phase as usize == pi && o.batch as usize == bi && o.version == plan.target_version)
+            .collect();
+        let member_ids: BTreeSet<&str> = members.iter().map(|(_, i, _)| *i).collect();
+        let services: BTreeSet<&str> = members.iter().map(|(s, _, _)| *s).collect();
+        // One look at each service's instances: the members' status, and the baseline's health.
+        let mut status: HashMap<String, SidecarStatus> = HashMap::new();
+        let (mut baseline, mut baseline_bad) = (0usize, 0usize);
+        for svc in services {
+            self.view.for_each_instance(svc, &mut |i| {
+                let st = i.sidecars.iter().find(|s| s.name == plan.sidecar);
+                if member_ids.contains(i.id.as_str()) {
+                    if let Some(st) = st {
+                        status.insert(i.id.clone(), st.clone());
+                    }
+                } else {
+                    baseline += 1;
+                    baseline_bad += usize::from(
+                        st.is_some_and(|s| matches!(s.state, SidecarState::CrashLoop | SidecarState::Failed)),
+                    );
+                }
+            });
+        }
+        let obs: Vec<InstanceObs<'_>> = members
+            .iter()
+            .map(|(_, id, o)| InstanceObs { id, status: status.get(*id), exits_before: o.exits_before })
+            .collect();
+        let seen = observe(&obs, &plan.target_version);
+        let count = members.len();
+        let phase = &plan.phases[pi];
+        let (phase_name, mode, bake, index) = (phase.name.clone(), phase.mode, phase.bake.0, phase.batches[bi].index);
+        if let Some((metric, ids)) = seen.harm {
+            let incident = Incident {
+                opened_at: self.now,
+                phase: phase_name,
+                batch: index,
+                metric: metric.to_owned(),
+                canary_value: ids.len() as f64 / count.max(1) as f64,
+                baseline_value: baseline_bad as f64 / baseline.max(1) as f64,
+                test: "threshold: any upgraded instance with this signal fails the batch".into(),
+                summary: format!(
+                    "{} of {count} upgraded instances show {metric} on {} {} (baseline: {baseline_bad} of {baseline} not upgraded)",
+                    ids.len(),
+                    plan.sidecar,
+                    plan.target_version,
+                ),
+                instances: ids,
+            };
+            self.fail_batch(pi, bi, incident);
+            return;
+        }
+        let timeout = batch_timeout(plan, pi);
+        let timeout_text = plan.spec.phases.get(pi).map_or_else(|| "10m".to_owned(), |p| p.batch_timeout.to_string());
+        let target = plan.target_version.clone();
+        let now = self.now;
+        let b = &mut self.plan.phases[pi].batches[bi];
+        match b.state {
+            BatchState::Applying => {
+                let started = b.started_at.unwrap_or(now);
+                if seen.missing.is_empty() || mode == UpgradeMode::OnDeploy {
+                    b.state = BatchState::Baking;
+                    b.applied_at = Some(now);
+                    let detail =
+                        serde_json::json!({"phase": phase_name, "batch": bi, "state": "baking", "instances": count});
+                    self.event("batch.state", format!("batch {bi} of {phase_name} reached {target}"), detail);
+                } else if now - started >= timeout {
+                    let incident = Incident {
+                        opened_at: now,
+                        phase: phase_name,
+                        batch: index,
+                        metric: "version_missing".into(),
+                        canary_value: seen.missing.len() as f64,
+                        baseline_value: 0.0,
+                        test: format!("deadline: every instance reports the target within {timeout_text}"),
+                        summary: format!(
+                            "{} of {count} instances did not report {target} running in time",
+                            seen.missing.len()
+                        ),
+                        instances: seen.missing,
+                    };
+                    self.fail_batch(pi, bi, incident);
+                }
+            }
+            BatchState::Baking if b.applied_at.is_none_or(|t| now - t >= bake) => {
+                b.state = BatchState::Passed;
+                b.verdict = Some(if count == 0 { Verdict::Inconclusive } else { Verdict::Pass });
+                b.finished_at = Some(now);
+                let detail = serde_json::json!({"phase": phase_name, "batch": bi, "verdict": b.verdict});
+                self.event("batch.verdict", format!("batch {bi} of {phase_name} passed"), detail);
+            }
+            _ => {}
+        }
+    }
+
+    fn fail_batch(&mut self, pi: usize, bi: usize, incident: Incident) {
+        let b = &mut self.plan.phases[pi].batches[bi];
+        b.state = BatchState::Failed;
+        b.verdict = Some(Verdict::Fail);
+        b.finished_at = Some(self.now);
+        let summary = incident.summary.clone();
+        let detail = serde_json::to_value(&incident).unwrap_or_default();
+        self.plan.incidents.push(incident);
+        self.event("incident.opened", summary.clone(), detail);
+        self.transition(PlanState::Blocked, summary);
+    }
+
+    fn start_batches(&mut self, pi: usize) {
+        let lanes: BTreeSet<u32> = self.plan.phases[pi].batches.iter().map(|b| b.lane).collect();
+        let mut started = false;
+        let mut held: Option<gate::Hold> = None;
+        for lane in lanes {
+            let batches = &self.plan.phases[pi].batches;
+            let in_lane = || batches.iter().enumerate().filter(move |(_, b)| b.lane == lane);
+            if in_lane().any(|(_, b)| matches!(b.state, BatchState::Applying | BatchState::Baking | BatchState::Failed))
+            {
+                continue;
+            }
+            let Some(bi) = in_lane().find(|(_, b)| b.state == BatchState::Pending).map(|(i, _)| i) else { continue };
+            if let Some(hold) = gate::check(self.view, &self.plan, pi, &self.plan.phases[pi].batches[bi], self.now) {
+                held = Some(hold);
+                break;
+            }
+            self.apply_batch(pi, bi);
+            started = true;
+        }
+        match held {
+            Some(hold) if !started => {
+                self.until = hold.until;
+                if self.plan.state != hold.state || self.plan.reason != hold.reason {
+                    self.transition(hold.state, hold.reason);
+                }
+            }
+            _ if self.plan.state == PlanState::Waiting && started => {
+                self.transition(PlanState::Running, "resumed".into());
+            }
+            _ => {}
+        }
+    }
+
+    fn apply_batch(&mut self, pi: usize, bi: usize) {
+        let plan = &self.plan;
+        let from: Vec<VersionMatch> = plan.spec.from_matches().unwrap_or_default();
+        let stage = plan.phases[pi].stage.as_str();
+        let mode = plan.phases[pi].mode;
+        let mut writes = Vec::new();
+        for cell in &plan.phases[pi].batches[bi].cells {
+            let Some(service) = self.view.service(&cell.service) else { continue };
+            let Some(binding) = self.view.binding(&cell.service, &plan.sidecar) else { continue };
+            if service.protected {
+                continue;
+            }
+            self.view.for_each_instance(&cell.service, &mut |inst| {
+                let l = &inst.labels;
+                if l.region != cell.region || l.env != cell.env || (stage != "all" && l.stage != stage) {
+                    return;
+                }
+                let Some(st) = inst.sidecars.iter().find(|s| s.name == plan.sidecar) else { return };
+                if st.version == plan.target_version
+                    || !(from.is_empty() || from.iter().any(|m| m.matches(&st.version)))
+                {
+                    return;
+                }
+                writes.push(OverrideWrite {
+                    service: cell.service.clone(),
+                    instance: inst.id.clone(),
+                    sidecar: plan.sidecar.clone(),
+                    value: Override {
+                        plan: plan.id.clone(),
+                        phase: pi as u32,
+                        batch: bi as u32,
+                        version: plan.target_version.clone(),
+                        mode,
+                        previous: st.version.clone(),
+                        base_version: binding.version.clone(),
+                        exits_before: st.exits,
+                    },
+                });
+            });
+        }
+        let count = writes.len();
+        self.overrides.extend(writes);
+        self.applied = true;
+        let b = &mut self.plan.phases[pi].batches[bi];
+        b.state = BatchState::Applying;
+        b.started_at = Some(self.now);
+        let name = self.plan.phases[pi].name.clone();
+        let detail =
+            serde_json::json!({"phase": name, "batch": bi, "state": "applying", "instances": count, "mode": mode});
+        let reason = format!("batch {bi} of {name}: {count} instances to {}", self.plan.target_version);
+        self.event("batch.state", reason, detail);
+    }
+}
+
+fn batch_timeout(plan: &Plan, pi: usize) -> time::Duration {
+    let d = plan.spec.phases.get(pi).map_or(DEFAULT_BATCH_TIMEOUT, |p| p.batch_timeout.0);
+    time::Duration::try_from(d).unwrap_or(time::Duration::MAX)
+}

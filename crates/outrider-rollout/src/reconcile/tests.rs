@@ -1,0 +1,387 @@
+//! The reconciler on a fake clock: a fake world (catalog, fleet, freezes) whose agents follow
+//! the overrides at once, and a loop that jumps from one due time to the next. Days of plan
+//! time run in milliseconds.
+
+use std::collections::BTreeMap;
+
+use outrider_model::{
+    BatchState, Binding, Freeze, Instance, Override, Plan, PlanSpec, PlanState, Service, SidecarState, SidecarStatus,
+    Version, VersionState,
+};
+use serde_json::json;
+use time::{OffsetDateTime, macros::datetime};
+
+use super::{View, reconcile};
+use crate::{FleetView, InstanceView, plan};
+
+/// A Friday afternoon.
+const FRIDAY: OffsetDateTime = datetime!(2026-03-06 16:00 UTC);
+
+/// How the fake agents answer an override.
+#[derive(Clone, Copy, PartialEq)]
+enum Agents {
+    /// They run the target at once.
+    Follow,
+    /// They never report the target.
+    Stall,
+    /// They run the target, which crash-loops.
+    Crash,
+}
+
+struct World {
+    versions: BTreeMap<(String, String), Version>,
+    services: BTreeMap<String, Service>,
+    bindings: BTreeMap<(String, String), Binding>,
+    overrides: BTreeMap<(String, String, String), Override>,
+    freezes: Vec<Freeze>,
+    instances: Vec<Instance>,
+    agents: Agents,
+}
+
+impl View for World {
+    fn version(&self, sidecar: &str, version: &str) -> Option<&Version> {
+        self.versions.get(&(sidecar.to_owned(), version.to_owned()))
+    }
+    fn service(&self, name: &str) -> Option<&Service> {
+        self.services.get(name)
+    }
+    fn binding(&self, service: &str, sidecar: &str) -> Option<&Binding> {
+        self.bindings.get(&(service.to_owned(), sidecar.to_owned()))
+    }
+    fn overrides_of_plan(&self, plan: &str) -> Vec<(&str, &str, &Override)> {
+        let of_plan = self.overrides.iter().filter(|(_, o)| o.plan == plan);
+        of_plan.map(|((s, i, _), o)| (s.as_str(), i.as_str(), o)).collect()
+    }
+    fn freezes(&self) -> &[Freeze] {
+        &self.freezes
+    }
+    fn for_each_instance(&self, service: &str, f: &mut dyn FnMut(&Instance)) {
+        self.instances.iter().filter(|i| i.service == service).for_each(f);
+    }
+}
+
+/// Services `s0`… with `per_service` prod instances each in region `r1`, stage `full`, all on
+/// mesh 1.0.0; versions 1.0.0 and 1.1.0 (active, admitted).
+fn world(services: usize, per_service: usize) -> World {
+    let mut w = World {
+        versions: BTreeMap::new(),
+        services: BTreeMap::new(),
+        bindings: BTreeMap::new(),
+        overrides: BTreeMap::new(),
+        freezes: Vec::new(),
+        instances: Vec::new(),
+        agents: Agents::Follow,
+    };
+    for v in ["1.0.0", "1.1.0"] {
+        let version: Version = serde_json::from_value(json!({
+            "sidecar": "mesh", "version": v, "artifact": {"url": "file:///bin/true", "sha256": "0".repeat(64)},
+            "command": [], "env": {}, "notes": "", "admitted": true, "state": "active",
+            "created_at": "2026-01-01T00:00:00Z"
+        }))
+        .unwrap();
+        w.versions.insert(("mesh".into(), v.into()), version);
+    }
+    for s in 0..services {
+        let name = format!("s{s}");
+        let service: Service = serde_json::from_value(json!({"name": name, "priority": "P2"})).unwrap();
+        w.services.insert(name.clone(), service);
+        let binding = Binding {
+            sidecar: "mesh".into(),
+            enabled: true,
+            version: "1.0.0".into(),
+            mode: outrider_model::UpgradeMode::Restart,
+        };
+        w.bindings.insert((name.clone(), "mesh".into()), binding);
+        for i in 0..per_service {
+            w.instances.push(Instance {
+                id: format!("{name}-i{i}"),
+                service: name.clone(),
+                labels: serde_json::from_value(json!({"region": "r1", "env": "prod", "stage": "full"})).unwrap(),
+                deploy_id: String::new(),
+                connected: true,
+                last_seen: FRIDAY,
+                desired_revision: 0,
+                acked_revision: 0,
+                sidecars: vec![SidecarStatus {
+                    name: "mesh".into(),
+                    version: "1.0.0".into(),
+                    state: SidecarState::Running,
+                    ..Default::default()
+                }],
+            });
+        }
+    }
+    w
+}
+
+impl World {
+    /// What the agents do with the overrides written so far; whether anything changed.
+    fn converge(&mut self) -> bool {
+        let before = self.instances.clone();
+        for inst in &mut self.instances {
+            let Some(o) = self.overrides.get(&(inst.service.clone(), inst.id.clone(), "mesh".into())) else { continue };
+            let st = &mut inst.sidecars[0];
+            match self.agents {
+                Agents::Stall => {}
+                Agents::Follow => (st.version, st.state) = (o.version.clone(), SidecarState::Running),
+                Agents::Crash => (st.version, st.state) = (o.version.clone(), SidecarState::CrashLoop),
+            }
+        }
+        self.instances != before
+    }
+}
+
+/// A plan over `w` from a body (`sidecar` and `target_version` are filled in).
+fn new_plan(w: &World, body: serde_json::Value, now: OffsetDateTime) -> Plan {
+    let mut body = body;
+    body["sidecar"] = json!("mesh");
+    body["target_version"] = json!("1.1.0");
+    let spec: PlanSpec = serde_json::from_value(body).unwrap();
+    spec.validate().unwrap();
+    let view = FleetView::from_instances(
+        w.services.values().cloned().collect(),
+        w.instances.iter().map(|i| InstanceView {
+            service: &i.service,
+            region: &i.labels.region,
+            env: &i.labels.env,
+            stage: &i.labels.stage,
+            version: Some(&i.sidecars[0].version),
+        }),
+    );
+    let planned = plan(&spec, &view).unwrap();
+    Plan::new("p1".into(), spec, planned.feature_services, planned.phases, now)
+}
+
+/// A one-phase body: one cell per batch, `bake`, and `extra` phase fields.
+fn one_phase(bake: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut phase = json!({"name": "p", "batching": {"strategy": "linear", "size": 1}, "bake": bake});
+    for (k, v) in extra.as_object().unwrap() {
+        phase[k] = v.clone();
+    }
+    json!({"feature_services": {"per_trait_value": 0}, "phases": [phase]})
+}
+
+/// What a run saw.
+struct Run {
+    plan: Plan,
+    /// Steps taken.
+    steps: usize,
+    /// When each batch started.
+    starts: Vec<Option<OffsetDateTime>>,
+    /// The time of the last step.
+    end: OffsetDateTime,
+    /// Every (time, plan state) the plan went through.
+    states: Vec<(OffsetDateTime, PlanState)>,
+}
+
+/// Steps `plan` from `now`, jumping to each due time, until it is due no more or `limit` is
+/// passed. The world's agents answer every step's overrides before the next step; when what
+/// they report changes, the plan is looked at again at once (the executor's wake-up).
+fn run(w: &mut World, mut plan: Plan, mut now: OffsetDateTime, limit: OffsetDateTime) -> Run {
+    let mut steps = 0;
+    let mut states = vec![(now, plan.state)];
+    loop {
+        let step = reconcile(&plan, w, now);
+        steps += 1;
+        assert!(steps < 100_000, "the plan never settles");
+        if step.changed {
+            for o in step.overrides {
+                w.overrides.insert((o.service, o.instance, o.sidecar), o.value);
+            }
+            plan = step.plan;
+            if states.last().map(|s| s.1) != Some(plan.state) {
+                states.push((now, plan.state));
+            }
+        } else {
+            assert!(step.overrides.is_empty() && step.events.is_empty(), "an unchanged plan writes nothing");
+        }
+        if w.converge() {
+            continue;
+        }
+        match step.next {
+            Some(next) if next <= limit => {
+                assert!(next >= now, "due times never go back");
+                now = next;
+            }
+            _ => break,
+        }
+    }
+    let starts = plan.phases.iter().flat_map(|p| &p.batches).map(|b| b.started_at).collect();
+    Run { plan, steps, starts, end: now, states }
+}
+
+fn timed<T>(f: impl FnOnce() -> T) -> T {
+    let t = std::time::Instant::now();
+    let out = f();
+    assert!(t.elapsed() < std::time::Duration::from_secs(1), "took {:?}", t.elapsed());
+    out
+}
+
+#[test]
+fn a_mon_fri_window_holds_the_plan_over_the_weekend() {
+    timed(|| {
+        let mut w = world(3, 2);
+        let mut body = one_phase("30m", json!({}));
+        body["windows"] = json!([{"days": "mon-fri", "from": "09:00", "to": "17:00", "tz": "UTC"}]);
+        let plan = new_plan(&w, body, FRIDAY);
+        let r = run(&mut w, plan, FRIDAY, FRIDAY + time::Duration::days(7));
+        // Friday 16:00 and 16:30 are in the window; at 17:00 it closes until Monday 09:00.
+        let monday = datetime!(2026-03-09 09:00 UTC);
+        assert_eq!(
+            r.starts,
+            [Some(FRIDAY), Some(FRIDAY + time::Duration::minutes(30)), Some(monday)],
+            "the third batch waits for Monday"
+        );
+        assert!(r.states.contains(&(FRIDAY + time::Duration::hours(1), PlanState::Waiting)), "{:?}", r.states);
+        assert_eq!(r.plan.state, PlanState::Completed);
+        assert_eq!(r.end, monday + time::Duration::minutes(30));
+        // Nothing polls: each batch costs an apply, a look when its instances arrive and one
+        // at the end of its bake; the weekend costs one step.
+        assert!(r.steps <= 3 * 3 + 3, "{} steps", r.steps);
+    });
+}
+
+#[test]
+fn a_waiting_plan_is_due_when_its_window_opens() {
+    let w = world(1, 1);
+    let mut body = one_phase("1m", json!({}));
+    body["windows"] = json!([{"days": "mon-fri", "from": "09:00", "to": "17:00", "tz": "UTC"}]);
+    let saturday = datetime!(2026-03-07 12:00 UTC);
+    let step = reconcile(&new_plan(&w, body, saturday), &w, saturday);
+    assert_eq!(step.plan.state, PlanState::Waiting);
+    assert_eq!(step.next, Some(datetime!(2026-03-09 09:00 UTC)));
+    assert!(step.overrides.is_empty());
+    // Looked at again before then (a wake-up), it changes nothing.
+    let again = reconcile(&step.plan, &w, saturday + time::Duration::hours(5));
+    assert!(!again.changed);
+    assert_eq!(again.next, step.next);
+}
+
+#[test]
+fn daily_caps_spread_a_phase_over_several_days() {
+    timed(|| {
+        let mut w = world(6, 3);
+        let body = one_phase("1h", json!({"max_per_day": {"cells": 2}}));
+        let start = datetime!(2026-03-02 08:00 UTC);
+        let plan = new_plan(&w, body, start);
+        let r = run(&mut w, plan, start, start + time::Duration::days(10));
+        let day = |d: i64, h: i64, m: i64| {
+            Some(
+                datetime!(2026-03-02 00:00 UTC)
+                    + time::Duration::days(d)
+                    + time::Duration::hours(h)
+                    + time::Duration::minutes(m),
+            )
+        };
+        assert_eq!(
+            r.starts,
+            [day(0, 8, 0), day(0, 9, 0), day(1, 0, 0), day(1, 1, 0), day(2, 0, 0), day(2, 1, 0)],
+            "two cells a day, each day from midnight UTC"
+        );
+        assert_eq!(r.plan.state, PlanState::Completed);
+        assert_eq!(r.plan.counts.done, 18);
+    });
+}
+
+#[test]
+fn a_batch_passes_when_its_bake_is_over_and_not_before() {
+    let mut w = world(1, 2);
+    let plan = new_plan(&w, one_phase("10m", json!({})), FRIDAY);
+    let applied = reconcile(&plan, &w, FRIDAY);
+    assert_eq!(applied.overrides.len(), 2, "one override per instance of the cell");
+    assert_eq!(applied.plan.phases[0].batches[0].state, BatchState::Applying);
+    for o in applied.overrides.clone() {
+        w.overrides.insert((o.service, o.instance, o.sidecar), o.value);
+    }
+    w.converge();
+    let t1 = FRIDAY + time::Duration::seconds(1);
+    let baking = reconcile(&applied.plan, &w, t1);
+    assert_eq!(baking.plan.phases[0].batches[0].state, BatchState::Baking);
+    assert_eq!(baking.next, Some(t1 + time::Duration::minutes(10)), "due at the end of the bake");
+    let early = reconcile(&baking.plan, &w, t1 + time::Duration::minutes(10) - time::Duration::milliseconds(1));
+    assert!(!early.changed);
+    let done = reconcile(&baking.plan, &w, t1 + time::Duration::minutes(10));
+    assert_eq!(done.plan.phases[0].batches[0].state, BatchState::Passed);
+    assert_eq!(done.plan.blast_radius, 2);
+    // The pass and the plan's completion are one step; nothing is applied twice.
+    assert_eq!(done.plan.state, PlanState::Completed);
+    assert!(done.overrides.is_empty());
+    assert_eq!(done.next, None);
+}
+
+#[test]
+fn a_batch_that_never_reports_the_target_fails_at_its_timeout() {
+    timed(|| {
+        let mut w = world(2, 2);
+        w.agents = Agents::Stall;
+        let plan = new_plan(&w, one_phase("5m", json!({"batch_timeout": "3m"})), FRIDAY);
+        let r = run(&mut w, plan, FRIDAY, FRIDAY + time::Duration::days(1));
+        assert_eq!(r.plan.state, PlanState::Blocked);
+        let incident = &r.plan.incidents[0];
+        assert_eq!(incident.metric, "version_missing");
+        assert_eq!(incident.instances.len(), 2);
+        assert_eq!(r.end, FRIDAY + time::Duration::minutes(3), "failed at the timeout, not later");
+        assert_eq!(r.starts[1], None, "the next batch never starts");
+    });
+}
+
+#[test]
+fn a_crash_loop_on_the_target_blocks_the_plan_in_its_first_batch() {
+    let mut w = world(4, 2);
+    w.agents = Agents::Crash;
+    let plan = new_plan(&w, one_phase("10m", json!({})), FRIDAY);
+    let r = run(&mut w, plan, FRIDAY, FRIDAY + time::Duration::days(1));
+    assert_eq!(r.plan.state, PlanState::Blocked);
+    assert_eq!(r.plan.incidents[0].metric, "crash_loop");
+    assert_eq!(r.plan.blast_radius, 2);
+    assert_eq!(r.plan.phases[0].batches[0].state, BatchState::Failed);
+    assert!(r.starts[1..].iter().all(Option::is_none));
+    assert_eq!(r.end, FRIDAY, "blocked at the first look after the crash");
+}
+
+#[test]
+fn a_freeze_holds_the_plan_until_it_ends() {
+    let mut w = world(2, 1);
+    let to = FRIDAY + time::Duration::hours(3);
+    w.freezes.push(Freeze { id: "f1".into(), from: FRIDAY, to, reason: "sale".into(), services: Vec::new() });
+    let step = reconcile(&new_plan(&w, one_phase("1m", json!({})), FRIDAY), &w, FRIDAY);
+    assert_eq!(step.plan.state, PlanState::Waiting);
+    assert!(step.plan.reason.starts_with("freeze f1"), "{}", step.plan.reason);
+    assert_eq!(step.next, Some(to));
+    let r = run(&mut w, step.plan, to, to + time::Duration::days(1));
+    assert_eq!(r.starts[0], Some(to));
+    assert_eq!(r.plan.state, PlanState::Completed);
+}
+
+#[test]
+fn paused_blocked_and_finished_plans_are_not_due() {
+    let w = world(2, 1);
+    let mut plan = new_plan(&w, one_phase("1m", json!({})), FRIDAY);
+    for state in [PlanState::Paused, PlanState::Blocked, PlanState::Completed, PlanState::RolledBack] {
+        plan.state = state;
+        let step = reconcile(&plan, &w, FRIDAY);
+        assert!(!step.changed && step.overrides.is_empty(), "{state}");
+        assert_eq!(step.next, None, "{state}");
+    }
+}
+
+#[test]
+fn a_target_that_lost_its_admission_blocks_before_the_next_batch() {
+    let mut w = world(2, 1);
+    let plan = new_plan(&w, one_phase("1m", json!({})), FRIDAY);
+    if let Some(v) = w.versions.get_mut(&("mesh".into(), "1.1.0".into())) {
+        v.state = VersionState::Defective;
+    }
+    let step = reconcile(&plan, &w, FRIDAY);
+    assert_eq!(step.plan.state, PlanState::Blocked);
+    assert_eq!(step.plan.reason, "mesh 1.1.0 was marked defective");
+    assert!(step.overrides.is_empty());
+}
+
+#[test]
+fn the_same_inputs_give_the_same_step() {
+    let w = world(3, 2);
+    let plan = new_plan(&w, one_phase("1m", json!({})), FRIDAY);
+    let (a, b) = (reconcile(&plan, &w, FRIDAY), reconcile(&plan, &w, FRIDAY));
+    assert_eq!((a.plan, a.overrides, a.events, a.next), (b.plan, b.overrides, b.events, b.next));
+}
