@@ -24,4 +24,4 @@ mod state;
 mod sync;
 
 pub use error::Error;
-pub use server::{ManagerConfig, RunningManager, start};
+pub use server::{ManagerConfig, RunningManager, start, start_with_clock};

@@ -168,6 +168,15 @@ async fn run_catalog_watch(state: AppState, mut from: u64, cancel: CancellationT
 
 /// Opens the store in `config.data_dir`, binds `config.listen`, and serves until cancelled.
 pub async fn start(config: ManagerConfig) -> anyhow::Result<RunningManager> {
+    start_with_clock(config, Arc::new(executor::SystemClock)).await
+}
+
+/// Like [`start`], with the rollout executor reading the time from `clock` (tests move plans
+/// through windows and caps on a clock of their own).
+pub async fn start_with_clock(
+    config: ManagerConfig,
+    clock: Arc<dyn executor::Clock>,
+) -> anyhow::Result<RunningManager> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let store_path = config.data_dir.join("outrider.redb");
@@ -201,7 +210,7 @@ pub async fn start(config: ManagerConfig) -> anyhow::Result<RunningManager> {
                 repo: state.repo.clone(),
                 catalog: state.catalog.clone(),
                 fleet: state.fleet.clone(),
-                clock: Arc::new(executor::SystemClock),
+                clock,
                 wake,
             }
             .run(cancel.clone()),
