@@ -2,12 +2,12 @@
 
 use std::path::PathBuf;
 
-use outrider_model::{Priority, UpgradeMode};
+use outrider_model::{HumanDuration, Priority, SidecarState, UpgradeMode};
 use time::OffsetDateTime;
 
 use super::{
     ConnectArgs,
-    input::{parse_priority, parse_time, parse_trait},
+    input::{parse_priority, parse_state, parse_time, parse_trait},
 };
 
 /// A resource of the manager's REST API and what to do with it.
@@ -41,6 +41,10 @@ pub enum ResourceCommand {
     /// Change freezes: periods when no plan changes anything in scope.
     #[command(subcommand)]
     Freeze(Box<FreezeCommand>),
+    /// Wait until the manager, or an instance's sidecar, is ready (for scripts); fails after
+    /// --timeout with what it saw last.
+    #[command(subcommand)]
+    Wait(Box<WaitCommand>),
 }
 
 /// `outrider tenant …`
@@ -399,6 +403,40 @@ pub enum FreezeCommand {
     Delete {
         /// Freeze id.
         id: String,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+}
+
+/// `outrider wait …`
+#[derive(clap::Subcommand, Debug)]
+pub enum WaitCommand {
+    /// Wait until the manager answers /readyz and the token file (--token-file) can be read.
+    Manager {
+        /// Give up after this long.
+        #[arg(long, default_value = "30s")]
+        timeout: HumanDuration,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+    /// Wait until an instance is registered, its agent connected, and its sidecar reports the
+    /// state (without --sidecar: every sidecar it reports, at least one).
+    Instance {
+        /// Instance id.
+        id: String,
+        /// The sidecar to wait for.
+        #[arg(long)]
+        sidecar: Option<String>,
+        /// Also wait until the sidecar runs this version.
+        #[arg(long)]
+        version: Option<String>,
+        /// The state to wait for: starting, running, upgrading, draining, stopped, crash_loop
+        /// or failed.
+        #[arg(long, default_value = "running", value_parser = parse_state)]
+        state: SidecarState,
+        /// Give up after this long.
+        #[arg(long, default_value = "60s")]
+        timeout: HumanDuration,
         #[command(flatten)]
         conn: ConnectArgs,
     },

@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, path::Path};
 
 use anyhow::Context;
-use outrider_model::{PlanSpec, Priority, Service, Sidecar};
+use outrider_model::{PlanSpec, Priority, Service, Sidecar, SidecarState};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
@@ -108,6 +108,15 @@ pub(super) fn parse_priority(s: &str) -> Result<Priority, String> {
         "P2" => Ok(Priority::P2),
         _ => Err(format!("{s:?} is not a priority: use P0, P1 or P2")),
     }
+}
+
+/// Parses a sidecar state (`running`, `crash_loop`…).
+pub(super) fn parse_state(s: &str) -> Result<SidecarState, String> {
+    serde_json::from_value(Value::String(s.to_owned())).map_err(|_| {
+        format!(
+            "{s:?} is not a sidecar state: use starting, running, upgrading, draining, stopped, crash_loop or failed"
+        )
+    })
 }
 
 /// The evidence of `version admit --evidence TEXT`: the JSON value TEXT holds, or else TEXT as

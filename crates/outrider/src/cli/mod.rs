@@ -9,6 +9,7 @@ mod input;
 mod render;
 #[cfg(test)]
 mod tests;
+mod wait;
 mod watch;
 
 use std::path::PathBuf;
@@ -20,7 +21,7 @@ use outrider_model::{Binding, NewFreeze, NewVersion, Service, ServiceUpdate, Sid
 
 pub use commands::{
     BindingCommand, EventCommand, FreezeCommand, InstanceCommand, PlanActionArgs, PlanCommand, ResourceCommand,
-    ServiceCommand, SidecarCommand, TenantCommand, VersionCommand,
+    ServiceCommand, SidecarCommand, TenantCommand, VersionCommand, WaitCommand,
 };
 use input::read_json;
 use render::{emit, emit_text, print_line};
@@ -72,6 +73,7 @@ pub async fn run(cmd: ResourceCommand) -> anyhow::Result<()> {
         ResourceCommand::Event(c) => event(*c).await,
         ResourceCommand::Plan(c) => plan(*c).await,
         ResourceCommand::Freeze(c) => freeze(*c).await,
+        ResourceCommand::Wait(c) => wait(*c).await,
     }
 }
 
@@ -278,6 +280,24 @@ async fn freeze(cmd: FreezeCommand) -> anyhow::Result<()> {
             conn.client()?.delete_freeze(&conn.tenant, &id).await?;
             let done = serde_json::json!({ "id": id, "deleted": true });
             emit_text(conn.output, &done, |_| format!("freeze {id} deleted"))
+        }
+    }
+}
+
+async fn wait(cmd: WaitCommand) -> anyhow::Result<()> {
+    match cmd {
+        WaitCommand::Manager { timeout, conn } => {
+            wait::manager(&conn, timeout.0).await?;
+            let ready = serde_json::json!({ "manager": conn.manager, "ready": true });
+            emit_text(conn.output, &ready, |_| format!("the manager at {} is ready", conn.manager))
+        }
+        WaitCommand::Instance { id, sidecar, version, state, timeout, conn } => {
+            let goal = wait::InstanceGoal { id: &id, sidecar: sidecar.as_deref(), version: version.as_deref(), state };
+            let instance = wait::instance(&conn, goal, timeout.0).await?;
+            emit_text(conn.output, &instance, |i| {
+                let sidecars: Vec<_> = i.sidecars.iter().map(render::sidecar_status).collect();
+                format!("instance {}: {}", i.id, sidecars.join(", "))
+            })
         }
     }
 }

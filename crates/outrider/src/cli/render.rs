@@ -7,7 +7,7 @@ use std::io::{ErrorKind, Write};
 use anyhow::Context;
 use comfy_table::{ContentArrangement, Table, presets};
 use outrider_client::Distribution;
-use outrider_model::{Binding, Event, Instance, Probe, ProbeCheck, Service, Sidecar, Tenant, Version};
+use outrider_model::{Binding, Event, Instance, Probe, ProbeCheck, Service, Sidecar, SidecarStatus, Tenant, Version};
 use serde::Serialize;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
@@ -260,18 +260,16 @@ pub(super) fn bindings(bindings: &[Binding]) -> Table {
     t
 }
 
+/// One sidecar on an instance: `mesh@1.2.0 running pid=42 restarts=1`.
+pub(super) fn sidecar_status(s: &SidecarStatus) -> String {
+    let pid = s.pid.map_or_else(|| "-".to_owned(), |p| p.to_string());
+    format!("{}@{} {} pid={pid} restarts={}", s.name, s.version, s.state, s.restarts)
+}
+
 pub(super) fn instances(instances: &[Instance]) -> Table {
     let mut t = table(&["ID", "SERVICE", "REGION", "ENV", "STAGE", "CONNECTED", "SIDECARS"]);
     for i in instances {
-        let sidecars = i
-            .sidecars
-            .iter()
-            .map(|s| {
-                let pid = s.pid.map_or_else(|| "-".to_owned(), |p| p.to_string());
-                format!("{}@{} {} pid={pid} restarts={}", s.name, s.version, s.state, s.restarts)
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
+        let sidecars = i.sidecars.iter().map(sidecar_status).collect::<Vec<_>>().join("\n");
         t.add_row(vec![
             i.id.clone(),
             i.service.clone(),

@@ -422,6 +422,32 @@ fn simulation_and_freeze_tables() {
     }
 }
 
+/// The target (path and query) of the HTTP/1.1 request on `sock`, once its head is read.
+async fn read_target(sock: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match sock.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some(String::from_utf8_lossy(&head).split_whitespace().nth(1).unwrap_or_default().to_owned())
+}
+
+/// Answers `status` (`200 OK`) with a JSON `body` on `sock`, and closes it.
+async fn answer_json(sock: &mut tokio::net::TcpStream, status: &str, body: &str) {
+    use tokio::io::AsyncWriteExt;
+
+    let answer = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = sock.write_all(answer.as_bytes()).await;
+}
+
 /// A tiny HTTP/1.1 server playing the manager for `plan watch` in tenant `default`: each GET
 /// of plan `p-1` answers the next of `plans` (then the last again); the plan's event list
 /// answers `events` after `since`, its event stream sends `events` and stays open; anything
@@ -429,7 +455,7 @@ fn simulation_and_freeze_tables() {
 async fn fake_manager(plans: Vec<outrider_model::Plan>, events: Vec<serde_json::Value>) -> String {
     use std::sync::{Arc, Mutex};
 
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -438,16 +464,7 @@ async fn fake_manager(plans: Vec<outrider_model::Plan>, events: Vec<serde_json::
         while let Ok((mut sock, _)) = listener.accept().await {
             let (plans, events, served) = (plans.clone(), events.clone(), served.clone());
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match sock.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&head).into_owned();
-                let target = head.split_whitespace().nth(1).unwrap_or_default().to_owned();
+                let Some(target) = read_target(&mut sock).await else { return };
                 let events_of_p1 = target.starts_with("/api/v1/tenants/default/events?") && target.contains("plan=p-1");
                 if events_of_p1 && !target.contains("follow=true") {
                     let since: u64 = target
@@ -456,13 +473,7 @@ async fn fake_manager(plans: Vec<outrider_model::Plan>, events: Vec<serde_json::
                         .map_or(0, |s| s.parse().unwrap());
                     let after: Vec<&serde_json::Value> =
                         events.iter().filter(|e| e["seq"].as_u64().unwrap() > since).collect();
-                    let body = serde_json::to_string(&after).unwrap();
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-                         connection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = sock.write_all(answer.as_bytes()).await;
+                    answer_json(&mut sock, "200 OK", &serde_json::to_string(&after).unwrap()).await;
                     return;
                 }
                 if events_of_p1 {
@@ -478,20 +489,18 @@ async fn fake_manager(plans: Vec<outrider_model::Plan>, events: Vec<serde_json::
                     tokio::time::sleep(std::time::Duration::from_secs(60)).await;
                     return;
                 }
-                let (status, body) = if target == "/api/v1/tenants/default/plans/p-1" {
-                    let mut n = served.lock().unwrap();
-                    let plan = &plans[(*n).min(plans.len() - 1)];
-                    *n += 1;
-                    ("200 OK", serde_json::to_string(plan).unwrap())
+                if target == "/api/v1/tenants/default/plans/p-1" {
+                    let body = {
+                        let mut n = served.lock().unwrap();
+                        let plan = &plans[(*n).min(plans.len() - 1)];
+                        *n += 1;
+                        serde_json::to_string(plan).unwrap()
+                    };
+                    answer_json(&mut sock, "200 OK", &body).await;
                 } else {
-                    ("404 Not Found", r#"{"error": {"code": "not_found", "message": "no such plan"}}"#.to_owned())
-                };
-                let answer = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-                     connection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = sock.write_all(answer.as_bytes()).await;
+                    let body = r#"{"error": {"code": "not_found", "message": "no such plan"}}"#;
+                    answer_json(&mut sock, "404 Not Found", body).await;
+                }
             });
         }
     });
@@ -598,4 +607,235 @@ async fn watching_a_plan_that_ended_tells_its_story() {
     assert!(lines[2].starts_with("plan p-1 completed (every batch passed): gray"), "{out}");
     assert_eq!(lines[3], "plan p-1 completed (every batch passed): 1 of 39 instances done, blast radius 5");
     assert_eq!(lines.len(), 4, "{out}");
+}
+
+#[test]
+fn wait_verbs_parse() {
+    let WaitCommand::Manager { timeout, conn } = verb!("wait manager", Wait) else { panic!("not wait manager") };
+    assert_eq!((timeout.0, conn.token_file), (std::time::Duration::from_secs(30), None));
+    let WaitCommand::Manager { timeout, conn } = verb!("wait manager --timeout 2s --token-file /t -o json", Wait)
+    else {
+        panic!("not wait manager");
+    };
+    assert_eq!(timeout.0, std::time::Duration::from_secs(2));
+    assert_eq!((conn.token_file.as_deref(), conn.output), (Some(std::path::Path::new("/t")), OutputFormat::Json));
+
+    let WaitCommand::Instance { id, sidecar, version, state, timeout, .. } = verb!("wait instance i-1", Wait) else {
+        panic!("not wait instance");
+    };
+    assert_eq!((id.as_str(), sidecar, version), ("i-1", None, None));
+    assert_eq!((state, timeout.0), (outrider_model::SidecarState::Running, std::time::Duration::from_secs(60)));
+    let WaitCommand::Instance { sidecar, version, state, timeout, conn, .. } =
+        verb!("wait instance i-1 --sidecar demo --version 1.1.0 --state crash_loop --timeout 1m30s --tenant t", Wait)
+    else {
+        panic!("not wait instance");
+    };
+    assert_eq!((sidecar.as_deref(), version.as_deref()), (Some("demo"), Some("1.1.0")));
+    assert_eq!((state, timeout.0), (outrider_model::SidecarState::CrashLoop, std::time::Duration::from_secs(90)));
+    assert_eq!(conn.tenant, "t");
+
+    for line in
+        ["wait", "wait instance", "wait manager i-1", "wait manager --timeout soon", "wait instance i-1 --state up"]
+    {
+        assert!(parse(line).is_err(), "{line:?} accepted");
+    }
+    let err = parse("wait instance i-1 --state up").unwrap_err().to_string();
+    assert!(err.contains("is not a sidecar state: use starting, running"), "{err}");
+}
+
+/// Instance `id` as the manager lists it, with `sidecars` (`[name, version, state]`).
+fn listed(id: &str, connected: bool, sidecars: &[[&str; 3]]) -> Instance {
+    let sidecars: Vec<_> = sidecars
+        .iter()
+        .map(|[name, version, state]| {
+            let error = (*state == "crash_loop").then_some("exited with status 1");
+            serde_json::json!({"name": name, "version": version, "state": state, "pid": 7, "restarts": 2, "error": error})
+        })
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "id": id, "service": "checkout", "region": "boe", "env": "prod", "stage": "canary",
+        "connected": connected, "last_seen": "2026-01-01T00:00:00Z", "sidecars": sidecars
+    }))
+    .unwrap()
+}
+
+#[test]
+fn an_instance_goal_needs_the_instance_connected_and_its_sidecars_in_the_state() {
+    use outrider_model::SidecarState::{Running, Stopped};
+
+    let demo = wait::InstanceGoal { id: "i-1", sidecar: Some("demo"), version: None, state: Running };
+    let check = |goal: &wait::InstanceGoal<'_>, instances: &[Instance]| goal.check(instances).map(|i| i.id);
+    assert_eq!(check(&demo, &[]), Err("instance i-1 is not registered".into()));
+    assert_eq!(
+        check(&demo, &[listed("i-1", false, &[["demo", "1.0.0", "running"]])]),
+        Err("instance i-1 is registered but its agent is not connected".into())
+    );
+    assert_eq!(
+        check(&demo, &[listed("i-1", true, &[["logs", "1.0.0", "running"]])]),
+        Err("instance i-1 does not report sidecar demo".into())
+    );
+    assert_eq!(
+        check(&demo, &[listed("i-1", true, &[["demo", "1.0.0", "crash_loop"]])]),
+        Err("instance i-1: demo@1.0.0 crash_loop pid=7 restarts=2 (exited with status 1)".into())
+    );
+    let running =
+        [listed("i-2", true, &[]), listed("i-1", true, &[["logs", "1.0.0", "failed"], ["demo", "1.0.0", "running"]])];
+    assert_eq!(check(&demo, &running), Ok("i-1".into()), "only the named sidecar counts");
+
+    let at_1_1 = wait::InstanceGoal { version: Some("1.1.0"), ..demo };
+    assert_eq!(check(&at_1_1, &running), Err("instance i-1: demo@1.0.0 running pid=7 restarts=2".into()));
+
+    let every = wait::InstanceGoal { sidecar: None, ..demo };
+    assert_eq!(check(&every, &[listed("i-1", true, &[])]), Err("instance i-1 does not report any sidecar".into()));
+    assert_eq!(
+        check(&every, &running),
+        Err("instance i-1: logs@1.0.0 failed pid=7 restarts=2, demo@1.0.0 running pid=7 restarts=2".into())
+    );
+    let both = [listed("i-1", true, &[["logs", "1.0.0", "stopped"], ["demo", "1.0.0", "stopped"]])];
+    assert_eq!(check(&wait::InstanceGoal { state: Stopped, ..every }, &both), Ok("i-1".into()));
+}
+
+/// A tiny HTTP/1.1 server that answers GET `path` with the next of `answers` (status, JSON
+/// body; then the last again) and anything else with a 404; returns its URL.
+async fn fake_answers(path: &'static str, answers: Vec<(&'static str, String)>) -> String {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::new(AtomicUsize::new(0));
+    let answers = Arc::new(answers);
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let (answers, served) = (answers.clone(), served.clone());
+            tokio::spawn(async move {
+                let Some(target) = read_target(&mut sock).await else { return };
+                if target == path {
+                    let (status, body) = &answers[served.fetch_add(1, Ordering::SeqCst).min(answers.len() - 1)];
+                    answer_json(&mut sock, status, body).await;
+                } else {
+                    answer_json(&mut sock, "404 Not Found", r#"{"error": {"code": "not_found", "message": "?"}}"#)
+                        .await;
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn conn_to(manager: &str, token_file: Option<std::path::PathBuf>) -> ConnectArgs {
+    ConnectArgs { manager: manager.to_owned(), token_file, tenant: "default".into(), output: OutputFormat::Table }
+}
+
+const NOT_READY: &str = r#"{"error": {"code": "not_ready", "message": "store opening"}}"#;
+
+#[tokio::test]
+async fn wait_manager_waits_for_readyz_and_the_token_file() {
+    let manager = fake_answers(
+        "/readyz",
+        vec![("503 Service Unavailable", NOT_READY.into()), ("200 OK", r#"{"status": "ready"}"#.into())],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("admin.token");
+    let write = {
+        let token = token.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            std::fs::write(&token, "otr_x\n").unwrap();
+        })
+    };
+    let started = std::time::Instant::now();
+    wait::manager(&conn_to(&manager, Some(token)), std::time::Duration::from_secs(10)).await.unwrap();
+    assert!(started.elapsed() >= std::time::Duration::from_millis(500), "ready before the token file was written");
+    write.await.unwrap();
+    // Without --token-file, /readyz is enough.
+    wait::manager(&conn_to(&manager, None), std::time::Duration::from_secs(10)).await.unwrap();
+}
+
+#[tokio::test]
+async fn wait_manager_times_out_with_what_it_saw_last() {
+    let timeout = std::time::Duration::from_millis(500);
+    let manager = fake_answers("/readyz", vec![("200 OK", "{}".into())]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("admin.token");
+    let started = std::time::Instant::now();
+    let err = wait::manager(&conn_to(&manager, Some(token.clone())), timeout).await.unwrap_err();
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
+    let want = format!(
+        "the manager at {manager} was not ready within 500ms; last seen: cannot read the token file {}: ",
+        token.display()
+    );
+    assert!(format!("{err:#}").starts_with(&want), "{err:#}");
+
+    let manager = fake_answers("/readyz", vec![("503 Service Unavailable", NOT_READY.into())]).await;
+    let err = wait::manager(&conn_to(&manager, None), timeout).await.unwrap_err();
+    assert!(format!("{err:#}").ends_with("last seen: /readyz: not_ready: store opening"), "{err:#}");
+
+    // Nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let err = wait::manager(&conn_to(&format!("http://127.0.0.1:{port}"), None), timeout).await.unwrap_err();
+    assert!(format!("{err:#}").contains("last seen: /readyz: request to the manager failed"), "{err:#}");
+
+    // It accepts connections but never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let manager = format!("http://{}", silent.local_addr().unwrap());
+    let started = std::time::Instant::now();
+    let err = wait::manager(&conn_to(&manager, None), timeout).await.unwrap_err();
+    assert!(format!("{err:#}").ends_with("within 500ms; last seen: no answer in time"), "{err:#}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "took {:?}", started.elapsed());
+}
+
+const INSTANCES: &str = "/api/v1/tenants/default/instances";
+
+fn instances_json(instances: &[Instance]) -> String {
+    serde_json::to_string(instances).unwrap()
+}
+
+#[tokio::test]
+async fn wait_instance_follows_the_instance_until_its_sidecar_runs() {
+    let answers = vec![
+        ("502 Bad Gateway", "{}".into()),
+        ("200 OK", "[]".into()),
+        ("200 OK", instances_json(&[listed("i-1", false, &[])])),
+        ("200 OK", instances_json(&[listed("i-1", true, &[["demo", "1.0.0", "starting"]])])),
+        ("200 OK", instances_json(&[listed("i-1", true, &[["demo", "1.0.0", "running"]])])),
+    ];
+    let manager = fake_answers(INSTANCES, answers).await;
+    let goal = wait::InstanceGoal {
+        id: "i-1",
+        sidecar: Some("demo"),
+        version: Some("1.0.0"),
+        state: outrider_model::SidecarState::Running,
+    };
+    let instance = wait::instance(&conn_to(&manager, None), goal, std::time::Duration::from_secs(10)).await.unwrap();
+    assert_eq!(render::sidecar_status(&instance.sidecars[0]), "demo@1.0.0 running pid=7 restarts=2");
+}
+
+#[tokio::test]
+async fn wait_instance_times_out_with_the_last_state_or_fails_at_once_when_refused() {
+    let crashing = instances_json(&[listed("i-1", true, &[["demo", "1.0.0", "crash_loop"]])]);
+    let manager = fake_answers(INSTANCES, vec![("200 OK", crashing)]).await;
+    let goal = wait::InstanceGoal {
+        id: "i-1",
+        sidecar: Some("demo"),
+        version: None,
+        state: outrider_model::SidecarState::Running,
+    };
+    let timeout = std::time::Duration::from_millis(500);
+    let err = wait::instance(&conn_to(&manager, None), goal, timeout).await.unwrap_err();
+    assert_eq!(
+        format!("{err:#}"),
+        "instance i-1 did not report sidecar demo running within 500ms; last seen: instance i-1: demo@1.0.0 crash_loop \
+         pid=7 restarts=2 (exited with status 1)"
+    );
+
+    let refused = r#"{"error": {"code": "unauthenticated", "message": "unknown token"}}"#;
+    let manager = fake_answers(INSTANCES, vec![("401 Unauthorized", refused.into())]).await;
+    let started = std::time::Instant::now();
+    let err = wait::instance(&conn_to(&manager, None), goal, std::time::Duration::from_secs(30)).await.unwrap_err();
+    assert_eq!(format!("{err:#}"), "unauthenticated: unknown token");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
 }

@@ -231,7 +231,7 @@ async fn next_event(events: &mut Option<EventStream>) -> Option<Result<Event, Cl
 }
 
 /// Whether `err` may go away by itself: the manager is unreachable or failing for a moment.
-fn transient(err: &ClientError) -> bool {
+pub(super) fn transient(err: &ClientError) -> bool {
     matches!(err, ClientError::Transport(_)) || err.status().is_some_and(|s| s >= 500)
 }
 
