@@ -376,8 +376,10 @@ fn gate(ctx: &Ctx<'_>, plan: &Plan, pi: usize, batch: &Batch) -> Option<(PlanSta
         if let Some(f) = ctx.freezes.iter().find(|f| f.covers(ctx.now, &cell.service)) {
             return Some((PlanState::Waiting, format!("freeze {} until {}: {}", f.id, f.to, f.reason)));
         }
-        if let Some(p) =
-            ctx.tc.service(&cell.service).and_then(|s| s.windows.iter().find(|p| p.from <= ctx.now && ctx.now < p.to))
+        if let Some(p) = ctx
+            .tc
+            .service(&cell.service)
+            .and_then(|s| s.protected_periods.iter().find(|p| p.from <= ctx.now && ctx.now < p.to))
         {
             return Some((
                 PlanState::Waiting,

@@ -220,22 +220,22 @@ pub(super) fn distribution(d: &Distribution) -> Table {
 }
 
 pub(super) fn services(services: &[Service]) -> Table {
-    let mut t = table(&["NAME", "PRIORITY", "PROTECTED", "TRAITS", "WINDOWS"]);
+    let mut t = table(&["NAME", "PRIORITY", "PROTECTED", "TRAITS", "PROTECTED PERIODS"]);
     for s in services {
         t.add_row(vec![
             s.name.clone(),
             spelled(&s.priority),
             yes_no(s.protected),
             pairs(&s.traits, ","),
-            s.windows.len().to_string(),
+            s.protected_periods.len().to_string(),
         ]);
     }
     t
 }
 
 pub(super) fn service(s: &Service) -> Table {
-    let windows = s
-        .windows
+    let periods = s
+        .protected_periods
         .iter()
         .map(|w| {
             let reason = if w.reason.is_empty() { String::new() } else { format!(" ({})", w.reason) };
@@ -248,7 +248,7 @@ pub(super) fn service(s: &Service) -> Table {
         ("priority", spelled(&s.priority)),
         ("protected", yes_no(s.protected)),
         ("traits", pairs(&s.traits, "\n")),
-        ("windows", or_dash(windows)),
+        ("protected periods", or_dash(periods)),
     ])
 }
 

@@ -547,7 +547,7 @@ impl Demo {
             priority: Priority::P1,
             traits: BTreeMap::from([("lang".into(), "go".into()), ("protocol".into(), "http".into())]),
             protected: false,
-            windows: Vec::new(),
+            protected_periods: Vec::new(),
         };
         client.create_service(TENANT, &service).await.context("cannot create the service")?;
         client.set_binding(TENANT, SERVICE, &binding(true, OLD)).await.context("cannot bind the sidecar")?;
