@@ -17,6 +17,8 @@ mod plan;
 mod service;
 mod sidecar;
 mod tenant;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod version;
 
 pub use binding::Binding;
@@ -25,7 +27,7 @@ pub use duration::HumanDuration;
 pub use error::ValidationError;
 pub use event::Event;
 pub use instance::{Instance, InstanceFilter, InstanceLabels, SidecarState, SidecarStatus};
-pub use lifecycle::{Action, Handover, ListenSocket, SIGNALS, Warm};
+pub use lifecycle::{Action, Handover, Lifecycle, ListenSocket, SIGNALS, Warm};
 pub use name::validate_name;
 pub use placeholder::{PlaceholderContext, expand};
 pub use plan::{

@@ -129,7 +129,6 @@ fn read_record(path: &Path) -> Result<Record, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use outrider_model::{Artifact, HumanDuration, UpgradeMode};
 
     fn record(name: &str, pid: u32) -> Record {
         Record {
@@ -139,21 +138,7 @@ mod tests {
             start_time_ticks: 99,
             restarts: 2,
             exits: 3,
-            desired: DesiredSidecar {
-                name: name.into(),
-                version: "1.0.0".into(),
-                mode: UpgradeMode::Restart,
-                artifact: Artifact { url: "file:///bin/sh".into(), sha256: "a".repeat(64) },
-                command: vec!["${artifact}".into()],
-                env: Default::default(),
-                startup_probe: None,
-                liveness_probe: None,
-                drain_time: HumanDuration::from_secs(1),
-                sockets: Vec::new(),
-                handover: Default::default(),
-                notify_ready: false,
-                warm: None,
-            },
+            desired: outrider_model::testing::desired_sidecar(name, "1.0.0"),
             successor: None,
         }
     }

@@ -97,9 +97,10 @@ pub(super) fn resolve(who: &Identity<'_>, d: &DesiredSidecar, artifact: &Path) -
             failure_threshold: p.failure_threshold.max(1),
         })
     };
-    let startup = d.startup_probe.as_ref().map(|p| probe("startup_probe", p)).transpose()?;
-    let liveness = d.liveness_probe.as_ref().map(|p| probe("liveness_probe", p)).transpose()?;
+    let startup = d.lifecycle.startup_probe.as_ref().map(|p| probe("startup_probe", p)).transpose()?;
+    let liveness = d.lifecycle.liveness_probe.as_ref().map(|p| probe("liveness_probe", p)).transpose()?;
     let sockets = d
+        .lifecycle
         .sockets
         .iter()
         .map(|s| Ok((s.name.clone(), x("sockets.listen", &s.listen)?)))
@@ -129,24 +130,13 @@ pub(super) fn resolve_action(who: &Identity<'_>, field: &str, a: &Action) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use outrider_model::{Artifact, HumanDuration, UpgradeMode};
 
     fn desired() -> DesiredSidecar {
-        DesiredSidecar {
-            name: "mesh".into(),
-            version: "1.0.0".into(),
-            mode: UpgradeMode::Restart,
-            artifact: Artifact { url: "file:///bin/sh".into(), sha256: "a".repeat(64) },
-            command: vec!["${artifact}".into(), "--port=${label.port}".into()],
-            env: BTreeMap::from([("ID".into(), "${service}/${instance}".into())]),
-            startup_probe: Some(Probe::http("http://127.0.0.1:${label.port}/healthz")),
-            liveness_probe: None,
-            drain_time: HumanDuration::from_secs(1),
-            sockets: Vec::new(),
-            handover: Default::default(),
-            notify_ready: false,
-            warm: None,
-        }
+        let mut d = outrider_model::testing::desired_sidecar("mesh", "1.0.0");
+        d.command.push("--port=${label.port}".into());
+        d.env.insert("ID".into(), "${service}/${instance}".into());
+        d.lifecycle.startup_probe = Some(Probe::http("http://127.0.0.1:${label.port}/healthz"));
+        d
     }
 
     #[test]

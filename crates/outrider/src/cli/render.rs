@@ -150,7 +150,7 @@ pub(super) fn sidecars(sidecars: &[Sidecar]) -> Table {
             s.name.clone(),
             or_dash(s.owner.clone()),
             modes(s),
-            s.drain_time.to_string(),
+            s.lifecycle.drain_time.to_string(),
             or_dash(s.metrics.join(",")),
             or_dash(s.description.clone()),
         ]);
@@ -164,9 +164,9 @@ pub(super) fn sidecar(s: &Sidecar) -> Table {
         ("owner", or_dash(s.owner.clone())),
         ("description", or_dash(s.description.clone())),
         ("upgrade modes", modes(s)),
-        ("drain time", s.drain_time.to_string()),
-        ("startup probe", probe(s.startup_probe.as_ref())),
-        ("liveness probe", probe(s.liveness_probe.as_ref())),
+        ("drain time", s.lifecycle.drain_time.to_string()),
+        ("startup probe", probe(s.lifecycle.startup_probe.as_ref())),
+        ("liveness probe", probe(s.lifecycle.liveness_probe.as_ref())),
         ("metrics", or_dash(s.metrics.join(", "))),
     ])
 }

@@ -40,7 +40,7 @@ pub(super) struct SignalFiles {
 impl SignalFiles {
     /// The files of `name`; `None` unless `d` uses the signal handover.
     pub(super) fn of(config: &SupervisorConfig, who: &Identity<'_>, d: &DesiredSidecar) -> Option<Self> {
-        let Handover::Signal { pid_file, .. } = &d.handover else { return None };
+        let Handover::Signal { pid_file, .. } = &d.lifecycle.handover else { return None };
         let run = config.run_dir();
         let pid_file = pid_file
             .as_deref()
@@ -80,7 +80,7 @@ pub(super) fn handover_env(
     who: &Identity<'_>,
     d: &DesiredSidecar,
 ) -> Vec<(&'static str, String)> {
-    match &d.handover {
+    match &d.lifecycle.handover {
         Handover::ListenFds => Vec::new(),
         Handover::ScmRights => vec![(
             "OUTRIDER_HANDOVER_SOCKET",
@@ -107,7 +107,7 @@ enum Step {
 impl Actor {
     /// Hot mode: see the [module docs](self).
     pub(super) async fn hot_upgrade(&mut self, d: DesiredSidecar, p: Prepared) -> Flow {
-        if matches!(d.handover, Handover::Signal { .. }) {
+        if matches!(d.lifecycle.handover, Handover::Signal { .. }) {
             return self.signal_upgrade(d, p).await;
         }
         if !p.resolved.sockets.is_empty() && !self.sockets.matches(&p.resolved.sockets) {
@@ -122,7 +122,7 @@ impl Actor {
         let Some(old_version) = self.current.as_ref().map(|c| c.desired.version.clone()) else {
             return Flow::Continue;
         };
-        tracing::info!(sidecar = %self.name, from = %old_version, to = %d.version, handover = ?d.handover,
+        tracing::info!(sidecar = %self.name, from = %old_version, to = %d.version, handover = ?d.lifecycle.handover,
             "hot upgrade: starting the new version beside the old one");
         self.update(|s| s.state = SidecarState::Upgrading);
         let new = match self.launch_generation(&d, p).await {
@@ -192,7 +192,7 @@ impl Actor {
         self.failures = 0;
         self.upgrade_failures = 0;
         self.install(new).await;
-        let drain = old.desired.drain_time.0;
+        let drain = old.desired.lifecycle.drain_time.0;
         let how = match stop {
             None => old.process.terminate(drain).await,
             Some(s) => old.process.terminate_alone(s, drain).await,
@@ -221,7 +221,7 @@ impl Actor {
     /// one is its child, in its process group). A new version with another command line or
     /// environment is carried out as a restart, since the re-executed process keeps both.
     async fn signal_upgrade(&mut self, d: DesiredSidecar, p: Prepared) -> Flow {
-        let Handover::Signal { signal, stop_signal, .. } = &d.handover else { return Flow::Continue };
+        let Handover::Signal { signal, stop_signal, .. } = &d.lifecycle.handover else { return Flow::Continue };
         let (reload, stop) = match (Signal::from_str(signal), Signal::from_str(stop_signal)) {
             (Ok(r), Ok(s)) => (r, s),
             _ => {

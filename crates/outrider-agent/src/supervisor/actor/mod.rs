@@ -462,7 +462,9 @@ impl Actor {
     fn refresh(&mut self, d: DesiredSidecar) {
         let shared = self.shared.clone();
         let Some(cur) = self.current.as_mut() else { return };
-        if cur.desired.startup_probe != d.startup_probe || cur.desired.liveness_probe != d.liveness_probe {
+        if cur.desired.lifecycle.startup_probe != d.lifecycle.startup_probe
+            || cur.desired.lifecycle.liveness_probe != d.lifecycle.liveness_probe
+        {
             match resolve(&identity(&shared), &d, &cur.artifact_path) {
                 Ok(r) => {
                     if !cur.ready {
@@ -537,7 +539,7 @@ impl Actor {
         let shared = self.shared.clone();
         let config = &shared.config;
         self.sockets.bind(&p.resolved.sockets)?;
-        let notify = if d.notify_ready {
+        let notify = if d.lifecycle.notify_ready {
             Some(
                 NotifySocket::bind(&config.run_dir(), &self.name)
                     .map_err(|e| format!("cannot create the NOTIFY_SOCKET: {e}"))?,
@@ -691,7 +693,7 @@ impl Actor {
         tracing::info!(sidecar = %self.name, from = %old.desired.version, to = %d.version, mode = %d.mode, pid = old.process.pid(),
             "upgrading sidecar (stop, then start)");
         self.update(|s| s.state = SidecarState::Upgrading);
-        let how = old.process.terminate(old.desired.drain_time.0).await;
+        let how = old.process.terminate(old.desired.lifecycle.drain_time.0).await;
         tracing::info!(sidecar = %self.name, version = %old.desired.version, %how, "old version stopped");
         self.remove_record().await;
         self.failures = 0;
@@ -846,7 +848,7 @@ impl Actor {
         if let Some(mut cur) = self.current.take() {
             self.update(|s| s.state = SidecarState::Draining);
             tracing::info!(sidecar = %self.name, version = %cur.desired.version, pid = cur.process.pid(), "stopping sidecar");
-            let how = cur.process.terminate(cur.desired.drain_time.0).await;
+            let how = cur.process.terminate(cur.desired.lifecycle.drain_time.0).await;
             self.remove_record().await;
             tracing::info!(sidecar = %self.name, %how, "sidecar stopped");
         }
@@ -867,33 +869,18 @@ impl Actor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use outrider_model::{Artifact, UpgradeMode};
 
     fn desired(version: &str) -> DesiredSidecar {
-        DesiredSidecar {
-            name: "mesh".into(),
-            version: version.into(),
-            mode: UpgradeMode::Restart,
-            artifact: Artifact { url: "file:///bin/sh".into(), sha256: "a".repeat(64) },
-            command: vec!["${artifact}".into()],
-            env: Default::default(),
-            startup_probe: None,
-            liveness_probe: None,
-            drain_time: HumanDuration::from_secs(1),
-            sockets: Vec::new(),
-            handover: Default::default(),
-            notify_ready: false,
-            warm: None,
-        }
+        outrider_model::testing::desired_sidecar("mesh", version)
     }
 
     #[test]
     fn only_identity_changes_need_a_new_process() {
         let a = desired("1.0.0");
         let mut b = a.clone();
-        b.drain_time = HumanDuration::from_secs(5);
+        b.lifecycle.drain_time = HumanDuration::from_secs(5);
         b.mode = UpgradeMode::Hot;
-        b.liveness_probe = Some(outrider_model::Probe::http("http://x"));
+        b.lifecycle.liveness_probe = Some(outrider_model::Probe::http("http://x"));
         b.artifact.url = "http://mirror/sh".into();
         assert!(!needs_restart(&a, &b));
         for change in [

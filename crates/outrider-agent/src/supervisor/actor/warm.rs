@@ -24,7 +24,7 @@ const STDERR_EXCERPT: usize = 300;
 impl Actor {
     /// Warm mode: see the [module docs](self).
     pub(super) async fn warm_upgrade(&mut self, d: DesiredSidecar, p: Prepared) -> Flow {
-        let Some(warm) = d.warm.clone() else {
+        let Some(warm) = d.lifecycle.warm.clone() else {
             tracing::warn!(sidecar = %self.name, "warm upgrade without a drain action; upgrading by restart instead");
             return self.restart_upgrade(d, p).await;
         };
@@ -56,7 +56,7 @@ impl Actor {
         }
         tokio::time::sleep(warm.wait.0).await;
         let Some(mut old) = self.current.take() else { return Flow::Continue };
-        let how = old.process.terminate(old.desired.drain_time.0).await;
+        let how = old.process.terminate(old.desired.lifecycle.drain_time.0).await;
         tracing::info!(sidecar = %self.name, version = %old_version, %how, "warm upgrade: old version stopped");
         self.remove_record().await;
         self.update(|s| s.pid = None);
