@@ -6,6 +6,8 @@
 //! keeps everything in one redb file in the data dir; a write is durable once [`Store::txn`]
 //! returns.
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod error;
 mod redb_store;
 mod types;
