@@ -29,7 +29,7 @@ pub use event::Event;
 pub use instance::{Instance, InstanceFilter, InstanceLabels, SidecarState, SidecarStatus};
 pub use lifecycle::{Action, Handover, Lifecycle, ListenSocket, SIGNALS, Warm};
 pub use name::validate_name;
-pub use placeholder::{PlaceholderContext, expand};
+pub use placeholder::{PlaceholderContext, PlaceholderError, expand};
 pub use plan::{
     Batch, BatchState, Batching, Caps, Cell, ChangeWindow, Counts, FeatureServices, Freeze, Incident, NewFreeze, Phase,
     PhaseSpec, Plan, PlanSpec, PlanState, Selector, Simulation, Verdict, VersionMatch,

@@ -121,9 +121,9 @@ impl RecordStore {
     }
 }
 
-fn read_record(path: &Path) -> Result<Record, String> {
-    let bytes = fs::read(path).map_err(|e| e.to_string())?;
-    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+/// Reads and parses one record; a malformed file is an `InvalidData` error.
+fn read_record(path: &Path) -> io::Result<Record> {
+    Ok(serde_json::from_slice(&fs::read(path)?)?)
 }
 
 #[cfg(test)]
