@@ -1,17 +1,17 @@
 //! Assembles a real agent: the process supervisor, the last persisted desired state applied
 //! at once (static stability), the sync loop, and the local HTTP endpoint.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{io, net::SocketAddr, path::PathBuf, sync::Arc};
 
-use anyhow::Context;
 use outrider_model::InstanceLabels;
+use thiserror::Error;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
 use crate::{
     Runtime,
-    supervisor::{Supervisor, SupervisorConfig},
+    supervisor::{Supervisor, SupervisorConfig, SupervisorError},
     sync::{self, SyncConfig, SyncStatus},
 };
 
@@ -38,12 +38,47 @@ pub struct AgentConfig {
     pub listen: Option<SocketAddr>,
 }
 
+/// Why the agent could not start.
+#[derive(Debug, Error)]
+pub enum AgentError {
+    /// The data dir cannot be created.
+    #[error("cannot create data dir {}: {error}", path.display())]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        error: io::Error,
+    },
+    /// The HTTP client for artifacts cannot be built.
+    #[error("http client: {0}")]
+    HttpClient(reqwest::Error),
+    /// The process supervisor cannot start.
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+    /// The local HTTP endpoint cannot listen.
+    #[error("cannot listen on {addr}: {error}")]
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The underlying error.
+        error: io::Error,
+    },
+    /// The manager URL is not one.
+    #[error("invalid manager URL {url:?}: {error}")]
+    ManagerUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        error: tonic::transport::Error,
+    },
+}
+
 /// Runs the agent until `cancel`. Sidecars keep running when it returns: they are stopped
 /// only when the desired state says so.
-pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(config: AgentConfig, cancel: CancellationToken) -> Result<(), AgentError> {
     std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    let http = reqwest::Client::builder().build().context("http client")?;
+        .map_err(|error| AgentError::DataDir { path: config.data_dir.clone(), error })?;
+    let http = reqwest::Client::builder().build().map_err(AgentError::HttpClient)?;
     let supervisor = Supervisor::start(SupervisorConfig::new(
         config.data_dir.clone(),
         config.instance.clone(),
@@ -61,8 +96,9 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
         watch::channel(SyncStatus { desired: persisted.map(Arc::new), ..SyncStatus::default() });
 
     if let Some(addr) = config.listen {
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        tracing::info!(addr = %listener.local_addr()?, "agent endpoint listening");
+        let listen_failed = |error| AgentError::Listen { addr, error };
+        let listener = tokio::net::TcpListener::bind(addr).await.map_err(listen_failed)?;
+        tracing::info!(addr = %listener.local_addr().map_err(listen_failed)?, "agent endpoint listening");
         let app = crate::http::router(config.instance.clone(), runtime.clone(), status_rx.clone());
         let stop = cancel.clone();
         tokio::spawn(async move {
@@ -74,7 +110,7 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> anyhow::Resu
     }
 
     let channel = Endpoint::from_shared(config.manager.clone())
-        .with_context(|| format!("invalid manager URL {:?}", config.manager))?
+        .map_err(|error| AgentError::ManagerUrl { url: config.manager.clone(), error })?
         .connect_timeout(std::time::Duration::from_secs(5))
         .http2_keep_alive_interval(std::time::Duration::from_secs(20))
         .keep_alive_while_idle(true)

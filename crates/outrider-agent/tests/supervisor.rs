@@ -4,7 +4,6 @@
 //! nothing is left behind even when an assertion fails.
 
 use std::{
-    collections::BTreeMap,
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -20,7 +19,8 @@ use outrider_agent::{
     supervisor::{Supervisor, SupervisorConfig},
 };
 use outrider_model::{
-    Artifact, DesiredSidecar, HumanDuration, InstanceLabels, Probe, SidecarState, SidecarStatus, UpgradeMode,
+    Artifact, DesiredSidecar, HumanDuration, InstanceLabels, Lifecycle, Probe, SidecarState, SidecarStatus,
+    testing::desired_sidecar,
 };
 use sha2::{Digest, Sha256};
 use tokio::time::{Instant, sleep};
@@ -77,19 +77,10 @@ impl Harness {
     /// write shell variables as `$VAR`: `${...}` is an Outrider placeholder.
     fn sidecar(&self, name: &str, version: &str, script: &str) -> DesiredSidecar {
         DesiredSidecar {
-            name: name.into(),
-            version: version.into(),
-            mode: UpgradeMode::Restart,
             artifact: Artifact { url: "file:///bin/sh".into(), sha256: self.sh_sha256.clone() },
             command: vec!["${artifact}".into(), "-c".into(), script.into()],
-            env: BTreeMap::new(),
-            startup_probe: None,
-            liveness_probe: None,
-            drain_time: HumanDuration::from_millis(500),
-            sockets: Vec::new(),
-            handover: Default::default(),
-            notify_ready: false,
-            warm: None,
+            lifecycle: Lifecycle { drain_time: HumanDuration::from_millis(500), ..Lifecycle::default() },
+            ..desired_sidecar(name, version)
         }
     }
 
@@ -342,7 +333,7 @@ async fn a_startup_probe_gates_running() {
     let ready = h.out("ready");
     let mut d = h.sidecar("mesh", "1.0.0", "sleep 0.4; touch \"$OUT\"; exec sleep 30");
     d.env.insert("OUT".into(), ready.display().to_string());
-    d.startup_probe = Some(exec_probe(&format!("test -f {}", ready.display()), 50, 10_000));
+    d.lifecycle.startup_probe = Some(exec_probe(&format!("test -f {}", ready.display()), 50, 10_000));
     sup.apply(&[d]);
     let st = eventually(sup.as_ref(), "starting with a pid", Duration::from_secs(5), || {
         status_of(sup.as_ref(), "mesh").filter(|s| s.pid.is_some())
@@ -360,7 +351,7 @@ async fn a_startup_probe_that_never_passes_fails_the_sidecar() {
     let h = Harness::new("startup-fail");
     let sup = h.start();
     let mut d = h.sidecar("mesh", "1.0.0", "exec sleep 30");
-    d.startup_probe = Some(exec_probe("exit 1", 50, 300));
+    d.lifecycle.startup_probe = Some(exec_probe("exit 1", 50, 300));
     sup.apply(&[d]);
     let started = Instant::now();
     let mut first_pid = None;
@@ -392,7 +383,7 @@ async fn a_failing_liveness_probe_restarts_the_sidecar() {
     let healthy = h.out("healthy");
     let mut d = h.sidecar("mesh", "1.0.0", "touch \"$OUT\"; exec sleep 30");
     d.env.insert("OUT".into(), healthy.display().to_string());
-    d.liveness_probe = Some(exec_probe(&format!("test -f {}", healthy.display()), 50, 0));
+    d.lifecycle.liveness_probe = Some(exec_probe(&format!("test -f {}", healthy.display()), 50, 0));
     sup.apply(&[d]);
     let first = running(sup.as_ref(), "mesh").await.pid.unwrap();
     eventually(sup.as_ref(), "health file", Duration::from_secs(5), || healthy.exists().then_some(())).await;
@@ -417,9 +408,9 @@ async fn removal_terminates_with_sigterm_then_sigkill_after_the_drain_time() {
     let mut polite =
         h.sidecar("polite", "1.0.0", "trap 'echo term > \"$OUT\"; exit 0' TERM; while :; do sleep 0.05; done");
     polite.env.insert("OUT".into(), term_seen.display().to_string());
-    polite.drain_time = HumanDuration::from_millis(2000);
+    polite.lifecycle.drain_time = HumanDuration::from_millis(2000);
     let mut stubborn = h.sidecar("stubborn", "1.0.0", "trap '' TERM; while :; do sleep 0.05; done");
-    stubborn.drain_time = HumanDuration::from_millis(600);
+    stubborn.lifecycle.drain_time = HumanDuration::from_millis(600);
     sup.apply(&[polite.clone(), stubborn.clone()]);
     let polite_pid = running(sup.as_ref(), "polite").await.pid.unwrap();
     let stubborn_pid = running(sup.as_ref(), "stubborn").await.pid.unwrap();

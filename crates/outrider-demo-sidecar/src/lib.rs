@@ -49,6 +49,7 @@ mod server;
 
 use std::{
     future::{Future, pending},
+    io,
     net::{Ipv4Addr, TcpListener},
     os::fd::{AsRawFd, OwnedFd},
     path::Path,
@@ -57,9 +58,9 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, anyhow, bail};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
-use outrider_handover::{Generation, notify_ready, notify_stopping, tcp_listener};
+use outrider_handover::{Generation, HandoverError, NotListening, notify_ready, notify_stopping, tcp_listener};
+use thiserror::Error;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{debug, info, warn};
 
@@ -68,10 +69,68 @@ pub use config::{
 };
 pub use fault::{FaultError, Faults, KNOWN_KNOBS, format_duration, parse_duration, parse_size};
 pub use metrics::Metrics;
+pub use reload::ReloadError;
 
 use connections::Connections;
 use reload::Reload;
 use server::AppState;
+
+/// Why the sidecar could not start or stopped with a failure. Causes are kept as sources,
+/// so print the whole chain (`main` does).
+#[derive(Debug, Error)]
+pub enum RunError {
+    /// The `exit-immediately` fault.
+    #[error("fault exit-immediately (DEMO_FAULT): exiting at start")]
+    ExitImmediately,
+    /// The `crash-after` fault.
+    #[error("fault crash-after={after} (DEMO_FAULT): crashing")]
+    Crashed {
+        /// The fault's delay, as written.
+        after: String,
+    },
+    /// The shutdown signal handlers cannot be installed.
+    #[error("cannot install the SIGTERM/SIGINT handlers")]
+    SignalHandlers(#[source] io::Error),
+    /// The fresh socket cannot be bound.
+    #[error("cannot listen on 127.0.0.1:{port}")]
+    Bind {
+        /// The port.
+        port: u16,
+        /// The bind error.
+        #[source]
+        source: io::Error,
+    },
+    /// The blocking task running the handover failed.
+    #[error("the handover task failed")]
+    HandoverTask(#[source] tokio::task::JoinError),
+    /// The socket handover from the previous generation failed.
+    #[error("socket handover (OUTRIDER_HANDOVER_SOCKET)")]
+    Handover(#[source] HandoverError),
+    /// The previous generation handed over no socket.
+    #[error("the previous generation handed over no socket")]
+    NothingHandedOver,
+    /// The handed-over socket is not a listening TCP socket.
+    #[error("handed-over socket {name:?}")]
+    HandedOver {
+        /// Its name.
+        name: String,
+        /// What is wrong with it.
+        #[source]
+        source: NotListening,
+    },
+    /// The listening socket cannot be served on.
+    #[error("cannot {step}")]
+    Listener {
+        /// What failed (`make the listener non-blocking`…).
+        step: &'static str,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The signal reload cannot be set up.
+    #[error(transparent)]
+    Reload(#[from] ReloadError),
+}
 
 /// Runs the sidecar until SIGTERM or SIGINT, on the socket it inherited (`LISTEN_FDS`), else
 /// the one handed over by its predecessor (`OUTRIDER_HANDOVER_SOCKET`), else a fresh
@@ -79,9 +138,9 @@ use server::AppState;
 ///
 /// Returns `Ok(())` after a graceful shutdown, and an error when the sidecar cannot start or
 /// a fault (`exit-immediately`, `crash-after`) ends it; `main` turns that into exit status 1.
-pub async fn run(mut config: Config) -> anyhow::Result<()> {
+pub async fn run(mut config: Config) -> Result<(), RunError> {
     check_exit_immediately(&config.faults)?;
-    let shutdown = shutdown_signal().context("cannot install the SIGTERM/SIGINT handlers")?;
+    let shutdown = shutdown_signal().map_err(RunError::SignalHandlers)?;
     if config.faults.handover_hang {
         hang(config.handover_socket.as_deref(), shutdown).await;
         return Ok(());
@@ -102,41 +161,40 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
 ///
 /// `config.port`, `config.handover_socket` and `config.inherited_listener` are ignored. This
 /// is the entry point for tests, which bind `127.0.0.1:0` themselves.
-pub async fn run_with_listener<F>(config: Config, listener: TcpListener, shutdown: F) -> anyhow::Result<()>
+pub async fn run_with_listener<F>(config: Config, listener: TcpListener, shutdown: F) -> Result<(), RunError>
 where
     F: Future<Output = ()> + Send + 'static,
 {
     serve(config, listener, shutdown, None).await
 }
 
-fn check_exit_immediately(faults: &Faults) -> anyhow::Result<()> {
+fn check_exit_immediately(faults: &Faults) -> Result<(), RunError> {
     if faults.exit_immediately {
-        bail!("fault exit-immediately (DEMO_FAULT): exiting at start");
+        return Err(RunError::ExitImmediately);
     }
     Ok(())
 }
 
-fn bind(port: u16) -> anyhow::Result<TcpListener> {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, port)).with_context(|| format!("cannot listen on 127.0.0.1:{port}"))
+fn bind(port: u16) -> Result<TcpListener, RunError> {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, port)).map_err(|source| RunError::Bind { port, source })
 }
 
 /// Acquires the socket from the previous generation, or binds `127.0.0.1:{port}` when there
 /// is none.
-async fn acquire(path: std::path::PathBuf, port: u16) -> anyhow::Result<(TcpListener, Generation)> {
+async fn acquire(path: std::path::PathBuf, port: u16) -> Result<(TcpListener, Generation), RunError> {
     let started = tokio::task::spawn_blocking(move || {
         Generation::start(path, || {
             let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))?;
             Ok(vec![(HTTP_SOCKET.to_owned(), OwnedFd::from(listener))])
         })
     });
-    let (mut sockets, generation) =
-        started.await.context("the handover task failed")?.context("socket handover (OUTRIDER_HANDOVER_SOCKET)")?;
+    let (mut sockets, generation) = started.await.map_err(RunError::HandoverTask)?.map_err(RunError::Handover)?;
     let index = sockets.iter().position(|(name, _)| name == HTTP_SOCKET).unwrap_or(0);
     if index >= sockets.len() {
-        bail!("the previous generation handed over no socket");
+        return Err(RunError::NothingHandedOver);
     }
     let (name, fd) = sockets.swap_remove(index);
-    let listener = tcp_listener(fd).map_err(|e| anyhow!("handed-over socket {name:?}: {e}"))?;
+    let listener = tcp_listener(fd).map_err(|source| RunError::HandedOver { name, source })?;
     Ok((listener, generation))
 }
 
@@ -162,15 +220,16 @@ async fn serve<F>(
     listener: TcpListener,
     shutdown: F,
     generation: Option<Generation>,
-) -> anyhow::Result<()>
+) -> Result<(), RunError>
 where
     F: Future<Output = ()> + Send + 'static,
 {
     let Config { version, instance, faults, drain_timeout, drain_idle_grace, pid_file, .. } = config;
     check_exit_immediately(&faults)?;
-    listener.set_nonblocking(true).context("cannot make the listener non-blocking")?;
-    let listener = tokio::net::TcpListener::from_std(listener).context("cannot register the listener")?;
-    let addr = listener.local_addr().context("cannot read the listen address")?;
+    let failed = |step| move |source| RunError::Listener { step, source };
+    listener.set_nonblocking(true).map_err(failed("make the listener non-blocking"))?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(failed("register the listener"))?;
+    let addr = listener.local_addr().map_err(failed("read the listen address"))?;
     let pid = std::process::id();
     let fault_spec = if faults.is_empty() { "none".to_owned() } else { faults.to_string() };
     info!(
@@ -203,8 +262,7 @@ where
             None => pending().await,
         }
     });
-    let crashed =
-        || anyhow!("fault crash-after={} (DEMO_FAULT): crashing", crash_after.map(format_duration).unwrap_or_default());
+    let crashed = || RunError::Crashed { after: crash_after.map(format_duration).unwrap_or_default() };
     let mut shutdown = pin!(shutdown);
     loop {
         tokio::select! {

@@ -35,7 +35,8 @@ fn main() -> ExitCode {
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("outrider-demo-sidecar: {e:#}");
+            // The whole chain of causes on one line.
+            eprintln!("outrider-demo-sidecar: {:#}", anyhow::Error::new(e));
             ExitCode::FAILURE
         }
     }

@@ -17,8 +17,8 @@ use std::{
     process::ExitStatus,
 };
 
-use anyhow::{Context, bail};
 use command_fds::{CommandFdExt, FdMapping};
+use thiserror::Error;
 use tokio::{
     process::{Child, Command},
     signal::unix::{Signal, SignalKind, signal},
@@ -26,6 +26,38 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::config::HTTP_SOCKET;
+
+/// Why the signal reload cannot be set up.
+#[derive(Debug, Error)]
+pub enum ReloadError {
+    /// The SIGUSR2 handler cannot be installed.
+    #[error("cannot install the SIGUSR2 handler")]
+    SignalHandler(#[source] io::Error),
+    /// The pid file cannot be written.
+    #[error("cannot write the pid file {}", path.display())]
+    PidFile {
+        /// The pid file.
+        path: PathBuf,
+        /// The write error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Why the next generation could not be started on SIGUSR2 (only logged).
+#[derive(Debug, Error)]
+enum UpgradeError {
+    #[error("the generation started before (pid {0}) is still running")]
+    StillRunning(u32),
+    #[error("argv[0] is missing")]
+    NoProgram,
+    #[error("cannot duplicate the listening socket: {0}")]
+    DuplicateSocket(io::Error),
+    #[error("cannot map the listening socket to fd 3: {0}")]
+    MapSocket(command_fds::FdMappingCollision),
+    #[error("cannot start {}: {error}", program.display())]
+    Spawn { program: PathBuf, error: io::Error },
+}
 
 /// What needs attention.
 pub(crate) enum Event {
@@ -46,13 +78,13 @@ pub(crate) struct Reload {
 
 impl Reload {
     /// Installs the SIGUSR2 handler, then writes this process's pid to `pid_file`.
-    pub(crate) fn start(pid_file: PathBuf) -> anyhow::Result<Self> {
-        let signal = signal(SignalKind::user_defined2()).context("cannot install the SIGUSR2 handler")?;
+    pub(crate) fn start(pid_file: PathBuf) -> Result<Self, ReloadError> {
+        let signal = signal(SignalKind::user_defined2()).map_err(ReloadError::SignalHandler)?;
         let mut oldbin = pid_file.clone().into_os_string();
         oldbin.push(".oldbin");
         let reload = Self { pid_file, oldbin: oldbin.into(), pid: std::process::id(), signal, child: None };
         write_pid(&reload.pid_file, reload.pid)
-            .with_context(|| format!("cannot write the pid file {}", reload.pid_file.display()))?;
+            .map_err(|source| ReloadError::PidFile { path: reload.pid_file.clone(), source })?;
         info!(pid_file = %reload.pid_file.display(), "wrote the pid file; SIGUSR2 starts the next generation");
         Ok(reload)
     }
@@ -77,20 +109,20 @@ impl Reload {
         match event {
             Event::Upgrade => {
                 if let Err(e) = self.upgrade(listener) {
-                    warn!("SIGUSR2: cannot start the next generation: {e:#}");
+                    warn!("SIGUSR2: cannot start the next generation: {e}");
                 }
             }
             Event::ChildExited(status) => self.child_exited(status),
         }
     }
 
-    fn upgrade(&mut self, listener: &impl AsFd) -> anyhow::Result<()> {
+    fn upgrade(&mut self, listener: &impl AsFd) -> Result<(), UpgradeError> {
         if let Some((child_pid, _)) = &self.child {
-            bail!("the generation started before (pid {child_pid}) is still running");
+            return Err(UpgradeError::StillRunning(*child_pid));
         }
         let mut args = env::args_os();
-        let program: OsString = args.next().context("argv[0] is missing")?;
-        let socket = listener.as_fd().try_clone_to_owned().context("cannot duplicate the listening socket")?;
+        let program: OsString = args.next().ok_or(UpgradeError::NoProgram)?;
+        let socket = listener.as_fd().try_clone_to_owned().map_err(UpgradeError::DuplicateSocket)?;
         match fs::rename(&self.pid_file, &self.oldbin) {
             Ok(()) => {}
             Err(e) => warn!(pid_file = %self.pid_file.display(), "cannot rename the pid file to .oldbin: {e}"),
@@ -102,12 +134,12 @@ impl Reload {
             .env("LISTEN_FDNAMES", HTTP_SOCKET)
             .env_remove("LISTEN_PID")
             .fd_mappings(vec![FdMapping { parent_fd: socket, child_fd: 3 }])
-            .context("cannot map the listening socket to fd 3")?;
+            .map_err(UpgradeError::MapSocket)?;
         let child = match command.spawn() {
             Ok(child) => child,
-            Err(e) => {
+            Err(error) => {
                 self.restore();
-                return Err(e).with_context(|| format!("cannot start {}", Path::new(&program).display()));
+                return Err(UpgradeError::Spawn { program: program.into(), error });
             }
         };
         let child_pid = child.id().unwrap_or_default();

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use outrider_demo_sidecar::{Config, Faults, run_with_listener};
+use outrider_demo_sidecar::{Config, Faults, RunError, run_with_listener};
 use tokio::{sync::oneshot, task::JoinHandle, time::timeout};
 
 /// Upper bound for anything that should happen promptly; only hit when a test fails.
@@ -17,7 +17,7 @@ struct Sidecar {
     base: String,
     client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
+    task: JoinHandle<Result<(), RunError>>,
 }
 
 impl Sidecar {
@@ -76,7 +76,7 @@ impl Sidecar {
         .expect("requests never got in flight");
     }
 
-    async fn stop(mut self) -> anyhow::Result<()> {
+    async fn stop(mut self) -> Result<(), RunError> {
         self.shutdown.take().unwrap().send(()).unwrap();
         timeout(PATIENCE, self.task).await.expect("sidecar did not stop").unwrap()
     }

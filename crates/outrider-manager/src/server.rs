@@ -12,7 +12,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use outrider_model::{DEFAULT_TENANT, Tenant};
 use outrider_proto::v1::agent_sync_server::AgentSyncServer;
-use outrider_store::{Op, RedbStore, Store, StoreError};
+use outrider_store::{Op, Store, StoreError};
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -179,10 +179,8 @@ pub async fn start_with_clock(
 ) -> anyhow::Result<RunningManager> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    let store_path = config.data_dir.join("outrider.redb");
-    let store: Arc<dyn Store> = Arc::new(
-        RedbStore::open(&store_path).with_context(|| format!("cannot open the store at {}", store_path.display()))?,
-    );
+    let store_url = outrider_store::embedded_url(&config.data_dir);
+    let store = outrider_store::open(&store_url).await.with_context(|| format!("cannot open the store {store_url}"))?;
     let repo = Repo::new(store.clone());
     ensure_default_tenant(&repo).await?;
     let auth = Auth::bootstrap(&repo, &config.data_dir).await?;

@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Artifact, Binding, Handover, HumanDuration, ListenSocket, Probe, Sidecar, UpgradeMode, Version, Warm};
+use crate::{Artifact, Binding, Lifecycle, Sidecar, UpgradeMode, Version};
 
 /// What one instance must run for one sidecar.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -19,26 +19,9 @@ pub struct DesiredSidecar {
     pub command: Vec<String>,
     /// Environment (unexpanded).
     pub env: BTreeMap<String, String>,
-    /// Startup check.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub startup_probe: Option<Probe>,
-    /// Liveness check.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub liveness_probe: Option<Probe>,
-    /// SIGTERM-to-SIGKILL time.
-    pub drain_time: HumanDuration,
-    /// Agent-owned listening sockets (`LISTEN_FDS`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub sockets: Vec<ListenSocket>,
-    /// How a hot upgrade hands the sockets over.
-    #[serde(default)]
-    pub handover: Handover,
-    /// Readiness comes as `READY=1` on `NOTIFY_SOCKET`.
-    #[serde(default)]
-    pub notify_ready: bool,
-    /// Drain and undrain actions of a warm upgrade.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub warm: Option<Warm>,
+    /// How to run, check, stop and upgrade its processes (the sidecar's, flattened).
+    #[serde(flatten)]
+    pub lifecycle: Lifecycle,
 }
 
 /// Everything one instance must run, at a manager revision.
@@ -70,13 +53,7 @@ pub fn desired_for_service<'a>(
                 artifact: v.artifact.clone(),
                 command: v.command.clone(),
                 env: v.env.clone(),
-                startup_probe: s.startup_probe.clone(),
-                liveness_probe: s.liveness_probe.clone(),
-                drain_time: s.drain_time,
-                sockets: s.sockets.clone(),
-                handover: s.handover.clone(),
-                notify_ready: s.notify_ready,
-                warm: s.warm.clone(),
+                lifecycle: s.lifecycle.clone(),
             })
         })
         .collect();
@@ -87,7 +64,7 @@ pub fn desired_for_service<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::NewVersion;
+    use crate::{HumanDuration, NewVersion};
 
     #[test]
     fn only_enabled_resolvable_bindings_count() {
@@ -115,5 +92,43 @@ mod tests {
         );
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].version, "1.0.0");
+        assert_eq!(got[0].lifecycle, sc.lifecycle);
+    }
+
+    #[test]
+    fn the_lifecycle_fields_sit_at_the_top_level_of_the_json() {
+        let mut d = crate::testing::desired_sidecar("mesh", "1.0.0");
+        d.lifecycle.startup_probe = Some(crate::Probe::http("http://x/healthz"));
+        let json = serde_json::to_value(&d).unwrap();
+        let expected = serde_json::json!({
+            "name": "mesh",
+            "version": "1.0.0",
+            "mode": "restart",
+            "artifact": {"url": "file:///bin/sh", "sha256": "a".repeat(64)},
+            "command": ["${artifact}"],
+            "env": {},
+            "startup_probe": {"http": "http://x/healthz", "timeout": "1s", "period": "500ms", "deadline": "30s", "failure_threshold": 3},
+            "drain_time": "1s",
+            "handover": {"kind": "listen-fds"},
+            "notify_ready": false,
+        });
+        assert_eq!(json, expected);
+        assert_eq!(serde_json::from_value::<DesiredSidecar>(expected).unwrap(), d);
+
+        let body = serde_json::json!({
+            "name": "mesh",
+            "owner": "",
+            "description": "",
+            "upgrade_modes": ["hot"],
+            "metrics": [],
+            "drain_time": "3s",
+            "sockets": [{"name": "http", "listen": "127.0.0.1:${label.port}"}],
+            "handover": {"kind": "listen-fds"},
+            "notify_ready": true,
+            "warm": {"drain": {"http": "http://x/drain", "method": "POST", "timeout": "5s"}, "wait": "1s"},
+        });
+        let sc: Sidecar = serde_json::from_value(body.clone()).unwrap();
+        assert_eq!((sc.lifecycle.drain_time, sc.lifecycle.sockets.len()), (HumanDuration::from_secs(3), 1));
+        assert_eq!(serde_json::to_value(&sc).unwrap(), body);
     }
 }

@@ -18,6 +18,8 @@ mod plan;
 mod service;
 mod sidecar;
 mod tenant;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod version;
 
 pub use binding::Binding;
@@ -26,10 +28,10 @@ pub use duration::HumanDuration;
 pub use error::ValidationError;
 pub use event::Event;
 pub use instance::{Instance, InstanceFilter, InstanceLabels, SidecarState, SidecarStatus};
-pub use lifecycle::{Action, Handover, ListenSocket, SIGNALS, Warm};
+pub use lifecycle::{Action, Handover, Lifecycle, ListenSocket, SIGNALS, Warm};
 pub use name::validate_name;
 pub use overrides::Override;
-pub use placeholder::{PlaceholderContext, expand};
+pub use placeholder::{PlaceholderContext, PlaceholderError, expand};
 pub use plan::{
     Batch, BatchState, Batching, Caps, Cell, ChangeWindow, Counts, FeatureServices, Freeze, Incident, NewFreeze, Phase,
     PhaseSpec, Plan, PlanSpec, PlanState, Selector, Simulation, Verdict, VersionMatch,

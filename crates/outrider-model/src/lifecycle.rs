@@ -4,7 +4,96 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{HumanDuration, ValidationError, validate_name};
+use crate::{HumanDuration, Probe, ValidationError, validate_name};
+
+/// How the agent runs a sidecar's processes: health checks, stop, agent-owned sockets, the
+/// hot-upgrade handover and the warm-upgrade actions. A [`crate::Sidecar`] declares it and
+/// every [`crate::DesiredSidecar`] carries it to the agent; both flatten it into their JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lifecycle {
+    /// Must pass before the sidecar counts as `running` (static health).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Probe>,
+    /// Checked while it runs (dynamic health).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+    /// Time between SIGTERM and SIGKILL when it is stopped (default 10s).
+    #[serde(default = "Lifecycle::default_drain")]
+    pub drain_time: HumanDuration,
+    /// Listening sockets the agent owns and passes to every generation (`LISTEN_FDS`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sockets: Vec<ListenSocket>,
+    /// How a hot upgrade hands the listening sockets over (default `listen-fds`).
+    #[serde(default)]
+    pub handover: Handover,
+    /// The sidecar says it is ready with `READY=1` on `NOTIFY_SOCKET` (sd_notify); the
+    /// agent waits for it before the startup probe. Recommended with shared sockets, where a
+    /// probe on the port may be answered by the old generation.
+    #[serde(default)]
+    pub notify_ready: bool,
+    /// How a warm upgrade takes the instance out of traffic and puts it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm: Option<Warm>,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self {
+            startup_probe: None,
+            liveness_probe: None,
+            drain_time: Self::default_drain(),
+            sockets: Vec::new(),
+            handover: Handover::default(),
+            notify_ready: false,
+            warm: None,
+        }
+    }
+}
+
+impl Lifecycle {
+    fn default_drain() -> HumanDuration {
+        HumanDuration::from_secs(10)
+    }
+
+    /// Checks every field, for a sidecar that supports the hot (`hot`) and warm
+    /// (`warm_mode`) upgrade modes or not.
+    pub(crate) fn validate(&self, hot: bool, warm_mode: bool) -> Result<(), ValidationError> {
+        if let Some(p) = &self.startup_probe {
+            p.validate("startup_probe")?;
+        }
+        if let Some(p) = &self.liveness_probe {
+            p.validate("liveness_probe")?;
+        }
+        let Self { sockets, handover, warm, .. } = self;
+        for (i, s) in sockets.iter().enumerate() {
+            validate_name("sockets.name", &s.name)?;
+            if sockets[..i].iter().any(|o| o.name == s.name) {
+                return Err(ValidationError::new("sockets", format!("socket {:?} is listed twice", s.name)));
+            }
+            if !s.listen.contains(':') {
+                return Err(ValidationError::new("sockets.listen", format!("{:?} is not host:port", s.listen)));
+            }
+        }
+        handover.validate()?;
+        if hot && *handover == Handover::ListenFds && sockets.is_empty() {
+            return Err(ValidationError::new(
+                "handover",
+                "hot upgrades with the listen-fds handover need agent-owned `sockets`; list them, or use handover scm-rights or signal",
+            ));
+        }
+        match warm {
+            Some(w) => w.validate()?,
+            None if warm_mode => {
+                return Err(ValidationError::new(
+                    "warm",
+                    "the warm mode needs `warm.drain`: how to take the instance out of traffic",
+                ));
+            }
+            None => {}
+        }
+        Ok(())
+    }
+}
 
 /// A listening TCP socket the agent binds and owns, and passes to every generation of the
 /// sidecar through the `LISTEN_FDS` convention (fd 3 onwards, names in `LISTEN_FDNAMES`).
@@ -146,43 +235,6 @@ impl Warm {
     }
 }
 
-/// Checks the hot and warm settings of a sidecar that supports the given modes.
-pub(crate) fn validate(
-    sockets: &[ListenSocket],
-    handover: &Handover,
-    warm: Option<&Warm>,
-    hot: bool,
-    warm_mode: bool,
-) -> Result<(), ValidationError> {
-    for (i, s) in sockets.iter().enumerate() {
-        validate_name("sockets.name", &s.name)?;
-        if sockets[..i].iter().any(|o| o.name == s.name) {
-            return Err(ValidationError::new("sockets", format!("socket {:?} is listed twice", s.name)));
-        }
-        if !s.listen.contains(':') {
-            return Err(ValidationError::new("sockets.listen", format!("{:?} is not host:port", s.listen)));
-        }
-    }
-    handover.validate()?;
-    if hot && *handover == Handover::ListenFds && sockets.is_empty() {
-        return Err(ValidationError::new(
-            "handover",
-            "hot upgrades with the listen-fds handover need agent-owned `sockets`; list them, or use handover scm-rights or signal",
-        ));
-    }
-    match warm {
-        Some(w) => w.validate()?,
-        None if warm_mode => {
-            return Err(ValidationError::new(
-                "warm",
-                "the warm mode needs `warm.drain`: how to take the instance out of traffic",
-            ));
-        }
-        None => {}
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +247,23 @@ mod tests {
         assert!(serde_json::from_str::<Handover>(r#"{"kind":"teleport"}"#).is_err());
         let bad: Handover = serde_json::from_str(r#"{"kind":"signal","signal":"SIGKILL"}"#).unwrap();
         assert!(bad.validate().is_err());
+    }
+
+    /// Checks the lifecycle made of these hot and warm settings.
+    fn validate(
+        sockets: &[ListenSocket],
+        handover: &Handover,
+        warm: Option<&Warm>,
+        hot: bool,
+        warm_mode: bool,
+    ) -> Result<(), ValidationError> {
+        let lifecycle = Lifecycle {
+            sockets: sockets.to_vec(),
+            handover: handover.clone(),
+            warm: warm.cloned(),
+            ..Lifecycle::default()
+        };
+        lifecycle.validate(hot, warm_mode)
     }
 
     #[test]

@@ -47,9 +47,10 @@ pub struct Service {
     /// Service admission: never upgraded by plans.
     #[serde(default)]
     pub protected: bool,
-    /// The service's own change windows (periods when it must not be changed).
-    #[serde(default)]
-    pub windows: Vec<ProtectedPeriod>,
+    /// Periods in which the service must not be changed (unlike a plan's change windows,
+    /// in which it may). Accepted as `windows` too, the field's earlier name.
+    #[serde(default, alias = "windows")]
+    pub protected_periods: Vec<ProtectedPeriod>,
 }
 
 /// The body of `PUT /services/{service}`: replaces everything but the name.
@@ -68,9 +69,9 @@ pub struct ServiceUpdate {
     /// Service admission.
     #[serde(default)]
     pub protected: bool,
-    /// Protected periods.
-    #[serde(default)]
-    pub windows: Vec<ProtectedPeriod>,
+    /// Protected periods (also accepted as `windows`).
+    #[serde(default, alias = "windows")]
+    pub protected_periods: Vec<ProtectedPeriod>,
 }
 
 impl ServiceUpdate {
@@ -86,7 +87,7 @@ impl ServiceUpdate {
             priority: self.priority,
             traits: self.traits,
             protected: self.protected,
-            windows: self.windows,
+            protected_periods: self.protected_periods,
         };
         s.validate()?;
         Ok(s)
@@ -103,9 +104,9 @@ impl Service {
                 return Err(ValidationError::new("traits", format!("{k:?}={v:?} is not a valid trait")));
             }
         }
-        for w in &self.windows {
-            if w.to <= w.from {
-                return Err(ValidationError::new("windows", "each period must end after it starts"));
+        for p in &self.protected_periods {
+            if p.to <= p.from {
+                return Err(ValidationError::new("protected_periods", "each period must end after it starts"));
             }
         }
         Ok(())
@@ -134,6 +135,19 @@ mod tests {
             r#"{"name":"a","windows":[{"from":"2026-01-02T00:00:00Z","to":"2026-01-01T00:00:00Z"}]}"#,
         )
         .unwrap();
-        assert_eq!(s.validate().unwrap_err().field, "windows");
+        assert_eq!(s.validate().unwrap_err().field, "protected_periods");
+    }
+
+    #[test]
+    fn protected_periods_are_written_under_their_name_and_read_under_both() {
+        let period = r#"[{"from":"2026-01-01T00:00:00Z","to":"2026-01-02T00:00:00Z","reason":"sale"}]"#;
+        let old: Service = serde_json::from_str(&format!(r#"{{"name":"a","windows":{period}}}"#)).unwrap();
+        let new: Service = serde_json::from_str(&format!(r#"{{"name":"a","protected_periods":{period}}}"#)).unwrap();
+        assert_eq!(old, new);
+        assert_eq!(old.protected_periods.len(), 1);
+        let json = serde_json::to_value(&old).unwrap();
+        assert!(json.get("windows").is_none() && json["protected_periods"][0]["reason"] == "sale", "{json}");
+        let u: ServiceUpdate = serde_json::from_str(&format!(r#"{{"windows":{period}}}"#)).unwrap();
+        assert_eq!(u.into_service("a").unwrap(), old);
     }
 }

@@ -2,7 +2,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Handover, HumanDuration, ListenSocket, ValidationError, Warm, lifecycle, validate_name};
+use crate::{HumanDuration, Lifecycle, ValidationError, validate_name};
 
 /// How an instance moves from one version of a sidecar to another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -113,7 +113,7 @@ impl Probe {
         }
     }
 
-    fn validate(&self, field: &str) -> Result<(), ValidationError> {
+    pub(crate) fn validate(&self, field: &str) -> Result<(), ValidationError> {
         if self.check().is_none() {
             return Err(ValidationError::new(field, "set exactly one of tcp, http, exec (non-empty)"));
         }
@@ -142,40 +142,18 @@ pub struct Sidecar {
     /// Upgrade modes it supports.
     #[serde(default = "Sidecar::default_modes")]
     pub upgrade_modes: Vec<UpgradeMode>,
-    /// Must pass before the sidecar counts as `running` (static health).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub startup_probe: Option<Probe>,
-    /// Checked while it runs (dynamic health).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub liveness_probe: Option<Probe>,
-    /// Time between SIGTERM and SIGKILL when it is stopped.
-    #[serde(default = "Sidecar::default_drain")]
-    pub drain_time: HumanDuration,
     /// Custom metric names that anomaly detection watches.
     #[serde(default)]
     pub metrics: Vec<String>,
-    /// Listening sockets the agent owns and passes to every generation (`LISTEN_FDS`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub sockets: Vec<ListenSocket>,
-    /// How a hot upgrade hands the listening sockets over (default `listen-fds`).
-    #[serde(default)]
-    pub handover: Handover,
-    /// The sidecar says it is ready with `READY=1` on `NOTIFY_SOCKET` (sd_notify); the
-    /// agent waits for it before the startup probe. Recommended with shared sockets, where a
-    /// probe on the port may be answered by the old generation.
-    #[serde(default)]
-    pub notify_ready: bool,
-    /// How a warm upgrade takes the instance out of traffic and puts it back.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub warm: Option<Warm>,
+    /// How the agent runs, checks, stops and upgrades its processes; its fields sit at the
+    /// top level of the JSON.
+    #[serde(flatten)]
+    pub lifecycle: Lifecycle,
 }
 
 impl Sidecar {
     fn default_modes() -> Vec<UpgradeMode> {
         vec![UpgradeMode::Restart, UpgradeMode::OnDeploy]
-    }
-    fn default_drain() -> HumanDuration {
-        HumanDuration::from_secs(10)
     }
 
     /// Checks every field.
@@ -184,24 +162,13 @@ impl Sidecar {
         if self.upgrade_modes.is_empty() {
             return Err(ValidationError::new("upgrade_modes", "list at least one mode"));
         }
-        if let Some(p) = &self.startup_probe {
-            p.validate("startup_probe")?;
-        }
-        if let Some(p) = &self.liveness_probe {
-            p.validate("liveness_probe")?;
-        }
         for m in &self.metrics {
             if m.is_empty() || !m.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
                 return Err(ValidationError::new("metrics", format!("{m:?} is not a metric name")));
             }
         }
-        lifecycle::validate(
-            &self.sockets,
-            &self.handover,
-            self.warm.as_ref(),
-            self.upgrade_modes.contains(&UpgradeMode::Hot),
-            self.upgrade_modes.contains(&UpgradeMode::Warm),
-        )
+        self.lifecycle
+            .validate(self.upgrade_modes.contains(&UpgradeMode::Hot), self.upgrade_modes.contains(&UpgradeMode::Warm))
     }
 }
 
@@ -213,7 +180,7 @@ mod tests {
     fn minimal_sidecar_gets_defaults() {
         let s: Sidecar = serde_json::from_str(r#"{"name":"mesh-proxy"}"#).unwrap();
         s.validate().unwrap();
-        assert_eq!(s.drain_time, HumanDuration::from_secs(10));
+        assert_eq!(s.lifecycle.drain_time, HumanDuration::from_secs(10));
         assert!(s.upgrade_modes.contains(&UpgradeMode::Restart));
     }
 

@@ -161,6 +161,7 @@ impl TryFrom<v1::Warm> for m::Warm {
 
 impl From<&m::DesiredSidecar> for v1::DesiredSidecar {
     fn from(d: &m::DesiredSidecar) -> Self {
+        let l = &d.lifecycle;
         Self {
             name: d.name.clone(),
             version: d.version.clone(),
@@ -169,17 +170,17 @@ impl From<&m::DesiredSidecar> for v1::DesiredSidecar {
             artifact_sha256: d.artifact.sha256.clone(),
             command: d.command.clone(),
             env: d.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            startup_probe: d.startup_probe.as_ref().map(Into::into),
-            liveness_probe: d.liveness_probe.as_ref().map(Into::into),
-            drain_ms: ms(d.drain_time),
-            sockets: d
+            startup_probe: l.startup_probe.as_ref().map(Into::into),
+            liveness_probe: l.liveness_probe.as_ref().map(Into::into),
+            drain_ms: ms(l.drain_time),
+            sockets: l
                 .sockets
                 .iter()
                 .map(|s| v1::ListenSocket { name: s.name.clone(), listen: s.listen.clone() })
                 .collect(),
-            handover: Some((&d.handover).into()),
-            notify_ready: d.notify_ready,
-            warm: d.warm.as_ref().map(Into::into),
+            handover: Some((&l.handover).into()),
+            notify_ready: l.notify_ready,
+            warm: l.warm.as_ref().map(Into::into),
         }
     }
 }
@@ -194,13 +195,15 @@ impl TryFrom<v1::DesiredSidecar> for m::DesiredSidecar {
             artifact: m::Artifact { url: d.artifact_url, sha256: d.artifact_sha256 },
             command: d.command,
             env: d.env.into_iter().collect(),
-            startup_probe: d.startup_probe.map(Into::into),
-            liveness_probe: d.liveness_probe.map(Into::into),
-            drain_time: dur(d.drain_ms),
-            sockets: d.sockets.into_iter().map(|s| m::ListenSocket { name: s.name, listen: s.listen }).collect(),
-            handover: d.handover.map(TryInto::try_into).transpose()?.unwrap_or_default(),
-            notify_ready: d.notify_ready,
-            warm: d.warm.map(TryInto::try_into).transpose()?,
+            lifecycle: m::Lifecycle {
+                startup_probe: d.startup_probe.map(Into::into),
+                liveness_probe: d.liveness_probe.map(Into::into),
+                drain_time: dur(d.drain_ms),
+                sockets: d.sockets.into_iter().map(|s| m::ListenSocket { name: s.name, listen: s.listen }).collect(),
+                handover: d.handover.map(TryInto::try_into).transpose()?.unwrap_or_default(),
+                notify_ready: d.notify_ready,
+                warm: d.warm.map(TryInto::try_into).transpose()?,
+            },
         })
     }
 }
@@ -244,19 +247,15 @@ mod tests {
         let d = m::DesiredState {
             revision: 7,
             sidecars: vec![m::DesiredSidecar {
-                name: "mesh".into(),
-                version: "1.0.0".into(),
                 mode: m::UpgradeMode::OnDeploy,
                 artifact: m::Artifact { url: "file:///x".into(), sha256: "a".repeat(64) },
-                command: vec!["${artifact}".into()],
                 env: [("PORT".to_owned(), "${label.port}".to_owned())].into(),
-                startup_probe: Some(m::Probe::http("http://127.0.0.1:${label.port}/healthz")),
-                liveness_probe: None,
-                drain_time: m::HumanDuration::from_secs(3),
-                sockets: Vec::new(),
-                handover: Default::default(),
-                notify_ready: false,
-                warm: None,
+                lifecycle: m::Lifecycle {
+                    startup_probe: Some(m::Probe::http("http://127.0.0.1:${label.port}/healthz")),
+                    drain_time: m::HumanDuration::from_secs(3),
+                    ..m::Lifecycle::default()
+                },
+                ..m::testing::desired_sidecar("mesh", "1.0.0")
             }],
         };
         let wire = v1::Desired::from(&d);

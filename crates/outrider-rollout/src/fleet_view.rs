@@ -200,7 +200,7 @@ mod tests {
             priority: outrider_model::Priority::P2,
             traits: Default::default(),
             protected: false,
-            windows: Vec::new(),
+            protected_periods: Vec::new(),
         }
     }
 

@@ -65,7 +65,7 @@ fn service(i: usize) -> impl Strategy<Value = Service> {
         let mut traits = BTreeMap::new();
         traits.extend(lang.map(|l| ("lang".to_owned(), l.to_owned())));
         traits.extend(proto.map(|p| ("protocol".to_owned(), p.to_owned())));
-        Service { name: name(i), priority, traits, protected, windows: Vec::new() }
+        Service { name: name(i), priority, traits, protected, protected_periods: Vec::new() }
     })
 }
 

@@ -396,27 +396,9 @@ impl Runtime for SimRuntime {
 
 #[cfg(test)]
 mod tests {
-    use outrider_model::{Artifact, HumanDuration, UpgradeMode};
+    use outrider_model::testing::desired_sidecar as desired;
 
     use super::*;
-
-    fn desired(name: &str, version: &str) -> DesiredSidecar {
-        DesiredSidecar {
-            name: name.into(),
-            version: version.into(),
-            mode: UpgradeMode::Restart,
-            artifact: Artifact { url: "file:///bin/true".into(), sha256: "0".repeat(64) },
-            command: vec!["${artifact}".into()],
-            env: BTreeMap::new(),
-            startup_probe: None,
-            liveness_probe: None,
-            drain_time: HumanDuration::from_secs(1),
-            sockets: Vec::new(),
-            handover: Default::default(),
-            notify_ready: false,
-            warm: None,
-        }
-    }
 
     fn states(rt: &SimRuntime) -> Vec<(String, String, SidecarState)> {
         rt.status().into_iter().map(|s| (s.name, s.version, s.state)).collect()

@@ -11,8 +11,8 @@ use std::{
 use futures::{StreamExt, TryStreamExt, stream};
 use outrider_client::{Client, ClientError};
 use outrider_model::{
-    Action, Artifact, Binding, Handover, ListenSocket, NewVersion, Service, Sidecar, UpgradeMode, Warm, validate_name,
-    validate_version,
+    Action, Artifact, Binding, Handover, Lifecycle, ListenSocket, NewVersion, Service, Sidecar, UpgradeMode, Warm,
+    validate_name, validate_version,
 };
 
 use crate::{FleetSpec, SimError};
@@ -92,24 +92,26 @@ pub async fn ensure_sidecar(client: &Client, tenant: &str, name: &str) -> Result
         owner: "outrider-sim".to_owned(),
         description: "simulated sidecar".to_owned(),
         upgrade_modes: vec![UpgradeMode::Restart, UpgradeMode::Hot, UpgradeMode::Warm, UpgradeMode::OnDeploy],
-        startup_probe: None,
-        liveness_probe: None,
-        drain_time: outrider_model::HumanDuration::from_secs(1),
         metrics: Vec::new(),
-        // Simulated agents carry these out instantly; they only have to be valid.
-        sockets: vec![ListenSocket { name: "http".to_owned(), listen: "127.0.0.1:${label.port}".to_owned() }],
-        handover: Handover::ListenFds,
-        notify_ready: false,
-        warm: Some(Warm {
-            drain: Action {
-                http: Some("http://127.0.0.1:${label.port}/drain".to_owned()),
-                method: "POST".to_owned(),
-                exec: None,
-                timeout: outrider_model::HumanDuration::from_secs(5),
-            },
-            undrain: None,
-            wait: outrider_model::HumanDuration::from_secs(1),
-        }),
+        lifecycle: Lifecycle {
+            startup_probe: None,
+            liveness_probe: None,
+            drain_time: outrider_model::HumanDuration::from_secs(1),
+            // Simulated agents carry these out instantly; they only have to be valid.
+            sockets: vec![ListenSocket { name: "http".to_owned(), listen: "127.0.0.1:${label.port}".to_owned() }],
+            handover: Handover::ListenFds,
+            notify_ready: false,
+            warm: Some(Warm {
+                drain: Action {
+                    http: Some("http://127.0.0.1:${label.port}/drain".to_owned()),
+                    method: "POST".to_owned(),
+                    exec: None,
+                    timeout: outrider_model::HumanDuration::from_secs(5),
+                },
+                undrain: None,
+                wait: outrider_model::HumanDuration::from_secs(1),
+            }),
+        },
     };
     match client.create_sidecar(tenant, &body).await {
         Ok(s) => Ok(s),

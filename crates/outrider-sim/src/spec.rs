@@ -150,7 +150,13 @@ fn service(rng: &mut StdRng, index: usize) -> Service {
         let compression = weighted(rng, &[("gzip", 60), ("brotli", 40)]);
         traits.insert("http.compression".to_owned(), compression.to_owned());
     }
-    Service { name, priority: weighted(rng, &PRIORITY_WEIGHTS), traits, protected: false, windows: Vec::new() }
+    Service {
+        name,
+        priority: weighted(rng, &PRIORITY_WEIGHTS),
+        traits,
+        protected: false,
+        protected_periods: Vec::new(),
+    }
 }
 
 /// Instance counts per service: one each, plus the rest shared out by heavy-tailed weights

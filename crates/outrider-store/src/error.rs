@@ -14,6 +14,14 @@ pub enum StoreError {
     /// The storage engine failed.
     #[error("storage engine: {0}")]
     Backend(String),
+    /// A store URL names no store this build can open.
+    #[error("store URL {url:?}: {reason}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The store is shutting down.
     #[error("store closed")]
     Closed,

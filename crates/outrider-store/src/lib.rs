@@ -2,12 +2,16 @@
 //! compare-and-swap transactions, watch from a revision — so backends are interchangeable.
 //!
 //! Architecture invariant: nothing outside this crate knows which engine holds the data.
-//! The embedded backend ([`RedbStore`]) keeps everything in one redb file in the data dir;
-//! a write is durable once [`Store::txn`] returns.
+//! Callers open a store by URL ([`open`]); the embedded backend ([`RedbStore`], `redb:PATH`)
+//! keeps everything in one redb file in the data dir; a write is durable once [`Store::txn`]
+//! returns.
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod error;
 mod redb_store;
 mod types;
+mod url;
 mod watch_hub;
 
 use std::pin::Pin;
@@ -18,6 +22,7 @@ use futures::Stream;
 pub use error::StoreError;
 pub use redb_store::RedbStore;
 pub use types::{Compare, KeyValue, Op, Range, Txn, TxnResult, WatchBatch, WatchEvent};
+pub use url::{embedded_url, open};
 
 /// A stream of committed changes under a prefix, one batch per transaction, in revision order.
 /// It ends with [`StoreError::Compacted`] when the watcher fell too far behind: reread with

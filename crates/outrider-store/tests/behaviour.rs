@@ -1,114 +1,29 @@
-//! Behaviour every store backend must show. Each check takes `&dyn Store`, so a new backend
-//! runs the same suite by adding one line per check to its own test module.
+//! The embedded backend against the behaviour suite every backend runs
+//! (`outrider_store::conformance`), and what only a file-backed store promises.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, Ordering};
 
-use futures::StreamExt;
-use outrider_store::{Compare, Op, RedbStore, Store, StoreError, Txn, WatchEvent};
+use outrider_store::{RedbStore, Store, StoreError, conformance};
 
-async fn put(s: &dyn Store, k: &str, v: &str) -> u64 {
-    s.txn(Txn::ops(vec![Op::put(k, v)])).await.unwrap().revision
-}
-
-async fn revisions_grow_by_one_per_write_txn(s: &dyn Store) {
-    let r0 = s.revision().await.unwrap();
-    let r1 = put(s, "a/1", "x").await;
-    assert_eq!(r1, r0 + 1);
-    let r2 = s.txn(Txn::ops(vec![Op::put("a/2", "y"), Op::put("a/3", "z")])).await.unwrap().revision;
-    assert_eq!(r2, r1 + 1, "one transaction is one revision");
-    let noop = s.txn(Txn::ops(vec![Op::delete("a/absent")])).await.unwrap();
-    assert_eq!(noop.revision, r2, "a transaction that changes nothing keeps the revision");
-    let kv = s.get("a/2").await.unwrap().unwrap();
-    assert_eq!((kv.value.as_slice(), kv.create_revision, kv.mod_revision), (b"y".as_slice(), r2, r2));
-    let r3 = put(s, "a/2", "y2").await;
-    let kv = s.get("a/2").await.unwrap().unwrap();
-    assert_eq!((kv.create_revision, kv.mod_revision), (r2, r3), "create revision survives updates");
-}
-
-async fn range_is_prefix_bounded_and_ordered(s: &dyn Store) {
-    put(s, "r/b", "2").await;
-    put(s, "r/a", "1").await;
-    put(s, "rx", "no").await;
-    put(s, "q", "no").await;
-    let r = s.range("r/").await.unwrap();
-    let keys: Vec<_> = r.kvs.iter().map(|kv| kv.key.as_str()).collect();
-    assert_eq!(keys, ["r/a", "r/b"]);
-    assert_eq!(r.revision, s.revision().await.unwrap());
-}
-
-async fn compare_and_swap_is_atomic(s: &dyn Store) {
-    let t = s.txn(Txn::when(vec![Compare::absent("c/k")], vec![Op::put("c/k", "1")])).await.unwrap();
-    assert!(t.succeeded);
-    let again = s.txn(Txn::when(vec![Compare::absent("c/k")], vec![Op::put("c/k", "2")])).await.unwrap();
-    assert!(!again.succeeded, "create-if-absent must fail when present");
-    assert_eq!(s.get("c/k").await.unwrap().unwrap().value, b"1");
-    // A failed compare applies the failure branch only.
-    let stale = s
-        .txn(Txn {
-            compare: vec![Compare::unchanged("c/k", t.revision - 1), Compare::Exists("c/k".into())],
-            success: vec![Op::put("c/k", "3")],
-            failure: vec![Op::put("c/failed", "yes")],
-        })
-        .await
-        .unwrap();
-    assert!(!stale.succeeded);
-    assert_eq!(s.get("c/k").await.unwrap().unwrap().value, b"1");
-    assert!(s.get("c/failed").await.unwrap().is_some());
-    let ok = s.txn(Txn::when(vec![Compare::unchanged("c/k", t.revision)], vec![Op::delete("c/k")])).await.unwrap();
-    assert!(ok.succeeded);
-    assert!(s.get("c/k").await.unwrap().is_none());
-}
-
-async fn watch_replays_from_revision_then_follows(s: &dyn Store) {
-    let from = put(s, "w/1", "a").await;
-    put(s, "other/1", "ignored").await;
-    put(s, "w/2", "b").await;
-    let mut w = s.watch("w/", from).await.unwrap();
-    let b1 = w.next().await.unwrap().unwrap();
-    assert_eq!((b1.revision, b1.events[0].key()), (from, "w/1"));
-    let b2 = w.next().await.unwrap().unwrap();
-    assert_eq!(b2.events[0].key(), "w/2");
-    let r = s.txn(Txn::ops(vec![Op::delete("w/1")])).await.unwrap().revision;
-    let b3 = tokio::time::timeout(Duration::from_secs(5), w.next()).await.unwrap().unwrap().unwrap();
-    assert_eq!(b3.revision, r);
-    assert!(matches!(&b3.events[0], WatchEvent::Delete { key, .. } if key == "w/1"));
-}
-
-async fn watch_from_now_sees_only_new_changes(s: &dyn Store) {
-    put(s, "n/old", "a").await;
-    let mut w = s.watch("n/", 0).await.unwrap();
-    put(s, "n/new", "b").await;
-    let b = tokio::time::timeout(Duration::from_secs(5), w.next()).await.unwrap().unwrap().unwrap();
-    assert_eq!(b.events[0].key(), "n/new");
+#[tokio::test]
+async fn redb_shows_the_behaviour_of_every_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = AtomicU32::new(0);
+    conformance::check_all(|| {
+        let url = format!("redb:{}", dir.path().join(format!("{}.redb", n.fetch_add(1, Ordering::Relaxed))).display());
+        async move { outrider_store::open(&url).await.unwrap() }
+    })
+    .await;
+    assert_eq!(n.load(Ordering::Relaxed), 5, "one fresh store per check");
 }
 
 fn open(dir: &tempfile::TempDir) -> RedbStore {
     RedbStore::open(&dir.path().join("store.redb")).unwrap()
 }
 
-macro_rules! redb_checks {
-    ($($check:ident),* $(,)?) => {$(
-        #[tokio::test]
-        async fn $check() {
-            let dir = tempfile::tempdir().unwrap();
-            super::$check(&open(&dir)).await;
-        }
-    )*};
-}
-
-mod redb {
-    use super::*;
-    redb_checks!(
-        revisions_grow_by_one_per_write_txn,
-        range_is_prefix_bounded_and_ordered,
-        compare_and_swap_is_atomic,
-        watch_replays_from_revision_then_follows,
-        watch_from_now_sees_only_new_changes,
-    );
-}
-
 #[tokio::test]
 async fn redb_keeps_data_and_revision_across_reopen() {
+    let put = conformance::put;
     let dir = tempfile::tempdir().unwrap();
     let rev = {
         let s = open(&dir);

@@ -121,15 +121,14 @@ impl RecordStore {
     }
 }
 
-fn read_record(path: &Path) -> Result<Record, String> {
-    let bytes = fs::read(path).map_err(|e| e.to_string())?;
-    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+/// Reads and parses one record; a malformed file is an `InvalidData` error.
+fn read_record(path: &Path) -> io::Result<Record> {
+    Ok(serde_json::from_slice(&fs::read(path)?)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use outrider_model::{Artifact, HumanDuration, UpgradeMode};
 
     fn record(name: &str, pid: u32) -> Record {
         Record {
@@ -139,21 +138,7 @@ mod tests {
             start_time_ticks: 99,
             restarts: 2,
             exits: 3,
-            desired: DesiredSidecar {
-                name: name.into(),
-                version: "1.0.0".into(),
-                mode: UpgradeMode::Restart,
-                artifact: Artifact { url: "file:///bin/sh".into(), sha256: "a".repeat(64) },
-                command: vec!["${artifact}".into()],
-                env: Default::default(),
-                startup_probe: None,
-                liveness_probe: None,
-                drain_time: HumanDuration::from_secs(1),
-                sockets: Vec::new(),
-                handover: Default::default(),
-                notify_ready: false,
-                warm: None,
-            },
+            desired: outrider_model::testing::desired_sidecar(name, "1.0.0"),
             successor: None,
         }
     }

@@ -15,9 +15,14 @@ use std::{
     os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
 };
 
-use nix::sys::socket::{
-    AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, getsockname, listen, setsockopt, socket, sockopt,
+use nix::{
+    errno::Errno,
+    sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrStorage, bind, getsockname, listen, setsockopt, socket,
+        sockopt,
+    },
 };
+use thiserror::Error;
 
 /// The first fd a generation finds its sockets at, by the `LISTEN_FDS` convention.
 pub(super) const FIRST_FD: RawFd = 3;
@@ -25,6 +30,71 @@ pub(super) const FIRST_FD: RawFd = 3;
 /// Accept queue length of the agent-owned sockets: connections wait here while generations
 /// change.
 const BACKLOG: i32 = 4096;
+
+/// Why agent-owned sockets cannot be bound or taken back.
+#[derive(Debug, Error)]
+pub(super) enum SocketError {
+    /// The address is not `ip:port`.
+    #[error("socket address {0:?} is not ip:port")]
+    Address(String),
+    /// A step of binding `listen` failed.
+    #[error("{step} {listen}: {error}")]
+    Bind {
+        /// What was being done (`cannot bind`, `SO_REUSEADDR on`…).
+        step: &'static str,
+        /// The address.
+        listen: String,
+        /// The system error.
+        error: Errno,
+    },
+    /// The pid cannot name a process.
+    #[error("invalid pid {0}")]
+    Pid(u32),
+    /// A pidfd syscall on the sidecar failed.
+    #[error("{call}({pid}{}): {error}", fd.map(|fd| format!(", {fd}")).unwrap_or_default())]
+    Pidfd {
+        /// `pidfd_open` or `pidfd_getfd`.
+        call: &'static str,
+        /// The sidecar's pid.
+        pid: u32,
+        /// The fd asked for (`pidfd_getfd`).
+        fd: Option<RawFd>,
+        /// The system error.
+        error: rustix::io::Errno,
+    },
+    /// An fd of the sidecar is not the socket it should be.
+    #[error("fd {fd} of process {pid}: {problem}")]
+    Foreign {
+        /// The sidecar's pid.
+        pid: u32,
+        /// The fd.
+        fd: RawFd,
+        /// What is wrong with it.
+        problem: FdProblem,
+    },
+}
+
+/// What is wrong with an fd that should be a listening socket on a given address.
+#[derive(Debug, Error)]
+pub(super) enum FdProblem {
+    /// It is not a socket, or not listening.
+    #[error("not a listening socket{}", .0.map(|e| format!(": {e}")).unwrap_or_default())]
+    NotListening(Option<Errno>),
+    /// It is not a TCP socket.
+    #[error("not a TCP socket")]
+    NotTcp,
+    /// The wanted address is not `ip:port`.
+    #[error("{0:?} is not ip:port")]
+    Address(String),
+    /// It is bound elsewhere.
+    #[error("bound to {local}, not {listen}")]
+    Elsewhere {
+        /// Where it is bound.
+        local: SocketAddr,
+        /// Where it should be.
+        listen: String,
+    },
+}
 
 /// One bound socket.
 #[derive(Debug)]
@@ -56,7 +126,7 @@ impl SocketSet {
     }
 
     /// Binds `wanted`, reusing the sockets already held under the same name and address.
-    pub(super) fn bind(&mut self, wanted: &[(String, String)]) -> Result<(), String> {
+    pub(super) fn bind(&mut self, wanted: &[(String, String)]) -> Result<(), SocketError> {
         let mut next = Vec::with_capacity(wanted.len());
         let mut old = std::mem::take(&mut self.sockets);
         for (name, listen) in wanted {
@@ -91,16 +161,16 @@ impl SocketSet {
 
     /// Takes the sockets back from a running generation (`pid`) after an agent restart: fd
     /// `3 + i` of that process must be a listening socket bound to the i-th address.
-    pub(super) fn recover(pid: u32, wanted: &[(String, String)]) -> Result<Self, String> {
-        let raw = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw).ok_or("invalid pid")?;
+    pub(super) fn recover(pid: u32, wanted: &[(String, String)]) -> Result<Self, SocketError> {
+        let raw = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw).ok_or(SocketError::Pid(pid))?;
         let pidfd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())
-            .map_err(|e| format!("pidfd_open({pid}): {e}"))?;
+            .map_err(|error| SocketError::Pidfd { call: "pidfd_open", pid, fd: None, error })?;
         let mut sockets = Vec::with_capacity(wanted.len());
         for ((name, listen), fd) in wanted.iter().zip(FIRST_FD..) {
             let owned: OwnedFd = rustix::process::pidfd_getfd(&pidfd, fd, rustix::process::PidfdGetfdFlags::empty())
-                .map_err(|e| format!("pidfd_getfd({pid}, {fd}): {e}"))?;
+                .map_err(|error| SocketError::Pidfd { call: "pidfd_getfd", pid, fd: Some(fd), error })?;
             let listener = TcpListener::from(owned);
-            check_listening(&listener, listen).map_err(|e| format!("fd {fd} of process {pid}: {e}"))?;
+            check_listening(&listener, listen).map_err(|problem| SocketError::Foreign { pid, fd, problem })?;
             sockets.push(OwnedSocket { name: name.clone(), listen: listen.clone(), listener });
         }
         Ok(Self { sockets })
@@ -108,15 +178,16 @@ impl SocketSet {
 }
 
 /// Binds a close-on-exec TCP listener on `listen` with `SO_REUSEADDR` and a long backlog.
-fn bind_listener(listen: &str) -> Result<TcpListener, String> {
-    let addr: SocketAddr = listen.parse().map_err(|_| format!("socket address {listen:?} is not ip:port"))?;
+fn bind_listener(listen: &str) -> Result<TcpListener, SocketError> {
+    let addr: SocketAddr = listen.parse().map_err(|_| SocketError::Address(listen.to_owned()))?;
+    let failed = |step| move |error| SocketError::Bind { step, listen: listen.to_owned(), error };
     let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
-    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)
-        .map_err(|e| format!("cannot create a socket for {listen}: {e}"))?;
-    setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(|e| format!("SO_REUSEADDR on {listen}: {e}"))?;
-    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr)).map_err(|e| format!("cannot bind {listen}: {e}"))?;
+    let fd =
+        socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).map_err(failed("cannot create a socket for"))?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(failed("SO_REUSEADDR on"))?;
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr)).map_err(failed("cannot bind"))?;
     let backlog = Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN);
-    listen_on(&fd, backlog).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    listen_on(&fd, backlog).map_err(failed("cannot listen on"))?;
     Ok(TcpListener::from(fd))
 }
 
@@ -125,19 +196,19 @@ fn listen_on(fd: &OwnedFd, backlog: Backlog) -> nix::Result<()> {
 }
 
 /// Checks that `listener` listens on the address `listen` (a port of 0 matches any port).
-fn check_listening(listener: &TcpListener, listen: &str) -> Result<(), String> {
+fn check_listening(listener: &TcpListener, listen: &str) -> Result<(), FdProblem> {
     let accepting = nix::sys::socket::getsockopt(&listener.as_fd(), sockopt::AcceptConn)
-        .map_err(|e| format!("not a listening socket: {e}"))?;
+        .map_err(|e| FdProblem::NotListening(Some(e)))?;
     if !accepting {
-        return Err("not a listening socket".into());
+        return Err(FdProblem::NotListening(None));
     }
     let local: SocketAddr = getsockname::<SockaddrStorage>(listener.as_raw_fd())
         .ok()
         .and_then(|a| a.as_sockaddr_in().map(|a| SocketAddr::from(*a)).or(a.as_sockaddr_in6().map(|a| (*a).into())))
-        .ok_or("not a TCP socket")?;
-    let want: SocketAddr = listen.parse().map_err(|_| format!("{listen:?} is not ip:port"))?;
+        .ok_or(FdProblem::NotTcp)?;
+    let want: SocketAddr = listen.parse().map_err(|_| FdProblem::Address(listen.to_owned()))?;
     if local.ip() != want.ip() || (want.port() != 0 && local.port() != want.port()) {
-        return Err(format!("bound to {local}, not {listen}"));
+        return Err(FdProblem::Elsewhere { local, listen: listen.to_owned() });
     }
     Ok(())
 }

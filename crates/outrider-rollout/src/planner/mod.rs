@@ -24,7 +24,7 @@ pub struct Planned {
     pub feature_services: Vec<String>,
     /// One phase per phase of the body, in order; a phase with nothing in scope has no batch.
     pub phases: Vec<Phase>,
-    /// The protected periods (`windows`) of the services with cells in the plan, by service
+    /// The protected periods of the services with cells in the plan, by service
     /// (services without any are left out): batches touching them wait for their end.
     pub protected_periods: BTreeMap<String, Vec<ProtectedPeriod>>,
 }
@@ -127,8 +127,8 @@ pub fn plan(spec: &PlanSpec, fleet: &FleetView) -> Result<Planned, PlanError> {
         .services()
         .iter()
         .zip(&used.services)
-        .filter(|(s, used)| **used && !s.windows.is_empty())
-        .map(|(s, _)| (s.name.clone(), s.windows.clone()))
+        .filter(|(s, used)| **used && !s.protected_periods.is_empty())
+        .map(|(s, _)| (s.name.clone(), s.protected_periods.clone()))
         .collect();
     let phases = spec.phases.iter().zip(raw).map(|(p, cells)| plan_phase(p, cells, &order, fleet)).collect();
     Ok(Planned { feature_services, phases, protected_periods })

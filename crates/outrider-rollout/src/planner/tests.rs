@@ -11,7 +11,7 @@ fn svc(name: &str, priority: Priority, traits: &[(&str, &str)]) -> Service {
         priority,
         traits: traits.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         protected: false,
-        windows: Vec::new(),
+        protected_periods: Vec::new(),
     }
 }
 

@@ -47,7 +47,7 @@ pub(super) fn check(view: &dyn View, plan: &Plan, pi: usize, batch: &Batch, now:
         Ok(_) => {}
     }
     for cell in &batch.cells {
-        let periods = view.service(&cell.service).map_or(&[][..], |s| &s.windows[..]);
+        let periods = view.service(&cell.service).map_or(&[][..], |s| &s.protected_periods[..]);
         if let Some(f) = view.freezes().iter().find(|f| f.covers(now, &cell.service)) {
             let until = blocked_until(now, &cell.service, view.freezes(), periods);
             return hold(PlanState::Waiting, format!("freeze {} until {}: {}", f.id, f.to, f.reason), until);

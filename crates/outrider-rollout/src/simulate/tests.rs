@@ -19,7 +19,7 @@ fn fleet(services: &[&str], regions: &[&str], n: usize) -> FleetView {
             priority: Priority::P2,
             traits: Default::default(),
             protected: false,
-            windows: Vec::new(),
+            protected_periods: Vec::new(),
         })
         .collect();
     let mut view = FleetView::new(svcs);
@@ -121,7 +121,7 @@ fn a_protected_period_of_a_service_delays_its_batches() {
     // The same fleet where `a` is protected for the first half hour.
     let sale = outrider_model::ProtectedPeriod { from: minutes(-5), to: minutes(30), reason: "sale".into() };
     let mut services = f.services().to_vec();
-    services[0].windows.push(sale.clone());
+    services[0].protected_periods.push(sale.clone());
     f = FleetView::new(services);
     for s in ["a", "b"] {
         f.push(InstanceView { service: s, region: "r1", env: "prod", stage: "full", version: Some("1.0.0") });

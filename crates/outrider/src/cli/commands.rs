@@ -209,7 +209,7 @@ pub enum ServiceCommand {
         #[command(flatten)]
         conn: ConnectArgs,
     },
-    /// Replace a service's priority, traits, `protected` flag and windows from a JSON file.
+    /// Replace a service's priority, traits, `protected` flag and protected periods from a JSON file.
     Update {
         /// Service name.
         name: String,

@@ -89,7 +89,7 @@ pub(super) fn service_from_flags(
             anyhow::bail!("--trait {k} is given twice");
         }
     }
-    Ok(Service { name, priority: priority.unwrap_or_default(), traits: map, protected, windows: Vec::new() })
+    Ok(Service { name, priority: priority.unwrap_or_default(), traits: map, protected, protected_periods: Vec::new() })
 }
 
 /// Parses `--trait KEY=VALUE`.

@@ -150,7 +150,7 @@ pub(super) fn sidecars(sidecars: &[Sidecar]) -> Table {
             s.name.clone(),
             or_dash(s.owner.clone()),
             modes(s),
-            s.drain_time.to_string(),
+            s.lifecycle.drain_time.to_string(),
             or_dash(s.metrics.join(",")),
             or_dash(s.description.clone()),
         ]);
@@ -164,9 +164,9 @@ pub(super) fn sidecar(s: &Sidecar) -> Table {
         ("owner", or_dash(s.owner.clone())),
         ("description", or_dash(s.description.clone())),
         ("upgrade modes", modes(s)),
-        ("drain time", s.drain_time.to_string()),
-        ("startup probe", probe(s.startup_probe.as_ref())),
-        ("liveness probe", probe(s.liveness_probe.as_ref())),
+        ("drain time", s.lifecycle.drain_time.to_string()),
+        ("startup probe", probe(s.lifecycle.startup_probe.as_ref())),
+        ("liveness probe", probe(s.lifecycle.liveness_probe.as_ref())),
         ("metrics", or_dash(s.metrics.join(", "))),
     ])
 }
@@ -220,22 +220,22 @@ pub(super) fn distribution(d: &Distribution) -> Table {
 }
 
 pub(super) fn services(services: &[Service]) -> Table {
-    let mut t = table(&["NAME", "PRIORITY", "PROTECTED", "TRAITS", "WINDOWS"]);
+    let mut t = table(&["NAME", "PRIORITY", "PROTECTED", "TRAITS", "PROTECTED PERIODS"]);
     for s in services {
         t.add_row(vec![
             s.name.clone(),
             spelled(&s.priority),
             yes_no(s.protected),
             pairs(&s.traits, ","),
-            s.windows.len().to_string(),
+            s.protected_periods.len().to_string(),
         ]);
     }
     t
 }
 
 pub(super) fn service(s: &Service) -> Table {
-    let windows = s
-        .windows
+    let periods = s
+        .protected_periods
         .iter()
         .map(|w| {
             let reason = if w.reason.is_empty() { String::new() } else { format!(" ({})", w.reason) };
@@ -248,7 +248,7 @@ pub(super) fn service(s: &Service) -> Table {
         ("priority", spelled(&s.priority)),
         ("protected", yes_no(s.protected)),
         ("traits", pairs(&s.traits, "\n")),
-        ("windows", or_dash(windows)),
+        ("protected periods", or_dash(periods)),
     ])
 }
 

@@ -96,5 +96,5 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         super::server::shutdown_signal().await;
         stop.cancel();
     });
-    outrider_agent::agent::run(config, cancel).await
+    Ok(outrider_agent::agent::run(config, cancel).await?)
 }

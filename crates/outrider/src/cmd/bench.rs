@@ -142,7 +142,7 @@ async fn prepare(client: &Client, tenant: &str, name: &str, changes: u32) -> any
         priority: Priority::P2,
         traits: [("protocol".to_owned(), "grpc".to_owned())].into(),
         protected: false,
-        windows: Vec::new(),
+        protected_periods: Vec::new(),
     };
     client.create_service(tenant, &service).await.with_context(|| format!("cannot create service {name:?}"))?;
     client

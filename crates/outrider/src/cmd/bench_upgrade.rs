@@ -680,7 +680,7 @@ impl Bench {
             priority: Priority::P2,
             traits: BTreeMap::from([("protocol".into(), "http".into())]),
             protected: false,
-            windows: Vec::new(),
+            protected_periods: Vec::new(),
         };
         client.create_service(TENANT, &service).await.context("cannot create the service")?;
         self.client = Some(client);

@@ -31,8 +31,8 @@ use std::{
 use anyhow::{Context, anyhow, bail};
 use outrider_client::{Client, InstanceFilter};
 use outrider_model::{
-    Artifact, Batching, Binding, Event, Handover, HumanDuration, Instance, ListenSocket, NewVersion, Priority, Probe,
-    Service, Sidecar, SidecarState, SidecarStatus, UpgradeMode,
+    Artifact, Batching, Binding, Event, Handover, HumanDuration, Instance, Lifecycle, ListenSocket, NewVersion,
+    Priority, Probe, Service, Sidecar, SidecarState, SidecarStatus, UpgradeMode,
 };
 use reqwest::Method;
 use serde::Deserialize;
@@ -547,7 +547,7 @@ impl Demo {
             priority: Priority::P1,
             traits: BTreeMap::from([("lang".into(), "go".into()), ("protocol".into(), "http".into())]),
             protected: false,
-            windows: Vec::new(),
+            protected_periods: Vec::new(),
         };
         client.create_service(TENANT, &service).await.context("cannot create the service")?;
         client.set_binding(TENANT, SERVICE, &binding(true, OLD)).await.context("cannot bind the sidecar")?;
@@ -1226,18 +1226,20 @@ fn demo_sidecar() -> Sidecar {
         owner: "outrider demo".into(),
         description: "The reference sidecar: GET / answers its version.".into(),
         upgrade_modes: vec![UpgradeMode::Restart, UpgradeMode::Hot, UpgradeMode::OnDeploy],
-        startup_probe: Some(Probe {
-            period: HumanDuration::from_millis(100),
-            deadline: HumanDuration::from_secs(10),
-            ..Probe::http(health)
-        }),
-        liveness_probe: Some(Probe { period: HumanDuration::from_secs(2), ..Probe::http(health) }),
-        drain_time: HumanDuration(DRAIN),
         metrics: Vec::new(),
-        sockets: vec![ListenSocket { name: "http".into(), listen: "127.0.0.1:${label.port}".into() }],
-        handover: Handover::ListenFds,
-        notify_ready: true,
-        warm: None,
+        lifecycle: Lifecycle {
+            startup_probe: Some(Probe {
+                period: HumanDuration::from_millis(100),
+                deadline: HumanDuration::from_secs(10),
+                ..Probe::http(health)
+            }),
+            liveness_probe: Some(Probe { period: HumanDuration::from_secs(2), ..Probe::http(health) }),
+            drain_time: HumanDuration(DRAIN),
+            sockets: vec![ListenSocket { name: "http".into(), listen: "127.0.0.1:${label.port}".into() }],
+            handover: Handover::ListenFds,
+            notify_ready: true,
+            warm: None,
+        },
     }
 }
 

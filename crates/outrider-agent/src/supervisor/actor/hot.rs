@@ -14,7 +14,11 @@ use nix::sys::signal::Signal;
 use outrider_model::{DesiredSidecar, Handover, SidecarState};
 use tokio::time::Instant;
 
-use super::{Actor, Current, Flow, Prepared, Readiness, identity, on_changed};
+use super::{
+    Actor, Current, Flow, Prepared, Readiness,
+    error::{StartError, UpgradeError},
+    identity, on_changed,
+};
 use crate::{
     procfs,
     supervisor::{
@@ -40,7 +44,7 @@ pub(super) struct SignalFiles {
 impl SignalFiles {
     /// The files of `name`; `None` unless `d` uses the signal handover.
     pub(super) fn of(config: &SupervisorConfig, who: &Identity<'_>, d: &DesiredSidecar) -> Option<Self> {
-        let Handover::Signal { pid_file, .. } = &d.handover else { return None };
+        let Handover::Signal { pid_file, .. } = &d.lifecycle.handover else { return None };
         let run = config.run_dir();
         let pid_file = pid_file
             .as_deref()
@@ -80,7 +84,7 @@ pub(super) fn handover_env(
     who: &Identity<'_>,
     d: &DesiredSidecar,
 ) -> Vec<(&'static str, String)> {
-    match &d.handover {
+    match &d.lifecycle.handover {
         Handover::ListenFds => Vec::new(),
         Handover::ScmRights => vec![(
             "OUTRIDER_HANDOVER_SOCKET",
@@ -107,7 +111,7 @@ enum Step {
 impl Actor {
     /// Hot mode: see the [module docs](self).
     pub(super) async fn hot_upgrade(&mut self, d: DesiredSidecar, p: Prepared) -> Flow {
-        if matches!(d.handover, Handover::Signal { .. }) {
+        if matches!(d.lifecycle.handover, Handover::Signal { .. }) {
             return self.signal_upgrade(d, p).await;
         }
         if !p.resolved.sockets.is_empty() && !self.sockets.matches(&p.resolved.sockets) {
@@ -122,13 +126,13 @@ impl Actor {
         let Some(old_version) = self.current.as_ref().map(|c| c.desired.version.clone()) else {
             return Flow::Continue;
         };
-        tracing::info!(sidecar = %self.name, from = %old_version, to = %d.version, handover = ?d.handover,
+        tracing::info!(sidecar = %self.name, from = %old_version, to = %d.version, handover = ?d.lifecycle.handover,
             "hot upgrade: starting the new version beside the old one");
         self.update(|s| s.state = SidecarState::Upgrading);
         let new = match self.launch_generation(&d, p).await {
             Ok(new) => new,
-            Err(msg) => {
-                self.upgrade_failed(&d, format!("hot upgrade to {}: {msg}; {old_version} keeps serving", d.version));
+            Err(error) => {
+                self.upgrade_failed(&d, UpgradeError::HotStart { version: d.version.clone(), old: old_version, error });
                 return Flow::Continue;
             }
         };
@@ -172,12 +176,13 @@ impl Actor {
                 return Flow::Continue;
             }
             Step::New(Readiness::Ready) => None,
-            Step::New(Readiness::Exited(how)) => Some(format!("the new process exited before it was ready ({how})")),
-            Step::New(Readiness::Failed(msg)) => Some(msg),
+            Step::New(Readiness::Exited(how)) => Some(StartError::ExitedBeforeReady(how)),
+            Step::New(Readiness::Failed(e)) => Some(e),
         };
-        if let Some(msg) = failure {
+        if let Some(error) = failure {
             self.abandon(&mut new, stop.is_some()).await;
-            self.upgrade_failed(&d, format!("hot upgrade to {} failed: {msg}; {old_version} keeps serving", d.version));
+            let (version, old) = (d.version.clone(), old_version.to_owned());
+            self.upgrade_failed(&d, UpgradeError::HotFailed { version, old, error });
             return Flow::Continue;
         }
         new.ready = true;
@@ -192,7 +197,7 @@ impl Actor {
         self.failures = 0;
         self.upgrade_failures = 0;
         self.install(new).await;
-        let drain = old.desired.drain_time.0;
+        let drain = old.desired.lifecycle.drain_time.0;
         let how = match stop {
             None => old.process.terminate(drain).await,
             Some(s) => old.process.terminate_alone(s, drain).await,
@@ -221,11 +226,12 @@ impl Actor {
     /// one is its child, in its process group). A new version with another command line or
     /// environment is carried out as a restart, since the re-executed process keeps both.
     async fn signal_upgrade(&mut self, d: DesiredSidecar, p: Prepared) -> Flow {
-        let Handover::Signal { signal, stop_signal, .. } = &d.handover else { return Flow::Continue };
+        let Handover::Signal { signal, stop_signal, .. } = &d.lifecycle.handover else { return Flow::Continue };
         let (reload, stop) = match (Signal::from_str(signal), Signal::from_str(stop_signal)) {
             (Ok(r), Ok(s)) => (r, s),
             _ => {
-                self.upgrade_failed(&d, format!("unknown signal {signal:?} or {stop_signal:?}"));
+                let error = UpgradeError::UnknownSignal { signal: signal.clone(), stop_signal: stop_signal.clone() };
+                self.upgrade_failed(&d, error);
                 return Flow::Continue;
             }
         };
@@ -244,7 +250,7 @@ impl Actor {
             return Flow::Continue;
         };
         if let Err(e) = files.install(&p.artifact_path, &d.version) {
-            self.upgrade_failed(&d, format!("cannot switch the executable link: {e}"));
+            self.upgrade_failed(&d, UpgradeError::SwitchLink(e));
             return Flow::Continue;
         }
         tracing::info!(sidecar = %self.name, from = %old_version, to = %d.version, pid = old_pid, %reload,
@@ -257,14 +263,12 @@ impl Actor {
         let found = self.wait_for_new_pid(&files, old_pid, deadline).await;
         let (pid, start_time) = match found {
             Ok(found) => found,
-            Err(msg) => {
+            Err(error) => {
                 if let Err(e) = files.install(&old_artifact, &old_version) {
                     tracing::warn!(sidecar = %self.name, error = %e, "cannot restore the executable link");
                 }
-                self.upgrade_failed(
-                    &d,
-                    format!("hot upgrade to {} failed: {msg}; {old_version} keeps serving", d.version),
-                );
+                let version = d.version.clone();
+                self.upgrade_failed(&d, UpgradeError::HotFailed { version, old: old_version, error });
                 return Flow::Continue;
             }
         };
@@ -288,7 +292,7 @@ impl Actor {
         files: &SignalFiles,
         old_pid: u32,
         deadline: Instant,
-    ) -> Result<(u32, u64), String> {
+    ) -> Result<(u32, u64), StartError> {
         loop {
             if let Some(pid) = files.read_pid().filter(|p| *p != old_pid)
                 && let Ok(stat) = procfs::read_stat(pid)
@@ -302,11 +306,11 @@ impl Actor {
                     () = tokio::time::sleep(PID_FILE_POLL) => None,
                 };
                 if let Some(how) = exited {
-                    return Err(format!("the running process exited after the reload signal ({how})"));
+                    return Err(StartError::ExitedAfterReload(how));
                 }
             }
             if Instant::now() >= deadline {
-                return Err(format!("no new pid in {} before the startup deadline", files.pid_file.display()));
+                return Err(StartError::NoNewPid(files.pid_file.clone()));
             }
         }
     }

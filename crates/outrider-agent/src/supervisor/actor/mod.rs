@@ -27,10 +27,15 @@ use tokio::{
     time::{Instant, sleep_until},
 };
 
+mod error;
 mod hot;
 mod warm;
 
+use error::{StartError, UpgradeError};
+
 use outrider_model::UpgradeMode;
+
+use crate::probe::ProbeError;
 
 use super::{
     Shared,
@@ -215,8 +220,8 @@ struct Current {
 enum Readiness {
     Ready,
     Exited(String),
-    /// Not ready in time, or the readiness channel broke: the message says which.
-    Failed(String),
+    /// Not ready in time, or the readiness channel broke: the error says which.
+    Failed(StartError),
 }
 
 impl Current {
@@ -256,16 +261,14 @@ impl Current {
         let Self { process, notify, startup, next_probe_at, ready_deadline, .. } = self;
         let deadline = *ready_deadline;
         if let Some(n) = notify.as_ref() {
-            let waited = HumanDuration(deadline.saturating_duration_since(Instant::now()));
+            let left = HumanDuration(deadline.saturating_duration_since(Instant::now()));
             tokio::select! {
                 how = process.wait() => return Readiness::Exited(how),
                 r = n.ready() => match r {
                     Ok(()) => *notify = None,
-                    Err(e) => return Readiness::Failed(format!("cannot read NOTIFY_SOCKET: {e}")),
+                    Err(e) => return Readiness::Failed(StartError::NotifyRead(e)),
                 },
-                () = sleep_until(deadline) => {
-                    return Readiness::Failed(format!("no READY=1 on NOTIFY_SOCKET within the startup deadline ({waited} left when waiting began)"));
-                }
+                () = sleep_until(deadline) => return Readiness::Failed(StartError::NotNotified { left }),
             }
         }
         let Some(probe) = startup.as_ref() else { return Readiness::Ready };
@@ -277,11 +280,11 @@ impl Current {
             let now = Instant::now();
             match result {
                 Ok(()) => return Readiness::Ready,
-                Err(e) if now >= deadline => {
-                    return Readiness::Failed(format!(
-                        "startup probe did not pass within {}: {e}",
-                        HumanDuration(probe.deadline)
-                    ));
+                Err(error) if now >= deadline => {
+                    return Readiness::Failed(StartError::StartupProbe {
+                        deadline: HumanDuration(probe.deadline),
+                        error,
+                    });
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "startup probe not passed yet");
@@ -311,8 +314,8 @@ impl Prepared {
 
 /// Fetches the artifact of `d` and expands its placeholders. `${artifact}` is the cached
 /// file, or for a signal-reload sidecar the stable link that is switched to it.
-async fn prepare(shared: &Shared, d: &DesiredSidecar) -> Result<Prepared, String> {
-    let artifact_path = shared.cache.fetch(&d.artifact).await.map_err(|e| e.to_string())?;
+async fn prepare(shared: &Shared, d: &DesiredSidecar) -> Result<Prepared, StartError> {
+    let artifact_path = shared.cache.fetch(&d.artifact).await?;
     let who = identity(shared);
     let exe = hot::SignalFiles::of(&shared.config, &who, d).map_or_else(|| artifact_path.clone(), |f| f.link);
     let resolved = resolve(&who, d, &exe)?;
@@ -320,7 +323,7 @@ async fn prepare(shared: &Shared, d: &DesiredSidecar) -> Result<Prepared, String
 }
 
 /// One attempt of `probe` at `at`; never resolves without a probe.
-async fn run_probe(probe: Option<&ResolvedProbe>, at: Instant) -> Result<(), String> {
+async fn run_probe(probe: Option<&ResolvedProbe>, at: Instant) -> Result<(), ProbeError> {
     let Some(p) = probe else { return std::future::pending().await };
     sleep_until(at).await;
     crate::probe::run(p.check(), p.timeout).await
@@ -336,7 +339,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
 /// What woke a supervising actor.
 enum Event {
     Exited(String),
-    Probe(Result<(), String>),
+    Probe(Result<(), ProbeError>),
     Stable,
 }
 
@@ -462,7 +465,9 @@ impl Actor {
     fn refresh(&mut self, d: DesiredSidecar) {
         let shared = self.shared.clone();
         let Some(cur) = self.current.as_mut() else { return };
-        if cur.desired.startup_probe != d.startup_probe || cur.desired.liveness_probe != d.liveness_probe {
+        if cur.desired.lifecycle.startup_probe != d.lifecycle.startup_probe
+            || cur.desired.lifecycle.liveness_probe != d.lifecycle.liveness_probe
+        {
             match resolve(&identity(&shared), &d, &cur.artifact_path) {
                 Ok(r) => {
                     if !cur.ready {
@@ -503,16 +508,17 @@ impl Actor {
         };
         match prepared {
             Ok(p) => self.spawn_process(d, p).await,
-            Err(msg) => {
-                self.fail(&d, msg);
+            Err(e) => {
+                self.fail(&d, e);
                 Flow::Continue
             }
         }
     }
 
     /// Reports that `d` cannot run and schedules a retry.
-    fn fail(&mut self, d: &DesiredSidecar, msg: String) {
+    fn fail(&mut self, d: &DesiredSidecar, error: impl std::error::Error) {
         let delay = self.note_failure();
+        let msg = error.to_string();
         tracing::warn!(sidecar = %self.name, version = %d.version, error = %msg, retry_in = ?delay, "sidecar cannot run");
         self.update(|s| {
             s.version.clone_from(&d.version);
@@ -525,7 +531,7 @@ impl Actor {
     async fn spawn_process(&mut self, d: DesiredSidecar, p: Prepared) -> Flow {
         match self.launch_generation(&d, p).await {
             Ok(cur) => self.install(cur).await,
-            Err(msg) => self.fail(&d, msg),
+            Err(e) => self.fail(&d, e),
         }
         Flow::Continue
     }
@@ -533,15 +539,12 @@ impl Actor {
     /// Starts a process of `d`: its agent-owned sockets at fds 3…, a fresh `NOTIFY_SOCKET`
     /// when it notifies readiness, the handover and pid-file variables of its handover kind.
     /// The process is returned, not yet installed as the current one.
-    async fn launch_generation(&mut self, d: &DesiredSidecar, p: Prepared) -> Result<Current, String> {
+    async fn launch_generation(&mut self, d: &DesiredSidecar, p: Prepared) -> Result<Current, StartError> {
         let shared = self.shared.clone();
         let config = &shared.config;
         self.sockets.bind(&p.resolved.sockets)?;
-        let notify = if d.notify_ready {
-            Some(
-                NotifySocket::bind(&config.run_dir(), &self.name)
-                    .map_err(|e| format!("cannot create the NOTIFY_SOCKET: {e}"))?,
-            )
+        let notify = if d.lifecycle.notify_ready {
+            Some(NotifySocket::bind(&config.run_dir(), &self.name).map_err(StartError::NotifySocket)?)
         } else {
             None
         };
@@ -552,15 +555,11 @@ impl Actor {
         let who = identity(&shared);
         lifecycle_env.extend(hot::handover_env(config, &who, d));
         if let Some(files) = hot::SignalFiles::of(config, &who, d) {
-            files
-                .install(&p.artifact_path, &d.version)
-                .map_err(|e| format!("cannot set up the executable link: {e}"))?;
+            files.install(&p.artifact_path, &d.version).map_err(StartError::ExecutableLink)?;
         }
         let mut fds = Vec::new();
         for (child_fd, listener) in self.sockets.fd_table() {
-            let dup = std::os::fd::AsFd::as_fd(listener)
-                .try_clone_to_owned()
-                .map_err(|e| format!("cannot duplicate a listening socket: {e}"))?;
+            let dup = std::os::fd::AsFd::as_fd(listener).try_clone_to_owned().map_err(StartError::DuplicateSocket)?;
             fds.push((child_fd, dup));
         }
         let log_path = config.logs_dir().join(format!("{}.log", self.name));
@@ -580,8 +579,9 @@ impl Actor {
             log_path: &log_path,
             banner: format!("--- outrider {now_text}: starting {} version {}", self.name, d.version),
         };
-        let (process, start_time) =
-            process::spawn(spec).await.map_err(|e| format!("cannot start {:?}: {e}", p.resolved.argv[0]))?;
+        let (process, start_time) = process::spawn(spec)
+            .await
+            .map_err(|error| StartError::Spawn { program: p.resolved.argv[0].clone(), error })?;
         tracing::info!(sidecar = %self.name, version = %d.version, pid = process.pid(), "sidecar started");
         let ready_deadline = p.ready_deadline(Instant::now());
         Ok(Current::starting(process, start_time, d, p, notify, ready_deadline))
@@ -650,8 +650,8 @@ impl Actor {
                 self.on_exit(how).await;
                 return Flow::Continue;
             }
-            Ok(Err(msg)) => {
-                self.upgrade_failed(&d, msg);
+            Ok(Err(e)) => {
+                self.upgrade_failed(&d, UpgradeError::Prepare(e));
                 return Flow::Continue;
             }
             Ok(Ok(p)) => p,
@@ -665,7 +665,8 @@ impl Actor {
 
     /// The upgrade to `d` did not happen and the running version keeps running: report it
     /// and retry after a backoff.
-    fn upgrade_failed(&mut self, d: &DesiredSidecar, msg: String) {
+    fn upgrade_failed(&mut self, d: &DesiredSidecar, error: UpgradeError) {
+        let msg = error.to_string();
         self.upgrade_failures = self.upgrade_failures.saturating_add(1);
         let delay = self.shared.config.backoff.delay(self.upgrade_failures - 1);
         self.retry_at = Some(Instant::now() + delay);
@@ -691,7 +692,7 @@ impl Actor {
         tracing::info!(sidecar = %self.name, from = %old.desired.version, to = %d.version, mode = %d.mode, pid = old.process.pid(),
             "upgrading sidecar (stop, then start)");
         self.update(|s| s.state = SidecarState::Upgrading);
-        let how = old.process.terminate(old.desired.drain_time.0).await;
+        let how = old.process.terminate(old.desired.lifecycle.drain_time.0).await;
         tracing::info!(sidecar = %self.name, version = %old.desired.version, %how, "old version stopped");
         self.remove_record().await;
         self.failures = 0;
@@ -778,20 +779,20 @@ impl Actor {
                 self.on_exit(how).await;
                 Some(Flow::Continue)
             }
-            Readiness::Failed(msg) => {
+            Readiness::Failed(e) => {
                 let mut cur = self.current.take()?;
                 let how = cur.process.kill().await;
-                tracing::warn!(sidecar = %self.name, version = %cur.desired.version, %how, error = %msg, "sidecar did not become ready; killed");
+                tracing::warn!(sidecar = %self.name, version = %cur.desired.version, %how, error = %e, "sidecar did not become ready; killed");
                 self.remove_record().await;
                 self.restart_pending = true;
-                self.fail(&cur.desired, msg);
+                self.fail(&cur.desired, e);
                 Some(Flow::Continue)
             }
         }
     }
 
     /// Acts on one probe result; `Some` when the process is gone and the caller must return.
-    async fn on_probe(&mut self, res: Result<(), String>) -> Option<Flow> {
+    async fn on_probe(&mut self, res: Result<(), ProbeError>) -> Option<Flow> {
         let now = Instant::now();
         let cur = self.current.as_mut()?;
         let liveness = cur.liveness.as_ref()?;
@@ -846,7 +847,7 @@ impl Actor {
         if let Some(mut cur) = self.current.take() {
             self.update(|s| s.state = SidecarState::Draining);
             tracing::info!(sidecar = %self.name, version = %cur.desired.version, pid = cur.process.pid(), "stopping sidecar");
-            let how = cur.process.terminate(cur.desired.drain_time.0).await;
+            let how = cur.process.terminate(cur.desired.lifecycle.drain_time.0).await;
             self.remove_record().await;
             tracing::info!(sidecar = %self.name, %how, "sidecar stopped");
         }
@@ -867,33 +868,18 @@ impl Actor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use outrider_model::{Artifact, UpgradeMode};
 
     fn desired(version: &str) -> DesiredSidecar {
-        DesiredSidecar {
-            name: "mesh".into(),
-            version: version.into(),
-            mode: UpgradeMode::Restart,
-            artifact: Artifact { url: "file:///bin/sh".into(), sha256: "a".repeat(64) },
-            command: vec!["${artifact}".into()],
-            env: Default::default(),
-            startup_probe: None,
-            liveness_probe: None,
-            drain_time: HumanDuration::from_secs(1),
-            sockets: Vec::new(),
-            handover: Default::default(),
-            notify_ready: false,
-            warm: None,
-        }
+        outrider_model::testing::desired_sidecar("mesh", version)
     }
 
     #[test]
     fn only_identity_changes_need_a_new_process() {
         let a = desired("1.0.0");
         let mut b = a.clone();
-        b.drain_time = HumanDuration::from_secs(5);
+        b.lifecycle.drain_time = HumanDuration::from_secs(5);
         b.mode = UpgradeMode::Hot;
-        b.liveness_probe = Some(outrider_model::Probe::http("http://x"));
+        b.lifecycle.liveness_probe = Some(outrider_model::Probe::http("http://x"));
         b.artifact.url = "http://mirror/sh".into();
         assert!(!needs_restart(&a, &b));
         for change in [

@@ -12,7 +12,11 @@ use std::{process::Stdio, time::Duration};
 use outrider_model::{DesiredSidecar, SidecarState};
 use tokio::time::Instant;
 
-use super::{Actor, Flow, Prepared, Readiness, identity, prepare};
+use super::{
+    Actor, Flow, Prepared, Readiness,
+    error::{ActionError, StartError, UpgradeError},
+    identity, prepare,
+};
 use crate::supervisor::{
     TOKEN_ENV,
     resolve::{ResolvedAction, resolve_action},
@@ -24,7 +28,7 @@ const STDERR_EXCERPT: usize = 300;
 impl Actor {
     /// Warm mode: see the [module docs](self).
     pub(super) async fn warm_upgrade(&mut self, d: DesiredSidecar, p: Prepared) -> Flow {
-        let Some(warm) = d.warm.clone() else {
+        let Some(warm) = d.lifecycle.warm.clone() else {
             tracing::warn!(sidecar = %self.name, "warm upgrade without a drain action; upgrading by restart instead");
             return self.restart_upgrade(d, p).await;
         };
@@ -33,8 +37,8 @@ impl Actor {
         let undrain = warm.undrain.as_ref().map(|a| resolve_action(&who, "warm.undrain", a).map(|r| (r, a.timeout.0)));
         let (drain, undrain) = match (drain, undrain.transpose()) {
             (Ok(drain), Ok(undrain)) => (drain, undrain),
-            (Err(e), _) | (_, Err(e)) => {
-                self.upgrade_failed(&d, format!("warm upgrade to {}: {e}", d.version));
+            (Err(error), _) | (_, Err(error)) => {
+                self.upgrade_failed(&d, UpgradeError::WarmActions { version: d.version.clone(), error });
                 return Flow::Continue;
             }
         };
@@ -43,20 +47,18 @@ impl Actor {
         };
         tracing::info!(sidecar = %self.name, from = %old_version, to = %d.version, "warm upgrade: taking the instance out of traffic");
         self.update(|s| s.state = SidecarState::Draining);
-        if let Err(e) = self.run_action(&drain, warm.drain.timeout.0).await {
-            let mut msg =
-                format!("warm upgrade to {}: drain action failed: {e}; {old_version} keeps running", d.version);
-            if let Some((u, timeout)) = &undrain
-                && let Err(e) = self.run_action(u, *timeout).await
-            {
-                msg.push_str(&format!("; undrain action failed too: {e}"));
-            }
-            self.upgrade_failed(&d, msg);
+        if let Err(error) = self.run_action(&drain, warm.drain.timeout.0).await {
+            let undrain = match &undrain {
+                Some((u, timeout)) => self.run_action(u, *timeout).await.err(),
+                None => None,
+            };
+            let version = d.version.clone();
+            self.upgrade_failed(&d, UpgradeError::DrainFailed { version, old: old_version, error, undrain });
             return Flow::Continue;
         }
         tokio::time::sleep(warm.wait.0).await;
         let Some(mut old) = self.current.take() else { return Flow::Continue };
-        let how = old.process.terminate(old.desired.drain_time.0).await;
+        let how = old.process.terminate(old.desired.lifecycle.drain_time.0).await;
         tracing::info!(sidecar = %self.name, version = %old_version, %how, "warm upgrade: old version stopped");
         self.remove_record().await;
         self.update(|s| s.pid = None);
@@ -67,44 +69,37 @@ impl Actor {
                 self.upgrade_failures = 0;
                 None
             }
-            Err(msg) => {
-                tracing::warn!(sidecar = %self.name, version = %d.version, error = %msg, "warm upgrade: the new version failed; starting the old one again");
+            Err(error) => {
+                tracing::warn!(sidecar = %self.name, version = %d.version, %error, "warm upgrade: the new version failed; starting the old one again");
                 let back = match prepare(&self.shared, &old.desired).await {
                     Ok(p) => self.start_and_wait(&old.desired, p).await,
                     Err(e) => Err(e),
                 };
                 match back {
-                    Ok(()) => Some(format!("warm upgrade to {} failed: {msg}; back on {old_version}", d.version)),
-                    Err(e) => {
+                    Ok(()) => Some(error),
+                    Err(again) => {
                         // Nothing runs: the normal start path takes over (with backoff).
                         self.restart_pending = true;
-                        self.fail(
-                            &d,
-                            format!(
-                                "warm upgrade to {} failed: {msg}; {old_version} did not start again either: {e}",
-                                d.version
-                            ),
-                        );
+                        let version = d.version.clone();
+                        self.fail(&d, UpgradeError::WarmNoWayBack { version, old: old_version, error, again });
                         return Flow::Continue;
                     }
                 }
             }
         };
         let undrained = match &undrain {
-            Some((u, timeout)) => self.run_action(u, *timeout).await.map_err(|e| format!("undrain action failed: {e}")),
+            Some((u, timeout)) => self.run_action(u, *timeout).await,
             None => Ok(()),
         };
         match (outcome, undrained) {
-            (Some(msg), undrained) => {
-                let msg = match undrained {
-                    Ok(()) => msg,
-                    Err(e) => format!("{msg}; {e}"),
-                };
-                self.upgrade_failed(&d, msg);
+            (Some(error), undrained) => {
+                let (version, undrain) = (d.version.clone(), undrained.err());
+                self.upgrade_failed(&d, UpgradeError::WarmFellBack { version, old: old_version, error, undrain });
             }
             (None, Err(e)) => {
-                tracing::warn!(sidecar = %self.name, error = %e, "warm upgrade: the instance may still be out of traffic");
-                self.update(|s| s.error = Some(e));
+                let msg = UpgradeError::Undrain(e).to_string();
+                tracing::warn!(sidecar = %self.name, error = %msg, "warm upgrade: the instance may still be out of traffic");
+                self.update(|s| s.error = Some(msg));
             }
             (None, Ok(())) => {
                 tracing::info!(sidecar = %self.name, version = %d.version, "warm upgrade done; instance back in traffic")
@@ -114,7 +109,7 @@ impl Actor {
     }
 
     /// Starts `d` and waits until it is ready; installs it as the current process then.
-    async fn start_and_wait(&mut self, d: &DesiredSidecar, p: Prepared) -> Result<(), String> {
+    async fn start_and_wait(&mut self, d: &DesiredSidecar, p: Prepared) -> Result<(), StartError> {
         let mut new = self.launch_generation(d, p).await?;
         match new.readiness().await {
             Readiness::Ready => {
@@ -125,34 +120,30 @@ impl Actor {
             }
             Readiness::Exited(how) => {
                 new.process.kill_leftovers();
-                Err(format!("the new process exited before it was ready ({how})"))
+                Err(StartError::ExitedBeforeReady(how))
             }
-            Readiness::Failed(msg) => {
+            Readiness::Failed(e) => {
                 new.process.kill().await;
-                Err(msg)
+                Err(e)
             }
         }
     }
 
     /// Runs a drain or undrain action within `timeout`.
-    async fn run_action(&self, action: &ResolvedAction, timeout: Duration) -> Result<(), String> {
+    async fn run_action(&self, action: &ResolvedAction, timeout: Duration) -> Result<(), ActionError> {
         match action {
             ResolvedAction::Http { method, url } => {
-                let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
-                let response = self
-                    .shared
-                    .config
-                    .http
-                    .request(method, url)
-                    .timeout(timeout)
-                    .send()
-                    .await
-                    .map_err(|e| format!("{url}: {}", crate::artifact::error_chain(&e)))?;
+                let method =
+                    reqwest::Method::from_bytes(method.as_bytes()).map_err(|_| ActionError::Method(method.clone()))?;
+                let response =
+                    self.shared.config.http.request(method, url).timeout(timeout).send().await.map_err(|e| {
+                        ActionError::Request { url: url.clone(), message: crate::artifact::error_chain(&e) }
+                    })?;
                 let status = response.status();
-                if status.is_success() { Ok(()) } else { Err(format!("{url} answered {status}")) }
+                if status.is_success() { Ok(()) } else { Err(ActionError::Status { url: url.clone(), status }) }
             }
             ResolvedAction::Exec(argv) => {
-                let (program, args) = argv.split_first().ok_or("empty command")?;
+                let (program, args) = argv.split_first().ok_or(ActionError::EmptyCommand)?;
                 let child = tokio::process::Command::new(program)
                     .args(args)
                     .env_remove(TOKEN_ENV)
@@ -161,19 +152,20 @@ impl Actor {
                     .stderr(Stdio::piped())
                     .kill_on_drop(true)
                     .spawn()
-                    .map_err(|e| format!("cannot run {program:?}: {e}"))?;
+                    .map_err(|error| ActionError::Spawn { program: program.clone(), error })?;
                 let output = tokio::time::timeout(timeout, child.wait_with_output())
                     .await
-                    .map_err(|_| {
-                        format!("{program:?} did not finish within {}", outrider_model::HumanDuration(timeout))
+                    .map_err(|_| ActionError::Timeout {
+                        program: program.clone(),
+                        timeout: outrider_model::HumanDuration(timeout),
                     })?
-                    .map_err(|e| format!("{program:?}: {e}"))?;
+                    .map_err(|error| ActionError::Wait { program: program.clone(), error })?;
                 if output.status.success() {
                     return Ok(());
                 }
                 let stderr = String::from_utf8_lossy(&output.stderr);
-                let excerpt: String = stderr.trim().chars().take(STDERR_EXCERPT).collect();
-                Err(format!("{program:?} {}: {excerpt}", output.status))
+                let stderr = stderr.trim().chars().take(STDERR_EXCERPT).collect();
+                Err(ActionError::Failed { program: program.clone(), status: output.status, stderr })
             }
         }
     }
