@@ -7,7 +7,6 @@ use std::{
 };
 
 use anyhow::Context;
-use outrider_client::Client;
 use outrider_model::HumanDuration;
 use outrider_sim::{
     Defect, FleetParams, FleetSpec, SidecarRef, SimFleet, SimFleetOptions, SimRuntimeOptions, seed_catalog,
@@ -68,8 +67,7 @@ struct Summary {
 
 /// The API token, which agents need (no anonymous sync).
 pub(crate) fn token(conn: &ConnectArgs) -> anyhow::Result<String> {
-    Client::token_from(conn.token_file.as_deref(), std::env::var("OUTRIDER_TOKEN").ok())?
-        .context("agents need a token: give --token-file FILE (or set OUTRIDER_TOKEN)")
+    conn.token()?.context("agents need a token: give --token-file FILE (or set OUTRIDER_TOKEN)")
 }
 
 /// Waits for Ctrl-C or SIGTERM, or for `duration` when given.
