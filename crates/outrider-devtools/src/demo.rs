@@ -40,8 +40,8 @@ use serde_json::Value;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::local::{
-    self, AgentFlags, Child, Ended, Hello, Interrupted, PROCESS_GRACE, fetch_hello, free_ports, interrupt,
+use crate::harness::{
+    self as local, AgentFlags, Child, Ended, Hello, Interrupted, PROCESS_GRACE, fetch_hello, free_ports, interrupt,
     kill_leftover_sidecars, processes_running_from,
 };
 
