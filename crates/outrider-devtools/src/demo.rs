@@ -439,7 +439,7 @@ fn print_intro(demo: &Demo, keep: bool) {
 impl Demo {
     /// Finds the binaries, creates the temporary directory and chooses the ports.
     fn prepare(args: &DemoArgs) -> anyhow::Result<Self> {
-        let (exe, sidecar_bin) = local::binaries()?;
+        let local::Binaries { outrider: exe, demo_sidecar: sidecar_bin } = local::Binaries::current()?;
         let ports = Ports::choose(args.base_port)?;
         let dir = tempfile::Builder::new()
             .prefix("outrider-demo-")
@@ -499,7 +499,8 @@ impl Demo {
         if let Some(server) = &mut self.server {
             server.ensure_alive()?;
         }
-        self.agents.iter_mut().try_for_each(|a| a.process.ensure_alive())
+        self.agents.iter_mut().try_for_each(|a| a.process.ensure_alive())?;
+        Ok(())
     }
 
     // ---- 1. the manager ---------------------------------------------------------------
@@ -661,7 +662,7 @@ impl Demo {
         for _ in 0..5 {
             match fetch_hello(&self.http, url).await {
                 Ok(h) => return Ok(h),
-                Err(e) => last = Some(e),
+                Err(e) => last = Some(e.into()),
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

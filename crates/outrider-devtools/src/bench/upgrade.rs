@@ -502,7 +502,7 @@ impl Drop for Bench {
         if let Some(agent) = &mut self.agent {
             agent.kill_now();
         }
-        local::kill_now_running_from(&self.root);
+        local::kill_now_running_from(&self.root, &[]);
     }
 }
 
@@ -539,7 +539,7 @@ pub(super) async fn run(args: UpgradeArgs) -> anyhow::Result<String> {
 impl Bench {
     /// Finds the binaries, creates the temporary directory and chooses the ports.
     fn prepare(args: &UpgradeArgs) -> anyhow::Result<Self> {
-        let (exe, sidecar_bin) = local::binaries()?;
+        let local::Binaries { outrider: exe, demo_sidecar: sidecar_bin } = local::Binaries::current()?;
         let wrk = match find_executable(&args.wrk) {
             Some(wrk) => wrk,
             None if args.selected().is_empty() => args.wrk.clone(),
@@ -886,7 +886,7 @@ impl Bench {
         let mut args: Vec<OsString> = self.wrk_flags(bound).split(' ').map(OsString::from).collect();
         args.extend(["--latency", "--timeout", "2s", url].map(OsString::from));
         let log = self.root.join(format!("logs/wrk-{name}.log"));
-        Child::spawn(&format!("wrk ({name})"), &self.wrk, args, log)
+        Ok(Child::spawn(&format!("wrk ({name})"), &self.wrk, args, log)?)
     }
 
     /// Stops wrk with SIGINT and reads its report.
@@ -970,7 +970,7 @@ impl Bench {
         for _ in 0..5 {
             match local::fetch_hello(&self.sidecar_http, url).await {
                 Ok(h) => return Ok(h),
-                Err(e) => last = Some(e),
+                Err(e) => last = Some(e.into()),
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
