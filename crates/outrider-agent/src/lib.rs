@@ -11,7 +11,6 @@ pub mod atomic_file;
 pub mod backoff;
 pub mod http;
 pub mod probe;
-mod procfs;
 pub mod runtime;
 pub mod supervisor;
 pub mod sync;

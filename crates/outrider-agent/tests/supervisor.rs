@@ -87,15 +87,12 @@ impl Harness {
     /// Pids of live processes carrying this test's instance id.
     fn own_processes(&self) -> Vec<i32> {
         let needle = format!("OUTRIDER_INSTANCE={}", self.instance);
-        let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-        entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/environ"))
-                    .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == needle.as_bytes()))
-            })
-            .filter(|pid| alive(u32::try_from(*pid).unwrap()))
+        outrider_procfs::pids()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|&pid| outrider_procfs::environ(pid).is_ok_and(|env| env.iter().any(|var| *var == *needle)))
+            .filter(|&pid| alive(pid))
+            .map(|pid| i32::try_from(pid).unwrap())
             .collect()
     }
 }
@@ -110,19 +107,11 @@ impl Drop for Harness {
 
 /// Whether `pid` runs (exists and is not a zombie).
 fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
-            !matches!(state, Some("Z" | "X" | "x") | None)
-        }
-        Err(_) => false,
-    }
+    outrider_procfs::is_alive(pid)
 }
 
 fn start_time_of(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let (_, rest) = stat.rsplit_once(')').unwrap();
-    rest.split_whitespace().nth(19).unwrap().parse().unwrap()
+    outrider_procfs::stat(pid).unwrap().start_time
 }
 
 fn status_of(rt: &dyn Runtime, name: &str) -> Option<SidecarStatus> {

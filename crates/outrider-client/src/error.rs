@@ -57,6 +57,12 @@ impl From<reqwest::Error> for ClientError {
 }
 
 impl ClientError {
+    /// Whether the error may go away by itself: the manager is unreachable or failing for a
+    /// moment (a transport error or a 5xx answer).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transport(_)) || self.status().is_some_and(|s| s >= 500)
+    }
+
     /// The HTTP status of an [`ClientError::Api`] error.
     pub fn status(&self) -> Option<u16> {
         match self {

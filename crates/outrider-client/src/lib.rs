@@ -20,7 +20,10 @@
 //! manager's internals; plain HTTP only (no TLS is compiled in).
 
 mod client;
+#[cfg(feature = "clap")]
+mod connect;
 mod error;
+mod follow;
 mod ndjson;
 mod path;
 #[cfg(test)]
@@ -28,6 +31,9 @@ mod tests;
 mod types;
 
 pub use client::{Client, EventStream};
+#[cfg(feature = "clap")]
+pub use connect::{ConnectArgs, OutputFormat};
 pub use error::ClientError;
+pub use follow::{FollowOptions, PlanFollower, PlanUpdate};
 pub use outrider_model::InstanceFilter;
 pub use types::{Distribution, EventQuery, PlanAction, VersionCount};

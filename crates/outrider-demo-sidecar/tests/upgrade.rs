@@ -128,11 +128,7 @@ fn pid(p: u32) -> Pid {
 
 /// Whether the process `p` runs (a zombie does not).
 fn alive(p: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{p}/stat")) {
-        // The state follows the parenthesised command name.
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
+    outrider_procfs::is_alive(p)
 }
 
 fn free_port() -> u16 {

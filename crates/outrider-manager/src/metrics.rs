@@ -56,9 +56,7 @@ impl Metrics {
     }
 }
 
-/// Resident memory of this process (Linux; 0 elsewhere).
+/// Resident memory of this process (Linux; 0 when it cannot be read).
 pub fn resident_memory_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
-    pages * 4096
+    outrider_procfs::rss_bytes(std::process::id()).unwrap_or(0)
 }

@@ -25,10 +25,10 @@ enum Command {
     /// A simulated fleet: N in-process agents speaking the real protocol to a real server.
     Sim(cmd::sim::SimArgs),
     /// The whole loop on one machine: server, local agents, the demo sidecar, an upgrade.
-    Demo(cmd::demo::DemoArgs),
+    Demo(outrider_devtools::demo::DemoArgs),
     /// Benchmarks that print figures.
     #[command(subcommand)]
-    Bench(cmd::bench::BenchCommand),
+    Bench(outrider_devtools::bench::BenchCommand),
     #[command(flatten)]
     Resource(cli::ResourceCommand),
 }
@@ -54,8 +54,8 @@ fn main() -> ExitCode {
             Command::Server(args) => cmd::server::run(args).await,
             Command::Agent(args) => cmd::agent::run(*args).await,
             Command::Sim(args) => cmd::sim::run(args).await,
-            Command::Demo(args) => cmd::demo::run(args).await,
-            Command::Bench(b) => cmd::bench::run(b).await,
+            Command::Demo(args) => outrider_devtools::demo::run(args).await,
+            Command::Bench(b) => cmd::print_stdout(&outrider_devtools::bench::run(b).await?),
             Command::Resource(r) => cli::run(r).await,
         }
     });

@@ -2,13 +2,14 @@
 //! processes, killed with SIGKILL in every way an operator may meet, and the fleet
 //! converging every time (PRODUCT.md §3–§6).
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use outrider_devtools::harness::{Fleet, Sidecar, alive, kill9};
 use reqwest::Method;
 use serde_json::Value;
-use support::{Fleet, Sidecar, alive, demo_version_body, demo_version_with_sha, kill9};
+
+/// The binary under test.
+const OUTRIDER: &str = env!("CARGO_BIN_EXE_outrider");
 
 /// Budget of one convergence (artifact fetch and start, or an upgrade with its drain time).
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -69,9 +70,9 @@ async fn unchanged(f: &Fleet, version: &str, pids: &[u32]) -> Result<(), String>
 #[tokio::test]
 async fn fleet_converges_through_upgrades_and_kills() {
     let started = Instant::now();
-    let f = Fleet::new(3);
+    let f = Fleet::new(OUTRIDER, 3);
     f.start_server().await;
-    f.create_catalog(&[demo_version_body("1.0.0", None), demo_version_body("1.1.0", None)]).await;
+    f.create_catalog(&[f.demo_version("1.0.0", None), f.demo_version("1.1.0", None)]).await;
     for i in 0..3 {
         f.start_agent(i);
     }
@@ -114,7 +115,7 @@ async fn fleet_converges_through_upgrades_and_kills() {
     for v in ["1.0.0", "1.1.0"] {
         let found = versions.as_array().and_then(|a| a.iter().find(|x| x["version"] == v));
         let found = found.unwrap_or_else(|| panic!("version {v} lost in the restart: {versions}"));
-        assert_eq!(found["artifact"]["sha256"], support::demo_sha256(), "{found}");
+        assert_eq!(found["artifact"]["sha256"], f.demo_sha256(), "{found}");
     }
     let service = f.api_ok(Method::GET, "/services/checkout", None).await;
     assert_eq!(service["name"], "checkout", "{service}");
@@ -217,9 +218,9 @@ async fn fleet_converges_through_upgrades_and_kills() {
 #[tokio::test]
 async fn agents_keep_sidecars_running_while_the_manager_is_down() {
     let started = Instant::now();
-    let f = Fleet::new(1);
+    let f = Fleet::new(OUTRIDER, 1);
     f.start_server().await;
-    f.create_catalog(&[demo_version_body("1.0.0", None), demo_version_body("1.1.0", None)]).await;
+    f.create_catalog(&[f.demo_version("1.0.0", None), f.demo_version("1.1.0", None)]).await;
     f.start_agent(0);
     f.bind("1.0.0").await;
     converged(&f, "1.0.0").await;
@@ -279,9 +280,9 @@ async fn agents_keep_sidecars_running_while_the_manager_is_down() {
 #[tokio::test]
 async fn a_crashing_version_ends_in_crash_loop_with_growing_backoff() {
     let started = Instant::now();
-    let f = Fleet::new(1);
+    let f = Fleet::new(OUTRIDER, 1);
     f.start_server().await;
-    f.create_catalog(&[demo_version_body("1.0.0", None), demo_version_body("1.2.0", Some("crash-after=300ms"))]).await;
+    f.create_catalog(&[f.demo_version("1.0.0", None), f.demo_version("1.2.0", Some("crash-after=300ms"))]).await;
     f.start_agent(0);
     f.eventually(Duration::from_secs(15), "the agent to connect", async || {
         match f.status(0).await?["connected"].as_bool() {
@@ -363,10 +364,10 @@ async fn a_crashing_version_ends_in_crash_loop_with_growing_backoff() {
 #[tokio::test]
 async fn an_artifact_with_the_wrong_hash_is_refused_and_the_old_version_keeps_running() {
     let started = Instant::now();
-    let f = Fleet::new(1);
+    let f = Fleet::new(OUTRIDER, 1);
     f.start_server().await;
     let wrong = "0123456789abcdef".repeat(4);
-    f.create_catalog(&[demo_version_body("1.0.0", None), demo_version_with_sha("1.1.0", None, &wrong)]).await;
+    f.create_catalog(&[f.demo_version("1.0.0", None), f.demo_version_with_sha("1.1.0", None, &wrong)]).await;
     f.start_agent(0);
     f.bind("1.0.0").await;
     let old = converged(&f, "1.0.0").await[0].pid.expect("pid");

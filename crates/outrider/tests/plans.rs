@@ -1,8 +1,9 @@
 //! Upgrade plans end to end: a real manager (in process, real sockets) and a simulated fleet
 //! speaking the real sync protocol, with an injected defect.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, path::Path, time::Duration};
 
+use outrider_devtools::harness::{Child, free_ports, spawn_manager, wait_manager_ready};
 use outrider_manager::{ManagerConfig, RunningManager};
 use outrider_sim::{FleetParams, FleetSpec, SidecarRef, SimFleet, SimFleetOptions, SimRuntimeOptions};
 use serde_json::{Value, json};
@@ -277,53 +278,23 @@ async fn admission_refuses_bad_plans_with_the_reason() {
     env.shutdown().await;
 }
 
-/// A free loopback port.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Runs `outrider server` as a separate process, so that it can be killed with SIGKILL.
-fn spawn_server(dir: &std::path::Path, port: u16) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_outrider"))
-        .args(["server", "--data-dir"])
-        .arg(dir)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.join(format!("server-{}.log", rand_suffix()))).unwrap())
-        .spawn()
-        .expect("spawn outrider server")
-}
-
-fn rand_suffix() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// Runs `outrider server` as a separate process, so that it can be killed with SIGKILL, and
+/// waits until it is ready; its output goes to the `n`th log file in `dir`.
+async fn start_server(dir: &Path, port: u16, n: usize) -> Child {
+    let exe = Path::new(env!("CARGO_BIN_EXE_outrider"));
+    let mut server = spawn_manager(exe, dir, port, dir.join(format!("server-{n}.log"))).expect("spawn outrider server");
+    let url = format!("http://127.0.0.1:{port}");
+    wait_manager_ready(&mut server, &url, dir, Duration::from_secs(5)).await.expect("manager not ready");
+    server
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_manager_mid_rollout_changes_nothing_in_the_outcome() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = free_ports(1).unwrap()[0];
     let base = format!("http://127.0.0.1:{port}");
-    let mut server = KillOnDrop(spawn_server(dir.path(), port));
+    let mut server = start_server(dir.path(), port, 0).await;
     let http = reqwest::Client::new();
-    let ready = || async {
-        for _ in 0..100 {
-            if http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("manager not ready");
-    };
-    ready().await;
     let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap().trim().to_owned();
     let client = outrider_client::Client::new(&base, Some(token.clone())).unwrap();
     let spec = FleetSpec::generate(FleetParams { services: 16, instances: 160, seed: 5 }).unwrap();
@@ -372,11 +343,9 @@ async fn killing_the_manager_mid_rollout_changes_nothing_in_the_outcome() {
     // Kill the manager three times while the plan moves, restarting it each time.
     for round in 0..3 {
         tokio::time::sleep(Duration::from_millis(900)).await;
-        server.0.kill().unwrap();
-        server.0.wait().unwrap();
+        server.kill().await;
         tokio::time::sleep(Duration::from_millis(200)).await;
-        server = KillOnDrop(spawn_server(dir.path(), port));
-        ready().await;
+        server = start_server(dir.path(), port, round + 1).await;
         eprintln!("manager killed and restarted ({round})");
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);

@@ -6,12 +6,13 @@
 //! keeps its sockets; warm upgrades drain, restart and put the instance back, and a failing
 //! drain action changes nothing; on-deploy targets wait for the instance's next deploy.
 
-mod support;
-
 use std::{path::Path, time::Duration};
 
+use outrider_devtools::harness::{Fleet, Sidecar, alive, load::Load};
 use serde_json::{Value, json};
-use support::{Fleet, Sidecar, alive, demo_version_body, load::Load};
+
+/// The binary under test.
+const OUTRIDER: &str = env!("CARGO_BIN_EXE_outrider");
 
 /// Budget of one upgrade.
 const UPGRADE: Duration = Duration::from_secs(30);
@@ -41,10 +42,10 @@ fn sidecar_body(handover: Value, owned_socket: bool, extra: Value) -> Value {
 /// A fleet of one agent running demo 1.0.0 with `sidecar`, with 1.1.0, 1.2.0 and the
 /// given faulty versions in the catalog.
 async fn one_instance(sidecar: Value, faulty: &[(&str, &str)]) -> Fleet {
-    let f = Fleet::new(1);
+    let f = Fleet::new(OUTRIDER, 1);
     f.start_server().await;
-    let mut versions: Vec<Value> = ["1.0.0", "1.1.0", "1.2.0"].iter().map(|v| demo_version_body(v, None)).collect();
-    versions.extend(faulty.iter().map(|(v, fault)| demo_version_body(v, Some(fault))));
+    let mut versions: Vec<Value> = ["1.0.0", "1.1.0", "1.2.0"].iter().map(|v| f.demo_version(v, None)).collect();
+    versions.extend(faulty.iter().map(|(v, fault)| f.demo_version(v, Some(fault))));
     f.create_catalog_with(sidecar, &versions).await;
     f.bind("1.0.0").await;
     f.start_agent(0);
@@ -285,9 +286,9 @@ async fn a_failing_drain_action_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_on_deploy_target_waits_for_the_next_deploy() {
-    let f = Fleet::new(1);
+    let f = Fleet::new(OUTRIDER, 1);
     f.start_server().await;
-    let versions: Vec<Value> = ["1.0.0", "1.1.0"].iter().map(|v| demo_version_body(v, None)).collect();
+    let versions: Vec<Value> = ["1.0.0", "1.1.0"].iter().map(|v| f.demo_version(v, None)).collect();
     f.create_catalog(&versions).await;
     f.bind("1.0.0").await;
     f.start_agent_with(0, &["--deploy-id", "d1"]);
@@ -348,9 +349,8 @@ async fn a_signal_reload_sidecar_gets_a_changed_environment_by_restart() {
     let old = running(&f, "1.0.0").await.pid.expect("running");
     // 1.3.0 sets DEMO_FAULT: a re-executed process would keep the old environment.
     let new = hot_upgrade(&f, "1.3.0", old).await;
-    let environ = std::fs::read(format!("/proc/{new}/environ")).expect("environ of the new process");
-    let environ = String::from_utf8_lossy(&environ);
-    assert!(environ.split('\0').any(|v| v == "DEMO_FAULT=latency=1ms"), "the new environment applies: {environ}");
+    let environ = outrider_procfs::environ(new).expect("environ of the new process");
+    assert!(environ.iter().any(|v| v == "DEMO_FAULT=latency=1ms"), "the new environment applies: {environ:?}");
     assert!(!alive(old));
 }
 

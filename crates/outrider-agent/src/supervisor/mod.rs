@@ -45,7 +45,7 @@ use outrider_model::{DesiredSidecar, InstanceLabels, SidecarStatus};
 use thiserror::Error;
 use tokio::{sync::watch, task::JoinHandle};
 
-use crate::{Runtime, artifact::ArtifactCache, backoff::Backoff, procfs};
+use crate::{Runtime, artifact::ArtifactCache, backoff::Backoff};
 use actor::ActorHandle;
 use board::StatusBoard;
 use process::Process;
@@ -213,8 +213,8 @@ impl Supervisor {
 fn adopt(shared: &Arc<Shared>, mut record: Record) -> Option<ActorHandle> {
     let name = record.name.clone();
     if let Some(successor) = record.successor.take() {
-        let main_alive = procfs::is_same_live_process(record.pid, record.start_time_ticks);
-        let successor_alive = procfs::is_same_live_process(successor.pid, successor.start_time_ticks);
+        let main_alive = outrider_procfs::is_same_live_process(record.pid, record.start_time_ticks);
+        let successor_alive = outrider_procfs::is_same_live_process(successor.pid, successor.start_time_ticks);
         if successor_alive && main_alive {
             tracing::warn!(sidecar = %name, pid = successor.pid, version = %successor.desired.version,
                 "an earlier agent died during a hot upgrade; killing the unconfirmed new process");
@@ -233,7 +233,7 @@ fn adopt(shared: &Arc<Shared>, mut record: Record) -> Option<ActorHandle> {
         shared.records.remove_now(&name);
         return None;
     }
-    let stat = procfs::read_stat(record.pid);
+    let stat = outrider_procfs::stat(record.pid);
     let same = matches!(&stat, Ok(s) if record.start_time_ticks != 0
         && s.start_time == record.start_time_ticks && !s.is_exited());
     if !same {
@@ -250,7 +250,7 @@ fn adopt(shared: &Arc<Shared>, mut record: Record) -> Option<ActorHandle> {
 /// SIGKILLs `pid` (its group too if it leads one) if it is still the process that started
 /// at `start_time`.
 fn kill_verified(pid: u32, start_time: u64, poll: std::time::Duration) {
-    let group_leader = procfs::read_stat(pid).is_ok_and(|s| s.leads_group());
+    let group_leader = outrider_procfs::stat(pid).is_ok_and(|s| s.leads_group());
     Process::Adopted { pid, start_time, group_leader, poll }.signal(nix::sys::signal::Signal::SIGKILL);
 }
 

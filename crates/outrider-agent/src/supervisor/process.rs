@@ -24,8 +24,6 @@ use nix::{
 };
 use tokio::process::{Child, Command};
 
-use crate::procfs;
-
 /// A sidecar process the supervisor watches.
 pub(super) enum Process {
     /// Spawned by this agent: reaped through tokio.
@@ -120,7 +118,7 @@ pub(super) async fn spawn(spec: SpawnSpec<'_>) -> io::Result<(Process, u64)> {
     let pid = child.id().ok_or_else(|| io::Error::other("spawned child has no pid"))?;
     // The child cannot be reaped before we wait for it, so its stat is readable even if it
     // has exited already.
-    let start_time = procfs::read_stat(pid).map(|s| s.start_time).unwrap_or(0);
+    let start_time = outrider_procfs::stat(pid).map(|s| s.start_time).unwrap_or(0);
     Ok((Process::Child { child, pid, exit: None }, start_time))
 }
 
@@ -150,7 +148,7 @@ impl Process {
                         // Should not happen; fall back to watching /proc so that a process
                         // that still runs is never taken for dead.
                         tracing::warn!(pid = *pid, error = %e, "waiting for sidecar failed; polling /proc");
-                        while procfs::read_stat(*pid).is_ok_and(|s| !s.is_exited()) {
+                        while outrider_procfs::stat(*pid).is_ok_and(|s| !s.is_exited()) {
                             tokio::time::sleep(Duration::from_millis(250)).await;
                         }
                         format!("process {pid} ended (status unknown)")
@@ -160,7 +158,7 @@ impl Process {
                 how
             }
             Self::Adopted { pid, start_time, poll, .. } => {
-                while procfs::is_same_live_process(*pid, *start_time) {
+                while outrider_procfs::is_same_live_process(*pid, *start_time) {
                     tokio::time::sleep(*poll).await;
                 }
                 format!("process {pid} ended (adopted: exit status unknown)")
@@ -191,7 +189,7 @@ impl Process {
             }
             Self::Adopted { pid, start_time, group_leader, .. } => {
                 // A zombie still holds its pid, so "same start time" is enough to be sure.
-                if !procfs::read_stat(*pid).is_ok_and(|s| s.start_time == *start_time) {
+                if !outrider_procfs::stat(*pid).is_ok_and(|s| s.start_time == *start_time) {
                     return;
                 }
                 *group_leader

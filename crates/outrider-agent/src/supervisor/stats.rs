@@ -5,7 +5,6 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::board::StatusBoard;
-use crate::procfs;
 
 /// The previous sample of one sidecar.
 struct Sample {
@@ -30,17 +29,17 @@ pub(super) async fn sample_forever(board: Arc<StatusBoard>, interval: Duration) 
     let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(10)));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut previous: HashMap<String, Sample> = HashMap::new();
-    let ticks_per_second = procfs::clock_ticks_per_second();
+    let ticks_per_second = outrider_procfs::clock_ticks_per_second();
     loop {
         ticker.tick().await;
         let running = board.pids();
         previous.retain(|name, _| running.iter().any(|(n, _)| n == name));
         for (name, pid) in running {
-            let Ok(stat) = procfs::read_stat(pid) else { continue };
+            let Ok(stat) = outrider_procfs::stat(pid) else { continue };
             if stat.is_exited() {
                 continue;
             }
-            let rss = procfs::read_rss_bytes(pid).unwrap_or(0);
+            let rss = outrider_procfs::rss_bytes(pid).unwrap_or(0);
             let now = Instant::now();
             let cpu = match previous.get(&name) {
                 Some(p) if p.pid == pid => {

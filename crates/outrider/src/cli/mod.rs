@@ -12,11 +12,10 @@ mod tests;
 mod wait;
 mod watch;
 
-use std::path::PathBuf;
-
 use anyhow::Context;
 use futures::StreamExt;
-use outrider_client::{Client, EventQuery, InstanceFilter, PlanAction};
+pub use outrider_client::{ConnectArgs, OutputFormat};
+use outrider_client::{EventQuery, InstanceFilter, PlanAction};
 use outrider_model::{Binding, NewFreeze, NewVersion, Service, ServiceUpdate, Sidecar};
 
 pub use commands::{
@@ -25,41 +24,6 @@ pub use commands::{
 };
 use input::read_json;
 use render::{emit, emit_text, print_line};
-
-/// How to reach the manager, and how to print its answers.
-#[derive(clap::Args, Clone, Debug)]
-pub struct ConnectArgs {
-    /// Manager URL.
-    #[arg(long, env = "OUTRIDER_MANAGER", default_value = "http://127.0.0.1:7070")]
-    pub manager: String,
-    /// File holding the API token (the server writes `<data-dir>/admin.token` on first
-    /// start). Without it the token is taken from the environment variable OUTRIDER_TOKEN.
-    #[arg(long, env = "OUTRIDER_TOKEN_FILE", value_name = "FILE")]
-    pub token_file: Option<PathBuf>,
-    /// Tenant to work in.
-    #[arg(long, env = "OUTRIDER_TENANT", default_value = outrider_model::DEFAULT_TENANT)]
-    pub tenant: String,
-    /// Output format.
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
-    pub output: OutputFormat,
-}
-
-/// How answers are printed.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OutputFormat {
-    /// Human-readable tables.
-    Table,
-    /// The JSON answer, pretty-printed (one compact object per line when following events).
-    Json,
-}
-
-impl ConnectArgs {
-    /// A client of the manager, with the token from `--token-file` or else `OUTRIDER_TOKEN`.
-    pub fn client(&self) -> anyhow::Result<Client> {
-        let token = Client::token_from(self.token_file.as_deref(), std::env::var("OUTRIDER_TOKEN").ok())?;
-        Ok(Client::new(&self.manager, token)?)
-    }
-}
 
 /// Runs one `outrider <resource> <verb>` command.
 pub async fn run(cmd: ResourceCommand) -> anyhow::Result<()> {

@@ -7,7 +7,7 @@ use outrider_client::{Client, InstanceFilter};
 use outrider_model::{HumanDuration, Instance, SidecarState, SidecarStatus};
 use tokio::time::Instant;
 
-use super::{ConnectArgs, render, watch::transient};
+use super::{ConnectArgs, render};
 
 /// How often a wait looks again.
 const POLL: Duration = Duration::from_millis(200);
@@ -129,7 +129,7 @@ pub(super) async fn instance(
     until(timeout, &goal.not_ready(), || async {
         match client.list_instances(&conn.tenant, &InstanceFilter::default()).await {
             Ok(instances) => Ok(goal.check(&instances).map_or_else(Look::NotYet, Look::Ready)),
-            Err(e) if transient(&e) => Ok(Look::NotYet(format!("{:#}", anyhow::Error::from(e)))),
+            Err(e) if e.is_transient() => Ok(Look::NotYet(format!("{:#}", anyhow::Error::from(e)))),
             Err(e) => Err(e.into()),
         }
     })

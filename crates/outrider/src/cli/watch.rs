@@ -3,19 +3,18 @@
 //! On a terminal, one progress bar per phase (instances done of the phase's total) and a line
 //! with the plan's state are drawn on standard error, and the plan's events are printed above
 //! them on standard output. Without a terminal, a plain progress line is printed whenever the
-//! progress changes. The plan is fetched again whenever events say it changed (and every few
-//! seconds in any case); the event stream is reopened where it stopped if it breaks.
+//! progress changes. Following is [`PlanFollower`]'s: the plan is fetched again whenever events
+//! say it changed (and every few seconds in any case); the event stream is reopened where it
+//! stopped if it breaks.
 
 use std::{
     io::{self, ErrorKind, Write},
     time::Duration,
 };
 
-use futures::StreamExt;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use outrider_client::{Client, ClientError, EventQuery, EventStream};
+use outrider_client::{Client, ClientError, FollowOptions, PlanFollower, PlanUpdate};
 use outrider_model::{DEFAULT_TENANT, Event, Plan, PlanState};
-use tokio::time::{Instant, MissedTickBehavior};
 
 use super::{OutputFormat, render};
 
@@ -219,22 +218,6 @@ fn tell(plan: &Plan, tenant: &str, told: &mut Told, screen: &mut Screen<'_>) -> 
     }
 }
 
-/// The next event of `events`; pending while there is no stream. A stream that ends is
-/// dropped (set to `None`), so that the caller reopens it.
-async fn next_event(events: &mut Option<EventStream>) -> Option<Result<Event, ClientError>> {
-    let Some(stream) = events else { return std::future::pending().await };
-    let next = stream.next().await;
-    if next.is_none() {
-        *events = None;
-    }
-    next
-}
-
-/// Whether `err` may go away by itself: the manager is unreachable or failing for a moment.
-pub(super) fn transient(err: &ClientError) -> bool {
-    matches!(err, ClientError::Transport(_)) || err.status().is_some_and(|s| s >= 500)
-}
-
 /// `err` with its causes, for a warning.
 fn chain(err: ClientError) -> String {
     format!("{:#}", anyhow::Error::from(err))
@@ -257,11 +240,12 @@ pub(super) async fn watch(
     options: WatchOptions,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<()> {
-    let plan = client.get_plan(tenant, id).await?;
+    let follow = FollowOptions { poll: options.poll, refresh: options.refresh };
+    let (follower, plan) = PlanFollower::open(client.clone(), tenant, id, since, follow).await?;
     let bars = (options.bars && options.format == OutputFormat::Table).then(|| Bars::new(&plan)).flatten();
     let mut screen =
         Screen { out, format: options.format, bars, last_progress: String::new(), last_warning: String::new() };
-    let result = follow(client, tenant, plan, since, options, &mut screen).await;
+    let result = follow_plan(follower, tenant, &plan, &mut screen).await;
     if let Some(bars) = &screen.bars {
         bars.finish();
     }
@@ -271,75 +255,26 @@ pub(super) async fn watch(
     }
 }
 
-async fn follow(
-    client: &Client,
+/// Shows what `follower` brings until `plan` ends. A plan that has ended already is shown
+/// after its events; a live one at once.
+async fn follow_plan(
+    mut follower: PlanFollower,
     tenant: &str,
-    mut plan: Plan,
-    since: Option<u64>,
-    options: WatchOptions,
+    plan: &Plan,
     screen: &mut Screen<'_>,
 ) -> anyhow::Result<()> {
-    let id = plan.id.clone();
-    let query = |since| EventQuery { since, plan: Some(id.clone()) };
     let mut told = Told::default();
-    if plan.state.is_terminal() {
-        // Nothing more will happen: tell its story and how it ended.
-        let mut after = since;
-        loop {
-            let events = client.list_events(tenant, &query(after)).await?;
-            let Some(last) = events.last().map(|e| e.seq).filter(|&seq| after.is_none_or(|a| seq > a)) else {
-                break;
-            };
-            for e in &events {
-                screen.event(e)?;
-            }
-            after = Some(last);
+    if !plan.state.is_terminal() {
+        screen.progress(plan)?;
+        if tell(plan, tenant, &mut told, screen)? {
+            return Ok(());
         }
-        screen.progress(&plan)?;
-        tell(&plan, tenant, &mut told, screen)?;
-        return Ok(());
     }
-    let mut events = Some(client.follow_events(tenant, &query(since)).await?);
-    let mut last_seq = since;
-    screen.progress(&plan)?;
-    if tell(&plan, tenant, &mut told, screen)? {
-        return Ok(());
-    }
-    let mut tick = tokio::time::interval(options.poll);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut changed = false;
-    let mut fetched = Instant::now();
-    loop {
-        tokio::select! {
-            Some(item) = next_event(&mut events) => match item {
-                Ok(e) => {
-                    last_seq = Some(e.seq);
-                    screen.event(&e)?;
-                    changed = true;
-                }
-                Err(e) => screen.warn(format!("event stream: {}", chain(e)))?,
-            },
-            _ = tick.tick() => {
-                if events.is_none() {
-                    match client.follow_events(tenant, &query(last_seq)).await {
-                        Ok(stream) => events = Some(stream),
-                        Err(e) => screen.warn(format!("cannot reopen the event stream: {}", chain(e)))?,
-                    }
-                }
-                if !changed && fetched.elapsed() < options.refresh {
-                    continue;
-                }
-                match client.get_plan(tenant, &id).await {
-                    Ok(p) => plan = p,
-                    // The manager is away for a moment: say so and keep trying.
-                    Err(e) if transient(&e) => {
-                        screen.warn(format!("cannot fetch plan {id}: {}", chain(e)))?;
-                        continue;
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-                changed = false;
-                fetched = Instant::now();
+    while let Some(update) = follower.next().await {
+        match update? {
+            PlanUpdate::Event(e) => screen.event(&e)?,
+            PlanUpdate::Trouble { what, error } => screen.warn(format!("{what}: {}", chain(error)))?,
+            PlanUpdate::Plan(plan) => {
                 screen.progress(&plan)?;
                 if tell(&plan, tenant, &mut told, screen)? {
                     return Ok(());
@@ -347,4 +282,5 @@ async fn follow(
             }
         }
     }
+    Ok(())
 }

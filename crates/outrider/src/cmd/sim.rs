@@ -1,19 +1,16 @@
 //! `outrider sim`: a simulated fleet of in-process agents speaking the real protocol to a
 //! real manager (PRODUCT.md §5).
 
-use std::{
-    io::Write,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use outrider_client::Client;
 use outrider_model::HumanDuration;
 use outrider_sim::{
     Defect, FleetParams, FleetSpec, SidecarRef, SimFleet, SimFleetOptions, SimRuntimeOptions, seed_catalog,
 };
 use serde::Serialize;
 
+use super::print_stdout;
 use crate::cli::{ConnectArgs, OutputFormat};
 
 /// Flags of `outrider sim`.
@@ -67,9 +64,8 @@ struct Summary {
 }
 
 /// The API token, which agents need (no anonymous sync).
-pub(crate) fn token(conn: &ConnectArgs) -> anyhow::Result<String> {
-    Client::token_from(conn.token_file.as_deref(), std::env::var("OUTRIDER_TOKEN").ok())?
-        .context("agents need a token: give --token-file FILE (or set OUTRIDER_TOKEN)")
+fn token(conn: &ConnectArgs) -> anyhow::Result<String> {
+    conn.token()?.context("agents need a token: give --token-file FILE (or set OUTRIDER_TOKEN)")
 }
 
 /// Waits for Ctrl-C or SIGTERM, or for `duration` when given.
@@ -188,15 +184,6 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
         ),
     };
     print_stdout(&text)
-}
-
-/// Writes `text` and a newline to standard output; a closed pipe is not an error.
-pub(crate) fn print_stdout(text: &str) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    match writeln!(out, "{text}").and_then(|()| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e).context("cannot write to standard output"),
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]

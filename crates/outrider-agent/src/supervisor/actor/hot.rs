@@ -19,13 +19,10 @@ use super::{
     error::{StartError, UpgradeError},
     identity, on_changed,
 };
-use crate::{
-    procfs,
-    supervisor::{
-        SupervisorConfig,
-        process::Process,
-        resolve::{Identity, expand_setting},
-    },
+use crate::supervisor::{
+    SupervisorConfig,
+    process::Process,
+    resolve::{Identity, expand_setting},
 };
 
 /// How often the pid file of a signal-reload sidecar is read while its new generation starts.
@@ -272,7 +269,7 @@ impl Actor {
                 return Flow::Continue;
             }
         };
-        let group_leader = procfs::read_stat(pid).is_ok_and(|s| s.leads_group());
+        let group_leader = outrider_procfs::stat(pid).is_ok_and(|s| s.leads_group());
         let process = Process::Adopted { pid, start_time, group_leader, poll: shared.config.adopted_poll_interval };
         let new = Current::starting(process, start_time, &d, p, None, deadline);
         let flow = self.finish_hot(d, &old_version, new, Some(stop)).await;
@@ -295,7 +292,7 @@ impl Actor {
     ) -> Result<(u32, u64), StartError> {
         loop {
             if let Some(pid) = files.read_pid().filter(|p| *p != old_pid)
-                && let Ok(stat) = procfs::read_stat(pid)
+                && let Ok(stat) = outrider_procfs::stat(pid)
                 && !stat.is_exited()
             {
                 return Ok((pid, stat.start_time));

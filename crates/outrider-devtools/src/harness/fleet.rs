@@ -1,47 +1,26 @@
-//! A harness for end-to-end tests: a manager and agents as real processes (the `outrider`
+//! A fleet for end-to-end tests: a manager and agents as real processes (the `outrider`
 //! binary), the demo sidecar as their artifact, everything under one temporary directory.
 //!
 //! Ports are picked free on the loopback, so tests run in parallel. Process output goes to
 //! log files whose tails are printed when a test fails. Dropping a [`Fleet`] SIGKILLs every
-//! process it started, every sidecar the agents recorded or reported, and any process whose
-//! command line mentions the fleet's directory: no test leaves processes behind.
-
-#![allow(dead_code)]
-
-pub mod load;
+//! process it started and every process that runs from the fleet's directory (the sidecars
+//! the agents recorded, reported or just started): no test leaves processes behind. Failures
+//! panic: this is for tests.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
     io::{Read, Seek, SeekFrom},
-    net::TcpListener,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{Mutex, MutexGuard, OnceLock, PoisonError},
+    sync::{Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
 
-use nix::{
-    sys::signal::{Signal, kill, killpg},
-    unistd::Pid,
-};
 use reqwest::Method;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
-/// The `outrider` binary.
-pub const OUTRIDER: &str = env!("CARGO_BIN_EXE_outrider");
-/// The demo sidecar binary (built by its own crate next to `outrider`: run the tests with
-/// `cargo test --workspace`), used as the artifact of every version.
-pub fn demo_sidecar() -> &'static str {
-    static PATH: OnceLock<String> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let path = Path::new(OUTRIDER).with_file_name("outrider-demo-sidecar");
-        assert!(path.exists(), "{} is missing: build the workspace (cargo test --workspace)", path.display());
-        path.display().to_string()
-    })
-}
+use super::{Binaries, Child, cleanup, free_ports, process::manager_args, sha256_file};
 
 /// Where the tenant's REST API lives, relative to the server.
 const TENANT: &str = "/api/v1/tenants/default";
@@ -50,39 +29,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A loopback port nobody listens on now. Ports handed out by this process are never handed
-/// out twice, so that parallel tests do not pick the same one.
-pub fn free_port() -> u16 {
-    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port();
-        if lock(&GIVEN).insert(port) {
-            return port;
-        }
-    }
-}
-
-/// The SHA-256 (hex) of the demo sidecar binary, computed once.
-pub fn demo_sha256() -> &'static str {
-    static SHA: OnceLock<String> = OnceLock::new();
-    SHA.get_or_init(|| {
-        let mut file = fs::File::open(demo_sidecar()).expect("open the demo sidecar binary");
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0; 1 << 20];
-        loop {
-            let n = file.read(&mut buf).expect("read the demo sidecar binary");
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        hex::encode(hasher.finalize())
-    })
-}
-
 /// `POST /sidecars` body of the demo sidecar: an agent-owned socket on `${label.port}`
 /// (hot upgrades by `LISTEN_FDS`), readiness by `NOTIFY_SOCKET`, short probes.
-pub fn demo_sidecar_body() -> Value {
+fn demo_sidecar_body() -> Value {
     json!({
         "name": "demo",
         "upgrade_modes": ["restart", "hot", "on-deploy"],
@@ -92,41 +41,6 @@ pub fn demo_sidecar_body() -> Value {
         "startup_probe": {"http": "http://127.0.0.1:${label.port}/healthz", "deadline": "10s"},
         "liveness_probe": {"http": "http://127.0.0.1:${label.port}/healthz", "period": "1s"},
     })
-}
-
-/// `POST /sidecars/demo/versions` body: the demo binary, optionally with a `DEMO_FAULT`.
-pub fn demo_version_body(version: &str, fault: Option<&str>) -> Value {
-    demo_version_with_sha(version, fault, demo_sha256())
-}
-
-/// Like [`demo_version_body`] with an arbitrary declared sha256.
-pub fn demo_version_with_sha(version: &str, fault: Option<&str>, sha256: &str) -> Value {
-    let mut env = json!({"PORT": "${label.port}"});
-    if let Some(f) = fault {
-        env["DEMO_FAULT"] = json!(f);
-    }
-    json!({
-        "version": version,
-        "artifact": {"url": format!("file://{}", demo_sidecar()), "sha256": sha256},
-        "env": env,
-    })
-}
-
-/// Whether a process with this pid exists (and is not a zombie).
-pub fn alive(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state is the first field after the parenthesised command name.
-        Ok(stat) => {
-            stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|s| s != "Z")
-        }
-        Err(_) => false,
-    }
-}
-
-/// `kill -9 <pid>`.
-pub fn kill9(pid: u32) {
-    let pid = i32::try_from(pid).expect("pid fits i32");
-    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap_or_else(|e| panic!("kill -9 {pid}: {e}"));
 }
 
 /// The last `lines` lines of a file (or why not).
@@ -157,6 +71,11 @@ pub struct AgentSpec {
 /// A manager and agents as processes, under one temporary directory.
 pub struct Fleet {
     root: TempDir,
+    /// The canonical path of `root` (processes are found by their executable under it).
+    canonical_root: PathBuf,
+    binaries: Binaries,
+    /// SHA-256 of the demo sidecar.
+    demo_sha256: String,
     /// Client for the manager, the agents and the sidecars (no connection reuse: servers
     /// are killed under it).
     pub http: reqwest::Client,
@@ -173,16 +92,23 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    /// A fleet of `agents` agents (not started) of service `checkout`.
-    pub fn new(agents: usize) -> Self {
+    /// A fleet of `agents` agents (not started) of service `checkout`, run by the `outrider`
+    /// executable at `outrider` (the demo sidecar must be next to it).
+    pub fn new(outrider: impl AsRef<Path>, agents: usize) -> Self {
+        let binaries = Binaries::beside(outrider.as_ref())
+            .unwrap_or_else(|e| panic!("{e}: build the workspace (cargo test --workspace)"));
+        let demo_sha256 = sha256_file(&binaries.demo_sidecar).unwrap_or_else(|e| panic!("{e}"));
         let root = tempfile::Builder::new().prefix("outrider-e2e-").tempdir().expect("tempdir");
+        let canonical_root = root.path().canonicalize().expect("canonical tempdir");
         fs::create_dir_all(root.path().join("logs")).expect("logs dir");
+        let mut ports = free_ports(1 + 2 * agents).expect("free ports").into_iter();
+        let port = ports.next().expect("a port for the manager");
         let agents = (1..=agents)
             .map(|n| AgentSpec {
                 instance: format!("i-{n}"),
                 data_dir: root.path().join(format!("agent-{n}")),
-                listen: free_port(),
-                sidecar_port: free_port(),
+                listen: ports.next().expect("a port per agent"),
+                sidecar_port: ports.next().expect("a port per sidecar"),
             })
             .collect();
         let http = reqwest::Client::builder()
@@ -192,8 +118,11 @@ impl Fleet {
             .expect("http client");
         Self {
             root,
+            canonical_root,
+            binaries,
+            demo_sha256,
             http,
-            port: free_port(),
+            port,
             agents,
             procs: Mutex::new(BTreeMap::new()),
             logs: Mutex::new(Vec::new()),
@@ -201,9 +130,27 @@ impl Fleet {
         }
     }
 
-    /// The temporary directory everything lives in.
-    pub fn root(&self) -> &Path {
-        self.root.path()
+    /// The SHA-256 (hex) of the demo sidecar binary.
+    pub fn demo_sha256(&self) -> &str {
+        &self.demo_sha256
+    }
+
+    /// `POST /sidecars/demo/versions` body: the demo binary, optionally with a `DEMO_FAULT`.
+    pub fn demo_version(&self, version: &str, fault: Option<&str>) -> Value {
+        self.demo_version_with_sha(version, fault, &self.demo_sha256)
+    }
+
+    /// Like [`Fleet::demo_version`] with an arbitrary declared sha256.
+    pub fn demo_version_with_sha(&self, version: &str, fault: Option<&str>, sha256: &str) -> Value {
+        let mut env = json!({"PORT": "${label.port}"});
+        if let Some(f) = fault {
+            env["DEMO_FAULT"] = json!(f);
+        }
+        json!({
+            "version": version,
+            "artifact": {"url": format!("file://{}", self.binaries.demo_sidecar.display()), "sha256": sha256},
+            "env": env,
+        })
     }
 
     fn server_dir(&self) -> PathBuf {
@@ -220,22 +167,17 @@ impl Fleet {
     }
 
     /// Spawns `outrider <args>` as `role`, output to a new log file.
-    fn spawn(&self, role: &str, args: &[String]) {
+    fn spawn(&self, role: &str, args: Vec<std::ffi::OsString>) {
         let mut logs = lock(&self.logs);
         let n = logs.iter().filter(|p| p.file_name().is_some_and(|f| f.to_string_lossy().starts_with(role))).count();
         let log = self.root.path().join("logs").join(format!("{role}.{}.log", n + 1));
-        let out = fs::File::create(&log).expect("create log");
-        let err = out.try_clone().expect("clone log");
-        let child = Command::new(OUTRIDER)
-            .args(args)
+        let mut command = std::process::Command::new(&self.binaries.outrider);
+        command
+            .args(&args)
             .env("OUTRIDER_LOG", "info,outrider_agent=debug")
             .env("NO_COLOR", "1")
-            .env_remove("OUTRIDER_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn {OUTRIDER} {args:?}: {e}"));
+            .env_remove("OUTRIDER_TOKEN");
+        let child = Child::spawn_command(role, command, log.clone()).unwrap_or_else(|e| panic!("{e:?} {args:?}"));
         logs.push(log);
         let previous = lock(&self.procs).insert(role.to_owned(), child);
         assert!(previous.is_none(), "{role} was already running");
@@ -244,30 +186,22 @@ impl Fleet {
     /// SIGKILLs `role` and reaps it.
     fn kill_role(&self, role: &str) {
         let mut child = lock(&self.procs).remove(role).unwrap_or_else(|| panic!("{role} is not running"));
-        let _ = child.kill();
-        let _ = child.wait();
+        child.kill_blocking();
     }
 
     /// Pid of a running process started as `role`.
-    pub fn pid_of(&self, role: &str) -> Option<u32> {
-        lock(&self.procs).get(role).map(Child::id)
+    fn pid_of(&self, role: &str) -> Option<u32> {
+        lock(&self.procs).get(role).and_then(Child::pid)
     }
 
     /// Starts the manager and waits until it is ready and its token written.
     pub async fn start_server(&self) {
-        let args = vec![
-            "server".to_owned(),
-            "--data-dir".to_owned(),
-            self.server_dir().display().to_string(),
-            "--listen".to_owned(),
-            format!("127.0.0.1:{}", self.port),
-        ];
-        self.spawn("server", &args);
+        self.spawn("server", manager_args(&self.server_dir(), self.port));
         self.eventually(Duration::from_secs(20), "the manager to be ready", async || {
             if let Some(child) = lock(&self.procs).get_mut("server")
-                && let Ok(Some(status)) = child.try_wait()
+                && let Err(e) = child.ensure_alive()
             {
-                return Err(format!("the server exited: {status}"));
+                return Err(e.to_string());
             }
             let resp = self.http.get(format!("{}/readyz", self.base())).send().await.map_err(|e| e.to_string())?;
             if !resp.status().is_success() {
@@ -298,34 +232,22 @@ impl Fleet {
     /// Starts agent `i` with `extra` flags (`--deploy-id D`, say).
     pub fn start_agent_with(&self, i: usize, extra: &[&str]) {
         let a = &self.agents[i];
-        let args: Vec<String> = [
-            "agent",
-            "--manager",
-            &self.base(),
-            "--token-file",
-            &self.token_file().display().to_string(),
-            "--data-dir",
-            &a.data_dir.display().to_string(),
-            "--service",
-            "checkout",
-            "--instance",
-            &a.instance,
-            "--region",
-            "boe",
-            "--env",
-            "prod",
-            "--stage",
-            "canary",
-            "--label",
-            &format!("port={}", a.sidecar_port),
-            "--listen",
-            &format!("127.0.0.1:{}", a.listen),
-        ]
-        .into_iter()
-        .chain(extra.iter().copied())
-        .map(str::to_owned)
-        .collect();
-        self.spawn(&self.agent_role(i), &args);
+        let (manager, token_file) = (self.base(), self.token_file());
+        let flags = super::AgentFlags {
+            manager: &manager,
+            token_file: &token_file,
+            data_dir: &a.data_dir,
+            service: "checkout",
+            instance: &a.instance,
+            region: "boe",
+            env: "prod",
+            stage: "canary",
+            labels: vec![("port".into(), a.sidecar_port.to_string())],
+            listen: a.listen,
+        };
+        let mut args = flags.args();
+        args.extend(extra.iter().map(Into::into));
+        self.spawn(&self.agent_role(i), args);
     }
 
     /// `kill -9` of agent `i`.
@@ -482,38 +404,6 @@ impl Fleet {
         }
     }
 
-    /// Sidecar pids recorded in the agents' data dirs (`sidecars/<name>.json`).
-    fn recorded_pids(&self) -> BTreeSet<u32> {
-        let mut out = BTreeSet::new();
-        for a in &self.agents {
-            let Ok(entries) = fs::read_dir(a.data_dir.join("sidecars")) else { continue };
-            for e in entries.flatten() {
-                let record = fs::read(e.path()).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok());
-                if let Some(pid) = record.and_then(|r| r["pid"].as_u64()).and_then(|p| u32::try_from(p).ok()) {
-                    out.insert(pid);
-                }
-            }
-        }
-        out
-    }
-
-    /// Whether `pid` runs something from this fleet (its command line mentions our dir).
-    fn ours(&self, pid: u32) -> bool {
-        let root = self.root.path().to_string_lossy().into_owned();
-        fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&root))
-    }
-
-    /// Every process under `/proc` whose command line mentions our dir.
-    fn stray_pids(&self) -> BTreeSet<u32> {
-        let me = std::process::id();
-        let Ok(entries) = fs::read_dir("/proc") else { return BTreeSet::new() };
-        entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|&pid| pid != me && self.ours(pid))
-            .collect()
-    }
-
     fn print_logs(&self) {
         eprintln!("===== outrider e2e: logs of {} =====", self.root.path().display());
         let mut files = lock(&self.logs).clone();
@@ -536,27 +426,15 @@ impl Drop for Fleet {
         // Agents and the manager first, so that nothing starts new sidecars.
         let mut procs = std::mem::take(&mut *lock(&self.procs));
         for child in procs.values_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
+            child.kill_blocking();
         }
-        // Then every sidecar we know of, with its process group.
-        let mut pids = self.recorded_pids();
-        pids.extend(lock(&self.seen_pids).iter().copied());
-        for pid in pids {
-            if self.ours(pid)
-                && let Ok(raw) = i32::try_from(pid)
-            {
-                let _ = killpg(Pid::from_raw(raw), Signal::SIGKILL);
-                let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
-            }
-        }
-        // Then anything else that runs from our directory (a sidecar spawned just before its
-        // agent died, before its record was written).
-        for pid in self.stray_pids() {
-            if let Ok(raw) = i32::try_from(pid) {
-                let _ = kill(Pid::from_raw(raw), Signal::SIGKILL);
-            }
-        }
+        // Then every sidecar we know of (recorded or reported), with its process group, and
+        // anything else that runs from our directory (a sidecar spawned just before its agent
+        // died, before its record was written).
+        let dirs: Vec<PathBuf> = self.agents.iter().map(|a| a.data_dir.clone()).collect();
+        let mut pids = cleanup::recorded_pids(&dirs);
+        pids.extend(lock(&self.seen_pids).iter().filter_map(|&p| i32::try_from(p).ok()));
+        cleanup::kill_now_running_from(&self.canonical_root, &pids);
         if std::thread::panicking() {
             self.print_logs();
         }

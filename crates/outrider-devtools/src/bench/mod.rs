@@ -3,15 +3,14 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use outrider_client::Client;
+use outrider_client::{Client, ConnectArgs, OutputFormat};
 use outrider_model::{Binding, HumanDuration, Priority, Service, UpgradeMode};
 use outrider_sim::{
     SimFleet, SimFleetOptions, SimInstance, SimRuntimeOptions, ensure_sidecar, ensure_version, stats::LatencySummary,
 };
 use serde::Serialize;
 
-use super::sim::{print_stdout, token};
-use crate::cli::{ConnectArgs, OutputFormat};
+mod upgrade;
 
 /// Benchmarks.
 #[derive(clap::Subcommand, Debug)]
@@ -24,7 +23,7 @@ pub enum BenchCommand {
     Plan(PlanArgs),
     /// Upgrades of a real sidecar under load (wrk) in each upgrade mode, crash recovery and
     /// the agent's footprint, with a manager and an agent it starts on this machine.
-    Upgrade(super::bench_upgrade::UpgradeArgs),
+    Upgrade(upgrade::UpgradeArgs),
 }
 
 /// Flags of `outrider bench propagation`.
@@ -49,12 +48,12 @@ pub struct PropagationArgs {
     pub conn: ConnectArgs,
 }
 
-/// Runs a benchmark.
-pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+/// Runs a benchmark; returns its figures for standard output (text or JSON, as `-o` asks).
+pub async fn run(cmd: BenchCommand) -> anyhow::Result<String> {
     match cmd {
         BenchCommand::Propagation(args) => propagation(args).await,
         BenchCommand::Plan(args) => plan_bench(&args),
-        BenchCommand::Upgrade(args) => super::bench_upgrade::run(args).await,
+        BenchCommand::Upgrade(args) => upgrade::run(args).await,
     }
 }
 
@@ -106,6 +105,7 @@ struct PropagationResult {
     server_rss_per_agent_bytes: u64,
 }
 
+/// Milliseconds, to the microsecond.
 fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
@@ -180,9 +180,9 @@ async fn wait_initial(fleet: &SimFleet, sidecar: &str, version: &str, timeout: D
     }
 }
 
-async fn propagation(args: PropagationArgs) -> anyhow::Result<()> {
+async fn propagation(args: PropagationArgs) -> anyhow::Result<String> {
     let client = args.conn.client()?;
-    let token = token(&args.conn)?;
+    let token = args.conn.token()?.context("agents need a token: give --token-file FILE (or set OUTRIDER_TOKEN)")?;
     let tenant = &args.conn.tenant;
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
     let (agents, changes) = (args.agents as usize, args.changes as usize);
@@ -235,7 +235,7 @@ async fn propagation(args: PropagationArgs) -> anyhow::Result<()> {
         server_rss_bytes: rss_after,
         server_rss_per_agent_bytes: rss_after.saturating_sub(rss_before) / agents as u64,
     };
-    let text = match args.conn.output {
+    Ok(match args.conn.output {
         OutputFormat::Json => serde_json::to_string_pretty(&result)?,
         OutputFormat::Table => format!(
             "propagation to {} agents × {} changes: p50 {} ms, p99 {} ms, max {} ms \
@@ -249,8 +249,7 @@ async fn propagation(args: PropagationArgs) -> anyhow::Result<()> {
             result.connect_s,
             result.server_rss_per_agent_bytes / 1024
         ),
-    };
-    print_stdout(&text)
+    })
 }
 
 /// What [`time_changes`] measured.
@@ -344,19 +343,9 @@ struct PhaseFigures {
     instances: u64,
 }
 
-/// A `kB` figure of `/proc/self/status` (`VmRSS`, `VmHWM`), in bytes.
-fn proc_status_bytes(key: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .with_context(|| format!("/proc/self/status has no {key}"))
-}
-
 /// Generates a fleet where every instance runs `mesh-proxy` 1.0.0, then plans and simulates
 /// its default upgrade to 1.1.0.
-fn plan_bench(args: &PlanArgs) -> anyhow::Result<()> {
+fn plan_bench(args: &PlanArgs) -> anyhow::Result<String> {
     use outrider_model::{FeatureServices, PhaseSpec, PlanSpec, Selector};
     use outrider_rollout::{FleetView, InstanceView, SimAssumptions, Windows};
     use outrider_sim::{FleetParams, FleetSpec};
@@ -412,7 +401,7 @@ fn plan_bench(args: &PlanArgs) -> anyhow::Result<()> {
     let now = time::OffsetDateTime::now_utc();
     let sim = outrider_rollout::simulate(&planned, &spec, &windows, &[], now, SimAssumptions::default());
     let simulate_time = t.elapsed();
-    let peak = proc_status_bytes("VmHWM")?;
+    let peak = outrider_procfs::status_bytes(std::process::id(), "VmHWM")?;
 
     let phases: Vec<PhaseFigures> = planned
         .phases
@@ -437,7 +426,7 @@ fn plan_bench(args: &PlanArgs) -> anyhow::Result<()> {
         feature_services: planned.feature_services.len(),
         phases,
     };
-    let text = match args.output {
+    Ok(match args.output {
         OutputFormat::Json => serde_json::to_string_pretty(&result)?,
         OutputFormat::Table => format!(
             "planned {} services / {} instances: {} cells in {} batches in {} ms \
@@ -452,6 +441,5 @@ fn plan_bench(args: &PlanArgs) -> anyhow::Result<()> {
             result.days,
             result.peak_rss_bytes >> 20,
         ),
-    };
-    print_stdout(&text)
+    })
 }

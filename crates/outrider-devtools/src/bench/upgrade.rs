@@ -33,7 +33,7 @@ use nix::{
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
-use outrider_client::Client;
+use outrider_client::{Client, OutputFormat};
 use outrider_model::{
     Artifact, Binding, HumanDuration, NewVersion, Priority, Service, Sidecar, SidecarState, SidecarStatus, UpgradeMode,
 };
@@ -41,9 +41,7 @@ use outrider_sim::stats::LatencySummary;
 use serde::Serialize;
 use serde_json::json;
 
-use super::local::{self, AgentFlags, Child, Ended};
-use super::sim::print_stdout;
-use crate::cli::OutputFormat;
+use crate::harness::{self as local, AgentFlags, Child, Ended};
 
 /// Tenant everything is created in.
 const TENANT: &str = outrider_model::DEFAULT_TENANT;
@@ -90,8 +88,6 @@ const WRK_GRACE: Duration = Duration::from_secs(10);
 const SETTLE: Duration = Duration::from_secs(2);
 /// Sidecars of the footprint part.
 const IDLE_SIDECARS: usize = 3;
-/// Clock ticks per second of the times in `/proc/<pid>/stat` (`USER_HZ`, 100 on Linux).
-const USER_HZ: f64 = 100.0;
 
 /// An upgrade scenario: how its sidecar is defined and the binding's mode.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -433,34 +429,6 @@ fn parse_wrk(text: &str) -> anyhow::Result<WrkReport> {
     })
 }
 
-/// A `kB` figure of `/proc/<pid>/status` (`VmRSS`), in bytes.
-fn proc_status_bytes(pid: u32, key: &str) -> anyhow::Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .with_context(|| format!("{path} has no {key}"))
-}
-
-/// User plus system CPU time of a process, in clock ticks (`/proc/<pid>/stat`).
-fn proc_cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
-    // After the parenthesised name: state (field 3) … utime (14), stime (15).
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
-    field(11).zip(field(12)).map(|(u, s)| u + s).with_context(|| format!("{path} has no utime and stime"))
-}
-
-/// Open file descriptors of a process.
-fn proc_fds(pid: u32) -> anyhow::Result<usize> {
-    let path = format!("/proc/{pid}/fd");
-    Ok(std::fs::read_dir(&path).with_context(|| format!("cannot read {path}"))?.count())
-}
-
 /// How waiting for a sidecar to run ended.
 enum Waited {
     /// Running the version in this process, seen at this moment.
@@ -534,12 +502,12 @@ impl Drop for Bench {
         if let Some(agent) = &mut self.agent {
             agent.kill_now();
         }
-        local::kill_now_running_from(&self.root);
+        local::kill_now_running_from(&self.root, &[]);
     }
 }
 
 /// Runs `outrider bench upgrade`.
-pub async fn run(args: UpgradeArgs) -> anyhow::Result<()> {
+pub(super) async fn run(args: UpgradeArgs) -> anyhow::Result<String> {
     let mut bench = Bench::prepare(&args)?;
     eprintln!(
         "work dir {} (manager on port {}, agent on port {})",
@@ -562,17 +530,16 @@ pub async fn run(args: UpgradeArgs) -> anyhow::Result<()> {
     // After a failure the logs are what explains it: keep them.
     bench.finish_dir(args.keep || (outcome.is_err() && !interrupted))?;
     let result = outcome?;
-    let text = match args.output {
+    Ok(match args.output {
         OutputFormat::Json => serde_json::to_string_pretty(&result)?,
         OutputFormat::Table => render(&result),
-    };
-    print_stdout(&text)
+    })
 }
 
 impl Bench {
     /// Finds the binaries, creates the temporary directory and chooses the ports.
     fn prepare(args: &UpgradeArgs) -> anyhow::Result<Self> {
-        let (exe, sidecar_bin) = local::binaries()?;
+        let local::Binaries { outrider: exe, demo_sidecar: sidecar_bin } = local::Binaries::current()?;
         let wrk = match find_executable(&args.wrk) {
             Some(wrk) => wrk,
             None if args.selected().is_empty() => args.wrk.clone(),
@@ -919,7 +886,7 @@ impl Bench {
         let mut args: Vec<OsString> = self.wrk_flags(bound).split(' ').map(OsString::from).collect();
         args.extend(["--latency", "--timeout", "2s", url].map(OsString::from));
         let log = self.root.join(format!("logs/wrk-{name}.log"));
-        Child::spawn(&format!("wrk ({name})"), &self.wrk, args, log)
+        Ok(Child::spawn(&format!("wrk ({name})"), &self.wrk, args, log)?)
     }
 
     /// Stops wrk with SIGINT and reads its report.
@@ -1003,7 +970,7 @@ impl Bench {
         for _ in 0..5 {
             match local::fetch_hello(&self.sidecar_http, url).await {
                 Ok(h) => return Ok(h),
-                Err(e) => last = Some(e),
+                Err(e) => last = Some(e.into()),
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -1174,16 +1141,18 @@ impl Bench {
     /// memory and open fds.
     async fn idle_window(&mut self, window: Duration) -> anyhow::Result<Footprint> {
         let pid = self.agent_pid()?;
-        let (ticks, started) = (proc_cpu_ticks(pid)?, Instant::now());
+        let cpu_ticks = || outrider_procfs::stat(pid).map(|s| s.cpu_ticks());
+        let (ticks, started) = (cpu_ticks()?, Instant::now());
         tokio::time::sleep(window).await;
-        let (used, took) = (proc_cpu_ticks(pid)?.saturating_sub(ticks), started.elapsed());
+        let (used, took) = (cpu_ticks()?.saturating_sub(ticks), started.elapsed());
         self.ensure_alive()?;
         // Ticks are far below 2^53: exact as f64.
-        let cpu_percent = used as f64 / USER_HZ / took.as_secs_f64().max(1e-3) * 100.0;
+        let cpu_percent =
+            used as f64 / outrider_procfs::clock_ticks_per_second() as f64 / took.as_secs_f64().max(1e-3) * 100.0;
         Ok(Footprint {
-            rss_bytes: proc_status_bytes(pid, "VmRSS")?,
+            rss_bytes: outrider_procfs::status_bytes(pid, "VmRSS")?,
             cpu_percent: (cpu_percent * 100.0).round() / 100.0,
-            fds: proc_fds(pid)?,
+            fds: outrider_procfs::fd_count(pid)?,
         })
     }
 

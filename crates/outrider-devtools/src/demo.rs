@@ -29,19 +29,18 @@ use std::{
 };
 
 use anyhow::{Context, anyhow, bail};
-use outrider_client::{Client, InstanceFilter};
+use outrider_client::{Client, EventQuery, FollowOptions, InstanceFilter, PlanAction, PlanFollower, PlanUpdate};
 use outrider_model::{
-    Artifact, Batching, Binding, Event, Handover, HumanDuration, Instance, Lifecycle, ListenSocket, NewVersion,
-    Priority, Probe, Service, Sidecar, SidecarState, SidecarStatus, UpgradeMode,
+    Artifact, Batch, BatchState, Batching, Binding, Caps, FeatureServices, Handover, HumanDuration, Instance,
+    Lifecycle, ListenSocket, NewVersion, PhaseSpec, Plan, PlanSpec, PlanState, Priority, Probe, Selector, Service,
+    Sidecar, SidecarState, SidecarStatus, UpgradeMode,
 };
-use reqwest::Method;
-use serde::Deserialize;
-use serde_json::Value;
-use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use serde::Serialize;
+use time::OffsetDateTime;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::local::{
-    self, AgentFlags, Child, Ended, Hello, Interrupted, PROCESS_GRACE, fetch_hello, free_ports, interrupt,
+use crate::harness::{
+    self as local, AgentFlags, Child, Ended, Hello, Interrupted, PROCESS_GRACE, fetch_hello, free_ports, interrupt,
     kill_leftover_sidecars, processes_running_from,
 };
 
@@ -65,12 +64,12 @@ const DRAIN: Duration = Duration::from_secs(2);
 /// The plan's phases: name, stage (`all`: every instance an earlier phase did not take),
 /// batching, bake time, upgrade mode (`hot` on the canary: the new process starts beside
 /// the old one on the agent-owned socket; `restart` for the rest, to show the difference).
-const PHASES: [(&str, &str, Batching, &str, &str); 2] = [
-    ("gray", "canary", Batching::Exponential { start: 1, factor: 2 }, "3s", "hot"),
-    ("full", "all", Batching::Linear { size: 1 }, "2s", "restart"),
+const PHASES: [(&str, &str, Batching, HumanDuration, UpgradeMode); 2] = [
+    ("gray", "canary", Batching::Exponential { start: 1, factor: 2 }, HumanDuration::from_secs(3), UpgradeMode::Hot),
+    ("full", "all", Batching::Linear { size: 1 }, HumanDuration::from_secs(2), UpgradeMode::Restart),
 ];
 /// Time a batch may take to report the target version before it fails.
-const BATCH_TIMEOUT: &str = "20s";
+const BATCH_TIMEOUT: HumanDuration = HumanDuration::from_secs(20);
 
 /// How long the manager may take to answer `/readyz`.
 const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -86,9 +85,10 @@ const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_SIDECARS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time between two looks at the manager's instance list (or the agents' status).
 const POLL_EVERY: Duration = Duration::from_millis(100);
-/// The same while the plan runs, to catch the intermediate states and time the moves.
+/// The same while the plan runs, to catch the intermediate states and time the moves; also
+/// how often the plan follower looks whether the plan changed.
 const FOLLOW_EVERY: Duration = Duration::from_millis(50);
-/// Time between two looks at the plan.
+/// The plan is fetched at least this often, even when its events say nothing.
 const PLAN_POLL_EVERY: Duration = Duration::from_millis(200);
 /// Time between two requests of a sidecar prober while the plan runs.
 const PROBE_EVERY: Duration = Duration::from_millis(10);
@@ -253,7 +253,7 @@ struct Report {
     /// The plan's target version.
     target: &'static str,
     /// The plan as last read.
-    plan: PlanView,
+    plan: Plan,
     /// From the plan's creation to its completion (healthy run) or its block (`--defect`).
     took: Duration,
     /// Moves to the target version.
@@ -274,98 +274,27 @@ struct Followed {
     untouched: Vec<(&'static str, u32)>,
 }
 
-/// A plan, as `GET /plans/{id}` answers it (the fields the demo shows).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-struct PlanView {
-    id: String,
-    state: String,
-    reason: String,
-    phases: Vec<PhaseView>,
-    counts: CountsView,
-    blast_radius: u64,
-    incidents: Vec<IncidentView>,
+/// A state (of a batch, a verdict) as the API spells it: `applying`, `rolled_back`.
+fn spelled<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
-/// A phase of a plan.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-struct PhaseView {
-    name: String,
-    stage: String,
-    bake: String,
-    batches: Vec<BatchView>,
+/// `1 instance (checkout/boe/prod)`.
+fn describe_batch(b: &Batch) -> String {
+    let n = b.instance_count();
+    let cells: Vec<String> = b.cells.iter().map(|c| format!("{}/{}/{}", c.service, c.region, c.env)).collect();
+    format!("{n} instance{} ({})", if n == 1 { "" } else { "s" }, cells.join(", "))
 }
 
-/// A batch of a phase.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-struct BatchView {
-    index: u32,
-    cells: Vec<CellView>,
-    state: String,
-    verdict: Option<String>,
-    /// RFC 3339.
-    started_at: Option<String>,
+/// Whether the instance is one of the batch's (in a phase of `stage`).
+fn holds(b: &Batch, stage: &str, spec: &InstanceSpec) -> bool {
+    (stage == "all" || stage == spec.stage)
+        && b.cells.iter().any(|c| c.service == SERVICE && c.region == spec.region && c.env == spec.env)
 }
 
-impl BatchView {
-    fn instances(&self) -> u64 {
-        self.cells.iter().map(|c| c.instances).sum()
-    }
-
-    /// `1 instance (checkout/boe/prod)`.
-    fn describe(&self) -> String {
-        let n = self.instances();
-        let cells: Vec<String> = self.cells.iter().map(|c| format!("{}/{}/{}", c.service, c.region, c.env)).collect();
-        format!("{n} instance{} ({})", if n == 1 { "" } else { "s" }, cells.join(", "))
-    }
-
-    /// Whether the instance is one of the batch's (in a phase of `stage`).
-    fn holds(&self, stage: &str, spec: &InstanceSpec) -> bool {
-        (stage == "all" || stage == spec.stage)
-            && self.cells.iter().any(|c| c.service == SERVICE && c.region == spec.region && c.env == spec.env)
-    }
-
-    /// Time since the batch started applying (by the manager's clock, which is this machine's).
-    fn since_start(&self) -> Option<Duration> {
-        let started = OffsetDateTime::parse(self.started_at.as_deref()?, &Rfc3339).ok()?;
-        Duration::try_from(OffsetDateTime::now_utc() - started).ok()
-    }
-}
-
-/// A cell of a batch.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-struct CellView {
-    service: String,
-    region: String,
-    env: String,
-    instances: u64,
-}
-
-/// The plan's progress in instances.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
-#[serde(default)]
-struct CountsView {
-    total: u64,
-    done: u64,
-    failed: u64,
-    pending: u64,
-}
-
-/// Evidence of harm the executor found.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(default)]
-struct IncidentView {
-    phase: String,
-    batch: u32,
-    metric: String,
-    instances: Vec<String>,
-    canary_value: f64,
-    baseline_value: f64,
-    test: String,
-    summary: String,
+/// Time since the batch started applying (by the manager's clock, which is this machine's).
+fn since_start(b: &Batch) -> Option<Duration> {
+    Duration::try_from(OffsetDateTime::now_utc() - b.started_at?).ok()
 }
 
 /// Everything the demo started, to run the script and to clean up after it.
@@ -380,8 +309,6 @@ struct Demo {
     http: reqwest::Client,
     server: Option<Child>,
     client: Option<Client>,
-    /// The manager's admin token (for the plan requests, made with `http`).
-    token: Option<String>,
     agents: Vec<Agent>,
     /// `--defect`: the plan targets the defective release.
     defect: bool,
@@ -439,7 +366,7 @@ fn print_intro(demo: &Demo, keep: bool) {
 impl Demo {
     /// Finds the binaries, creates the temporary directory and chooses the ports.
     fn prepare(args: &DemoArgs) -> anyhow::Result<Self> {
-        let (exe, sidecar_bin) = local::binaries()?;
+        let local::Binaries { outrider: exe, demo_sidecar: sidecar_bin } = local::Binaries::current()?;
         let ports = Ports::choose(args.base_port)?;
         let dir = tempfile::Builder::new()
             .prefix("outrider-demo-")
@@ -466,7 +393,6 @@ impl Demo {
             http,
             server: None,
             client: None,
-            token: None,
             agents: Vec::new(),
             defect: args.defect,
         })
@@ -499,7 +425,8 @@ impl Demo {
         if let Some(server) = &mut self.server {
             server.ensure_alive()?;
         }
-        self.agents.iter_mut().try_for_each(|a| a.process.ensure_alive())
+        self.agents.iter_mut().try_for_each(|a| a.process.ensure_alive())?;
+        Ok(())
     }
 
     // ---- 1. the manager ---------------------------------------------------------------
@@ -511,9 +438,8 @@ impl Demo {
         let log = self.root.join("logs/manager.log");
         let server = self.server.insert(local::spawn_manager(&self.exe, &data_dir, self.ports.manager, log.clone())?);
         self.clock.say(format!("manager starting on {url} (log: {})", log.display()));
-        let (client, token) = local::wait_manager_ready(server, &url, &data_dir, SERVER_READY_TIMEOUT).await?;
+        let (client, _) = local::wait_manager_ready(server, &url, &data_dir, SERVER_READY_TIMEOUT).await?;
         self.client = Some(client);
-        self.token = token;
         self.clock.say("manager ready");
         Ok(())
     }
@@ -661,7 +587,7 @@ impl Demo {
         for _ in 0..5 {
             match fetch_hello(&self.http, url).await {
                 Ok(h) => return Ok(h),
-                Err(e) => last = Some(e),
+                Err(e) => last = Some(e.into()),
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -669,32 +595,6 @@ impl Demo {
     }
 
     // ---- 4. the plan -------------------------------------------------------------------
-
-    /// `method /api/v1/tenants/default{path}` with the admin token: the answer as JSON, or an
-    /// error with the status and the manager's message.
-    async fn api(&self, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
-        let url = format!("http://127.0.0.1:{}/api/v1/tenants/{TENANT}{path}", self.ports.manager);
-        let mut request = self.http.request(method.clone(), &url);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let answer = request.send().await.with_context(|| format!("{method} {path}: the manager does not answer"))?;
-        let status = answer.status();
-        let text = answer.text().await.with_context(|| format!("{method} {path}: cannot read the answer"))?;
-        if !status.is_success() {
-            bail!("{method} {path}: {status}: {}", text.trim());
-        }
-        serde_json::from_str(&text).with_context(|| format!("{method} {path}: the answer is not JSON"))
-    }
-
-    /// `GET /plans/{id}`.
-    async fn get_plan(&self, id: &str) -> anyhow::Result<PlanView> {
-        let answer = self.api(Method::GET, &format!("/plans/{id}"), None).await?;
-        serde_json::from_value(answer).context("cannot read the plan")
-    }
 
     /// Creates the plan, follows it to its end (completed; or, with `--defect`, blocked and
     /// rolled back), probing the sidecars all along.
@@ -718,14 +618,17 @@ impl Demo {
         old_pids: &BTreeMap<&'static str, u32>,
     ) -> anyhow::Result<Followed> {
         let created = Instant::now();
-        let answer =
-            self.api(Method::POST, "/plans", Some(&plan_body(target))).await.context("cannot create the plan")?;
-        let plan: PlanView = serde_json::from_value(answer).context("cannot read the plan")?;
+        let client = self.client()?;
+        let plan = client.create_plan(TENANT, &plan_spec(target)).await.context("cannot create the plan")?;
+        let options = FollowOptions { poll: FOLLOW_EVERY, refresh: PLAN_POLL_EVERY };
+        let (follower, _) = PlanFollower::open(client.clone(), TENANT, &plan.id, None, options)
+            .await
+            .context("cannot follow the plan")?;
         let phases: Vec<String> = plan
             .phases
             .iter()
             .map(|p| {
-                let n: u64 = p.batches.iter().map(BatchView::instances).sum();
+                let n: u64 = p.batches.iter().map(Batch::instance_count).sum();
                 let batches = p.batches.len();
                 format!(
                     "{} ({} stage, {batches} batch{}, {n} instance{}, bake {})",
@@ -742,7 +645,7 @@ impl Demo {
             plan.id, plan.counts.total
         ));
         self.clock.say(format!("         phases: {}", phases.join(", then ")));
-        let mut watch = Watch::new(plan, target, old_pids.clone());
+        let mut watch = Watch::new(plan, follower, target, old_pids.clone());
         if !self.defect {
             let took = self.healthy_plan(&mut watch, created).await?;
             return Ok(Followed { watch, took, rollback: None, untouched: Vec::new() });
@@ -755,9 +658,9 @@ impl Demo {
 
     /// Follows the healthy plan until it completes and every instance runs the target.
     async fn healthy_plan(&mut self, w: &mut Watch, created: Instant) -> anyhow::Result<Duration> {
-        self.follow(w, PLAN_TIMEOUT, "the plan did not complete", |w| match w.plan.state.as_str() {
-            "completed" => Some(Ok(())),
-            "blocked" | "failed" | "aborted" | "rolled_back" | "paused" => {
+        self.follow(w, PLAN_TIMEOUT, "the plan did not complete", |w| match w.plan.state {
+            PlanState::Completed => Some(Ok(())),
+            PlanState::Blocked | PlanState::Failed | PlanState::Aborted | PlanState::RolledBack | PlanState::Paused => {
                 Some(Err(anyhow!("the plan stopped: it is {} ({})", w.plan.state, w.plan.reason)))
             }
             _ => None,
@@ -777,12 +680,12 @@ impl Demo {
     /// Follows the defective plan until it blocks itself.
     async fn wait_blocked(&mut self, w: &mut Watch, created: Instant) -> anyhow::Result<Duration> {
         let what = format!("the plan did not block itself on the defective {SIDECAR} {BAD}");
-        self.follow(w, BLOCK_TIMEOUT, &what, |w| match w.plan.state.as_str() {
-            "blocked" => Some(Ok(())),
-            "completed" => {
+        self.follow(w, BLOCK_TIMEOUT, &what, |w| match w.plan.state {
+            PlanState::Blocked => Some(Ok(())),
+            PlanState::Completed => {
                 Some(Err(anyhow!("the plan completed although {SIDECAR} {BAD} crashes: the executor did not stop it")))
             }
-            "failed" | "aborted" | "rolled_back" | "paused" => {
+            PlanState::Failed | PlanState::Aborted | PlanState::RolledBack | PlanState::Paused => {
                 Some(Err(anyhow!("the plan is {} ({}), not blocked", w.plan.state, w.plan.reason)))
             }
             _ => None,
@@ -827,18 +730,17 @@ impl Demo {
         let reason = format!("outrider demo: {why}");
         self.clock.say(format!("rolling back: POST /plans/{}/rollback (reason: {reason:?})", w.plan.id));
         let at = Instant::now();
-        let body = serde_json::json!({ "reason": reason });
-        let answer = self
-            .api(Method::POST, &format!("/plans/{}/rollback", w.plan.id), Some(&body))
+        let plan = self
+            .client()?
+            .plan_action(TENANT, &w.plan.id, PlanAction::Rollback, Some(&reason))
             .await
             .context("cannot roll the plan back")?;
-        let plan: PlanView = serde_json::from_value(answer).context("cannot read the plan")?;
         w.rollback = Some((at, Vec::new()));
         let (early, late) = w.plan_changes(plan);
         early.iter().chain(&late).for_each(|l| self.clock.say(l));
         let what = format!("the rollback did not bring every changed instance back to {SIDECAR} {OLD}");
         self.follow(w, ROLLBACK_TIMEOUT, &what, |w| w.rolled_back().then_some(Ok(()))).await?;
-        let plan = self.get_plan(&w.plan.id).await?;
+        let plan = w.follower.fetch().await.context("cannot read the plan")?;
         let (early, late) = w.plan_changes(plan);
         early.iter().chain(&late).for_each(|l| self.clock.say(l));
         self.show_outcome(&w.plan, w.target);
@@ -848,7 +750,7 @@ impl Demo {
     }
 
     /// Prints the plan's counts and blast radius.
-    fn show_outcome(&self, plan: &PlanView, target: &str) {
+    fn show_outcome(&self, plan: &Plan, target: &str) {
         let c = plan.counts;
         self.clock.say(format!(
             "plan {} {}: counts total {}, done {}, failed {}, pending {}; blast radius {} (instances that ran {target} under the plan)",
@@ -856,8 +758,8 @@ impl Demo {
         ));
     }
 
-    /// Looks at the instances and the plan, printing what changed, until `done` answers or
-    /// `timeout` passes.
+    /// Looks at the instances (every [`FOLLOW_EVERY`]) and the plan (as the follower brings
+    /// it), printing what changed, until `done` answers or `timeout` passes.
     async fn follow(
         &mut self,
         w: &mut Watch,
@@ -866,9 +768,10 @@ impl Demo {
         done: impl Fn(&Watch) -> Option<anyhow::Result<()>>,
     ) -> anyhow::Result<()> {
         let started = Instant::now();
+        let mut plan = None;
         loop {
             self.ensure_alive()?;
-            self.look(w).await?;
+            self.look(w, plan.take()).await?;
             if let Some(outcome) = done(w) {
                 return outcome;
             }
@@ -881,24 +784,34 @@ impl Demo {
                     self.root.join("logs").display()
                 );
             }
-            tokio::time::sleep(FOLLOW_EVERY).await;
+            let pause = tokio::time::sleep(FOLLOW_EVERY);
+            tokio::pin!(pause);
+            while plan.is_none() {
+                let update = tokio::select! {
+                    Some(update) = w.follower.next() => update.context("cannot follow the plan")?,
+                    () = &mut pause => break,
+                };
+                // Events only make the follower fetch the plan again. A passing problem of
+                // the manager is waited out: its process is watched, and the follow has a
+                // timeout.
+                if let PlanUpdate::Plan(p) = update {
+                    plan = Some(*p);
+                }
+            }
         }
     }
 
-    /// One look: the instances, and the plan when it is due or an instance changed. Prints
-    /// the plan's starts first, then the instances' changes, then the plan's other changes
-    /// (they follow from what the instances did).
-    async fn look(&self, w: &mut Watch) -> anyhow::Result<()> {
+    /// One look: the instances, and the plan when the follower brought it or an instance
+    /// changed. Prints the plan's starts first, then the instances' changes, then the plan's
+    /// other changes (they follow from what the instances did).
+    async fn look(&self, w: &mut Watch, plan: Option<Plan>) -> anyhow::Result<()> {
         let seen = self.sidecar_states().await?;
         let changed = INSTANCES.iter().any(|i| seen.get(i.id) != w.seen.get(i.id));
-        let due = w.plan_polled.is_none_or(|t| t.elapsed() >= PLAN_POLL_EVERY);
-        let (early, late) = if changed || due {
-            let plan = self.get_plan(&w.plan.id).await?;
-            w.plan_polled = Some(Instant::now());
-            w.plan_changes(plan)
-        } else {
-            (Vec::new(), Vec::new())
+        let plan = match plan {
+            None if changed => Some(w.follower.fetch().await.context("cannot read the plan")?),
+            plan => plan,
         };
+        let (early, late) = plan.map(|p| w.plan_changes(p)).unwrap_or_default();
         let instances = w.instance_changes(&seen);
         early.iter().chain(&instances).chain(&late).for_each(|l| self.clock.say(l));
         Ok(())
@@ -906,9 +819,8 @@ impl Demo {
 
     /// Prints the plan's events: its audit trail.
     async fn show_plan_events(&self, id: &str) -> anyhow::Result<()> {
-        let answer =
-            self.api(Method::GET, &format!("/events?plan={id}"), None).await.context("cannot read the events")?;
-        let events: Vec<Event> = serde_json::from_value(answer).context("cannot read the events")?;
+        let query = EventQuery { since: None, plan: Some(id.to_owned()) };
+        let events = self.client()?.list_events(TENANT, &query).await.context("cannot read the events")?;
         println!("the plan's audit trail, {} events (GET /events?plan={id}; times in UTC):", events.len());
         for e in &events {
             let t = e.time.to_offset(time::UtcOffset::UTC).time();
@@ -1043,9 +955,9 @@ impl Demo {
 struct Watch {
     target: &'static str,
     /// The plan as last read.
-    plan: PlanView,
-    /// When the plan was last read.
-    plan_polled: Option<Instant>,
+    plan: Plan,
+    /// Brings the plan whenever it changes.
+    follower: PlanFollower,
     /// The pid each instance ran before the plan.
     old_pids: BTreeMap<&'static str, u32>,
     /// Each instance's sidecar as last seen.
@@ -1059,11 +971,11 @@ struct Watch {
 }
 
 impl Watch {
-    fn new(plan: PlanView, target: &'static str, old_pids: BTreeMap<&'static str, u32>) -> Self {
+    fn new(plan: Plan, follower: PlanFollower, target: &'static str, old_pids: BTreeMap<&'static str, u32>) -> Self {
         Self {
             target,
             plan,
-            plan_polled: None,
+            follower,
             old_pids,
             seen: BTreeMap::new(),
             moves: Vec::new(),
@@ -1073,17 +985,17 @@ impl Watch {
     }
 
     /// The started batch that holds the instance, if any.
-    fn batch_of(&self, spec: &InstanceSpec) -> Option<&BatchView> {
+    fn batch_of(&self, spec: &InstanceSpec) -> Option<&Batch> {
         self.plan
             .phases
             .iter()
-            .flat_map(|p| p.batches.iter().filter(|b| b.started_at.is_some() && b.holds(&p.stage, spec)))
+            .flat_map(|p| p.batches.iter().filter(|b| b.started_at.is_some() && holds(b, &p.stage, spec)))
             .next()
     }
 
     /// The name of the first phase that holds the instance in one of its batches.
     fn phase_of(&self, spec: &InstanceSpec) -> Option<&str> {
-        self.plan.phases.iter().find(|p| p.batches.iter().any(|b| b.holds(&p.stage, spec))).map(|p| p.name.as_str())
+        self.plan.phases.iter().find(|p| p.batches.iter().any(|b| holds(b, &p.stage, spec))).map(|p| p.name.as_str())
     }
 
     /// Whether every instance of a started batch runs the old version again (after a
@@ -1096,11 +1008,11 @@ impl Watch {
     /// Takes a new look at the plan; returns the lines to print before the instances'
     /// changes and those to print after them (what follows from what the instances did: a
     /// batch baking or failing, an incident, the plan blocking or completing).
-    fn plan_changes(&mut self, new: PlanView) -> (Vec<String>, Vec<String>) {
+    fn plan_changes(&mut self, new: Plan) -> (Vec<String>, Vec<String>) {
         let (mut early, mut late) = (Vec::new(), Vec::new());
         let state_changed = new.state != self.plan.state || new.reason != self.plan.reason;
         let state_line = format!("plan {}: {}", new.state, new.reason);
-        if state_changed && new.state == "running" {
+        if state_changed && new.state == PlanState::Running {
             early.push(state_line.clone());
         }
         for (pi, phase) in new.phases.iter().enumerate() {
@@ -1109,16 +1021,23 @@ impl Watch {
                 if before.is_some_and(|x| x.state == b.state) {
                     continue;
                 }
-                let extra = match b.state.as_str() {
-                    "baking" => format!("  (bake {})", phase.bake),
-                    "passed" | "failed" => b.verdict.as_deref().map(|v| format!("  verdict {v}")).unwrap_or_default(),
+                let extra = match b.state {
+                    BatchState::Baking => format!("  (bake {})", phase.bake),
+                    BatchState::Passed | BatchState::Failed => {
+                        b.verdict.map(|v| format!("  verdict {}", spelled(&v))).unwrap_or_default()
+                    }
                     _ => String::new(),
                 };
-                let line = format!("{:<5} batch {}  {:<9} {}{extra}", phase.name, b.index, b.state, b.describe());
-                if matches!(b.state.as_str(), "baking" | "failed") { late.push(line) } else { early.push(line) }
+                let state = spelled(&b.state);
+                let line = format!("{:<5} batch {}  {state:<9} {}{extra}", phase.name, b.index, describe_batch(b));
+                if matches!(b.state, BatchState::Baking | BatchState::Failed) {
+                    late.push(line)
+                } else {
+                    early.push(line)
+                }
             }
-            let passed = phase.batches.iter().any(|b| b.state == "passed")
-                && phase.batches.iter().all(|b| b.state == "passed" || b.state == "skipped");
+            let passed = phase.batches.iter().any(|b| b.state == BatchState::Passed)
+                && phase.batches.iter().all(|b| matches!(b.state, BatchState::Passed | BatchState::Skipped));
             if passed && self.completed_phases.insert(phase.name.clone()) {
                 early.push(format!("{:<5} phase completed", phase.name));
             }
@@ -1137,7 +1056,7 @@ impl Watch {
                 i.canary_value, i.baseline_value, i.test
             ));
         }
-        if state_changed && new.state != "running" {
+        if state_changed && new.state != PlanState::Running {
             late.push(state_line);
         }
         self.plan = new;
@@ -1172,7 +1091,7 @@ impl Watch {
                 continue;
             }
             if s.is_running(target) && s.pid != Some(old_pid) && !self.moves.iter().any(|m| m.id == id) {
-                let took = self.batch_of(spec).and_then(BatchView::since_start).unwrap_or_default();
+                let took = self.batch_of(spec).and_then(since_start).unwrap_or_default();
                 lines.push(format!(
                     "{id:<4} {SIDECAR} {OLD} (pid {old_pid}) -> {target} (pid {new_pid}) running  +{} ms since its batch started",
                     took.as_millis()
@@ -1255,29 +1174,33 @@ fn demo_version(version: &str, artifact: Artifact, fault: Option<&str>) -> NewVe
     NewVersion { version: version.into(), artifact, command: vec!["${artifact}".into()], env, notes }
 }
 
-/// The body of `POST /plans`: `PHASES` from [`OLD`] to `target`.
-fn plan_body(target: &str) -> serde_json::Value {
-    let phases: Vec<serde_json::Value> = PHASES
+/// The plan: `PHASES` from [`OLD`] to `target` on the service.
+fn plan_spec(target: &str) -> PlanSpec {
+    let phases = PHASES
         .iter()
-        .map(|(name, stage, batching, bake, mode)| {
-            serde_json::json!({
-                "name": name,
-                "stage": stage,
-                "mode": mode,
-                "batching": batching,
-                "bake": bake,
-                "batch_timeout": BATCH_TIMEOUT,
-            })
+        .map(|(name, stage, batching, bake, mode)| PhaseSpec {
+            name: (*name).into(),
+            stage: (*stage).into(),
+            mode: *mode,
+            batching: batching.clone(),
+            max_per_batch: Caps::default(),
+            max_per_day: Caps::default(),
+            bake: *bake,
+            region_parallelism: 1,
+            batch_timeout: BATCH_TIMEOUT,
         })
         .collect();
-    serde_json::json!({
-        "name": format!("outrider demo: {SIDECAR} to {target}"),
-        "sidecar": SIDECAR,
-        "target_version": target,
-        "from_versions": [OLD],
-        "selector": {"services": [SERVICE]},
-        "phases": phases,
-    })
+    PlanSpec {
+        name: format!("outrider demo: {SIDECAR} to {target}"),
+        sidecar: SIDECAR.into(),
+        target_version: target.into(),
+        from_versions: vec![OLD.into()],
+        selector: Selector { services: vec![SERVICE.into()], ..Selector::default() },
+        region_order: Vec::new(),
+        feature_services: FeatureServices::default(),
+        windows: Vec::new(),
+        phases,
+    }
 }
 
 /// The binding of the demo sidecar to the service.
