@@ -1,5 +1,7 @@
 //! The manager's own metrics, served at `/metrics` in the Prometheus text format.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::{
     encoding::text::encode,
     metrics::{counter::Counter, gauge::Gauge},
@@ -17,7 +19,12 @@ pub struct Metrics {
     pub catalog_revision: Gauge,
     /// API requests answered.
     pub http_requests: Counter,
+    /// Plan steps the executor computed (each a call of the reconciler).
+    pub executor_steps: Counter,
+    /// Plan steps the executor committed (a plan that changed).
+    pub executor_commits: Counter,
     resident_memory: Gauge,
+    cpu_seconds: Counter<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -28,6 +35,9 @@ impl Default for Metrics {
         let catalog_revision = Gauge::default();
         let http_requests = Counter::default();
         let resident_memory = Gauge::default();
+        let executor_steps = Counter::default();
+        let executor_commits = Counter::default();
+        let cpu_seconds = Counter::<f64, AtomicU64>::default();
         registry.register("outrider_agents_connected", "Agents with an open sync stream", agents_connected.clone());
         registry.register(
             "outrider_desired_pushes",
@@ -40,8 +50,21 @@ impl Default for Metrics {
             catalog_revision.clone(),
         );
         registry.register("outrider_http_requests", "REST API requests answered", http_requests.clone());
+        registry.register("outrider_executor_steps", "Plan steps the executor computed", executor_steps.clone());
+        registry.register("outrider_executor_commits", "Plan steps the executor committed", executor_commits.clone());
         registry.register("process_resident_memory_bytes", "Resident memory of the manager", resident_memory.clone());
-        Self { registry, agents_connected, desired_pushes, catalog_revision, http_requests, resident_memory }
+        registry.register("process_cpu_seconds", "User and system CPU time of the manager", cpu_seconds.clone());
+        Self {
+            registry,
+            agents_connected,
+            desired_pushes,
+            catalog_revision,
+            http_requests,
+            executor_steps,
+            executor_commits,
+            resident_memory,
+            cpu_seconds,
+        }
     }
 }
 
@@ -49,6 +72,11 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         self.resident_memory.set(resident_memory_bytes().try_into().unwrap_or(i64::MAX));
+        let cpu = cpu_seconds();
+        let counted = self.cpu_seconds.get();
+        if cpu > counted {
+            self.cpu_seconds.inc_by(cpu - counted);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
@@ -59,4 +87,10 @@ impl Metrics {
 /// Resident memory of this process (Linux; 0 when it cannot be read).
 pub fn resident_memory_bytes() -> u64 {
     outrider_procfs::rss_bytes(std::process::id()).unwrap_or(0)
+}
+
+/// User and system CPU time of this process so far, in seconds (0 when it cannot be read).
+pub fn cpu_seconds() -> f64 {
+    let ticks = outrider_procfs::stat(std::process::id()).map_or(0, |s| s.cpu_ticks());
+    ticks as f64 / outrider_procfs::clock_ticks_per_second().max(1) as f64
 }

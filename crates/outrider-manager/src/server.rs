@@ -210,6 +210,7 @@ pub async fn start_with_clock(
                 fleet: state.fleet.clone(),
                 clock,
                 wake,
+                metrics: state.metrics.clone(),
             }
             .run(cancel.clone()),
         ),

@@ -10,6 +10,7 @@ use outrider_sim::{
 };
 use serde::Serialize;
 
+mod idle;
 mod upgrade;
 
 /// Benchmarks.
@@ -24,6 +25,9 @@ pub enum BenchCommand {
     /// Upgrades of a real sidecar under load (wrk) in each upgrade mode, crash recovery and
     /// the agent's footprint, with a manager and an agent it starts on this machine.
     Upgrade(upgrade::UpgradeArgs),
+    /// What plans cost the manager while they wait: its CPU and the executor's steps with N
+    /// plans waiting on a closed change window, against the same fleet without plans.
+    Idle(idle::IdleArgs),
 }
 
 /// Flags of `outrider bench propagation`.
@@ -54,6 +58,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<String> {
         BenchCommand::Propagation(args) => propagation(args).await,
         BenchCommand::Plan(args) => plan_bench(&args),
         BenchCommand::Upgrade(args) => upgrade::run(args).await,
+        BenchCommand::Idle(args) => idle::run(args).await,
     }
 }
 

@@ -31,6 +31,7 @@ use crate::{
     catalog::Catalog,
     fleet::Fleet,
     keys,
+    metrics::Metrics,
     repo::{NewEvent, Repo, decode, encode},
 };
 
@@ -78,6 +79,8 @@ pub struct Executor {
     pub clock: Arc<dyn Clock>,
     /// Poked by API actions and catalog changes.
     pub wake: Arc<Notify>,
+    /// Steps and commits are counted here.
+    pub metrics: Arc<Metrics>,
 }
 
 /// A plan the executor follows.
@@ -193,12 +196,14 @@ impl Executor {
             let view = TenantView { tenant: &t.tenant, catalog: tc, fleet: &self.fleet };
             reconcile::reconcile(&t.plan, &view, now)
         };
+        self.metrics.executor_steps.inc();
         if !step.changed {
             t.due = step.next;
             return;
         }
         match self.commit(key, t, &step).await {
             Ok(Some(revision)) => {
+                self.metrics.executor_commits.inc();
                 t.revision = revision;
                 t.due = step.next;
                 t.plan = step.plan;
