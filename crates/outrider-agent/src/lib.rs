@@ -12,6 +12,7 @@ pub mod backoff;
 pub mod http;
 pub mod probe;
 pub mod runtime;
+pub mod secrets;
 pub mod supervisor;
 pub mod sync;
 

@@ -146,7 +146,7 @@ async fn exec(argv: &[String], timeout: Duration) -> Result<(), ProbeError> {
     let (program, args) = argv.split_first().ok_or(ProbeError::EmptyCommand)?;
     let mut cmd = Command::new(program);
     cmd.args(args)
-        .env_remove(crate::supervisor::TOKEN_ENV)
+        .env_remove(crate::secrets::TOKEN_ENV)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -51,9 +51,6 @@ use board::StatusBoard;
 use process::Process;
 use record::{Record, RecordStore};
 
-/// The agent's own credential: removed from the environment of sidecars and probes.
-pub const TOKEN_ENV: &str = "OUTRIDER_TOKEN";
-
 /// Everything the supervisor needs, with tunables that tests may shorten.
 #[derive(Debug, Clone)]
 pub struct SupervisorConfig {

@@ -79,7 +79,7 @@ pub(super) fn command(spec: SpawnSpec<'_>) -> io::Result<Command> {
     writeln!(log, "{}", spec.banner)?;
     let mut cmd = Command::new(program);
     cmd.args(args)
-        .env_remove(super::TOKEN_ENV)
+        .env_remove(crate::secrets::TOKEN_ENV)
         .envs(spec.env)
         .envs(spec.outrider_env)
         .envs(spec.lifecycle_env)

@@ -17,9 +17,9 @@ use super::{
     error::{ActionError, StartError, UpgradeError},
     identity, prepare,
 };
-use crate::supervisor::{
-    TOKEN_ENV,
-    resolve::{ResolvedAction, resolve_action},
+use crate::{
+    secrets::TOKEN_ENV,
+    supervisor::resolve::{ResolvedAction, resolve_action},
 };
 
 /// Longest stderr excerpt quoted from a failed command action.
