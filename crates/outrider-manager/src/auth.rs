@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use crate::{
-    Error, keys,
+    Error, StartError, keys,
     repo::{Repo, encode},
 };
 
@@ -43,7 +43,7 @@ fn hash(token: &str) -> String {
 
 impl Auth {
     /// Loads the token hashes; creates the admin token on first start.
-    pub async fn bootstrap(repo: &Repo, data_dir: &Path) -> anyhow::Result<Self> {
+    pub async fn bootstrap(repo: &Repo, data_dir: &Path) -> Result<Self, StartError> {
         let range = repo.store().range(keys::TOKENS).await?;
         let mut tokens = HashMap::new();
         for kv in &range.kvs {
@@ -56,10 +56,14 @@ impl Auth {
             let token = format!("otr_{}", hex::encode(raw));
             let info = TokenInfo { name: "admin".into(), role: "admin".into(), created_at: OffsetDateTime::now_utc() };
             let path = data_dir.join("admin.token");
-            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
-            f.write_all(token.as_bytes())?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
+            let write = || {
+                let mut f =
+                    std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+                f.write_all(token.as_bytes())?;
+                f.write_all(b"\n")?;
+                f.sync_all()
+            };
+            write().map_err(|source| StartError::Token { path: path.clone(), source })?;
             let h = hash(&token);
             repo.commit(vec![], vec![outrider_store::Op::put(keys::token(&h), encode(&info)?)], vec![]).await?;
             tracing::info!(path = %path.display(), "created the admin token");

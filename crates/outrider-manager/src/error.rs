@@ -1,5 +1,7 @@
-//! The manager's one error type. Each variant carries a stable machine code; the HTTP status
+//! The manager's one error type, and why a manager could not start ([`StartError`]). Each variant carries a stable machine code; the HTTP status
 //! is chosen at the API edge (`api::error`) and the gRPC status in the sync service.
+
+use std::{net::SocketAddr, path::PathBuf};
 
 use outrider_model::ValidationError;
 use outrider_store::StoreError;
@@ -108,5 +110,55 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "store failure");
         Self::Unavailable(e.to_string())
+    }
+}
+
+/// Why a manager could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory cannot be created.
+    #[error("cannot create data dir {path}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The store cannot be opened.
+    #[error("cannot open the store {url}")]
+    Store {
+        /// The store's URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: StoreError,
+    },
+    /// The admin token cannot be written.
+    #[error("cannot write the admin token {path}")]
+    Token {
+        /// The token file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading or writing what the manager starts from failed.
+    #[error(transparent)]
+    Load(#[from] Error),
+}
+
+impl From<StoreError> for StartError {
+    fn from(e: StoreError) -> Self {
+        Self::Load(e.into())
     }
 }

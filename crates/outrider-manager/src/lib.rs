@@ -23,5 +23,5 @@ mod server;
 mod state;
 mod sync;
 
-pub use error::Error;
+pub use error::{Error, StartError};
 pub use server::{ManagerConfig, RunningManager, start, start_with_clock};

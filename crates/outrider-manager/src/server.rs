@@ -8,7 +8,6 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context;
 use futures::StreamExt;
 use outrider_model::{DEFAULT_TENANT, Tenant};
 use outrider_proto::v1::agent_sync_server::AgentSyncServer;
@@ -18,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    Error, StartError,
     api::{self, AppState},
     auth::Auth,
     catalog::Catalog,
@@ -68,7 +68,7 @@ impl RunningManager {
     }
 }
 
-async fn ensure_default_tenant(repo: &Repo) -> anyhow::Result<()> {
+async fn ensure_default_tenant(repo: &Repo) -> Result<(), Error> {
     let tenant = Tenant { name: DEFAULT_TENANT.into(), created_at: OffsetDateTime::now_utc() };
     let event = NewEvent::new(DEFAULT_TENANT, "tenant.created", "manager", format!("tenant/{DEFAULT_TENANT}"))
         .reason("first start");
@@ -167,7 +167,7 @@ async fn run_catalog_watch(state: AppState, mut from: u64, cancel: CancellationT
 }
 
 /// Opens the store in `config.data_dir`, binds `config.listen`, and serves until cancelled.
-pub async fn start(config: ManagerConfig) -> anyhow::Result<RunningManager> {
+pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> {
     start_with_clock(config, Arc::new(executor::SystemClock)).await
 }
 
@@ -176,11 +176,11 @@ pub async fn start(config: ManagerConfig) -> anyhow::Result<RunningManager> {
 pub async fn start_with_clock(
     config: ManagerConfig,
     clock: Arc<dyn executor::Clock>,
-) -> anyhow::Result<RunningManager> {
+) -> Result<RunningManager, StartError> {
     std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    let store_url = outrider_store::embedded_url(&config.data_dir);
-    let store = outrider_store::open(&store_url).await.with_context(|| format!("cannot open the store {store_url}"))?;
+        .map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
+    let url = outrider_store::embedded_url(&config.data_dir);
+    let store = outrider_store::open(&url).await.map_err(|source| StartError::Store { url: url.clone(), source })?;
     let repo = Repo::new(store.clone());
     ensure_default_tenant(&repo).await?;
     let auth = Auth::bootstrap(&repo, &config.data_dir).await?;
@@ -217,10 +217,9 @@ pub async fn start_with_clock(
     ];
     let grpc = tonic::service::Routes::new(AgentSyncServer::new(SyncService::new(state.clone()))).into_axum_router();
     let app = api::router(state).merge(grpc);
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
+    let listen = |source| StartError::Listen { addr: config.listen, source };
+    let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(listen)?;
+    let addr = listener.local_addr().map_err(listen)?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "manager listening");
     let stop = cancel.clone();
     let task = tokio::spawn(async move {
