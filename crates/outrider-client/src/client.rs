@@ -217,6 +217,14 @@ impl Client {
         self.get(self.tenant_url(tenant, &["instances"], &crate::types::filter_pairs(filter))?).await
     }
 
+    /// `DELETE /tenants/{tenant}/instances/{id}`: removes an instance whose agent is gone;
+    /// the removed record.
+    pub async fn delete_instance(&self, tenant: &str, id: &str) -> Result<Instance, ClientError> {
+        let url = self.tenant_url(tenant, &["instances", id], &[])?;
+        let what = format!("the answer to DELETE {}", url.path());
+        self.exchange(self.authorized(Method::DELETE, url), what).await
+    }
+
     /// `POST /tenants/{tenant}/plans`: creates (and starts) a plan.
     pub async fn create_plan(&self, tenant: &str, spec: &PlanSpec) -> Result<Plan, ClientError> {
         self.send(Method::POST, self.tenant_url(tenant, &["plans"], &[])?, spec).await

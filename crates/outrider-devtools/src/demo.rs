@@ -1188,6 +1188,7 @@ fn plan_spec(target: &str) -> PlanSpec {
             bake: *bake,
             region_parallelism: 1,
             batch_timeout: BATCH_TIMEOUT,
+            deadline: None,
         })
         .collect();
     PlanSpec {

@@ -4,10 +4,19 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use outrider_model::{Binding, DesiredSidecar, Freeze, Override, Service, Sidecar, Version, desired_for_service};
+use outrider_model::{
+    Binding, CellTarget, DesiredSidecar, Freeze, InstanceLabels, Override, Service, Sidecar, Version,
+    desired_for_service,
+};
 use outrider_store::{KeyValue, WatchEvent};
 
-use crate::keys::{self, CatalogKey};
+use crate::keys::{self, CatalogKey, TargetCell};
+
+impl From<TargetCell<'_>> for CellKey {
+    fn from(c: TargetCell<'_>) -> Self {
+        Self { sidecar: c.sidecar.into(), region: c.region.into(), env: c.env.into(), stage: c.stage.into() }
+    }
+}
 
 /// One tenant's catalog.
 #[derive(Debug, Default)]
@@ -19,8 +28,30 @@ pub struct TenantCatalog {
     bindings: HashMap<String, BTreeMap<String, Binding>>,
     /// service → (instance, sidecar) → a plan's override.
     overrides: HashMap<String, HashMap<(String, String), Override>>,
+    /// service → cell (sidecar, region, env, stage) → a plan's target.
+    targets: HashMap<String, BTreeMap<CellKey, CellTarget>>,
     /// Change freezes, by id.
     freezes: Vec<Freeze>,
+}
+
+/// An owned [`keys::TargetCell`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CellKey {
+    /// Sidecar.
+    pub sidecar: String,
+    /// Region.
+    pub region: String,
+    /// Env.
+    pub env: String,
+    /// Stage filter (`all` or a stage).
+    pub stage: String,
+}
+
+impl CellKey {
+    /// Whether an instance with `labels` is a member of the cell.
+    pub fn covers(&self, labels: &InstanceLabels) -> bool {
+        self.region == labels.region && self.env == labels.env && (self.stage == "all" || self.stage == labels.stage)
+    }
 }
 
 impl TenantCatalog {
@@ -51,9 +82,34 @@ impl TenantCatalog {
         })
     }
 
-    /// Whether any override exists for `service`.
+    /// Whether any override or cell target exists for `service`.
     pub fn has_overrides(&self, service: &str) -> bool {
         self.overrides.get(service).is_some_and(|o| !o.is_empty())
+            || self.targets.get(service).is_some_and(|t| !t.is_empty())
+    }
+
+    /// The cell target that an instance of `service` with `labels` follows for `sidecar`,
+    /// while the binding still names the version it was made against: of the cells covering
+    /// the instance, the one of the latest phase.
+    pub fn target_for(&self, service: &str, labels: &InstanceLabels, sidecar: &str) -> Option<&CellTarget> {
+        let current = self.binding(service, sidecar).map(|b| b.version.as_str());
+        self.targets
+            .get(service)?
+            .iter()
+            .filter(|(cell, t)| {
+                cell.sidecar == sidecar && cell.covers(labels) && current == Some(t.base_version.as_str())
+            })
+            .map(|(_, t)| t)
+            .max_by_key(|t| (t.phase, t.batch))
+    }
+
+    /// Every cell target of `plan`: (service, cell, target).
+    pub fn targets_of_plan(&self, plan: &str) -> Vec<(&str, &CellKey, &CellTarget)> {
+        self.targets
+            .iter()
+            .flat_map(|(svc, m)| m.iter().map(move |(c, t)| (svc.as_str(), c, t)))
+            .filter(|(_, _, t)| t.plan == plan)
+            .collect()
     }
 
     /// The overrides of one instance of `service` that still apply (their binding is unchanged).
@@ -161,7 +217,9 @@ impl Catalog {
     fn mark(&self, key: &str, touched: &mut BTreeSet<ServiceRef>) {
         let Some(k) = keys::parse_catalog(key) else { return };
         let (tenant, sidecar) = match k {
-            CatalogKey::Binding { tenant, service, .. } | CatalogKey::Override { tenant, service, .. } => {
+            CatalogKey::Binding { tenant, service, .. }
+            | CatalogKey::Override { tenant, service, .. }
+            | CatalogKey::Target { tenant, service, .. } => {
                 touched.insert((tenant.to_owned(), service.to_owned()));
                 return;
             }
@@ -227,6 +285,13 @@ impl Catalog {
                 }
                 Err(e) => parse_err(e),
             },
+            CatalogKey::Target { tenant, service, cell } => match serde_json::from_slice(&kv.value) {
+                Ok(v) => {
+                    let tc = self.tenants.entry(tenant.to_owned()).or_default();
+                    tc.targets.entry(service.to_owned()).or_default().insert(cell.into(), v);
+                }
+                Err(e) => parse_err(e),
+            },
         }
     }
 
@@ -260,6 +325,9 @@ impl Catalog {
                     .get_mut(tenant)
                     .and_then(|t| t.overrides.get_mut(service))
                     .map(|m| m.remove(&(instance.to_owned(), sidecar.to_owned())));
+            }
+            CatalogKey::Target { tenant, service, cell } => {
+                self.tenants.get_mut(tenant).and_then(|t| t.targets.get_mut(service)).map(|m| m.remove(&cell.into()));
             }
         }
     }

@@ -79,6 +79,8 @@ struct Inner {
     instances: HashMap<String, HashMap<String, Entry>>,
     by_service: HashMap<ServiceRef, BTreeSet<String>>,
     events: Vec<NewEvent>,
+    /// Records to delete from the store (instances removed after their retention).
+    removed: Vec<(String, String)>,
     next_conn: u64,
 }
 
@@ -101,11 +103,19 @@ fn instance_desired(
     deploy: bool,
 ) -> Vec<DesiredSidecar> {
     let mut out = service_desired.to_vec();
-    for (sidecar, o) in tc.overrides_of(&record.service, &record.id) {
-        if let Some(d) = out.iter_mut().find(|d| d.name == sidecar)
-            && let Some(mut changed) = tc.desired_at_version(d, &o.version)
+    // A plan's record of this instance first, else its cell's target (an instance that joined
+    // an upgraded cell since: a rescheduled pod, a scale-up).
+    let overridden: Vec<(&str, &str, UpgradeMode)> =
+        tc.overrides_of(&record.service, &record.id).map(|(s, o)| (s, o.version.as_str(), o.mode)).collect();
+    for d in &mut out {
+        let target =
+            overridden.iter().find(|(s, _, _)| *s == d.name).map(|(_, v, m)| (*v, *m)).or_else(|| {
+                tc.target_for(&record.service, &record.labels, &d.name).map(|t| (t.version.as_str(), t.mode))
+            });
+        if let Some((version, mode)) = target
+            && let Some(mut changed) = tc.desired_at_version(d, version)
         {
-            changed.mode = o.mode;
+            changed.mode = mode;
             *d = changed;
         }
     }
@@ -181,6 +191,7 @@ impl Fleet {
             labels: reg.labels,
             deploy_id: reg.deploy_id.clone(),
             connected: true,
+            gone: false,
             last_seen: now,
             desired_revision: catalog.revision,
             acked_revision: previous.as_ref().map_or(0, |p| p.record.acked_revision),
@@ -429,7 +440,7 @@ impl Fleet {
     }
 
     async fn flush_once(&self, repo: &Repo) -> Result<(), Error> {
-        let (records, events) = {
+        let records = {
             let mut g = self.lock();
             let mut records = Vec::new();
             for (tenant, entries) in &mut g.instances {
@@ -438,9 +449,13 @@ impl Fleet {
                     records.push(StoredInstance { tenant: tenant.clone(), instance: e.record.clone() });
                 }
             }
-            (records, std::mem::take(&mut g.events))
+            (records, std::mem::take(&mut g.events), std::mem::take(&mut g.removed))
         };
-        let mut ops = Vec::with_capacity(records.len() + events.len());
+        let (records, events, removed) = (records.0, records.1, records.2);
+        let mut ops = Vec::with_capacity(records.len() + events.len() + removed.len());
+        for (tenant, id) in &removed {
+            ops.push(Op::delete(keys::instance(tenant, id)));
+        }
         for stored in &records {
             ops.push(Op::put(keys::instance(&stored.tenant, &stored.instance.id), encode(stored)?));
         }
@@ -457,10 +472,117 @@ impl Fleet {
                     }
                 }
                 g.events.extend(events);
+                g.removed.extend(removed);
                 return Err(e);
             }
         }
         Ok(())
+    }
+}
+
+/// How long instances whose agent went away are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Disconnected this long, an instance is `gone`: it no longer counts in plans.
+    pub ttl: Duration,
+    /// Gone this long (after the TTL), its record is removed.
+    pub keep_gone: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self { ttl: Duration::from_secs(300), keep_gone: Duration::from_secs(24 * 3600) }
+    }
+}
+
+impl Fleet {
+    /// Marks `gone` the instances disconnected longer than `r.ttl` and removes those gone
+    /// longer than `r.keep_gone` more, at `now`; returns how many changed.
+    pub fn sweep(&self, r: Retention, now: OffsetDateTime) -> usize {
+        let ttl = time::Duration::try_from(r.ttl).unwrap_or(time::Duration::MAX);
+        let remove_after = ttl.saturating_add(time::Duration::try_from(r.keep_gone).unwrap_or(time::Duration::MAX));
+        let mut changed = 0;
+        let mut g = self.lock();
+        let inner = &mut *g;
+        for (tenant, entries) in &mut inner.instances {
+            let mut expired = Vec::new();
+            for (id, e) in entries.iter_mut() {
+                if e.conn.is_some() {
+                    continue;
+                }
+                let away = now - e.record.last_seen;
+                if away > remove_after {
+                    expired.push(id.clone());
+                } else if away > ttl && !e.record.gone {
+                    e.record.gone = true;
+                    e.dirty = true;
+                    changed += 1;
+                    let event = NewEvent::new(tenant, "instance.gone", "manager", format!("instance/{id}"))
+                        .reason(format!("no agent for more than {}", outrider_model::HumanDuration(r.ttl)))
+                        .detail(serde_json::json!({"service": e.record.service, "last_seen": e.record.last_seen}));
+                    inner.events.push(event);
+                }
+            }
+            for id in expired {
+                if let Some(e) = entries.remove(&id) {
+                    if let Some(ids) = inner.by_service.get_mut(&(tenant.clone(), e.record.service.clone())) {
+                        ids.remove(&id);
+                    }
+                    inner.removed.push((tenant.clone(), id.clone()));
+                    let event = NewEvent::new(tenant, "instance.removed", "manager", format!("instance/{id}"))
+                        .reason("gone past the retention period");
+                    inner.events.push(event);
+                    changed += 1;
+                }
+            }
+        }
+        drop(g);
+        if changed > 0 {
+            self.flush.notify_one();
+            self.observed.notify_one();
+        }
+        changed
+    }
+
+    /// Removes instance `id` of `tenant` for `actor` (its agent must not be connected: a
+    /// returning agent registers it again). Returns the removed record.
+    pub fn remove(&self, tenant: &str, id: &str, actor: &str) -> Result<Instance, Error> {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let entries = inner.instances.get_mut(tenant).ok_or_else(|| Error::not_found(format!("instance {id:?}")))?;
+        match entries.get(id) {
+            None => return Err(Error::not_found(format!("instance {id:?}"))),
+            Some(e) if e.conn.is_some() => {
+                return Err(Error::precondition(format!(
+                    "instance {id} is connected: stop its agent first (a connected agent would register it again)"
+                )));
+            }
+            Some(_) => {}
+        }
+        let Some(e) = entries.remove(id) else { return Err(Error::not_found(format!("instance {id:?}"))) };
+        if let Some(ids) = inner.by_service.get_mut(&(tenant.to_owned(), e.record.service.clone())) {
+            ids.remove(id);
+        }
+        inner.removed.push((tenant.to_owned(), id.to_owned()));
+        let event = NewEvent::new(tenant, "instance.deleted", actor, format!("instance/{id}"))
+            .detail(serde_json::json!({"service": e.record.service}));
+        inner.events.push(event);
+        drop(g);
+        self.flush.notify_one();
+        self.observed.notify_one();
+        Ok(e.record)
+    }
+
+    /// Sweeps every `r.ttl / 10` (at least each second, at most every 30 s) until `cancel`.
+    pub async fn run_sweeper(self: Arc<Self>, r: Retention, cancel: CancellationToken) {
+        let every = (r.ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = cancel.cancelled() => return,
+            }
+            self.sweep(r, OffsetDateTime::now_utc());
+        }
     }
 }
 

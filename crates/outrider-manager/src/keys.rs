@@ -56,6 +56,12 @@ pub fn override_key(t: &str, svc: &str, instance: &str, s: &str) -> String {
     format!("catalog/{t}/overrides/{svc}/{instance}/{s}")
 }
 
+/// `catalog/{tenant}/targets/{service}/{sidecar}/{region}/{env}/{stage}`: a plan's target for
+/// one cell (`stage` is the phase's stage filter, `all` included).
+pub fn target_key(t: &str, svc: &str, sidecar: &str, region: &str, env: &str, stage: &str) -> String {
+    format!("catalog/{t}/targets/{svc}/{sidecar}/{region}/{env}/{stage}")
+}
+
 /// `plans/{tenant}/{id}`
 pub fn plan(t: &str, id: &str) -> String {
     format!("plans/{t}/{id}")
@@ -121,6 +127,21 @@ pub enum CatalogKey<'a> {
     Binding { tenant: &'a str, service: &'a str, sidecar: &'a str },
     /// A plan's override for one instance.
     Override { tenant: &'a str, service: &'a str, instance: &'a str, sidecar: &'a str },
+    /// A plan's target for one cell.
+    Target { tenant: &'a str, service: &'a str, cell: TargetCell<'a> },
+}
+
+/// Which instances of a service a cell target covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TargetCell<'a> {
+    /// Sidecar.
+    pub sidecar: &'a str,
+    /// Region.
+    pub region: &'a str,
+    /// Env.
+    pub env: &'a str,
+    /// Stage filter (`all` or a stage).
+    pub stage: &'a str,
 }
 
 /// Parses a key under [`CATALOG`].
@@ -134,6 +155,9 @@ pub fn parse_catalog(key: &str) -> Option<CatalogKey<'_>> {
         [tenant, "bindings", service, sidecar] => Some(CatalogKey::Binding { tenant, service, sidecar }),
         [tenant, "overrides", service, instance, sidecar] => {
             Some(CatalogKey::Override { tenant, service, instance, sidecar })
+        }
+        [tenant, "targets", service, sidecar, region, env, stage] => {
+            Some(CatalogKey::Target { tenant, service, cell: TargetCell { sidecar, region, env, stage } })
         }
         _ => None,
     }
@@ -156,6 +180,14 @@ mod tests {
         assert_eq!(
             parse_catalog(&override_key("t", "checkout", "i-1", "mesh")),
             Some(CatalogKey::Override { tenant: "t", service: "checkout", instance: "i-1", sidecar: "mesh" })
+        );
+        assert_eq!(
+            parse_catalog(&target_key("t", "checkout", "mesh", "boe", "prod", "canary")),
+            Some(CatalogKey::Target {
+                tenant: "t",
+                service: "checkout",
+                cell: TargetCell { sidecar: "mesh", region: "boe", env: "prod", stage: "canary" }
+            })
         );
         assert_eq!(parse_catalog("catalog/t/unknown/x"), None);
         assert_eq!(parse_freeze(&freeze("t", "f1")), Some(("t", "f1")));

@@ -24,4 +24,5 @@ mod state;
 mod sync;
 
 pub use error::{Error, StartError};
+pub use fleet::Retention;
 pub use server::{ManagerConfig, RunningManager, start, start_with_clock};

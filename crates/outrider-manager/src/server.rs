@@ -22,7 +22,7 @@ use crate::{
     auth::Auth,
     catalog::Catalog,
     executor,
-    fleet::{Fleet, StoredInstance},
+    fleet::{Fleet, Retention, StoredInstance},
     keys,
     metrics::Metrics,
     repo::{NewEvent, Repo, decode, encode},
@@ -39,6 +39,16 @@ pub struct ManagerConfig {
     pub data_dir: PathBuf,
     /// Address for REST and gRPC.
     pub listen: SocketAddr,
+    /// When instances whose agent went away are `gone`, and when they are removed.
+    pub retention: Retention,
+}
+
+impl ManagerConfig {
+    /// A manager with its data in `data_dir`, listening on `listen`, with the default
+    /// instance retention.
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
+        Self { data_dir: data_dir.into(), listen, retention: Retention::default() }
+    }
 }
 
 /// A running manager.
@@ -203,6 +213,7 @@ pub async fn start_with_clock(
     let background = vec![
         tokio::spawn(run_catalog_watch(state.clone(), watch_from, cancel.clone())),
         tokio::spawn(fleet.clone().run_flusher(repo, cancel.clone())),
+        tokio::spawn(fleet.clone().run_sweeper(config.retention, cancel.clone())),
         tokio::spawn(
             executor::Executor {
                 repo: state.repo.clone(),

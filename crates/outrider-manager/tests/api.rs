@@ -39,7 +39,7 @@ impl Api {
 }
 
 async fn boot(dir: &Path) -> (RunningManager, Api) {
-    let m = start(ManagerConfig { data_dir: dir.to_owned(), listen: "127.0.0.1:0".parse().unwrap() }).await.unwrap();
+    let m = start(ManagerConfig::new(dir.to_owned(), "127.0.0.1:0".parse().unwrap())).await.unwrap();
     let token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();
     let api = Api { http: reqwest::Client::new(), base: format!("http://{}", m.addr), token };
     (m, api)

@@ -137,6 +137,11 @@ pub struct Instance {
     /// Whether its agent is connected now.
     #[serde(default)]
     pub connected: bool,
+    /// Whether its agent has been away longer than the manager's instance TTL: the instance
+    /// no longer counts in plans and is removed after the retention period (its agent
+    /// simply registers again if it comes back).
+    #[serde(default)]
+    pub gone: bool,
     /// Last time its agent spoke.
     #[serde(with = "time::serde::rfc3339")]
     pub last_seen: OffsetDateTime,

@@ -30,7 +30,7 @@ pub use event::Event;
 pub use instance::{Instance, InstanceFilter, InstanceLabels, SidecarState, SidecarStatus};
 pub use lifecycle::{Action, Handover, Lifecycle, ListenSocket, SIGNALS, Warm};
 pub use name::validate_name;
-pub use overrides::Override;
+pub use overrides::{CellTarget, Override};
 pub use placeholder::{PlaceholderContext, PlaceholderError, expand};
 pub use plan::{
     Batch, BatchState, Batching, Caps, Cell, ChangeWindow, Counts, FeatureServices, Freeze, Incident, NewFreeze, Phase,

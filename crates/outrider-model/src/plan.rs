@@ -151,6 +151,11 @@ pub struct PhaseSpec {
     /// Time a batch may take to report the target version before it fails.
     #[serde(default = "PhaseSpec::default_timeout")]
     pub batch_timeout: HumanDuration,
+    /// `on-deploy` phases only: how long a batch waits for its instances to deploy onto the
+    /// target before it is done anyway (a later `converge` phase then forces the rest).
+    /// Absent: it waits for every deploy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<HumanDuration>,
 }
 
 impl PhaseSpec {
@@ -184,6 +189,7 @@ impl PhaseSpec {
                 bake: HumanDuration::from_secs(600),
                 region_parallelism: 1,
                 batch_timeout: Self::default_timeout(),
+                deadline: None,
             },
             Self {
                 name: "full".into(),
@@ -195,6 +201,7 @@ impl PhaseSpec {
                 bake: HumanDuration::from_secs(1800),
                 region_parallelism: 3,
                 batch_timeout: Self::default_timeout(),
+                deadline: None,
             },
         ]
     }
@@ -310,6 +317,9 @@ impl PlanSpec {
             }
             if p.region_parallelism == 0 {
                 return Err(ValidationError::new(field("region_parallelism"), "must be at least 1"));
+            }
+            if p.deadline.is_some() && p.mode != UpgradeMode::OnDeploy {
+                return Err(ValidationError::new(field("deadline"), "only on-deploy phases wait for deploys"));
             }
         }
         Ok(())
@@ -467,6 +477,9 @@ pub struct Counts {
     pub failed: u64,
     /// Instances not yet applied.
     pub pending: u64,
+    /// Instances of applied `on-deploy` batches that have not deployed onto the target yet.
+    #[serde(default)]
+    pub awaiting_deploy: u64,
 }
 
 /// Evidence of harm found by analysis.
@@ -521,6 +534,14 @@ pub struct Plan {
     pub incidents: Vec<Incident>,
     /// Position: phase index.
     pub cursor_phase: u32,
+    /// Instances in scope that the plan does not wait for, by reason (`gone`, `protected
+    /// service`, `not in from_versions`, `disconnected`), as of the last look.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub accounted: BTreeMap<String, u64>,
+    /// A rollback is under way: the plan becomes `rolled_back` once every instance it changed
+    /// runs its previous version again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rolling_back: bool,
     /// The body it was created from.
     pub spec: PlanSpec,
     /// Created.
@@ -559,6 +580,8 @@ impl Plan {
             blast_radius: 0,
             incidents: Vec::new(),
             cursor_phase: 0,
+            accounted: BTreeMap::new(),
+            rolling_back: false,
             spec,
             created_at: now,
             updated_at: now,
@@ -569,7 +592,8 @@ impl Plan {
 
     /// Recomputes `counts` from the batches.
     pub fn recount(&mut self) {
-        let mut c = Counts::default();
+        // Observed, not derived from the batches: the reconciler sets it.
+        let mut c = Counts { awaiting_deploy: self.counts.awaiting_deploy, ..Counts::default() };
         for b in self.phases.iter().flat_map(|p| &p.batches) {
             let n = b.instance_count();
             c.total += n;

@@ -75,7 +75,7 @@ pub fn simulate(
     Simulation {
         feature_services: planned.feature_services.clone(),
         phases,
-        counts: Counts { total, done: 0, failed: 0, pending: total },
+        counts: Counts { total, done: 0, failed: 0, pending: total, awaiting_deploy: 0 },
         start,
         finish: clock,
         days: (clock - start).as_seconds_f64() / 86_400.0,

@@ -89,6 +89,7 @@ fn phase(i: usize) -> impl Strategy<Value = PhaseSpec> {
             bake: HumanDuration::from_secs(bake * 60),
             region_parallelism: k,
             batch_timeout: HumanDuration::from_secs(600),
+            deadline: None,
         },
     )
 }

@@ -59,7 +59,7 @@ async fn a_plan_waits_for_its_window_on_the_managers_clock() {
     let monday = datetime!(2027-03-08 09:00 UTC);
     let clock = Arc::new(TestClock::new(saturday));
     let dir = tempfile::tempdir().unwrap();
-    let config = ManagerConfig { data_dir: dir.path().to_owned(), listen: "127.0.0.1:0".parse().unwrap() };
+    let config = ManagerConfig::new(dir.path().to_owned(), "127.0.0.1:0".parse().unwrap());
     let manager = start_with_clock(config, clock.clone()).await.unwrap();
     let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap().trim().to_owned();
     let client = Client::new(&format!("http://{}", manager.addr), Some(token.clone())).unwrap();

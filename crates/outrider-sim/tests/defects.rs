@@ -24,8 +24,7 @@ fn sidecar(i: &Instance) -> Option<&SidecarStatus> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_defective_version_crashes_only_the_instances_it_selects() {
     let dir = tempfile::tempdir().unwrap();
-    let manager =
-        start(ManagerConfig { data_dir: dir.path().to_owned(), listen: "127.0.0.1:0".parse().unwrap() }).await.unwrap();
+    let manager = start(ManagerConfig::new(dir.path().to_owned(), "127.0.0.1:0".parse().unwrap())).await.unwrap();
     let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap().trim().to_owned();
     let client = Client::new(&format!("http://{}", manager.addr), Some(token.clone())).unwrap();
 

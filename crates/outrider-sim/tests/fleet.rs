@@ -20,7 +20,7 @@ const TENANT: &str = "default";
 const SIDECAR: &str = "mesh-proxy";
 
 async fn boot(dir: &std::path::Path) -> (RunningManager, Client, String) {
-    let m = start(ManagerConfig { data_dir: dir.to_owned(), listen: "127.0.0.1:0".parse().unwrap() }).await.unwrap();
+    let m = start(ManagerConfig::new(dir.to_owned(), "127.0.0.1:0".parse().unwrap())).await.unwrap();
     let token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();
     let client = Client::new(&format!("http://{}", m.addr), Some(token.clone())).unwrap();
     (m, client, token)

@@ -4,8 +4,8 @@
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use outrider_devtools::harness::{Child, free_ports, spawn_manager, wait_manager_ready};
-use outrider_manager::{ManagerConfig, RunningManager};
-use outrider_sim::{FleetParams, FleetSpec, SidecarRef, SimFleet, SimFleetOptions, SimRuntimeOptions};
+use outrider_manager::{ManagerConfig, Retention, RunningManager};
+use outrider_sim::{FleetParams, FleetSpec, SidecarRef, SimFleet, SimFleetOptions, SimInstance, SimRuntimeOptions};
 use serde_json::{Value, json};
 
 struct Env {
@@ -43,10 +43,10 @@ impl Env {
         v
     }
 
-    /// Versions of `mesh` the instances report running, with counts.
+    /// Versions of `mesh` the instances (not gone) report running, with counts.
     async fn running(&self) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
-        for i in self.get("/instances").await.as_array().unwrap() {
+        for i in self.get("/instances").await.as_array().unwrap().iter().filter(|i| i["gone"] != true) {
             for s in i["sidecars"].as_array().unwrap() {
                 if s["name"] == "mesh" && s["state"] == "running" {
                     *out.entry(s["version"].as_str().unwrap().to_owned()).or_default() += 1;
@@ -77,13 +77,14 @@ impl Env {
 /// A manager, 24 services / 240 instances running mesh 1.0.0, versions 1.1.0 (healthy) and
 /// 1.2.0 (crashes on services whose protocol is http), both admitted.
 async fn setup() -> Env {
+    setup_with(Retention::default()).await
+}
+
+/// Like [`setup`], with instances of absent agents gone and removed as `retention` says.
+async fn setup_with(retention: Retention) -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let manager = outrider_manager::start(ManagerConfig {
-        data_dir: dir.path().to_owned(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-    })
-    .await
-    .unwrap();
+    let config = ManagerConfig { retention, ..ManagerConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap()) };
+    let manager = outrider_manager::start(config).await.unwrap();
     let base = format!("http://{}", manager.addr);
     let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap().trim().to_owned();
     let client = outrider_client::Client::new(&base, Some(token.clone())).unwrap();
@@ -211,10 +212,18 @@ async fn a_defect_blocks_the_plan_where_it_first_shows_and_rollback_restores_eve
     assert!(radius <= applied, "blast radius {radius} is within the applied batches ({applied})");
 
     let rolled = env.post(&format!("/plans/{id}/rollback"), json!({"reason": "defect"})).await;
-    assert_eq!(rolled["state"], "rolled_back");
+    assert_eq!(rolled["state"], "running", "rolled_back only once every changed instance is back");
+    assert_eq!(rolled["rolling_back"], true);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while env.running().await.get("1.0.0") != Some(&240) {
-        assert!(tokio::time::Instant::now() < deadline, "rollback incomplete: {:?}", env.running().await);
+    loop {
+        let plan = env.get(&format!("/plans/{id}")).await;
+        let running = env.running().await;
+        if plan["state"] == "rolled_back" {
+            // Reported only when true of the fleet (the plan was read first).
+            assert_eq!(running.get("1.0.0"), Some(&240), "rolled_back while {running:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "rollback incomplete: {running:?}, plan {}", plan["reason"]);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let kinds: Vec<String> =
@@ -407,5 +416,70 @@ async fn marking_a_version_defective_blocks_its_plans_and_drafts_a_recall() {
     assert_eq!(recall["spec"]["from_versions"], json!(["1.1.0"]));
     let on_defective = env.running().await.get("1.1.0").copied().unwrap_or(0) as u64;
     assert_eq!(recall["counts"]["total"].as_u64().unwrap(), on_defective, "the recall covers every instance on 1.1.0");
+    env.shutdown().await;
+}
+
+/// The instance `id` as listed, if it is.
+async fn instance(env: &Env, id: &str) -> Option<Value> {
+    env.get("/instances").await.as_array().unwrap().iter().find(|i| i["id"] == id).cloned()
+}
+
+fn mesh_version(i: &Value) -> Option<&str> {
+    i["sidecars"].as_array()?.iter().find(|s| s["name"] == "mesh" && s["state"] == "running")?["version"].as_str()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_that_join_or_leave_follow_the_plan_and_completion_promotes_the_bindings() {
+    let env = setup_with(Retention { ttl: Duration::from_secs(1), keep_gone: Duration::from_secs(3600) }).await;
+    let plan = env.post("/plans", plan_body_baking("1.1.0", "2s")).await;
+    let id = plan["id"].as_str().unwrap().to_owned();
+    let baking = env
+        .wait_plan(&id, "the first canary batch baking", |p| p["phases"][0]["batches"][0]["state"] == "baking")
+        .await;
+    let cell = baking["phases"][0]["batches"][0]["cells"][0].clone();
+    let (service, region, env_name) =
+        (cell["service"].as_str().unwrap(), cell["region"].as_str().unwrap(), cell["env"].as_str().unwrap());
+
+    // A new canary of that cell registers mid-plan (a rescheduled pod): it starts on the target.
+    let pod = SimInstance::new("rescheduled-canary", service, region, env_name, "canary");
+    let options = SimFleetOptions { report_interval: Duration::from_millis(500), ..SimFleetOptions::default() };
+    let newcomer = SimFleet::start(&env.base, &env.token, "default", std::slice::from_ref(&pod), &options).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = instance(&env, "rescheduled-canary").await;
+        if listed.as_ref().and_then(mesh_version) == Some("1.1.0") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the newcomer never ran the target: {listed:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let connected_delete = env.call(reqwest::Method::DELETE, "/instances/rescheduled-canary", None).await;
+    assert_eq!(connected_delete.0, 409, "a connected instance is not deleted: {}", connected_delete.1);
+
+    // Its agent leaves for good: past the TTL it is gone and does not hold the plan back.
+    newcomer.shutdown().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while instance(&env, "rescheduled-canary").await.is_none_or(|i| i["gone"] != true) {
+        assert!(tokio::time::Instant::now() < deadline, "the instance never became gone");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let done = env.wait_plan(&id, "completed", |p| p["state"] == "completed").await;
+    assert_eq!(done["accounted"]["gone"], 1, "{done:#}");
+    assert_eq!(env.running().await.get("1.1.0"), Some(&240), "every instance in scope runs the target");
+
+    // Completion promoted the target into every service's binding: a scale-up after the plan
+    // starts on it too.
+    for s in &env.spec.services {
+        let bindings = env.get(&format!("/services/{}/sidecars", s.name)).await;
+        let mesh = bindings.as_array().unwrap().iter().find(|b| b["sidecar"] == "mesh").unwrap();
+        assert_eq!(mesh["version"], "1.1.0", "binding of {}", s.name);
+    }
+
+    // The operator removes the gone instance.
+    let (status, removed) = env.call(reqwest::Method::DELETE, "/instances/rescheduled-canary", None).await;
+    assert_eq!((status, removed["id"].as_str()), (200, Some("rescheduled-canary")), "{removed}");
+    assert!(instance(&env, "rescheduled-canary").await.is_none());
+    let (status, _) = env.call(reqwest::Method::DELETE, "/instances/rescheduled-canary", None).await;
+    assert_eq!(status, 404);
     env.shutdown().await;
 }

@@ -120,6 +120,7 @@ fn plan_body(sidecar: &str, service: &str, window: &ChangeWindow) -> PlanSpec {
             bake: HumanDuration::from_secs(60),
             region_parallelism: 1,
             batch_timeout: HumanDuration::from_secs(600),
+            deadline: None,
         }],
     }
 }

@@ -73,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{t}/services/{{service}}/sidecars"), get(services::list_bindings))
         .route(&format!("{t}/services/{{service}}/sidecars/{{sidecar}}"), put(services::bind))
         .route(&format!("{t}/instances"), get(instances::list))
+        .route(&format!("{t}/instances/{{instance}}"), axum::routing::delete(instances::delete))
         .route(&format!("{t}/events"), get(events::list))
         .route(&format!("{t}/plans"), get(plans::list).post(plans::create))
         .route(&format!("{t}/plans/simulate"), post(plans::simulate))

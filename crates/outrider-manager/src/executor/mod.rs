@@ -19,7 +19,7 @@ use std::{
 };
 
 use outrider_model::Plan;
-use outrider_rollout::reconcile::{self, Step};
+use outrider_rollout::reconcile::{self, Step, Write};
 use outrider_store::{Compare, Op};
 use time::OffsetDateTime;
 use tokio::sync::Notify;
@@ -64,6 +64,9 @@ const OBSERVE_COALESCE: Duration = Duration::from_millis(200);
 /// woke the executor (a safety net; wake-ups do the work).
 const RESYNC: Duration = Duration::from_secs(30);
 
+/// How long a plan waits for the catalog mirror to catch up with its last write.
+const CATALOG_LAG: Duration = Duration::from_millis(10);
+
 /// After a failed commit, the plan is tried again this much later.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -93,13 +96,8 @@ struct Tracked {
 }
 
 impl Tracked {
-    fn in_flight(&self) -> bool {
-        reconcile::is_live(self.plan.state)
-            && self.plan.phases.get(self.plan.cursor_phase as usize).is_some_and(|p| {
-                p.batches.iter().any(|b| {
-                    matches!(b.state, outrider_model::BatchState::Applying | outrider_model::BatchState::Baking)
-                })
-            })
+    fn watches_fleet(&self) -> bool {
+        reconcile::needs_observations(&self.plan)
     }
 }
 
@@ -132,14 +130,14 @@ impl Executor {
                     tracing::warn!(error = %e, "cannot read the plans; retrying");
                 }
             } else if look == Look::InFlight {
-                plans.values_mut().filter(|t| t.in_flight()).for_each(|t| t.due = Some(now));
+                plans.values_mut().filter(|t| t.watches_fleet()).for_each(|t| t.due = Some(now));
             }
             for (key, t) in &mut plans {
                 if t.due.is_some_and(|d| d <= now) {
                     self.step(key, t, now).await;
                 }
             }
-            let in_flight = plans.values().any(Tracked::in_flight);
+            let in_flight = plans.values().any(Tracked::watches_fleet);
             let next = plans.values().filter_map(|t| t.due).min();
             let sleep = next.map_or(RESYNC, |d| {
                 let left = d - self.clock.now();
@@ -189,6 +187,12 @@ impl Executor {
     async fn step(&self, key: &str, t: &mut Tracked, now: OffsetDateTime) {
         let step = {
             let catalog = self.catalog.read().unwrap_or_else(|p| p.into_inner());
+            // A step reads a view at least as new as the plan's last write (its overrides and
+            // targets): until the catalog watch has applied it, the plan waits.
+            if catalog.revision < t.revision {
+                t.due = Some(now + CATALOG_LAG);
+                return;
+            }
             let Some(tc) = catalog.tenant(&t.tenant) else {
                 t.due = None;
                 return;
@@ -225,9 +229,9 @@ impl Executor {
     /// Writes a step: the plan (if unchanged since read), its overrides and events, at once.
     /// The new revision, or `None` when the plan changed meanwhile.
     async fn commit(&self, key: &str, t: &Tracked, step: &Step) -> Result<Option<u64>, Error> {
-        let mut ops = Vec::with_capacity(step.overrides.len() + 1);
-        for o in &step.overrides {
-            ops.push(Op::put(keys::override_key(&t.tenant, &o.service, &o.instance, &o.sidecar), encode(&o.value)?));
+        let mut ops = Vec::with_capacity(step.writes.len() + 1);
+        for w in &step.writes {
+            ops.push(write_op(&t.tenant, w)?);
         }
         ops.push(Op::put(key, encode(&step.plan)?));
         let events =
@@ -235,4 +239,23 @@ impl Executor {
         let r = self.repo.commit(vec![Compare::unchanged(key, t.revision)], ops, events).await?;
         Ok(r.succeeded.then_some(r.revision))
     }
+}
+
+/// The store operation of one write of a step.
+fn write_op(tenant: &str, w: &Write) -> Result<Op, Error> {
+    Ok(match w {
+        Write::Override { service, instance, sidecar, value } => {
+            Op::put(keys::override_key(tenant, service, instance, sidecar), encode(value)?)
+        }
+        Write::Target { cell, value } => Op::put(target_key(tenant, cell), encode(value)?),
+        Write::Binding { service, sidecar, value } => Op::put(keys::binding(tenant, service, sidecar), encode(value)?),
+        Write::DeleteOverride { service, instance, sidecar } => {
+            Op::delete(keys::override_key(tenant, service, instance, sidecar))
+        }
+        Write::DeleteTarget { cell } => Op::delete(target_key(tenant, cell)),
+    })
+}
+
+fn target_key(tenant: &str, c: &reconcile::CellRef) -> String {
+    keys::target_key(tenant, &c.service, &c.sidecar, &c.region, &c.env, &c.stage)
 }

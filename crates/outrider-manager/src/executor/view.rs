@@ -1,8 +1,8 @@
 //! What a plan step sees: one tenant's catalog mirror (with its overrides and freezes) and the
 //! live fleet, read in place — no copy of the fleet per step.
 
-use outrider_model::{Binding, Freeze, Instance, Override, Service, Version};
-use outrider_rollout::reconcile::View;
+use outrider_model::{Binding, CellTarget, Freeze, Instance, Override, Service, Version};
+use outrider_rollout::reconcile::{CellRef, View};
 
 use crate::{catalog::TenantCatalog, fleet::Fleet};
 
@@ -31,6 +31,22 @@ impl View for TenantView<'_> {
 
     fn overrides_of_plan(&self, plan: &str) -> Vec<(&str, &str, &Override)> {
         self.catalog.overrides_of_plan(plan)
+    }
+
+    fn targets_of_plan(&self, plan: &str) -> Vec<(CellRef, &CellTarget)> {
+        let of_plan = self.catalog.targets_of_plan(plan).into_iter();
+        of_plan
+            .map(|(service, c, t)| {
+                let cell = CellRef {
+                    service: service.to_owned(),
+                    sidecar: c.sidecar.clone(),
+                    region: c.region.clone(),
+                    env: c.env.clone(),
+                    stage: c.stage.clone(),
+                };
+                (cell, t)
+            })
+            .collect()
     }
 
     fn freezes(&self) -> &[Freeze] {

@@ -4,7 +4,7 @@
 
 use std::{fmt, str::FromStr};
 
-use outrider_model::{BatchState, Override, Plan, PlanState, UpgradeMode, Verdict};
+use outrider_model::{BatchState, CellTarget, Override, Plan, PlanState, UpgradeMode};
 use outrider_rollout::reconcile::transition;
 use outrider_store::Op;
 use time::OffsetDateTime;
@@ -106,14 +106,18 @@ pub async fn act(
     Ok(plan)
 }
 
-/// The state `action` moves `plan` to, or why it cannot.
+/// The state `action` moves `plan` to, or why it cannot. A rollback keeps the plan `running`
+/// until every instance it changed is back (then the executor makes it `rolled_back`).
 fn next_state(plan: &Plan, action: Action) -> Result<PlanState, Error> {
+    if plan.rolling_back {
+        return Err(Error::precondition(format!("plan {} is rolling back: cannot {action} it", plan.id)));
+    }
     let to = match (action, plan.state) {
         (Action::Pause, PlanState::Pending | PlanState::Running | PlanState::Waiting) => PlanState::Paused,
         (Action::Resume, PlanState::Paused) => PlanState::Running,
         (Action::Abort, st) if !st.is_terminal() => PlanState::Aborted,
         (Action::Approve, PlanState::Blocked) => PlanState::Running,
-        (Action::Rollback, st) if st != PlanState::RolledBack && st != PlanState::Failed => PlanState::RolledBack,
+        (Action::Rollback, st) if st != PlanState::RolledBack && st != PlanState::Failed => PlanState::Running,
         (_, st) => {
             return Err(Error::precondition(format!("plan {} is {st}: cannot {action} it", plan.id)));
         }
@@ -127,8 +131,10 @@ fn skip_pending(plan: &mut Plan) {
     }
 }
 
-/// Returns every instance the plan changed to the version it had before: all at once
-/// (hot where the sidecar supports it), so the rollback is as fast as the agents.
+/// Takes every instance the plan changed back to the version it had before, and every cell
+/// it applied back to the binding's version (so instances that join later start there too):
+/// all at once (hot where the sidecar supports it), so the rollback is as fast as the agents.
+/// The plan follows it until every changed instance is back.
 fn rollback(tc: &TenantCatalog, tenant: &str, plan: &mut Plan) -> Result<Vec<Op>, Error> {
     let mode = match tc.sidecar(&plan.sidecar) {
         Some(sc) if sc.upgrade_modes.contains(&UpgradeMode::Hot) => UpgradeMode::Hot,
@@ -145,16 +151,15 @@ fn rollback(tc: &TenantCatalog, tenant: &str, plan: &mut Plan) -> Result<Vec<Op>
         let back = Override { version: o.previous.clone(), mode, ..o.clone() };
         ops.push(Op::put(keys::override_key(tenant, svc, inst, &plan.sidecar), encode(&back)?));
     }
+    for (svc, cell, t) in tc.targets_of_plan(&plan.id) {
+        let back = CellTarget { version: t.base_version.clone(), mode, ..t.clone() };
+        let key = keys::target_key(tenant, svc, &cell.sidecar, &cell.region, &cell.env, &cell.stage);
+        ops.push(Op::put(key, encode(&back)?));
+    }
+    plan.rolling_back = true;
     for b in plan.phases.iter_mut().flat_map(|p| &mut p.batches) {
-        b.state = match b.state {
-            BatchState::Pending => BatchState::Skipped,
-            BatchState::Applying | BatchState::Baking | BatchState::Passed | BatchState::Failed => {
-                BatchState::RolledBack
-            }
-            other => other,
-        };
-        if b.state == BatchState::RolledBack && b.verdict.is_none() {
-            b.verdict = Some(Verdict::Inconclusive);
+        if b.state == BatchState::Pending {
+            b.state = BatchState::Skipped;
         }
     }
     Ok(ops)

@@ -77,6 +77,7 @@ pub async fn on_defective(s: &AppState, tenant: &str, sidecar: &str, version: &s
             bake: HumanDuration::from_secs(60),
             region_parallelism: 1,
             batch_timeout: HumanDuration::from_secs(600),
+            deadline: None,
         }],
     };
     let planned = plan_spec(s, tenant, &spec)?;

@@ -7,6 +7,7 @@
 
 mod gate;
 mod judge;
+mod progress;
 #[cfg(test)]
 mod tests;
 
@@ -16,12 +17,13 @@ use std::{
 };
 
 use outrider_model::{
-    BatchState, Binding, Freeze, Incident, Instance, Override, Plan, PlanState, Service, SidecarState, SidecarStatus,
-    UpgradeMode, Verdict, Version, VersionMatch,
+    BatchState, Binding, CellTarget, Freeze, Incident, Instance, Override, Plan, PlanState, Service, SidecarState,
+    SidecarStatus, UpgradeMode, Verdict, Version, VersionMatch,
 };
 use time::OffsetDateTime;
 
 use judge::{InstanceObs, observe};
+pub use progress::needs_observations;
 
 /// A batch's default time to report the target when its phase spec is missing.
 const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_secs(600);
@@ -37,6 +39,8 @@ pub trait View {
     fn binding(&self, service: &str, sidecar: &str) -> Option<&Binding>;
     /// Every override `plan` wrote: (service, instance, override).
     fn overrides_of_plan(&self, plan: &str) -> Vec<(&str, &str, &Override)>;
+    /// Every cell target `plan` wrote.
+    fn targets_of_plan(&self, plan: &str) -> Vec<(CellRef, &CellTarget)>;
     /// The tenant's freezes.
     fn freezes(&self) -> &[Freeze];
     /// Calls `f` with every live instance of `service`.
@@ -54,17 +58,76 @@ pub struct PlanEvent {
     pub detail: serde_json::Value,
 }
 
-/// An override a step writes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OverrideWrite {
-    /// Service of the instance.
+/// A cell of one service for one sidecar, as a target's address: its instances in `region`
+/// and `env`, of `stage` unless it is `all`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CellRef {
+    /// Service.
     pub service: String,
-    /// Instance.
-    pub instance: String,
     /// Sidecar.
     pub sidecar: String,
-    /// The override.
-    pub value: Override,
+    /// Region.
+    pub region: String,
+    /// Env.
+    pub env: String,
+    /// Stage filter.
+    pub stage: String,
+}
+
+impl CellRef {
+    /// Whether `i` is a member of the cell.
+    pub fn covers(&self, i: &Instance) -> bool {
+        i.service == self.service
+            && i.labels.region == self.region
+            && i.labels.env == self.env
+            && (self.stage == "all" || i.labels.stage == self.stage)
+    }
+}
+
+/// A write a step commits with the plan.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// The plan's record of one instance it moves.
+    Override {
+        /// Service of the instance.
+        service: String,
+        /// Instance.
+        instance: String,
+        /// Sidecar.
+        sidecar: String,
+        /// The record.
+        value: Override,
+    },
+    /// The target of one cell: its instances, present and future, run the version.
+    Target {
+        /// The cell.
+        cell: CellRef,
+        /// The target.
+        value: CellTarget,
+    },
+    /// A service's binding (a completed plan promotes its target into it).
+    Binding {
+        /// Service.
+        service: String,
+        /// Sidecar.
+        sidecar: String,
+        /// The binding.
+        value: Binding,
+    },
+    /// A record retired (the plan completed).
+    DeleteOverride {
+        /// Service of the instance.
+        service: String,
+        /// Instance.
+        instance: String,
+        /// Sidecar.
+        sidecar: String,
+    },
+    /// A cell target retired (the plan completed).
+    DeleteTarget {
+        /// The cell.
+        cell: CellRef,
+    },
 }
 
 /// The outcome of one step.
@@ -72,10 +135,10 @@ pub struct OverrideWrite {
 pub struct Step {
     /// The plan as it should be written (equal to the input when nothing changed).
     pub plan: Plan,
-    /// Whether the plan changed (and so must be written, with `overrides` and `events`).
+    /// Whether the plan changed (and so must be written, with `writes` and `events`).
     pub changed: bool,
-    /// Overrides to write in the same transaction as the plan.
-    pub overrides: Vec<OverrideWrite>,
+    /// What to write in the same transaction as the plan.
+    pub writes: Vec<Write>,
     /// Events to record in the same transaction.
     pub events: Vec<PlanEvent>,
     /// When the plan must be looked at again if nothing else changes; `None`: only when its
@@ -98,15 +161,8 @@ pub fn is_live(state: PlanState) -> bool {
 
 /// One step of `plan` at `now`.
 pub fn reconcile(plan: &Plan, view: &dyn View, now: OffsetDateTime) -> Step {
-    let mut s = Stepper {
-        view,
-        now,
-        plan: plan.clone(),
-        overrides: Vec::new(),
-        events: Vec::new(),
-        until: None,
-        applied: false,
-    };
+    let mut s =
+        Stepper { view, now, plan: plan.clone(), writes: Vec::new(), events: Vec::new(), until: None, applied: false };
     if is_live(plan.state) {
         if s.plan.state == PlanState::Pending {
             let e = transition(&mut s.plan, PlanState::Running, "started".into());
@@ -120,7 +176,7 @@ pub fn reconcile(plan: &Plan, view: &dyn View, now: OffsetDateTime) -> Step {
         s.plan.recount();
     }
     let next = s.next_due();
-    Step { plan: s.plan, changed, overrides: s.overrides, events: s.events, next }
+    Step { plan: s.plan, changed, writes: s.writes, events: s.events, next }
 }
 
 /// The state of one step in progress.
@@ -128,7 +184,7 @@ struct Stepper<'a> {
     view: &'a dyn View,
     now: OffsetDateTime,
     plan: Plan,
-    overrides: Vec<OverrideWrite>,
+    writes: Vec<Write>,
     events: Vec<PlanEvent>,
     /// When the gate that held the plan back lifts, if it does by itself.
     until: Option<OffsetDateTime>,
@@ -157,8 +213,12 @@ impl Stepper<'_> {
             return None;
         }
         let pi = plan.cursor_phase as usize;
+        let deadline = plan.spec.phases.get(pi).and_then(|p| p.deadline);
         let in_flight = plan.phases.get(pi).into_iter().flat_map(|p| &p.batches).filter_map(|b| match b.state {
             BatchState::Applying if self.applied => Some(self.now),
+            BatchState::Applying if plan.phases[pi].mode == UpgradeMode::OnDeploy => {
+                deadline.map(|d| b.started_at.unwrap_or(self.now) + d.0)
+            }
             BatchState::Applying => Some(b.started_at.unwrap_or(self.now) + batch_timeout(plan, pi)),
             BatchState::Baking => Some(b.applied_at.map_or(self.now, |t| t + plan.phases[pi].bake.0)),
             _ => None,
@@ -169,6 +229,12 @@ impl Stepper<'_> {
 
     fn advance(&mut self) {
         self.update_blast_radius();
+        if self.plan.rolling_back {
+            self.follow_rollback();
+            return;
+        }
+        self.adopt_newcomers();
+        self.count_awaiting_deploy();
         while (self.plan.cursor_phase as usize) < self.plan.phases.len() {
             let pi = self.plan.cursor_phase as usize;
             for bi in 0..self.plan.phases[pi].batches.len() {
@@ -195,7 +261,7 @@ impl Stepper<'_> {
             self.start_batches(pi);
             return;
         }
-        self.transition(PlanState::Completed, "every batch passed".into());
+        self.finish();
     }
 
     /// How many instances have run the target under this plan (never decreases).
@@ -229,16 +295,22 @@ impl Stepper<'_> {
         let member_ids: BTreeSet<&str> = members.iter().map(|(_, i, _)| *i).collect();
         let services: BTreeSet<&str> = members.iter().map(|(s, _, _)| *s).collect();
         // One look at each service's instances: the members' status, and the baseline's health.
+        // Members whose agent is away (disconnected, gone, deleted) are left out: they cannot
+        // report, and an instance that left is no evidence either way.
         let mut status: HashMap<String, SidecarStatus> = HashMap::new();
+        let mut live: BTreeSet<String> = BTreeSet::new();
         let (mut baseline, mut baseline_bad) = (0usize, 0usize);
         for svc in services {
             self.view.for_each_instance(svc, &mut |i| {
                 let st = i.sidecars.iter().find(|s| s.name == plan.sidecar);
                 if member_ids.contains(i.id.as_str()) {
+                    if is_present(i) {
+                        live.insert(i.id.clone());
+                    }
                     if let Some(st) = st {
                         status.insert(i.id.clone(), st.clone());
                     }
-                } else {
+                } else if is_present(i) {
                     baseline += 1;
                     baseline_bad += usize::from(
                         st.is_some_and(|s| matches!(s.state, SidecarState::CrashLoop | SidecarState::Failed)),
@@ -246,6 +318,7 @@ impl Stepper<'_> {
                 }
             });
         }
+        let members: Vec<_> = members.into_iter().filter(|(_, id, _)| live.contains(*id)).collect();
         let obs: Vec<InstanceObs<'_>> = members
             .iter()
             .map(|(_, id, o)| InstanceObs { id, status: status.get(*id), exits_before: o.exits_before })
@@ -275,6 +348,8 @@ impl Stepper<'_> {
             return;
         }
         let timeout = batch_timeout(plan, pi);
+        let deadline =
+            plan.spec.phases.get(pi).and_then(|p| p.deadline).and_then(|d| time::Duration::try_from(d.0).ok());
         let timeout_text = plan.spec.phases.get(pi).map_or_else(|| "10m".to_owned(), |p| p.batch_timeout.to_string());
         let target = plan.target_version.clone();
         let now = self.now;
@@ -282,13 +357,22 @@ impl Stepper<'_> {
         match b.state {
             BatchState::Applying => {
                 let started = b.started_at.unwrap_or(now);
-                if seen.missing.is_empty() || mode == UpgradeMode::OnDeploy {
+                // An on-deploy batch is done when its instances have deployed onto the target,
+                // or at the phase's deadline; it never times out.
+                let deadline_passed = deadline.is_some_and(|d| now - started >= d);
+                if seen.missing.is_empty() || (mode == UpgradeMode::OnDeploy && deadline_passed) {
                     b.state = BatchState::Baking;
                     b.applied_at = Some(now);
-                    let detail =
-                        serde_json::json!({"phase": phase_name, "batch": bi, "state": "baking", "instances": count});
-                    self.event("batch.state", format!("batch {bi} of {phase_name} reached {target}"), detail);
-                } else if now - started >= timeout {
+                    let waiting = seen.missing.len();
+                    let detail = serde_json::json!({"phase": phase_name, "batch": bi, "state": "baking",
+                        "instances": count, "awaiting_deploy": waiting});
+                    let reason = if waiting == 0 {
+                        format!("batch {bi} of {phase_name} reached {target}")
+                    } else {
+                        format!("batch {bi} of {phase_name}: deadline passed, {waiting} instances await a deploy")
+                    };
+                    self.event("batch.state", reason, detail);
+                } else if mode != UpgradeMode::OnDeploy && now - started >= timeout {
                     let incident = Incident {
                         opened_at: now,
                         phase: phase_name,
@@ -374,6 +458,24 @@ impl Stepper<'_> {
             if service.protected {
                 continue;
             }
+            // Every instance of the cell from now on, those that register later included.
+            writes.push(Write::Target {
+                cell: CellRef {
+                    service: cell.service.clone(),
+                    sidecar: plan.sidecar.clone(),
+                    region: cell.region.clone(),
+                    env: cell.env.clone(),
+                    stage: stage.to_owned(),
+                },
+                value: CellTarget {
+                    plan: plan.id.clone(),
+                    phase: pi as u32,
+                    batch: bi as u32,
+                    version: plan.target_version.clone(),
+                    mode,
+                    base_version: binding.version.clone(),
+                },
+            });
             self.view.for_each_instance(&cell.service, &mut |inst| {
                 let l = &inst.labels;
                 if l.region != cell.region || l.env != cell.env || (stage != "all" && l.stage != stage) {
@@ -385,7 +487,7 @@ impl Stepper<'_> {
                 {
                     return;
                 }
-                writes.push(OverrideWrite {
+                writes.push(Write::Override {
                     service: cell.service.clone(),
                     instance: inst.id.clone(),
                     sidecar: plan.sidecar.clone(),
@@ -402,8 +504,8 @@ impl Stepper<'_> {
                 });
             });
         }
-        let count = writes.len();
-        self.overrides.extend(writes);
+        let count = writes.iter().filter(|w| matches!(w, Write::Override { .. })).count();
+        self.writes.extend(writes);
         self.applied = true;
         let b = &mut self.plan.phases[pi].batches[bi];
         b.state = BatchState::Applying;
@@ -414,6 +516,11 @@ impl Stepper<'_> {
         let reason = format!("batch {bi} of {name}: {count} instances to {}", self.plan.target_version);
         self.event("batch.state", reason, detail);
     }
+}
+
+/// Whether an instance's agent is here to report (connected, not gone).
+fn is_present(i: &Instance) -> bool {
+    i.connected && !i.gone
 }
 
 fn batch_timeout(plan: &Plan, pi: usize) -> time::Duration {

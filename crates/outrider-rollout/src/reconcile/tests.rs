@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 
 use outrider_model::{
-    BatchState, Binding, Freeze, Instance, Override, Plan, PlanSpec, PlanState, Service, SidecarState, SidecarStatus,
-    Version, VersionState,
+    BatchState, Binding, CellTarget, Freeze, Instance, Override, Plan, PlanSpec, PlanState, Service, SidecarState,
+    SidecarStatus, UpgradeMode, Version, VersionState,
 };
 use serde_json::json;
 use time::{OffsetDateTime, macros::datetime};
 
-use super::{View, reconcile};
+use super::{CellRef, Step, View, Write, reconcile};
 use crate::{FleetView, InstanceView, plan};
 
 /// A Friday afternoon.
@@ -33,6 +33,7 @@ struct World {
     services: BTreeMap<String, Service>,
     bindings: BTreeMap<(String, String), Binding>,
     overrides: BTreeMap<(String, String, String), Override>,
+    targets: BTreeMap<CellRef, CellTarget>,
     freezes: Vec<Freeze>,
     instances: Vec<Instance>,
     agents: Agents,
@@ -52,6 +53,9 @@ impl View for World {
         let of_plan = self.overrides.iter().filter(|(_, o)| o.plan == plan);
         of_plan.map(|((s, i, _), o)| (s.as_str(), i.as_str(), o)).collect()
     }
+    fn targets_of_plan(&self, plan: &str) -> Vec<(CellRef, &CellTarget)> {
+        self.targets.iter().filter(|(_, t)| t.plan == plan).map(|(c, t)| (c.clone(), t)).collect()
+    }
     fn freezes(&self) -> &[Freeze] {
         &self.freezes
     }
@@ -68,6 +72,7 @@ fn world(services: usize, per_service: usize) -> World {
         services: BTreeMap::new(),
         bindings: BTreeMap::new(),
         overrides: BTreeMap::new(),
+        targets: BTreeMap::new(),
         freezes: Vec::new(),
         instances: Vec::new(),
         agents: Agents::Follow,
@@ -99,6 +104,7 @@ fn world(services: usize, per_service: usize) -> World {
                 labels: serde_json::from_value(json!({"region": "r1", "env": "prod", "stage": "full"})).unwrap(),
                 deploy_id: String::new(),
                 connected: true,
+                gone: false,
                 last_seen: FRIDAY,
                 desired_revision: 0,
                 acked_revision: 0,
@@ -115,19 +121,55 @@ fn world(services: usize, per_service: usize) -> World {
 }
 
 impl World {
-    /// What the agents do with the overrides written so far; whether anything changed.
+    /// What the agents do with the records and targets written so far (as the manager's
+    /// desired state would tell them; on-deploy ones wait for a deploy); whether anything
+    /// changed.
     fn converge(&mut self) -> bool {
         let before = self.instances.clone();
         for inst in &mut self.instances {
-            let Some(o) = self.overrides.get(&(inst.service.clone(), inst.id.clone(), "mesh".into())) else { continue };
+            let (version, mode) = match self.overrides.get(&(inst.service.clone(), inst.id.clone(), "mesh".into())) {
+                Some(o) => (o.version.clone(), o.mode),
+                None => {
+                    match self.targets.iter().filter(|(c, _)| c.covers(inst)).map(|(_, t)| t).max_by_key(|t| t.phase) {
+                        Some(t) => (t.version.clone(), t.mode),
+                        None => continue,
+                    }
+                }
+            };
+            if mode == UpgradeMode::OnDeploy || !inst.connected {
+                continue;
+            }
             let st = &mut inst.sidecars[0];
             match self.agents {
                 Agents::Stall => {}
-                Agents::Follow => (st.version, st.state) = (o.version.clone(), SidecarState::Running),
-                Agents::Crash => (st.version, st.state) = (o.version.clone(), SidecarState::CrashLoop),
+                Agents::Follow => (st.version, st.state) = (version, SidecarState::Running),
+                Agents::Crash => (st.version, st.state) = (version, SidecarState::CrashLoop),
             }
         }
         self.instances != before
+    }
+
+    /// Commits a step's writes.
+    fn apply(&mut self, step: &Step) {
+        for w in step.writes.clone() {
+            match w {
+                Write::Override { service, instance, sidecar, value } => {
+                    self.overrides.insert((service, instance, sidecar), value);
+                }
+                Write::Target { cell, value } => {
+                    self.targets.insert(cell, value);
+                }
+                Write::Binding { service, sidecar, value } => {
+                    self.bindings.insert((service, sidecar), value);
+                }
+                Write::DeleteOverride { service, instance, sidecar } => {
+                    self.overrides.remove(&(service, instance, sidecar));
+                }
+                Write::DeleteTarget { cell } => {
+                    self.targets.remove(&cell);
+                }
+            }
+        }
     }
 }
 
@@ -185,15 +227,13 @@ fn run(w: &mut World, mut plan: Plan, mut now: OffsetDateTime, limit: OffsetDate
         steps += 1;
         assert!(steps < 100_000, "the plan never settles");
         if step.changed {
-            for o in step.overrides {
-                w.overrides.insert((o.service, o.instance, o.sidecar), o.value);
-            }
+            w.apply(&step);
             plan = step.plan;
             if states.last().map(|s| s.1) != Some(plan.state) {
                 states.push((now, plan.state));
             }
         } else {
-            assert!(step.overrides.is_empty() && step.events.is_empty(), "an unchanged plan writes nothing");
+            assert!(step.writes.is_empty() && step.events.is_empty(), "an unchanged plan writes nothing");
         }
         if w.converge() {
             continue;
@@ -250,7 +290,7 @@ fn a_waiting_plan_is_due_when_its_window_opens() {
     let step = reconcile(&new_plan(&w, body, saturday), &w, saturday);
     assert_eq!(step.plan.state, PlanState::Waiting);
     assert_eq!(step.next, Some(datetime!(2026-03-09 09:00 UTC)));
-    assert!(step.overrides.is_empty());
+    assert!(step.writes.is_empty());
     // Looked at again before then (a wake-up), it changes nothing.
     let again = reconcile(&step.plan, &w, saturday + time::Duration::hours(5));
     assert!(!again.changed);
@@ -288,11 +328,11 @@ fn a_batch_passes_when_its_bake_is_over_and_not_before() {
     let mut w = world(1, 2);
     let plan = new_plan(&w, one_phase("10m", json!({})), FRIDAY);
     let applied = reconcile(&plan, &w, FRIDAY);
-    assert_eq!(applied.overrides.len(), 2, "one override per instance of the cell");
+    let records = applied.writes.iter().filter(|w| matches!(w, Write::Override { .. })).count();
+    let targets = applied.writes.iter().filter(|w| matches!(w, Write::Target { .. })).count();
+    assert_eq!((records, targets), (2, 1), "a target for the cell, a record per instance in it");
     assert_eq!(applied.plan.phases[0].batches[0].state, BatchState::Applying);
-    for o in applied.overrides.clone() {
-        w.overrides.insert((o.service, o.instance, o.sidecar), o.value);
-    }
+    w.apply(&applied);
     w.converge();
     let t1 = FRIDAY + time::Duration::seconds(1);
     let baking = reconcile(&applied.plan, &w, t1);
@@ -303,9 +343,11 @@ fn a_batch_passes_when_its_bake_is_over_and_not_before() {
     let done = reconcile(&baking.plan, &w, t1 + time::Duration::minutes(10));
     assert_eq!(done.plan.phases[0].batches[0].state, BatchState::Passed);
     assert_eq!(done.plan.blast_radius, 2);
-    // The pass and the plan's completion are one step; nothing is applied twice.
+    // The pass and the plan's completion are one step; nothing is applied twice; the
+    // completion promotes the target into the binding and retires the plan's writes.
     assert_eq!(done.plan.state, PlanState::Completed);
-    assert!(done.overrides.is_empty());
+    assert!(done.writes.iter().any(|w| matches!(w, Write::Binding { value, .. } if value.version == "1.1.0")));
+    assert!(!done.writes.iter().any(|w| matches!(w, Write::Override { .. } | Write::Target { .. })));
     assert_eq!(done.next, None);
 }
 
@@ -360,7 +402,7 @@ fn paused_blocked_and_finished_plans_are_not_due() {
     for state in [PlanState::Paused, PlanState::Blocked, PlanState::Completed, PlanState::RolledBack] {
         plan.state = state;
         let step = reconcile(&plan, &w, FRIDAY);
-        assert!(!step.changed && step.overrides.is_empty(), "{state}");
+        assert!(!step.changed && step.writes.is_empty(), "{state}");
         assert_eq!(step.next, None, "{state}");
     }
 }
@@ -375,7 +417,7 @@ fn a_target_that_lost_its_admission_blocks_before_the_next_batch() {
     let step = reconcile(&plan, &w, FRIDAY);
     assert_eq!(step.plan.state, PlanState::Blocked);
     assert_eq!(step.plan.reason, "mesh 1.1.0 was marked defective");
-    assert!(step.overrides.is_empty());
+    assert!(step.writes.is_empty());
 }
 
 #[test]
@@ -383,5 +425,120 @@ fn the_same_inputs_give_the_same_step() {
     let w = world(3, 2);
     let plan = new_plan(&w, one_phase("1m", json!({})), FRIDAY);
     let (a, b) = (reconcile(&plan, &w, FRIDAY), reconcile(&plan, &w, FRIDAY));
-    assert_eq!((a.plan, a.overrides, a.events, a.next), (b.plan, b.overrides, b.events, b.next));
+    assert_eq!((a.plan, a.writes, a.events, a.next), (b.plan, b.writes, b.events, b.next));
+}
+
+/// A step at `now`, committed to `w`, whose agents then answer.
+fn step_at(w: &mut World, plan: &Plan, now: OffsetDateTime) -> Plan {
+    let step = reconcile(plan, w, now);
+    w.apply(&step);
+    w.converge();
+    step.plan
+}
+
+#[test]
+fn an_instance_that_joins_an_upgraded_cell_runs_the_target_and_is_judged() {
+    let mut w = world(2, 2);
+    let mut plan = new_plan(&w, one_phase("10m", json!({})), FRIDAY);
+    plan = step_at(&mut w, &plan, FRIDAY);
+    plan = step_at(&mut w, &plan, FRIDAY + time::Duration::seconds(1));
+    assert_eq!(plan.phases[0].batches[0].state, BatchState::Baking);
+    // A rescheduled pod of s0 registers: it follows the cell's target at once.
+    let mut pod = w.instances[0].clone();
+    pod.id = "s0-new".into();
+    pod.sidecars[0].version = "1.0.0".into();
+    w.instances.push(pod);
+    w.converge();
+    assert_eq!(w.instances.last().map(|i| i.sidecars[0].version.as_str()), Some("1.1.0"));
+    plan = step_at(&mut w, &plan, FRIDAY + time::Duration::seconds(2));
+    let record = &w.overrides[&("s0".to_owned(), "s0-new".to_owned(), "mesh".to_owned())];
+    assert_eq!((record.phase, record.batch, record.previous.as_str()), (0, 0, "1.0.0"), "taken into its cell's batch");
+    // It crashes on the target: the batch fails for it.
+    if let Some(i) = w.instances.last_mut() {
+        i.sidecars[0].state = SidecarState::CrashLoop;
+    }
+    plan = step_at(&mut w, &plan, FRIDAY + time::Duration::seconds(3));
+    assert_eq!(plan.state, PlanState::Blocked);
+    assert_eq!(plan.incidents[0].instances, ["s0-new"]);
+}
+
+#[test]
+fn an_on_deploy_phase_waits_for_deploys_until_its_deadline_and_converge_moves_the_rest() {
+    timed(|| {
+        let mut w = world(1, 4);
+        let body = json!({"feature_services": {"per_trait_value": 0}, "phases": [
+            {"name": "full", "mode": "on-deploy", "batching": {"strategy": "linear", "size": 1},
+             "bake": "1m", "deadline": "1h"},
+            {"name": "converge", "mode": "restart", "batching": {"strategy": "linear", "size": 1}, "bake": "1m"}
+        ]});
+        let plan = new_plan(&w, body, FRIDAY);
+        let r = run(&mut w, plan, FRIDAY, FRIDAY + time::Duration::minutes(30));
+        assert_eq!(r.plan.state, PlanState::Running, "nothing deployed: not done");
+        assert_eq!(r.plan.phases[0].batches[0].state, BatchState::Applying);
+        assert_eq!(r.plan.counts.awaiting_deploy, 4);
+        // Two instances deploy onto the target.
+        for i in &mut w.instances[..2] {
+            i.sidecars[0].version = "1.1.0".into();
+        }
+        let plan = step_at(&mut w, &r.plan, FRIDAY + time::Duration::minutes(31));
+        assert_eq!(plan.counts.awaiting_deploy, 2);
+        assert_eq!(plan.phases[0].batches[0].state, BatchState::Applying, "the deadline has not passed");
+        // The deadline passes; the converge phase forces the other two.
+        let r = run(&mut w, plan, FRIDAY + time::Duration::minutes(32), FRIDAY + time::Duration::days(1));
+        assert_eq!(r.plan.state, PlanState::Completed, "{}", r.plan.reason);
+        assert!(r.plan.phases[0].batches[0].started_at.is_some());
+        assert_eq!(r.plan.phases[1].batches[0].started_at.map(|t| t >= FRIDAY + time::Duration::hours(1)), Some(true));
+        assert!(w.instances.iter().all(|i| i.sidecars[0].version == "1.1.0"));
+        assert_eq!(w.bindings[&("s0".to_owned(), "mesh".to_owned())].version, "1.1.0", "completion promotes");
+        assert!(w.overrides.is_empty() && w.targets.is_empty(), "and retires the plan's writes");
+    });
+}
+
+#[test]
+fn a_plan_completes_only_when_every_instance_in_scope_runs_the_target_or_is_gone() {
+    let mut w = world(1, 3);
+    let plan = new_plan(&w, one_phase("1m", json!({})), FRIDAY);
+    let mut plan = step_at(&mut w, &plan, FRIDAY);
+    // One agent goes away before reaching the target.
+    w.instances[2].connected = false;
+    w.instances[2].sidecars[0].version = "1.0.0".into();
+    let r = run(&mut w, plan.clone(), FRIDAY + time::Duration::seconds(1), FRIDAY + time::Duration::hours(1));
+    assert_eq!(r.plan.state, PlanState::Running, "an away instance is not on the target");
+    assert!(r.plan.reason.contains("1 instances in scope do not run 1.1.0"), "{}", r.plan.reason);
+    assert_eq!(w.bindings[&("s0".to_owned(), "mesh".to_owned())].version, "1.0.0", "no promotion yet");
+    // Past the TTL it is gone: accounted for, no longer waited for.
+    w.instances[2].gone = true;
+    plan = step_at(&mut w, &r.plan, FRIDAY + time::Duration::hours(2));
+    assert_eq!(plan.state, PlanState::Completed, "{}", plan.reason);
+    assert_eq!(plan.accounted.get("gone"), Some(&1));
+    assert_eq!(w.bindings[&("s0".to_owned(), "mesh".to_owned())].version, "1.1.0");
+}
+
+#[test]
+fn a_rollback_ends_only_when_every_changed_instance_is_back() {
+    let mut w = world(1, 2);
+    let plan = new_plan(&w, one_phase("10m", json!({})), FRIDAY);
+    let mut plan = step_at(&mut w, &plan, FRIDAY);
+    plan = step_at(&mut w, &plan, FRIDAY + time::Duration::seconds(1));
+    assert!(w.instances.iter().all(|i| i.sidecars[0].version == "1.1.0"));
+    // The operator's rollback (plans::actions): records and targets back, the plan follows.
+    for o in w.overrides.values_mut() {
+        o.version = o.previous.clone();
+    }
+    for t in w.targets.values_mut() {
+        t.version = t.base_version.clone();
+    }
+    plan.rolling_back = true;
+    w.agents = Agents::Stall;
+    plan = step_at(&mut w, &plan, FRIDAY + time::Duration::seconds(2));
+    assert_eq!(plan.state, PlanState::Running);
+    assert_eq!(plan.reason, "rolling back: 2 of 2 changed instances are not back yet");
+    w.instances[0].sidecars[0].version = "1.0.0".into();
+    plan = step_at(&mut w, &plan, FRIDAY + time::Duration::seconds(3));
+    assert_eq!(plan.reason, "rolling back: 1 of 2 changed instances are not back yet");
+    w.instances[1].sidecars[0].version = "1.0.0".into();
+    plan = step_at(&mut w, &plan, FRIDAY + time::Duration::seconds(4));
+    assert_eq!(plan.state, PlanState::RolledBack);
+    assert!(!plan.rolling_back);
+    assert_eq!(plan.phases[0].batches[0].state, BatchState::RolledBack);
 }

@@ -59,7 +59,7 @@ fn batches_follow_each_other_after_apply_and_bake() {
     assert_eq!(starts(&sim), [Some(minutes(0)), Some(minutes(12)), Some(minutes(24))]);
     assert_eq!(sim.finish, minutes(36));
     assert!((sim.days - 36.0 / 1440.0).abs() < 1e-9);
-    assert_eq!(sim.counts, Counts { total: 6, done: 0, failed: 0, pending: 6 });
+    assert_eq!(sim.counts, Counts { total: 6, done: 0, failed: 0, pending: 6, awaiting_deploy: 0 });
     assert_eq!(sim.start, MONDAY);
 }
 

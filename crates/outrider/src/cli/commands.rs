@@ -277,6 +277,13 @@ pub enum InstanceCommand {
         #[command(flatten)]
         conn: ConnectArgs,
     },
+    /// Remove an instance whose agent is gone (a returning agent registers it again).
+    Delete {
+        /// Instance id.
+        id: String,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
 }
 
 /// `outrider event …`

@@ -155,6 +155,10 @@ async fn instance(cmd: InstanceCommand) -> anyhow::Result<()> {
             let instances = conn.client()?.list_instances(&conn.tenant, &filter).await?;
             emit(conn.output, &instances, |i| render::instances(i))
         }
+        InstanceCommand::Delete { id, conn } => {
+            let removed = conn.client()?.delete_instance(&conn.tenant, &id).await?;
+            emit_text(conn.output, &removed, |i| format!("instance {} of {} deleted", i.id, i.service))
+        }
     }
 }
 

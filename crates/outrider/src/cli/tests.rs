@@ -137,12 +137,17 @@ fn other_verbs_parse() {
     assert!(parse("version distribution mesh -o json").is_ok());
     assert!(parse("tenant create payments").is_ok());
     let InstanceCommand::List { service, region, stage, env, conn, .. } =
-        verb!("instance list --service checkout --region boe --stage canary --tenant t", Instance);
+        verb!("instance list --service checkout --region boe --stage canary --tenant t", Instance)
+    else {
+        panic!("instance list parses as List");
+    };
     assert_eq!(
         (service.as_deref(), region.as_deref(), stage.as_deref(), env),
         (Some("checkout"), Some("boe"), Some("canary"), None)
     );
     assert_eq!(conn.tenant, "t");
+    let cmd = verb!("instance delete i-7 -o json", Instance);
+    assert!(matches!(cmd, InstanceCommand::Delete { ref id, .. } if id == "i-7"));
     let cmd = verb!("event follow --since 5 -o json", Event);
     assert!(matches!(cmd, EventCommand::Follow { since: Some(5), plan: None, .. }));
 }

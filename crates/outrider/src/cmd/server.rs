@@ -2,7 +2,8 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use outrider_manager::ManagerConfig;
+use outrider_manager::{ManagerConfig, Retention};
+use outrider_model::HumanDuration;
 
 /// Flags of `outrider server`.
 #[derive(clap::Args, Debug)]
@@ -13,6 +14,13 @@ pub struct ServerArgs {
     /// Address for the REST API and agent sync (gRPC) on one port.
     #[arg(long, env = "OUTRIDER_LISTEN", default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
+    /// An instance whose agent has been away this long is `gone`: it no longer counts in
+    /// plans (its agent simply registers again if it returns).
+    #[arg(long, default_value = "5m")]
+    pub instance_ttl: HumanDuration,
+    /// A gone instance is removed this long after it went.
+    #[arg(long, default_value = "1d")]
+    pub instance_retention: HumanDuration,
 }
 
 /// Completes on the first SIGINT or SIGTERM.
@@ -33,8 +41,9 @@ pub async fn shutdown_signal() {
 
 /// Runs the manager.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
-    let manager =
-        outrider_manager::start(ManagerConfig { data_dir: args.data_dir.clone(), listen: args.listen }).await?;
+    let retention = Retention { ttl: args.instance_ttl.0, keep_gone: args.instance_retention.0 };
+    let config = ManagerConfig { retention, ..ManagerConfig::new(args.data_dir.clone(), args.listen) };
+    let manager = outrider_manager::start(config).await?;
     eprintln!(
         "outrider manager on http://{} (data in {}, admin token in {})",
         manager.addr,
