@@ -740,6 +740,9 @@ impl Demo {
         early.iter().chain(&late).for_each(|l| self.clock.say(l));
         let what = format!("the rollback did not bring every changed instance back to {SIDECAR} {OLD}");
         self.follow(w, ROLLBACK_TIMEOUT, &what, |w| w.rolled_back().then_some(Ok(()))).await?;
+        // The plan says `rolled_back` once the manager has seen every changed instance back.
+        let what = "the plan never said rolled_back".to_owned();
+        self.follow(w, ROLLBACK_TIMEOUT, &what, |w| (w.plan.state == PlanState::RolledBack).then_some(Ok(()))).await?;
         let plan = w.follower.fetch().await.context("cannot read the plan")?;
         let (early, late) = w.plan_changes(plan);
         early.iter().chain(&late).for_each(|l| self.clock.say(l));

@@ -11,9 +11,10 @@ use outrider_agent::{
     Runtime,
     sync::{self, SyncConfig, SyncStatus},
 };
+use rand::{Rng, SeedableRng, rngs::StdRng};
 use tokio::{
-    sync::{Barrier, watch},
-    task::JoinSet,
+    sync::{Barrier, Mutex, watch},
+    task::{JoinHandle, JoinSet},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Channel, Endpoint};
@@ -39,6 +40,11 @@ pub struct SimFleetOptions {
     ///
     /// [`FleetSpec::service_traits`]: crate::FleetSpec::service_traits
     pub service_traits: BTreeMap<String, BTreeMap<String, String>>,
+    /// Deploys per minute across the fleet: an instance picked at random (seeded) registers
+    /// again with a new deploy id, as when its service is deployed (0: none).
+    pub deploy_rate: f64,
+    /// Seed of the deploy picks.
+    pub seed: u64,
 }
 
 impl Default for SimFleetOptions {
@@ -52,6 +58,8 @@ impl Default for SimFleetOptions {
             connect_timeout: Duration::from_secs(5),
             defects: Vec::new(),
             service_traits: BTreeMap::new(),
+            deploy_rate: 0.0,
+            seed: 1,
         }
     }
 }
@@ -74,6 +82,29 @@ pub struct SimAgent {
     instance: SimInstance,
     status: watch::Receiver<SyncStatus>,
     runtime: Arc<SimRuntime>,
+    run: Mutex<AgentRun>,
+}
+
+/// The sync loop an agent runs now, and what starting another takes.
+#[derive(Debug)]
+struct AgentRun {
+    config: SyncConfig,
+    channel: Channel,
+    status: watch::Sender<SyncStatus>,
+    cancel: CancellationToken,
+    task: Option<JoinHandle<()>>,
+    deploys: u32,
+}
+
+impl AgentRun {
+    /// Starts the sync loop under `parent`, tracked by `tasks`.
+    fn start(&mut self, runtime: Arc<SimRuntime>, parent: &CancellationToken, tasks: &TaskTracker) {
+        self.cancel = parent.child_token();
+        let runtime: Arc<dyn Runtime> = runtime;
+        let run =
+            sync::run(self.config.clone(), self.channel.clone(), runtime, self.status.clone(), self.cancel.clone());
+        self.task = Some(tasks.spawn(run));
+    }
 }
 
 impl SimAgent {
@@ -91,6 +122,24 @@ impl SimAgent {
     /// Whether its sync stream is open.
     pub fn connected(&self) -> bool {
         self.status.borrow().connected
+    }
+
+    /// Deploys the instance: its sync loop ends and it registers again with a new deploy id
+    /// (its simulated sidecars keep running, as on a host whose service is redeployed).
+    async fn deploy(&self, parent: &CancellationToken, tasks: &TaskTracker) {
+        let mut run = self.run.lock().await;
+        run.cancel.cancel();
+        if let Some(task) = run.task.take() {
+            let _ = task.await;
+        }
+        run.deploys += 1;
+        run.config.deploy_id = format!("sim-deploy-{}", run.deploys);
+        run.start(self.runtime.clone(), parent, tasks);
+    }
+
+    /// How many times the instance was deployed since the fleet started.
+    pub async fn deploys(&self) -> u32 {
+        self.run.lock().await.deploys
     }
 
     /// The version of `sidecar` in the desired state it holds, if any.
@@ -113,7 +162,7 @@ fn desired_version<'a>(status: &'a SyncStatus, sidecar: &str) -> Option<&'a str>
 /// [`SimFleet::shutdown`] waits.
 #[derive(Debug)]
 pub struct SimFleet {
-    agents: Vec<SimAgent>,
+    agents: Arc<[SimAgent]>,
     connections: usize,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -161,11 +210,22 @@ impl SimFleet {
                 instance.labels.clone(),
             );
             config.report_interval = options.report_interval;
-            let as_runtime: Arc<dyn Runtime> = runtime.clone();
-            tasks.spawn(sync::run(config, channel.clone(), as_runtime, tx, cancel.clone()));
-            agents.push(SimAgent { instance: instance.clone(), status: rx, runtime });
+            let mut run = AgentRun {
+                config,
+                channel: channel.clone(),
+                status: tx,
+                cancel: cancel.child_token(),
+                task: None,
+                deploys: 0,
+            };
+            run.start(runtime.clone(), &cancel, &tasks);
+            agents.push(SimAgent { instance: instance.clone(), status: rx, runtime, run: Mutex::new(run) });
         }
-        tasks.close();
+        let agents: Arc<[SimAgent]> = agents.into();
+        if options.deploy_rate > 0.0 && !agents.is_empty() {
+            let every = Duration::from_secs_f64(60.0 / options.deploy_rate.min(60_000.0));
+            tasks.spawn(deploy_at_random(agents.clone(), every, options.seed, cancel.clone(), tasks.clone()));
+        }
         tracing::info!(agents = agents.len(), connections, "simulated fleet started");
         Ok(Self { agents, connections, cancel, tasks })
     }
@@ -173,6 +233,14 @@ impl SimFleet {
     /// The agents, in the order of the instances given to [`SimFleet::start`].
     pub fn agents(&self) -> &[SimAgent] {
         &self.agents
+    }
+
+    /// Deploys the instance of agent `index` (see [`SimAgent`]): it registers again with a
+    /// new deploy id. Out of range: nothing.
+    pub async fn deploy(&self, index: usize) {
+        if let Some(agent) = self.agents.get(index) {
+            agent.deploy(&self.cancel, &self.tasks).await;
+        }
     }
 
     /// HTTP/2 connections the agents share.
@@ -196,7 +264,7 @@ impl SimFleet {
     pub async fn watch_arrivals(&self, sidecar: &str, version: &str) -> Arrivals {
         let ready = Arc::new(Barrier::new(self.agents.len() + 1));
         let mut watchers = JoinSet::new();
-        for agent in &self.agents {
+        for agent in self.agents.iter() {
             let mut status = agent.status();
             let (sidecar, version, ready) = (sidecar.to_owned(), version.to_owned(), ready.clone());
             watchers.spawn(async move {
@@ -212,8 +280,28 @@ impl SimFleet {
     /// Stops every agent and waits for their sync loops to end.
     pub async fn shutdown(self) {
         self.cancel.cancel();
+        self.tasks.close();
         self.tasks.wait().await;
         tracing::info!(agents = self.agents.len(), "simulated fleet stopped");
+    }
+}
+
+/// Deploys an agent picked at random every `every` until `cancel`.
+async fn deploy_at_random(
+    agents: Arc<[SimAgent]>,
+    every: Duration,
+    seed: u64,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = cancel.cancelled() => return,
+        }
+        let pick = rng.random_range(0..agents.len());
+        agents[pick].deploy(&cancel, &tasks).await;
     }
 }
 

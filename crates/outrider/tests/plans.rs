@@ -483,3 +483,65 @@ async fn instances_that_join_or_leave_follow_the_plan_and_completion_promotes_th
     assert_eq!(status, 404);
     env.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_on_deploy_phase_waits_for_deploys_and_the_converge_phase_moves_the_rest() {
+    let env = setup().await;
+    let body = json!({
+        "sidecar": "mesh", "target_version": "1.1.0", "from_versions": ["1.0.0"],
+        "feature_services": {"per_trait_value": 0},
+        "phases": [
+            {"name": "gray", "stage": "canary", "mode": "hot",
+             "batching": {"strategy": "linear", "size": 1000}, "bake": "150ms", "batch_timeout": "10s"},
+            {"name": "full", "stage": "all", "mode": "on-deploy",
+             "batching": {"strategy": "linear", "size": 1000}, "bake": "150ms", "deadline": "6s"},
+            {"name": "converge", "stage": "all", "mode": "restart",
+             "batching": {"strategy": "linear", "size": 1000}, "bake": "150ms", "batch_timeout": "10s"}
+        ]
+    });
+    let plan = env.post("/plans", body).await;
+    let id = plan["id"].as_str().unwrap().to_owned();
+    let applying = env
+        .wait_plan(&id, "the on-deploy batch applying", |p| p["phases"][1]["batches"][0]["state"] == "applying")
+        .await;
+    let canaries = env.spec.instances.iter().filter(|i| i.labels.stage == "canary").count();
+    let others = 240 - canaries;
+    // Nothing switches until it deploys.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(env.running().await.get("1.0.0"), Some(&others), "on-deploy instances wait for their deploy");
+    let plan = env.get(&format!("/plans/{id}")).await;
+    assert_eq!(plan["counts"]["awaiting_deploy"], others as u64, "{}", plan["counts"]);
+    assert_eq!(plan["phases"][1]["batches"][0]["state"], "applying", "not done before its instances deploy");
+    assert_eq!(plan["state"], "running", "{}", applying["reason"]);
+
+    // Five of them deploy: they come up on the target.
+    let deployed: Vec<usize> = env
+        .fleet
+        .agents()
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.instance().labels.stage != "canary")
+        .map(|(i, _)| i)
+        .take(5)
+        .collect();
+    for &i in &deployed {
+        env.fleet.deploy(i).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let running = env.running().await;
+        if running.get("1.1.0") == Some(&(canaries + 5)) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the deployed instances did not switch: {running:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left = (others - 5) as u64;
+    env.wait_plan(&id, "the deployed ones no longer awaited", |p| p["counts"]["awaiting_deploy"] == left).await;
+
+    // At the deadline the batch is done; the converge phase forces the long tail.
+    let done = env.wait_plan(&id, "completed", |p| p["state"] == "completed").await;
+    assert_eq!(done["phases"][2]["batches"][0]["state"], "passed");
+    assert_eq!(env.running().await.get("1.1.0"), Some(&240));
+    env.shutdown().await;
+}

@@ -189,8 +189,10 @@ impl Stepper<'_> {
             });
         }
         self.writes.extend(writes);
-        let reason =
-            format!("every instance in scope runs {}; {promoted} bindings now name it", self.plan.target_version);
+        let reason = format!(
+            "every batch passed and every instance in scope runs {}; {promoted} bindings now name it",
+            self.plan.target_version
+        );
         self.transition(PlanState::Completed, reason);
     }
 

@@ -201,8 +201,12 @@ fn tell(plan: &Plan, tenant: &str, told: &mut Told, screen: &mut Screen<'_>) -> 
     }
     let summary = || {
         let reason = if plan.reason.is_empty() { String::new() } else { format!(" ({})", plan.reason) };
+        let awaiting = match plan.counts.awaiting_deploy {
+            0 => String::new(),
+            n => format!(", {n} awaiting a deploy"),
+        };
         format!(
-            "{}{reason}: {} of {} instances done, blast radius {}",
+            "{}{reason}: {} of {} instances done{awaiting}, blast radius {}",
             plan.state, plan.counts.done, plan.counts.total, plan.blast_radius
         )
     };

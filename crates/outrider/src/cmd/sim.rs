@@ -46,6 +46,10 @@ pub struct SimArgs {
     /// Simulated time an upgrade takes (± 40 %).
     #[arg(long, default_value = "50ms")]
     pub apply_delay: HumanDuration,
+    /// Deploys per minute across the fleet: an instance picked at random registers again with
+    /// a new deploy id, as when its service is deployed (on-deploy targets then take effect).
+    #[arg(long, value_name = "PER_MINUTE", default_value_t = 0.0, value_parser = deploy_rate)]
+    pub deploy_rate: f64,
     #[command(flatten)]
     pub conn: ConnectArgs,
 }
@@ -115,6 +119,14 @@ fn selected_by_defect<'a>(spec: &FleetSpec, options: &'a SimFleetOptions) -> Vec
         .collect()
 }
 
+/// A deploy rate: a finite number of deploys per minute, 0 to 60,000.
+fn deploy_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && (0.0..=60_000.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a rate between 0 and 60000 deploys per minute")),
+    }
+}
+
 /// Runs `outrider sim` until Ctrl-C, SIGTERM or `--duration`.
 pub async fn run(args: SimArgs) -> anyhow::Result<()> {
     let spec =
@@ -140,6 +152,8 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
         runtime: SimRuntimeOptions { apply_delay: args.apply_delay.0, jitter: args.apply_delay.0 * 2 / 5 },
         defects: args.defects.clone(),
         service_traits: spec.service_traits(),
+        deploy_rate: args.deploy_rate,
+        seed: args.seed,
         ..SimFleetOptions::default()
     };
     for (defect, selected) in selected_by_defect(&spec, &options) {

@@ -80,6 +80,11 @@ pub(in crate::cli) fn plans(plans: &[Plan]) -> Table {
     t
 }
 
+/// The instances in scope a plan does not wait for, by reason (`2 gone, 1 protected service`).
+fn accounted(plan: &Plan) -> String {
+    or_dash(plan.accounted.iter().map(|(why, n)| format!("{n} {why}")).collect::<Vec<_>>().join(", "))
+}
+
 /// One line about a plan: what it moves, where it is, how big it is.
 pub(in crate::cli) fn plan_summary(plan: &Plan) -> String {
     let batches: usize = plan.phases.iter().map(|p| p.batches.len()).sum();
@@ -150,8 +155,12 @@ pub(in crate::cli) fn plan(plan: &Plan) -> String {
         ("feature services", or_dash(plan.feature_services.join(", "))),
         (
             "instances",
-            format!("{} done of {} ({} failed, {} pending)", counts.done, counts.total, counts.failed, counts.pending),
+            format!(
+                "{} done of {} ({} failed, {} pending, {} awaiting a deploy)",
+                counts.done, counts.total, counts.failed, counts.pending, counts.awaiting_deploy
+            ),
         ),
+        ("not waited for", accounted(plan)),
         ("blast radius", plan.blast_radius.to_string()),
         ("created", seconds(plan.created_at)),
         ("updated", seconds(plan.updated_at)),
