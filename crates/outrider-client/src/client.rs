@@ -261,7 +261,20 @@ impl Client {
     /// `POST /tenants/{tenant}/plans/simulate`: the schedule `spec` would follow; nothing
     /// changes.
     pub async fn simulate_plan(&self, tenant: &str, spec: &PlanSpec) -> Result<Simulation, ClientError> {
-        self.send(Method::POST, self.tenant_url(tenant, &["plans", "simulate"], &[])?, spec).await
+        self.simulate_plan_with(tenant, spec, None).await
+    }
+
+    /// Like [`Client::simulate_plan`], assuming `deploys_per_day` deploys per instance and day
+    /// for on-deploy phases (`None`: the manager's default).
+    pub async fn simulate_plan_with(
+        &self,
+        tenant: &str,
+        spec: &PlanSpec,
+        deploys_per_day: Option<f64>,
+    ) -> Result<Simulation, ClientError> {
+        let rate = deploys_per_day.map(|r| r.to_string());
+        let query = [("deploys_per_day", rate.as_deref())];
+        self.send(Method::POST, self.tenant_url(tenant, &["plans", "simulate"], &query)?, spec).await
     }
 
     /// `POST /tenants/{tenant}/freezes`.

@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use outrider_model::{Batch, Caps, Counts, Freeze, PlanSpec, Simulation};
+use outrider_model::{Batch, Caps, Counts, Freeze, PlanSpec, Simulation, UpgradeMode};
 use time::{OffsetDateTime, UtcOffset};
 
 use crate::{
@@ -15,16 +15,36 @@ use crate::{
 };
 
 /// What the simulator assumes about the fleet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SimAssumptions {
     /// Time from a batch's start to its instances running the target (then the bake starts).
     pub apply_time: Duration,
+    /// How often an instance is deployed, on average, per day (its service's deploys): an
+    /// `on-deploy` batch is done when every instance of it has deployed (the expected last of
+    /// n deploys at this rate: H(n) / rate days), or at its phase's deadline.
+    pub deploys_per_day: f64,
 }
 
 impl Default for SimAssumptions {
-    /// Two minutes a batch.
+    /// Two minutes a batch; each instance deployed every five days on average.
     fn default() -> Self {
-        Self { apply_time: Duration::from_secs(120) }
+        Self { apply_time: Duration::from_secs(120), deploys_per_day: 0.2 }
+    }
+}
+
+impl SimAssumptions {
+    /// The expected time until all of `n` instances have deployed (the largest of n
+    /// exponential waits at `deploys_per_day`), capped by `deadline`; `None` when it never
+    /// ends (no deploys and no deadline).
+    fn all_deployed(&self, n: u64, deadline: Option<Duration>) -> Option<time::Duration> {
+        let harmonic: f64 = (1..=n.min(10_000_000)).map(|k| 1.0 / k as f64).sum();
+        let days = harmonic / self.deploys_per_day;
+        let expected = (days.is_finite() && days < 36_500.0).then(|| Duration::from_secs_f64(days * 86_400.0));
+        match (expected, deadline) {
+            (Some(e), Some(d)) => Some(to_time(e.min(d))),
+            (Some(e), None) => Some(to_time(e)),
+            (None, d) => d.map(to_time),
+        }
     }
 }
 
@@ -49,16 +69,24 @@ pub fn simulate(
     let blockers = Blockers::new(freezes, &planned.protected_periods);
     let mut phases = planned.phases.clone();
     let mut notes = vec![format!(
-        "assumes {} to apply a batch, then its phase's bake; lanes advance side by side, phases one after another",
-        outrider_model::HumanDuration(assumptions.apply_time)
+        "assumes {} to apply a batch ({} deploys per instance and day for on-deploy phases, up to their deadline), \
+         then its phase's bake; lanes advance side by side, phases one after another",
+        outrider_model::HumanDuration(assumptions.apply_time),
+        assumptions.deploys_per_day
     )];
     let mut clock = start;
     for phase in &mut phases {
-        let cap = spec.phases.iter().find(|p| p.name == phase.name).map(|p| p.max_per_day).unwrap_or_default();
-        let took = to_time(assumptions.apply_time).checked_add(to_time(phase.bake.0));
+        let phase_spec = spec.phases.iter().find(|p| p.name == phase.name);
+        let cap = phase_spec.map(|p| p.max_per_day).unwrap_or_default();
+        let deadline = phase_spec.and_then(|p| p.deadline).map(|d| d.0);
+        let (mode, bake) = (phase.mode, to_time(phase.bake.0));
+        let took = |b: &Batch| match mode {
+            UpgradeMode::OnDeploy => assumptions.all_deployed(b.instance_count(), deadline)?.checked_add(bake),
+            _ => to_time(assumptions.apply_time).checked_add(bake),
+        };
         let mut stats = Stats::default();
         let outcome =
-            run_phase(&mut phase.batches, clock, took, Rules { windows, blockers: &blockers, cap }, &mut stats);
+            run_phase(&mut phase.batches, clock, &took, Rules { windows, blockers: &blockers, cap }, &mut stats);
         stats.describe(&phase.name, phase.batches.is_empty(), &mut notes);
         match outcome {
             Some(end) => clock = end,
@@ -117,12 +145,12 @@ impl Stats {
     }
 }
 
-/// Schedules the batches of one phase from `from`; each takes `took`. Returns the end of the
-/// last bake, `None` if a batch can never start.
+/// Schedules the batches of one phase from `from`; each takes `took` of it. Returns the end
+/// of the last bake, `None` if a batch can never start or end.
 fn run_phase(
     batches: &mut [Batch],
     from: OffsetDateTime,
-    took: Option<time::Duration>,
+    took: &dyn Fn(&Batch) -> Option<time::Duration>,
     rules: Rules<'_, '_>,
     stats: &mut Stats,
 ) -> Option<OffsetDateTime> {
@@ -144,7 +172,7 @@ fn run_phase(
             stats.alone_over_cap += 1;
         }
         batch.predicted_start = Some(start);
-        let done = start.checked_add(took?)?;
+        let done = start.checked_add(took(batch)?)?;
         end = end.max(done);
         if !queues[lane].is_empty() {
             ready.push(Reverse((done, lane)));

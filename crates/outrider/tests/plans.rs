@@ -284,6 +284,20 @@ async fn admission_refuses_bad_plans_with_the_reason() {
     let sim = env.post("/plans/simulate", plan_body("1.1.0")).await;
     assert!(sim["days"].as_f64().unwrap() >= 0.0);
     assert_eq!(env.get("/plans").await.as_array().unwrap().len(), before);
+    // On-deploy phases last as long as the deploys they wait for take.
+    let mut on_deploy = plan_body("1.1.0");
+    on_deploy["phases"][1]["mode"] = json!("on-deploy");
+    on_deploy["phases"][1]["batch_timeout"] = json!("10m");
+    let often = env.post("/plans/simulate?deploys_per_day=24", on_deploy.clone()).await;
+    let rarely = env.post("/plans/simulate?deploys_per_day=0.1", on_deploy.clone()).await;
+    let (often, rarely) = (often["days"].as_f64().unwrap(), rarely["days"].as_f64().unwrap());
+    assert!(often < 2.0 && rarely > 100.0 * often / 24.0, "{often} days vs {rarely} days");
+    for bad in ["-1", "abc", "1e9"] {
+        let (s, v) = env
+            .call(reqwest::Method::POST, &format!("/plans/simulate?deploys_per_day={bad}"), Some(on_deploy.clone()))
+            .await;
+        assert_eq!(s, 400, "deploys_per_day={bad}: {v}");
+    }
     env.shutdown().await;
 }
 

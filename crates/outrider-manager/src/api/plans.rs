@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::{
     Actor, AppState,
-    extract::{ApiJson, ApiPath},
+    extract::{ApiJson, ApiPath, ApiQuery},
     require_tenant,
 };
 use crate::{
@@ -26,14 +26,23 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(plan)))
 }
 
-/// `POST /plans/simulate`: the predicted schedule; nothing changes.
+/// Query of `POST /plans/simulate`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SimulateQuery {
+    /// Deploys per instance and day assumed for on-deploy phases.
+    deploys_per_day: Option<f64>,
+}
+
+/// `POST /plans/simulate[?deploys_per_day=R]`: the predicted schedule; nothing changes.
 pub async fn simulate(
     State(s): State<AppState>,
     ApiPath(tenant): ApiPath<String>,
+    ApiQuery(query): ApiQuery<SimulateQuery>,
     ApiJson(spec): ApiJson<PlanSpec>,
 ) -> Result<Json<Simulation>, Error> {
     require_tenant(&s.repo, &tenant).await?;
-    Ok(Json(plans::simulate(&s, &tenant, &spec).await?))
+    Ok(Json(plans::simulate(&s, &tenant, &spec, query.deploys_per_day).await?))
 }
 
 /// `GET /plans`, newest first.

@@ -71,20 +71,26 @@ pub async fn create(s: &AppState, tenant: &str, actor: &str, spec: PlanSpec) -> 
     Ok(plan)
 }
 
-/// The predicted schedule of `spec` from now; nothing changes.
-pub async fn simulate(s: &AppState, tenant: &str, spec: &PlanSpec) -> Result<Simulation, Error> {
+/// The predicted schedule of `spec` from now, with `deploys_per_day` deploys per instance and
+/// day for on-deploy phases (default 0.2); nothing changes.
+pub async fn simulate(
+    s: &AppState,
+    tenant: &str,
+    spec: &PlanSpec,
+    deploys_per_day: Option<f64>,
+) -> Result<Simulation, Error> {
     spec.validate()?;
+    let mut assumptions = SimAssumptions::default();
+    if let Some(rate) = deploys_per_day {
+        if !(rate.is_finite() && (0.0..=1000.0).contains(&rate)) {
+            return Err(Error::invalid(format!("deploys_per_day: {rate} is not between 0 and 1000")));
+        }
+        assumptions.deploys_per_day = rate;
+    }
     let planned = plan_spec(s, tenant, spec)?;
     let windows = Windows::new(&spec.windows).map_err(|e| Error::invalid(e.to_string()))?;
     let freezes: Vec<Freeze> = s.repo.list(&keys::freezes(tenant)).await?;
-    Ok(outrider_rollout::simulate(
-        &planned,
-        spec,
-        &windows,
-        &freezes,
-        OffsetDateTime::now_utc(),
-        SimAssumptions::default(),
-    ))
+    Ok(outrider_rollout::simulate(&planned, spec, &windows, &freezes, OffsetDateTime::now_utc(), assumptions))
 }
 
 /// Every plan of `tenant`, newest first.

@@ -165,3 +165,23 @@ fn running_out_of_clock_is_reported() {
     assert_eq!(starts(&sim), [Some(end), Some(end + time::Duration::minutes(32))]);
     assert!(sim.notes.iter().any(|n| n.contains("cannot go on")), "{:?}", sim.notes);
 }
+
+#[test]
+fn on_deploy_phases_last_until_their_instances_deploy_or_their_deadline() {
+    let f = fleet(&["a"], &["r1"], 4);
+    let on_deploy = |extra: &str| spec(0, 1, &format!(r#","mode":"on-deploy"{extra}"#));
+    let daily = SimAssumptions { deploys_per_day: 1.0, ..SimAssumptions::default() };
+    let planned = plan(&on_deploy(""), &f).unwrap();
+    // Four instances deploying once a day on average: the last one after H(4) = 2.083 days.
+    let sim = simulate(&planned, &on_deploy(""), &Windows::default(), &[], MONDAY, daily);
+    assert!((sim.days - 25.0 / 12.0).abs() < 1e-3, "{} days", sim.days);
+    // A deadline cuts it short.
+    let capped = on_deploy(r#","deadline":"1d""#);
+    let sim = simulate(&plan(&capped, &f).unwrap(), &capped, &Windows::default(), &[], MONDAY, daily);
+    assert!((sim.days - 1.0).abs() < 1e-6, "{} days", sim.days);
+    // No deploys and no deadline: it never ends, and the simulation says so.
+    let never = SimAssumptions { deploys_per_day: 0.0, ..SimAssumptions::default() };
+    let sim = simulate(&planned, &on_deploy(""), &Windows::default(), &[], MONDAY, never);
+    assert!(sim.phases[0].batches[0].predicted_start.is_some());
+    assert!(sim.notes.iter().any(|n| n.contains("cannot go on")), "{:?}", sim.notes);
+}

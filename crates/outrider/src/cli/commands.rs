@@ -330,6 +330,10 @@ pub enum PlanCommand {
         /// JSON file with the plan body (`-` reads standard input).
         #[arg(short = 'f', long, value_name = "FILE")]
         file: PathBuf,
+        /// Deploys per instance and day assumed for on-deploy phases (default: the manager's,
+        /// 0.2: every five days).
+        #[arg(long, value_name = "RATE")]
+        deploys_per_day: Option<f64>,
         #[command(flatten)]
         conn: ConnectArgs,
     },

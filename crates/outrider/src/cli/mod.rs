@@ -200,9 +200,9 @@ async fn plan(cmd: PlanCommand) -> anyhow::Result<()> {
                 format!("{}\nfollow it with: outrider plan watch {}{tenant}", render::plan_summary(p), p.id)
             })
         }
-        PlanCommand::Simulate { file, conn } => {
+        PlanCommand::Simulate { file, deploys_per_day, conn } => {
             let spec = input::read_plan(&file).await?;
-            let sim = conn.client()?.simulate_plan(&conn.tenant, &spec).await?;
+            let sim = conn.client()?.simulate_plan_with(&conn.tenant, &spec, deploys_per_day).await?;
             emit_text(conn.output, &sim, render::simulation)
         }
         PlanCommand::List { conn } => {
