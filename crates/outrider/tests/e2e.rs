@@ -403,3 +403,55 @@ async fn an_artifact_with_the_wrong_hash_is_refused_and_the_old_version_keeps_ru
     let s = &view["i-1"];
     assert_eq!(s.running("1.0.0"), Ok(old), "the manager sees the old version running: {s:?}");
 }
+
+/// Waits until agent `i` runs demo `version` and returns its pid.
+async fn runs(f: &Fleet, i: usize, version: &str) -> u32 {
+    f.eventually(CONVERGE, &format!("agent {i} to run demo@{version}"), async || f.demo(i).await?.running(version))
+        .await
+}
+
+#[tokio::test]
+async fn a_real_instance_that_joins_an_upgraded_cell_starts_on_the_target_and_is_rolled_back_with_it() {
+    let f = Fleet::new(OUTRIDER, 2);
+    f.start_server().await;
+    f.create_catalog(&[f.demo_version("1.0.0", None), f.demo_version("1.1.0", None)]).await;
+    f.api_ok(Method::POST, "/sidecars/demo/versions/1.1.0/admit", Some(serde_json::json!({"evidence": "e2e"}))).await;
+    f.bind("1.0.0").await;
+    f.start_agent(0);
+    runs(&f, 0, "1.0.0").await;
+
+    // A plan whose one batch (the canary cell boe/prod/canary of checkout) bakes for long.
+    let body = serde_json::json!({
+        "sidecar": "demo", "target_version": "1.1.0", "feature_services": {"per_trait_value": 0},
+        "phases": [{"name": "gray", "stage": "canary", "mode": "restart",
+                    "batching": {"strategy": "linear", "size": 1}, "bake": "10m", "batch_timeout": "30s"}]
+    });
+    let plan = f.api_ok(Method::POST, "/plans", Some(body)).await;
+    let id = plan["id"].as_str().unwrap().to_owned();
+    runs(&f, 0, "1.1.0").await;
+    f.eventually(CONVERGE, "the batch to bake", async || {
+        let p = f.api_ok(Method::GET, &format!("/plans/{id}"), None).await;
+        (p["phases"][0]["batches"][0]["state"] == "baking").then_some(()).ok_or_else(|| format!("{}", p["phases"]))
+    })
+    .await;
+
+    // A second instance of the same cell registers mid-plan: it starts on the target.
+    f.start_agent(1);
+    runs(&f, 1, "1.1.0").await;
+
+    // The rollback takes both back, and says rolled_back only once both run 1.0.0.
+    let rolled = f.api_ok(Method::POST, &format!("/plans/{id}/rollback"), Some(serde_json::json!({}))).await;
+    assert_eq!(rolled["state"], "running");
+    let done = f
+        .eventually(CONVERGE, "the plan to say rolled_back", async || {
+            let p = f.api_ok(Method::GET, &format!("/plans/{id}"), None).await;
+            (p["state"] == "rolled_back")
+                .then_some(p.clone())
+                .ok_or_else(|| format!("{} ({})", p["state"], p["reason"]))
+        })
+        .await;
+    for i in 0..2 {
+        let s = f.demo(i).await.expect("agent status");
+        assert!(s.running("1.0.0").is_ok(), "plan said rolled_back while agent {i} reports {s:?}: {}", done["reason"]);
+    }
+}
