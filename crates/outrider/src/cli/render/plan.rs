@@ -156,8 +156,15 @@ pub(in crate::cli) fn plan(plan: &Plan) -> String {
         (
             "instances",
             format!(
-                "{} done of {} ({} failed, {} pending, {} awaiting a deploy)",
-                counts.done, counts.total, counts.failed, counts.pending, counts.awaiting_deploy
+                "{} done of {} ({} failed, {} pending{})",
+                counts.done,
+                counts.total,
+                counts.failed,
+                counts.pending,
+                match counts.awaiting_deploy {
+                    0 => String::new(),
+                    n => format!(", {n} awaiting a deploy"),
+                }
             ),
         ),
         ("not waited for", accounted(plan)),
