@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::{Json, Router, extract::State, http::header, response::IntoResponse, routing::get};
 use outrider_model::SidecarState;
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    encoding::EncodeLabelSet,
     metrics::{family::Family, gauge::Gauge},
     registry::Registry,
 };
@@ -87,15 +87,12 @@ fn render(runtime: &dyn Runtime, sync: &SyncStatus) -> String {
     registry.register("sidecar_resident_memory_bytes", "Resident memory of the sidecar", rss);
     registry.register("sidecar_cpu_percent", "CPU use in percent of one core", cpu);
     registry.register("sidecar_state", "1 for the sidecar's current state", state);
-    let mut out = String::new();
-    // Writing into a String cannot fail.
-    let _ = encode(&mut out, &registry);
-    out
+    outrider_promtext::encode(&registry)
 }
 
 async fn metrics(State(s): State<AgentHttp>) -> impl IntoResponse {
     let sync = s.sync.borrow().clone();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render(s.runtime.as_ref(), &sync))
+    ([(header::CONTENT_TYPE, outrider_promtext::CONTENT_TYPE)], render(s.runtime.as_ref(), &sync))
 }
 
 /// The router of the agent's endpoint.

@@ -1,7 +1,6 @@
 //! The sidecar's Prometheus metrics, in an explicit registry.
 
 use prometheus_client::{
-    encoding::text::encode,
     metrics::{
         counter::Counter,
         family::Family,
@@ -11,8 +10,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
-/// The content type of [`Metrics::encode`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of [`Metrics::encode`]'s output: the Prometheus text format 0.0.4.
+pub const CONTENT_TYPE: &str = outrider_promtext::CONTENT_TYPE;
 
 /// Counters for the served traffic (every request except `/healthz` and `/metrics`).
 ///
@@ -51,11 +50,9 @@ impl Metrics {
         Self { registry, requests, errors, latency, in_flight }
     }
 
-    /// The metrics in the Prometheus/OpenMetrics text format.
+    /// The metrics in the Prometheus text format 0.0.4.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
-        out
+        outrider_promtext::encode(&self.registry)
     }
 }
 

@@ -3,7 +3,6 @@
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::{
-    encoding::text::encode,
     metrics::{counter::Counter, gauge::Gauge},
     registry::Registry,
 };
@@ -69,7 +68,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// The Prometheus text exposition of every metric.
+    /// The Prometheus text exposition (0.0.4) of every metric.
     pub fn render(&self) -> String {
         self.resident_memory.set(resident_memory_bytes().try_into().unwrap_or(i64::MAX));
         let cpu = cpu_seconds();
@@ -77,10 +76,7 @@ impl Metrics {
         if cpu > counted {
             self.cpu_seconds.inc_by(cpu - counted);
         }
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
-        out
+        outrider_promtext::encode(&self.registry)
     }
 }
 

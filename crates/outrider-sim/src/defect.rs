@@ -1,5 +1,6 @@
 //! Injected defects: `--defect version=1.3.0,trait=protocol:http,effect=crash` makes the
-//! instances it selects report a fault once they run that version (PRODUCT.md §5).
+//! instances it selects report a fault once they run that version (PRODUCT.md §5), with a
+//! size where the effect has one (`effect=errors:0.02`, PRODUCT.md §8).
 
 use std::{collections::BTreeMap, fmt, str::FromStr};
 
@@ -7,51 +8,99 @@ use outrider_model::{validate_name, validate_version};
 
 use crate::SimInstance;
 
-/// The fault a defective version shows on the instances a [`Defect`] selects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The fault a defective version shows on the instances a [`Defect`] selects, with its size
+/// (PRODUCT.md §8: `effect=errors:RATIO`, `latency:FACTOR`, `cpu:POINTS`, `memory:MIB_PER_S`,
+/// `crash`; a bare name has the size in [`Effect::ALL`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Effect {
     /// The sidecar keeps exiting: exits and restarts grow, then it is in `crash_loop`.
     Crash,
-    /// The metric `error_rate` is 0.3 (healthy: about 0.001).
-    Errors,
-    /// The metric `latency_p99_ms` is about ten times the healthy figure.
-    Latency,
-    /// CPU use is about 90 % of a core (healthy: about 5 %).
-    Cpu,
-    /// Resident memory grows steadily (10 MiB a second).
-    Memory,
+    /// This share of requests fails on top of the healthy one (bare: 0.3).
+    Errors(f64),
+    /// The metric `latency_p99_ms` is this many times the healthy figure (bare: 10).
+    Latency(f64),
+    /// CPU use is this many percentage points of a core higher (bare: 85, about 90 % in all).
+    Cpu(f64),
+    /// Resident memory grows this many MiB a second (bare: 10).
+    Memory(f64),
 }
 
 impl Effect {
-    /// Every effect, in the order the help lists them.
-    pub const ALL: [Self; 5] = [Self::Crash, Self::Errors, Self::Latency, Self::Cpu, Self::Memory];
+    /// Every effect at its bare size, in the order the help lists them.
+    pub const ALL: [Self; 5] =
+        [Self::Crash, Self::Errors(0.3), Self::Latency(10.0), Self::Cpu(85.0), Self::Memory(10.0)];
 
-    /// The spelling of `effect=`.
+    /// The name in `effect=`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Crash => "crash",
-            Self::Errors => "errors",
-            Self::Latency => "latency",
-            Self::Cpu => "cpu",
-            Self::Memory => "memory",
+            Self::Errors(_) => "errors",
+            Self::Latency(_) => "latency",
+            Self::Cpu(_) => "cpu",
+            Self::Memory(_) => "memory",
         }
+    }
+
+    /// The size (none for `crash`).
+    pub fn size(self) -> Option<f64> {
+        match self {
+            Self::Crash => None,
+            Self::Errors(v) | Self::Latency(v) | Self::Cpu(v) | Self::Memory(v) => Some(v),
+        }
+    }
+
+    /// The same effect at `size`, checked against what the effect allows.
+    fn sized(self, size: &str) -> Result<Self, String> {
+        let value: f64 = size.parse().map_err(|_| format!("the size {size:?} of effect {self} is not a number"))?;
+        let (ok, allowed) = match self {
+            Self::Crash => return Err("effect crash takes no size: write effect=crash".to_owned()),
+            Self::Errors(_) => (value > 0.0 && value <= 1.0, "a share of requests above 0 and at most 1"),
+            Self::Latency(_) => (value > 0.0 && value.is_finite(), "a factor above 0"),
+            Self::Cpu(_) => (value > 0.0 && value <= 100.0, "percentage points above 0 and at most 100"),
+            Self::Memory(_) => (value > 0.0 && value.is_finite(), "MiB a second above 0"),
+        };
+        if !ok {
+            return Err(format!("effect {self}:{size}: the size must be {allowed}"));
+        }
+        Ok(match self {
+            Self::Crash => Self::Crash,
+            Self::Errors(_) => Self::Errors(value),
+            Self::Latency(_) => Self::Latency(value),
+            Self::Cpu(_) => Self::Cpu(value),
+            Self::Memory(_) => Self::Memory(value),
+        })
+    }
+
+    /// Whether it has its bare size.
+    fn is_bare(self) -> bool {
+        Self::ALL.contains(&self)
     }
 }
 
 impl fmt::Display for Effect {
+    /// The name, then `:SIZE` unless the size is the bare one.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(self.as_str())?;
+        match self.size() {
+            Some(size) if !self.is_bare() => write!(f, ":{size}"),
+            _ => Ok(()),
+        }
     }
 }
 
 impl FromStr for Effect {
     type Err = String;
 
+    /// `NAME` or `NAME:SIZE`.
     fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|e| e.as_str() == s)
-            .ok_or_else(|| format!("unknown effect {s:?}: use crash, errors, latency, cpu or memory"))
+        let (name, size) = s.split_once(':').map_or((s, None), |(n, v)| (n, Some(v)));
+        let bare = Self::ALL.into_iter().find(|e| e.as_str() == name).ok_or_else(|| {
+            format!(
+                "unknown effect {name:?}: use crash, errors:RATIO, latency:FACTOR, cpu:POINTS or memory:MIB_PER_S \
+                 (the size is optional)"
+            )
+        })?;
+        size.map_or(Ok(bare), |size| bare.sized(size))
     }
 }
 
@@ -61,7 +110,7 @@ impl FromStr for Effect {
 /// Written `KEY=VALUE` pairs separated by commas: `version=` and `effect=` are required;
 /// `service=NAME`, `region=R` and `sidecar=NAME` are optional and given at most once;
 /// `trait=KEY:VALUE` (or `trait=KEY=VALUE`) may be repeated, and every trait must match.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Defect {
     /// The defective version.
     pub version: String,
@@ -153,7 +202,8 @@ impl FromStr for Defect {
             version: version.ok_or_else(|| format!("defect {spec:?} needs version=VERSION"))?,
             effect: effect.ok_or_else(|| {
                 format!(
-                    "defect {spec:?} needs effect=crash, effect=errors, effect=latency, effect=cpu or effect=memory"
+                    "defect {spec:?} needs effect=crash, effect=errors[:RATIO], effect=latency[:FACTOR], \
+                     effect=cpu[:POINTS] or effect=memory[:MIB_PER_S]"
                 )
             })?,
             sidecar,
@@ -219,12 +269,41 @@ mod tests {
     }
 
     #[test]
+    fn effects_take_sizes_and_bare_names_keep_the_default_ones() {
+        let effect = |s: &str| parse(&format!("version=1.0.0,effect={s}")).unwrap().effect;
+        assert_eq!(effect("errors:0.02"), Effect::Errors(0.02));
+        assert_eq!(effect("latency:1.5"), Effect::Latency(1.5));
+        assert_eq!(effect("cpu:40"), Effect::Cpu(40.0));
+        assert_eq!(effect("memory:2"), Effect::Memory(2.0));
+        assert_eq!(effect("errors"), Effect::Errors(0.3));
+        assert_eq!(effect("latency"), Effect::Latency(10.0));
+        assert_eq!(effect("cpu"), Effect::Cpu(85.0));
+        assert_eq!(effect("memory"), Effect::Memory(10.0));
+        assert_eq!(effect("crash"), Effect::Crash);
+        // Sizes display back, bare sizes as the bare name.
+        for (spec, shown) in [("errors:0.02", "errors:0.02"), ("cpu:40", "cpu:40"), ("latency:10", "latency")] {
+            let d = parse(&format!("version=1.0.0,effect={spec}")).unwrap();
+            assert_eq!(d.to_string(), format!("version=1.0.0,effect={shown}"));
+            assert_eq!(parse(&d.to_string()).unwrap(), d);
+        }
+    }
+
+    #[test]
     fn bad_specs_are_refused_naming_the_problem() {
         let cases = [
             ("", "is not KEY=VALUE"),
             ("version=1.3.0", "needs effect="),
             ("effect=crash", "needs version="),
             ("version=1.3.0,effect=explode", "unknown effect \"explode\""),
+            ("version=1.3.0,effect=explode:2", "unknown effect \"explode\""),
+            ("version=1.3.0,effect=crash:2", "effect crash takes no size"),
+            ("version=1.3.0,effect=errors:lots", "the size \"lots\" of effect errors is not a number"),
+            ("version=1.3.0,effect=errors:1.5", "a share of requests above 0 and at most 1"),
+            ("version=1.3.0,effect=errors:0", "a share of requests above 0 and at most 1"),
+            ("version=1.3.0,effect=latency:-1", "a factor above 0"),
+            ("version=1.3.0,effect=latency:inf", "a factor above 0"),
+            ("version=1.3.0,effect=cpu:150", "percentage points above 0 and at most 100"),
+            ("version=1.3.0,effect=memory:NaN", "MiB a second above 0"),
             ("version=1.3.0,effect=crash,colour=red", "unknown key \"colour\""),
             ("version=1.3,effect=crash", "not a semantic version"),
             ("version=1.3.0,effect=crash,trait=protocol", "not trait=KEY:VALUE"),

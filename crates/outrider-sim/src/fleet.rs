@@ -19,7 +19,7 @@ use tokio::{
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::{Defect, SimError, SimInstance, SimRuntime, SimRuntimeOptions};
+use crate::{Defect, Profile, SimError, SimInstance, SimRuntime, SimRuntimeOptions};
 
 /// How a [`SimFleet`] runs its agents.
 #[derive(Debug, Clone)]
@@ -170,7 +170,9 @@ pub struct SimFleet {
 
 impl SimFleet {
     /// Starts one agent per instance against the manager at `manager_url`, with `token`, in
-    /// `tenant`; each instance's runtime gets the defects that select it. Connections are opened lazily by the agents' first requests. Must be called
+    /// `tenant`; each instance's runtime gets the defects that select it and the
+    /// [`Profile::of_service`] of its service. Connections are opened lazily by the agents'
+    /// first requests. Must be called
     /// inside a Tokio runtime.
     pub fn start(
         manager_url: &str,
@@ -191,6 +193,8 @@ impl SimFleet {
         let mut agents = Vec::with_capacity(instances.len());
         let mut channel: Option<Channel> = None;
         let mut connections = 0;
+        // The fleet's day starts now, the same for every instance.
+        let midnight = tokio::time::Instant::now();
         for (index, instance) in instances.iter().enumerate() {
             if index % per_connection == 0 {
                 channel = None;
@@ -199,8 +203,11 @@ impl SimFleet {
                 connections += 1;
                 endpoint.connect_lazy()
             });
-            let runtime =
-                Arc::new(SimRuntime::new(options.runtime, index as u64).with_defects(options.defects_of(instance)));
+            let runtime = Arc::new(
+                SimRuntime::new(options.runtime, index as u64)
+                    .with_defects(options.defects_of(instance))
+                    .with_profile(Profile::of_service(&instance.service, midnight)),
+            );
             let (tx, rx) = watch::channel(SyncStatus::default());
             let mut config = SyncConfig::new(
                 token.to_owned(),

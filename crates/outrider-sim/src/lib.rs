@@ -8,8 +8,11 @@
 //!   [`SimRuntime`] that "applies" desired state after a short simulated delay and reports
 //!   synthetic processes with health figures and metrics. The agents share a few HTTP/2
 //!   connections.
-//! - [`Defect`]s (`--defect version=1.3.0,trait=protocol:http,effect=crash`) make the
-//!   instances they select misbehave once they run the defective version.
+//! - [`Defect`]s (`--defect version=1.3.0,trait=protocol:http,effect=crash`,
+//!   `effect=errors:0.02`) make the instances they select misbehave once they run the
+//!   defective version.
+//! - A [`Profile`] per service gives healthy sidecars their base levels, a daily load curve
+//!   and random spikes, seeded, so that a judge sees realistic noise.
 //!
 //! Architecture invariant: the simulation speaks only the public protocols (REST through
 //! `outrider-client`, agent sync through `outrider-agent`); it knows nothing of the
@@ -17,6 +20,7 @@
 
 mod defect;
 mod fleet;
+mod profile;
 mod runtime;
 mod seed;
 mod spec;
@@ -26,6 +30,7 @@ use std::time::Duration;
 
 pub use defect::{Defect, Effect};
 pub use fleet::{Arrivals, SimAgent, SimFleet, SimFleetOptions};
+pub use profile::Profile;
 pub use runtime::{SimRuntime, SimRuntimeOptions};
 pub use seed::{
     SEED_PARALLELISM, SeedReport, SidecarRef, binding_mode, ensure_service, ensure_sidecar, ensure_version,

@@ -14,26 +14,10 @@ use outrider_model::{DesiredSidecar, SidecarState, SidecarStatus};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tokio::{sync::watch, time::Instant};
 
-use crate::{Defect, Effect};
+use crate::{Defect, Effect, Profile};
 
-/// Requests a second one simulated sidecar serves (drawn once per process).
-const REQUESTS_PER_SEC: Range<f64> = 20.0..200.0;
-/// Share of failed requests of a healthy sidecar (reports vary ±50 % around it).
-const HEALTHY_ERROR_RATE: f64 = 0.001;
-/// Share of failed requests under [`Effect::Errors`].
-const DEFECT_ERROR_RATE: f64 = 0.3;
-/// 99th-percentile latency of a healthy sidecar in milliseconds (reports vary ±10 %).
-const HEALTHY_P99_MS: f64 = 20.0;
-/// Latency factor under [`Effect::Latency`].
-const LATENCY_FACTOR: f64 = 10.0;
-/// Typical CPU use of a healthy sidecar, in percent of one core (drawn once per process).
-const HEALTHY_CPU: Range<f64> = 3.0..7.0;
-/// CPU use under [`Effect::Cpu`].
-const BURNING_CPU: f64 = 90.0;
 /// Typical resident memory of a sidecar (drawn once per process).
 const HEALTHY_RSS: Range<u64> = 20 << 20..60 << 20;
-/// Memory growth under [`Effect::Memory`].
-const LEAK_BYTES_PER_SEC: f64 = 10.0 * 1024.0 * 1024.0;
 /// Time between exits of a crashing sidecar (±20 %), until it is in a crash loop.
 const CRASH_INTERVAL: Duration = Duration::from_millis(500);
 /// Exits after which a crashing sidecar is in `crash_loop`.
@@ -72,7 +56,7 @@ struct SimSidecar {
     /// Unexpected exits (and as many restarts) of this process.
     exits: u32,
     /// The faults of its version.
-    effects: Vec<Effect>,
+    faults: Faults,
     /// When it started.
     started: Instant,
     /// Requests a second it serves.
@@ -97,17 +81,13 @@ impl SimSidecar {
             cpu_percent: 0.0,
             rss_bytes: 0,
             exits: 0,
-            effects: Vec::new(),
+            faults: Faults::NONE,
             started: now,
             requests_per_sec: 0.0,
             requests: 0.0,
             errors: 0.0,
             sampled: now,
         }
-    }
-
-    fn has(&self, effect: Effect) -> bool {
-        self.effects.contains(&effect)
     }
 
     fn crash_looping(&self) -> bool {
@@ -119,9 +99,10 @@ impl SimSidecar {
         if self.crash_looping() { SidecarState::CrashLoop } else { SidecarState::Running }
     }
 
-    /// Its status at `now`: figures wander from report to report, counters grow with the
-    /// time since the last report, and the effects of its version show.
-    fn report(&mut self, name: &str, now: Instant, rng: &mut StdRng) -> SidecarStatus {
+    /// Its status at `now` under `profile`: figures follow the load of the day with spikes
+    /// and wander from report to report, counters grow with the time since the last report,
+    /// and the faults of its version show.
+    fn report(&mut self, name: &str, now: Instant, profile: &Profile, rng: &mut StdRng) -> SidecarStatus {
         let mut status = SidecarStatus {
             name: name.to_owned(),
             version: self.version.clone(),
@@ -134,17 +115,18 @@ impl SimSidecar {
         if self.pid.is_none() {
             return status;
         }
+        let load = profile.load(now);
+        let spike = profile.spike(rng);
         let mut wobble = |spread: f64| rng.random_range(1.0 - spread..1.0 + spread);
-        status.cpu_percent =
-            if self.has(Effect::Cpu) { BURNING_CPU * wobble(0.05) } else { self.cpu_percent * wobble(0.1) };
-        let leaked =
-            if self.has(Effect::Memory) { LEAK_BYTES_PER_SEC * (now - self.started).as_secs_f64() } else { 0.0 };
+        let faults = self.faults;
+        status.cpu_percent = (self.cpu_percent * load * spike * wobble(0.1) + faults.cpu_points).min(100.0);
+        let leaked = faults.leak_bytes_per_sec * (now - self.started).as_secs_f64();
         // Tens of MiB plus at most some GiB: far from any precision limit.
         status.rss_bytes = (self.rss_bytes as f64 * wobble(0.02) + leaked) as u64;
-        let error_rate =
-            if self.has(Effect::Errors) { DEFECT_ERROR_RATE * wobble(0.05) } else { HEALTHY_ERROR_RATE * wobble(0.5) };
-        let latency = if self.has(Effect::Latency) { LATENCY_FACTOR } else { 1.0 };
-        let served = self.requests_per_sec * (now - self.sampled).as_secs_f64();
+        // Errors and latency rise with load, but less than in proportion.
+        let busy = 1.0 + (load - 1.0) / 2.0;
+        let error_rate = (profile.error_ratio * busy * spike * wobble(0.5) + faults.error_ratio).min(1.0);
+        let served = self.requests_per_sec * load * (now - self.sampled).as_secs_f64();
         self.requests += served;
         self.errors += served * error_rate;
         self.sampled = now;
@@ -152,9 +134,37 @@ impl SimSidecar {
             ("requests_total".to_owned(), self.requests.floor()),
             ("errors_total".to_owned(), self.errors.floor()),
             ("error_rate".to_owned(), error_rate),
-            ("latency_p99_ms".to_owned(), HEALTHY_P99_MS * latency * wobble(0.1)),
+            ("latency_p99_ms".to_owned(), profile.p99_ms * busy * spike * faults.latency_factor * wobble(0.1)),
         ]);
         status
+    }
+}
+
+/// What the [`Effect`]s of a process's version do to it, summed over its defects.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Faults {
+    crash: bool,
+    /// Added share of failed requests.
+    error_ratio: f64,
+    /// Factor on latency.
+    latency_factor: f64,
+    /// Added CPU percentage points.
+    cpu_points: f64,
+    leak_bytes_per_sec: f64,
+}
+
+impl Faults {
+    const NONE: Self =
+        Self { crash: false, error_ratio: 0.0, latency_factor: 1.0, cpu_points: 0.0, leak_bytes_per_sec: 0.0 };
+
+    fn of(effects: impl IntoIterator<Item = Effect>) -> Self {
+        effects.into_iter().fold(Self::NONE, |f, effect| match effect {
+            Effect::Crash => Self { crash: true, ..f },
+            Effect::Errors(ratio) => Self { error_ratio: f.error_ratio + ratio, ..f },
+            Effect::Latency(factor) => Self { latency_factor: f.latency_factor * factor, ..f },
+            Effect::Cpu(points) => Self { cpu_points: f.cpu_points + points, ..f },
+            Effect::Memory(mib) => Self { leak_bytes_per_sec: f.leak_bytes_per_sec + mib * 1024.0 * 1024.0, ..f },
+        })
     }
 }
 
@@ -171,6 +181,8 @@ struct State {
     last_serial: u64,
     /// Defects of the instance: the versions that misbehave here.
     defects: Vec<Defect>,
+    /// How its healthy sidecars behave.
+    profile: Profile,
     rng: StdRng,
 }
 
@@ -187,7 +199,7 @@ impl State {
                 continue;
             }
             let sidecar = self.process(name, version);
-            if sidecar.has(Effect::Crash) {
+            if sidecar.faults.crash {
                 crashing.push((name.clone(), sidecar.serial));
             }
             self.sidecars.insert(name.clone(), sidecar);
@@ -198,10 +210,13 @@ impl State {
 
     /// A new running process of `name` at `version`, with the effects of the defects it hits.
     fn process(&mut self, name: &str, version: &str) -> SimSidecar {
-        let mut effects: Vec<Effect> =
-            self.defects.iter().filter(|d| d.hits(name, version)).map(|d| d.effect).collect();
-        effects.sort_unstable();
-        effects.dedup();
+        // The same effect from two defects counts once.
+        let mut effects: Vec<Effect> = Vec::new();
+        for d in self.defects.iter().filter(|d| d.hits(name, version)) {
+            if !effects.contains(&d.effect) {
+                effects.push(d.effect);
+            }
+        }
         self.last_serial += 1;
         let now = Instant::now();
         SimSidecar {
@@ -209,12 +224,12 @@ impl State {
             state: SidecarState::Running,
             pid: Some(self.take_pid()),
             serial: self.last_serial,
-            cpu_percent: self.rng.random_range(HEALTHY_CPU),
+            cpu_percent: self.profile.cpu_percent * self.rng.random_range(0.75..1.25),
             rss_bytes: self.rng.random_range(HEALTHY_RSS),
             exits: 0,
-            effects,
+            faults: Faults::of(effects),
             started: now,
-            requests_per_sec: self.rng.random_range(REQUESTS_PER_SEC),
+            requests_per_sec: self.profile.requests_per_sec * self.rng.random_range(0.7..1.3),
             requests: 0.0,
             errors: 0.0,
             sampled: now,
@@ -276,14 +291,16 @@ async fn keep_crashing(state: Weak<Mutex<State>>, changes: Arc<watch::Sender<u64
 /// longer desired disappear. Every visible change bumps [`Runtime::changes`]. Must be used
 /// inside a Tokio runtime (the delays are Tokio timers).
 ///
-/// Running sidecars report CPU (about 5 %), resident memory (tens of MiB) and the metrics
-/// `requests_total` and `errors_total` (counters growing with time), `error_rate` (about
-/// 0.001) and `latency_p99_ms` (about 20), all with a little seeded noise, refreshed at every
-/// report. A process at a version one of its [`Defect`]s hits shows the defect's [`Effect`]:
-/// `crash` makes it exit about every 500 ms (each exit is reported; after 3 it is in
-/// `crash_loop`, restarted with back-off up to 8 s), `errors` sets `error_rate` to 0.3,
-/// `latency` multiplies `latency_p99_ms` by 10, `cpu` holds CPU near 90 %, and `memory` adds
-/// 10 MiB of resident memory a second.
+/// Running sidecars report CPU, resident memory (tens of MiB) and the metrics
+/// `requests_total` and `errors_total` (counters growing with time), `error_rate` and
+/// `latency_p99_ms`, refreshed at every report, around the levels of the runtime's
+/// [`Profile`] (by default [`Profile::flat`]: about 5 % CPU, 0.001 errors, 20 ms) with its
+/// daily load and spikes and a little seeded noise. A process at a version one of its
+/// [`Defect`]s hits shows the defect's [`Effect`]: `crash` makes it exit about every 500 ms
+/// (each exit is reported; after 3 it is in `crash_loop`, restarted with back-off up to
+/// 8 s), `errors:R` adds R to `error_rate`, `latency:F` multiplies `latency_p99_ms` by F,
+/// `cpu:P` adds P points of CPU (at most 100 %), and `memory:M` adds M MiB of resident
+/// memory a second.
 #[derive(Debug)]
 pub struct SimRuntime {
     state: Arc<Mutex<State>>,
@@ -308,6 +325,7 @@ impl SimRuntime {
             next_pid,
             last_serial: 0,
             defects: Vec::new(),
+            profile: Profile::flat(),
             rng,
         };
         Self { state: Arc::new(Mutex::new(state)), changes: Arc::new(watch::channel(0).0), options }
@@ -318,6 +336,13 @@ impl SimRuntime {
     /// ([`Defect::selects`]); processes started before keep their behaviour.
     pub fn with_defects(self, defects: Vec<Defect>) -> Self {
         lock(&self.state).defects = defects;
+        self
+    }
+
+    /// The same runtime, whose healthy sidecars behave as `profile` says (processes started
+    /// before keep the request rate and CPU level they drew).
+    pub fn with_profile(self, profile: Profile) -> Self {
+        lock(&self.state).profile = profile;
         self
     }
 
@@ -384,9 +409,9 @@ impl Runtime for SimRuntime {
 
     fn status(&self) -> Vec<SidecarStatus> {
         let mut g = lock(&self.state);
-        let State { sidecars, rng, .. } = &mut *g;
+        let State { sidecars, profile, rng, .. } = &mut *g;
         let now = Instant::now();
-        sidecars.iter_mut().map(|(name, s)| s.report(name, now, rng)).collect()
+        sidecars.iter_mut().map(|(name, s)| s.report(name, now, profile, rng)).collect()
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
@@ -581,5 +606,66 @@ mod tests {
         assert!((80.0..120.0).contains(&(grown / f64::from(1 << 20))), "grew {grown} bytes");
         assert!(m.rss_bytes > 100 << 20);
         assert!(h.rss_bytes.abs_diff(first[0].rss_bytes) < 5 << 20);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn effects_show_at_their_sizes() {
+        let options = SimRuntimeOptions { apply_delay: Duration::from_millis(50), jitter: Duration::ZERO };
+        let specs = ["errors:0.02", "latency:1.5", "cpu:40", "memory:2"];
+        let all: Vec<SimRuntime> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, e)| defective(SimRuntime::new(options, 20 + i as u64), &format!("version=1.3.0,effect={e}")))
+            .collect();
+        for rt in &all {
+            rt.apply(&[desired("mesh", "1.3.0")]);
+        }
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let first: Vec<SidecarStatus> = all.iter().map(one).collect();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let [e, l, c, m] = &all.iter().map(one).collect::<Vec<_>>()[..] else { unreachable!() };
+        let rate = e.metrics["error_rate"];
+        assert!((0.0202..0.0216).contains(&rate), "error rate {rate}: 0.02 on top of about 0.001");
+        let p99 = l.metrics["latency_p99_ms"];
+        assert!((26.0..34.0).contains(&p99), "p99 {p99}: 1.5 × about 20 ms");
+        assert!((43.0..48.0).contains(&c.cpu_percent), "cpu {}: 40 points on top of about 5", c.cpu_percent);
+        let grown = (m.rss_bytes as f64 - first[3].rss_bytes as f64) / f64::from(1 << 20);
+        assert!((18.0..22.0).contains(&grown), "grew {grown} MiB in 10 s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_profile_sets_levels_daily_load_and_spikes_and_is_reproducible() {
+        let options = SimRuntimeOptions { apply_delay: Duration::from_millis(50), jitter: Duration::ZERO };
+        let midnight = Instant::now();
+        let profile = Profile { spike_chance: 0.05, ..Profile::of_service("payment.api", midnight) };
+        let run = |seed| async move {
+            let rt = SimRuntime::new(options, seed).with_profile(profile);
+            rt.apply(&[desired("mesh", "1.0.0")]);
+            let mut reports = Vec::new();
+            // Every ten minutes for a day.
+            for _ in 0..144 {
+                tokio::time::sleep(Duration::from_secs(600)).await;
+                reports.push(one(&rt));
+            }
+            reports
+        };
+        let reports = run(5).await;
+        let cpu = |from: usize, to: usize| {
+            let mut v: Vec<f64> = reports[from..to].iter().map(|s| s.cpu_percent).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        // Median CPU around midnight (first and last hours) against around noon.
+        let (night, noon) = (cpu(0, 6).max(cpu(138, 144)), cpu(66, 78));
+        assert!(noon > night * 1.5, "noon {noon} vs night {night}");
+        let p99: Vec<f64> = reports.iter().map(|s| s.metrics["latency_p99_ms"]).collect();
+        let typical = profile.p99_ms;
+        assert!(p99.iter().any(|&v| v > typical * 1.5 * 1.2), "no spike in {p99:?}");
+        assert!(p99.iter().filter(|&&v| v > typical * 1.6).count() < 30, "too many spikes in {p99:?}");
+        let rates: Vec<f64> = reports.iter().map(|s| s.metrics["error_rate"]).collect();
+        assert!(rates.iter().all(|&r| r > 0.0 && r < profile.error_ratio * 7.0), "{rates:?}");
+        // The same seed gives the same day (the next one: the phase differs in the last bits).
+        let again: Vec<f64> = run(5).await.iter().map(|s| s.metrics["latency_p99_ms"]).collect();
+        assert!(again.iter().zip(&p99).all(|(a, b)| (a - b).abs() < 1e-9 * b), "{again:?} vs {p99:?}");
     }
 }

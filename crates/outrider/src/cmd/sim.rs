@@ -30,8 +30,9 @@ pub struct SimArgs {
     pub sidecar: Option<SidecarRef>,
     /// Make the instances a defect selects misbehave once they run its version (repeatable):
     /// `version=1.3.0,effect=crash`, optionally narrowed by `trait=KEY:VALUE` (repeatable),
-    /// `service=NAME`, `region=R` and `sidecar=NAME`. Effects: crash, errors, latency, cpu,
-    /// memory.
+    /// `service=NAME`, `region=R` and `sidecar=NAME`. Effects, with optional sizes: crash,
+    /// errors:RATIO (added share of failed requests, bare 0.3), latency:FACTOR (bare 10),
+    /// cpu:POINTS (added CPU points, bare 85), memory:MIB_PER_S (leak, bare 10).
     #[arg(long = "defect", value_name = "SPEC")]
     pub defects: Vec<Defect>,
     /// Stop by itself after this long (`30s`, `5m`); without it, run until Ctrl-C.
