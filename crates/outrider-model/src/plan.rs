@@ -200,6 +200,30 @@ impl PhaseSpec {
     }
 }
 
+impl PhaseSpec {
+    /// Checks the phase's numbers and durations against [`limits`] (`field` names a field).
+    fn validate_bounds(&self, field: &dyn Fn(&str) -> String) -> Result<(), ValidationError> {
+        match self.batching {
+            Batching::Exponential { start, factor } => {
+                at_most(field("batching.start"), start, limits::CELLS)?;
+                at_most(field("batching.factor"), factor, limits::FACTOR)?;
+            }
+            Batching::Linear { size } => at_most(field("batching.size"), size, limits::CELLS)?,
+        }
+        for (caps, f) in [(self.max_per_batch, "max_per_batch"), (self.max_per_day, "max_per_day")] {
+            at_most(field(&format!("{f}.cells")), caps.cells.unwrap_or(0), limits::CELLS)?;
+            at_most(field(&format!("{f}.instances")), caps.instances.unwrap_or(0), limits::INSTANCES)?;
+        }
+        at_most(field("region_parallelism"), self.region_parallelism, limits::REGION_PARALLELISM)?;
+        at_most(field("bake"), self.bake, HumanDuration(limits::BAKE))?;
+        at_most(field("batch_timeout"), self.batch_timeout, HumanDuration(limits::MAX_BATCH_TIMEOUT))?;
+        if self.batch_timeout.0 < limits::MIN_BATCH_TIMEOUT {
+            return Err(ValidationError::new(field("batch_timeout"), "must be at least 1s"));
+        }
+        Ok(())
+    }
+}
+
 /// The body of `POST /plans` and `POST /plans/simulate`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -262,9 +286,63 @@ impl VersionMatch {
     }
 }
 
+/// Bounds of a plan body, far above any real fleet's needs and low enough that no body can
+/// make the planner, the store or the executor do unbounded work.
+pub mod limits {
+    use std::time::Duration;
+
+    /// Phases in a plan.
+    pub const PHASES: usize = 32;
+    /// Entries in each list of a plan body (services, regions, versions, windows).
+    pub const LIST: usize = 1_000;
+    /// Bytes of a plan's name.
+    pub const NAME: usize = 200;
+    /// Cells in a batch (`start`, `size`, `max_per_batch.cells`, `max_per_day.cells`).
+    pub const CELLS: u64 = 1_000_000;
+    /// Instances in a cap.
+    pub const INSTANCES: u64 = 1_000_000_000;
+    /// Growth factor of exponential batching.
+    pub const FACTOR: u64 = 1_000;
+    /// Regions advanced side by side.
+    pub const REGION_PARALLELISM: u32 = 1_000;
+    /// Feature services per trait value.
+    pub const PER_TRAIT_VALUE: u32 = 1_000;
+    /// Longest bake (30 days).
+    pub const BAKE: Duration = Duration::from_secs(30 * 86_400);
+    /// Shortest batch timeout.
+    pub const MIN_BATCH_TIMEOUT: Duration = Duration::from_secs(1);
+    /// Longest batch timeout (30 days).
+    pub const MAX_BATCH_TIMEOUT: Duration = Duration::from_secs(30 * 86_400);
+}
+
+/// Refuses `n` over `max` with the limit in the message.
+fn at_most<T: PartialOrd + fmt::Display>(field: impl Into<String>, n: T, max: T) -> Result<(), ValidationError> {
+    if n > max { Err(ValidationError::new(field, format!("{n} is over the limit of {max}"))) } else { Ok(()) }
+}
+
 impl PlanSpec {
-    /// Checks every field that can be checked without the fleet.
+    /// Checks every field that can be checked without the fleet, and the bounds of [`limits`].
     pub fn validate(&self) -> Result<(), ValidationError> {
+        crate::validate_text("name", &self.name, limits::NAME, false)?;
+        let lists = [
+            ("from_versions", self.from_versions.len()),
+            ("selector.services", self.selector.services.len()),
+            ("selector.traits", self.selector.traits.len()),
+            ("selector.regions", self.selector.regions.len()),
+            ("selector.envs", self.selector.envs.len()),
+            ("region_order", self.region_order.len()),
+            ("feature_services.services", self.feature_services.services.len()),
+            ("windows", self.windows.len()),
+        ];
+        for (field, len) in lists {
+            at_most(field, len, limits::LIST)?;
+        }
+        at_most("phases", self.phases.len(), limits::PHASES)?;
+        at_most("feature_services.per_trait_value", self.feature_services.per_trait_value, limits::PER_TRAIT_VALUE)?;
+        for (k, v) in &self.selector.traits {
+            validate_name("selector.traits", k)?;
+            crate::validate_text("selector.traits", v, limits::NAME, false)?;
+        }
         validate_name("sidecar", &self.sidecar)?;
         validate_version(&self.target_version).map_err(|e| ValidationError::new("target_version", e.message))?;
         for v in &self.from_versions {
@@ -311,6 +389,7 @@ impl PlanSpec {
             if p.region_parallelism == 0 {
                 return Err(ValidationError::new(field("region_parallelism"), "must be at least 1"));
             }
+            p.validate_bounds(&field)?;
         }
         Ok(())
     }
@@ -637,6 +716,38 @@ mod tests {
             "phases[0].batching"
         );
         assert!(bad(r#"{"sidecar":"m","target_version":"1.1.0","colour":1}"#).starts_with("json"));
+    }
+
+    #[test]
+    fn absurd_numbers_are_refused_with_the_limit() {
+        let phase =
+            |extra: &str| format!(r#"{{"sidecar":"mesh","target_version":"1.1.0","phases":[{{"name":"p"{extra}}}]}}"#);
+        for (extra, field, limit) in [
+            (r#","region_parallelism":4294967295"#, "phases[0].region_parallelism", "1000"),
+            (
+                r#","batching":{"strategy":"exponential","start":1,"factor":18446744073709551615}"#,
+                "phases[0].batching.factor",
+                "1000",
+            ),
+            (r#","batching":{"strategy":"linear","size":100000000}"#, "phases[0].batching.size", "1000000"),
+            (
+                r#","max_per_batch":{"instances":18446744073709551615}"#,
+                "phases[0].max_per_batch.instances",
+                "1000000000",
+            ),
+            (r#","bake":"9999999999d""#, "phases[0].bake", "30d"),
+            (r#","batch_timeout":"0s""#, "phases[0].batch_timeout", "1s"),
+        ] {
+            let spec: PlanSpec = serde_json::from_str(&phase(extra)).unwrap();
+            let e = spec.validate().unwrap_err();
+            assert_eq!(e.field, field, "{extra}");
+            assert!(e.message.contains(limit), "{extra}: {e}");
+        }
+        let many: Vec<String> = (0..33).map(|i| format!(r#"{{"name":"p{i}"}}"#)).collect();
+        let body = format!(r#"{{"sidecar":"mesh","target_version":"1.1.0","phases":[{}]}}"#, many.join(","));
+        assert_eq!(serde_json::from_str::<PlanSpec>(&body).unwrap().validate().unwrap_err().field, "phases");
+        let bidi = r#"{"sidecar":"mesh","target_version":"1.1.0","name":"a\u202eb"}"#;
+        assert_eq!(serde_json::from_str::<PlanSpec>(bidi).unwrap().validate().unwrap_err().field, "name");
     }
 
     #[test]
