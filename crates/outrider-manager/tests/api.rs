@@ -504,3 +504,88 @@ async fn bad_plan_and_freeze_requests_get_clear_errors_and_change_nothing() {
     assert_eq!(plans, json!([]));
     m.shutdown().await;
 }
+
+#[tokio::test]
+async fn absurd_or_hidden_input_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, api) = boot(dir.path()).await;
+    seed(&api).await;
+    api.ok(Method::POST, "/tenants/default/sidecars/mesh/versions/1.1.0/admit", json!({})).await;
+    let (_, before) = api.call(Method::GET, "/tenants/default/events", None).await;
+    let phase = |p: Value| json!({"sidecar": "mesh", "target_version": "1.1.0", "phases": [p]});
+    let freeze =
+        |from: &str, to: &str, services: Value| json!({"from": from, "to": to, "reason": "x", "services": services});
+    let bad = StatusCode::BAD_REQUEST;
+    let cases: Vec<(Method, &str, Value, StatusCode)> = vec![
+        (
+            Method::POST,
+            "/tenants/default/plans/simulate",
+            phase(json!({"name": "g", "region_parallelism": 4294967295u32})),
+            bad,
+        ),
+        (Method::POST, "/tenants/default/plans", phase(json!({"name": "g", "region_parallelism": 100_000_000})), bad),
+        (Method::POST, "/tenants/default/plans", phase(json!({"name": "g", "bake": "9999999999d"})), bad),
+        (Method::POST, "/tenants/default/plans", phase(json!({"name": "g", "batch_timeout": "0s"})), bad),
+        (
+            Method::POST,
+            "/tenants/default/freezes",
+            freeze("2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z", json!(["ghost"])),
+            bad,
+        ),
+        (
+            Method::POST,
+            "/tenants/default/freezes",
+            freeze("0000-01-01T00:00:00Z", "9999-12-31T00:00:00Z", json!([])),
+            bad,
+        ),
+        (Method::PUT, "/tenants/default/services/checkout", json!({}), bad),
+        (Method::POST, "/tenants/default/services", json!({"name": "x", "traits": {"k": "a\u{202e}b"}}), bad),
+        (Method::POST, "/tenants/default/sidecars", json!({"name": "x", "upgrade_modes": ["hot", "hot"]}), bad),
+        (Method::POST, "/tenants/default/sidecars", json!({"name": "x", "description": "d".repeat(600_000)}), bad),
+        (Method::POST, "/tenants/default/sidecars/mesh/versions/1.0.0/defective", json!({"reason": "a\r\nb"}), bad),
+        (Method::POST, "/tenants/default/plans/p1/pause", json!({"reason": "a\u{0}b"}), bad),
+    ];
+    for (method, path, body, status) in cases {
+        let (s, v) = api.call(method.clone(), path, Some(body)).await;
+        assert_eq!(s, status, "{method} {path} → {v}");
+        error_code(&v);
+    }
+    let url = |p: &str| format!("{}/api/v1/tenants/default{p}", api.base);
+    let admit = "/sidecars/mesh/versions/1.0.0/admit";
+    let raw = |p: &str, ct: &str, body: Vec<u8>| {
+        api.http.post(url(p)).bearer_auth(&api.token).header("content-type", ct.to_owned()).body(body)
+    };
+    for (req, status) in [
+        (raw(admit, "text/plain", b"{}".to_vec()), StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        (
+            raw("/plans/p1/abort", "application/x-www-form-urlencoded", b"{}".to_vec()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (raw(admit, "application/json", vec![b' '; 2 << 20]), StatusCode::PAYLOAD_TOO_LARGE),
+        (raw("/plans/p1/abort", "application/json", vec![b' '; 2 << 20]), StatusCode::PAYLOAD_TOO_LARGE),
+        (
+            api.http
+                .get(url("/services"))
+                .header("authorization", format!("Bearer {}", api.token))
+                .header("authorization", "Bearer other"),
+            StatusCode::UNAUTHORIZED,
+        ),
+    ] {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), status);
+        let v: Value = resp.json().await.expect("a JSON error body");
+        error_code(&v);
+    }
+    let (_, after) = api.call(Method::GET, "/tenants/default/events", None).await;
+    assert_eq!(before, after, "nothing was recorded");
+
+    // Marking a version defective twice drafts one recall plan.
+    api.ok(Method::POST, "/tenants/default/sidecars/mesh/versions/1.0.0/admit", json!({})).await;
+    for _ in 0..2 {
+        api.ok(Method::POST, "/tenants/default/sidecars/mesh/versions/1.1.0/defective", json!({"reason": "leaks"}))
+            .await;
+    }
+    let (_, plans) = api.call(Method::GET, "/tenants/default/plans", None).await;
+    assert_eq!(plans.as_array().unwrap().len(), 1, "{plans}");
+    m.shutdown().await;
+}

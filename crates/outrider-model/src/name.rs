@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+
 use crate::ValidationError;
 
 /// Checks an object name: 1 to 63 characters of `a-z`, `0-9`, `-`, `_` and `.`, starting and
@@ -15,6 +17,29 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), ValidationError> {
         ));
     }
     Ok(())
+}
+
+/// Deserializes a string map, refusing a key that appears twice (serde keeps the last one
+/// silently).
+pub(crate) fn unique_keys<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    struct Unique;
+    impl<'de> serde::de::Visitor<'de> for Unique {
+        type Value = BTreeMap<String, String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map of strings")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((k, v)) = map.next_entry::<String, String>()? {
+                if out.contains_key(&k) {
+                    return Err(serde::de::Error::custom(format!("key {k:?} appears twice")));
+                }
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Unique)
 }
 
 /// Whether `c` is a control character or a bidirectional formatting character (overrides,

@@ -311,6 +311,8 @@ pub mod limits {
     pub const BAKE: Duration = Duration::from_secs(30 * 86_400);
     /// Shortest batch timeout.
     pub const MIN_BATCH_TIMEOUT: Duration = Duration::from_secs(1);
+    /// Years a freeze may start and end in.
+    pub const FREEZE_YEARS: std::ops::RangeInclusive<i32> = 2000..=2200;
     /// Longest batch timeout (30 days).
     pub const MAX_BATCH_TIMEOUT: Duration = Duration::from_secs(30 * 86_400);
 }
@@ -751,6 +753,19 @@ mod tests {
     }
 
     #[test]
+    fn freezes_refuse_absurd_years_and_hidden_characters() {
+        let freeze = |from: &str, to: &str, reason: &str| {
+            serde_json::from_str::<NewFreeze>(&format!(r#"{{"from":"{from}","to":"{to}","reason":"{reason}"}}"#))
+                .unwrap()
+                .validate()
+        };
+        freeze("2026-11-27T00:00:00Z", "2026-11-30T00:00:00Z", "sale").unwrap();
+        assert_eq!(freeze("0000-01-01T00:00:00Z", "9999-12-31T00:00:00Z", "x").unwrap_err().field, "from");
+        assert_eq!(freeze("2026-01-01T00:00:00Z", "9999-12-31T00:00:00Z", "x").unwrap_err().field, "to");
+        assert_eq!(freeze("2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z", "a\\r\\nb").unwrap_err().field, "reason");
+    }
+
+    #[test]
     fn version_matches_exact_and_ranges() {
         assert!(VersionMatch::parse("1.0.0").unwrap().matches("1.0.0"));
         assert!(!VersionMatch::parse("1.0.0").unwrap().matches("1.0.1"), "exact, not caret");
@@ -825,6 +840,14 @@ impl NewFreeze {
         if self.reason.trim().is_empty() {
             return Err(ValidationError::new("reason", "say why changes are frozen"));
         }
+        crate::validate_text("reason", &self.reason, crate::service::MAX_REASON, false)?;
+        for (t, field) in [(self.from, "from"), (self.to, "to")] {
+            if !limits::FREEZE_YEARS.contains(&t.year()) {
+                let (a, b) = (limits::FREEZE_YEARS.start(), limits::FREEZE_YEARS.end());
+                return Err(ValidationError::new(field, format!("must be between the years {a} and {b}")));
+            }
+        }
+        at_most("services", self.services.len(), limits::LIST)?;
         for s in &self.services {
             validate_name("services", s)?;
         }
