@@ -214,8 +214,10 @@ pub async fn start_with_clock(
             .run(cancel.clone()),
         ),
     ];
-    let grpc = tonic::service::Routes::new(AgentSyncServer::new(SyncService::new(state.clone()))).into_axum_router();
-    let app = api::router(state).merge(grpc);
+    // Only the gRPC service's own path speaks gRPC; every other path is the REST router's.
+    let grpc = AgentSyncServer::new(SyncService::new(state.clone()));
+    let grpc_path = format!("/{}/{{*method}}", <AgentSyncServer<SyncService> as tonic::server::NamedService>::NAME);
+    let app = api::router(state).route_service(&grpc_path, grpc);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -589,3 +589,40 @@ async fn absurd_or_hidden_input_is_refused_and_changes_nothing() {
     assert_eq!(plans.as_array().unwrap().len(), 1, "{plans}");
     m.shutdown().await;
 }
+
+#[tokio::test]
+async fn only_the_grpc_service_path_speaks_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, api) = boot(dir.path()).await;
+    for (method, path, status) in [
+        (Method::GET, "/foo", StatusCode::NOT_FOUND),
+        (Method::POST, "/api/v2/tenants", StatusCode::NOT_FOUND),
+        (Method::DELETE, "/api/v2/x/y", StatusCode::NOT_FOUND),
+        (Method::GET, "//api/v1/tenants", StatusCode::NOT_FOUND),
+        (Method::POST, "/", StatusCode::NOT_FOUND),
+        (Method::POST, "/healthz", StatusCode::METHOD_NOT_ALLOWED),
+        (Method::DELETE, "/metrics", StatusCode::METHOD_NOT_ALLOWED),
+    ] {
+        let resp = api
+            .http
+            .request(method.clone(), format!("{}{path}", api.base))
+            .bearer_auth(&api.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{method} {path}");
+        let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(ct.starts_with("application/json"), "{method} {path}: {ct}");
+        let v: Value = resp.json().await.unwrap();
+        error_code(&v);
+    }
+    let resp = api
+        .http
+        .post(format!("{}/outrider.sync.v1.AgentSync/NoSuchMethod", api.base))
+        .header("content-type", "application/grpc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "application/grpc");
+    m.shutdown().await;
+}
