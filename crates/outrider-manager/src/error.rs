@@ -44,6 +44,9 @@ pub enum Error {
     /// The store cannot be reached or refused the operation.
     #[error("store: {0}")]
     Unavailable(String),
+    /// The request (its body) did not arrive in time.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// A bug or corrupt data.
     #[error("{0}")]
     Internal(String),
@@ -63,6 +66,7 @@ impl Error {
             Self::FailedPrecondition(_) => "failed_precondition",
             Self::Unauthenticated(_) => "unauthenticated",
             Self::Unavailable(_) => "unavailable",
+            Self::RequestTimeout(_) => "request_timeout",
             Self::Internal(_) => "internal",
         }
     }

@@ -19,9 +19,11 @@ mod keys;
 pub mod metrics;
 mod plans;
 mod repo;
+mod serve;
 mod server;
 mod state;
 mod sync;
 
 pub use error::Error;
-pub use server::{ManagerConfig, RunningManager, start, start_with_clock};
+pub use serve::ServeLimits;
+pub use server::{ManagerConfig, RunningManager, start, start_with, start_with_clock};

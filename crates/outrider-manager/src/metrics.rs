@@ -17,6 +17,10 @@ pub struct Metrics {
     pub catalog_revision: Gauge,
     /// API requests answered.
     pub http_requests: Counter,
+    /// Open client connections.
+    pub connections_open: Gauge,
+    /// Connections closed at once because a connection cap was reached.
+    pub connections_refused: Counter,
     resident_memory: Gauge,
 }
 
@@ -41,7 +45,24 @@ impl Default for Metrics {
         );
         registry.register("outrider_http_requests", "REST API requests answered", http_requests.clone());
         registry.register("process_resident_memory_bytes", "Resident memory of the manager", resident_memory.clone());
-        Self { registry, agents_connected, desired_pushes, catalog_revision, http_requests, resident_memory }
+        let connections_open = Gauge::default();
+        let connections_refused = Counter::default();
+        registry.register("outrider_connections_open", "Open client connections", connections_open.clone());
+        registry.register(
+            "outrider_connections_refused",
+            "Connections closed at once because a connection cap was reached",
+            connections_refused.clone(),
+        );
+        Self {
+            registry,
+            agents_connected,
+            desired_pushes,
+            catalog_revision,
+            http_requests,
+            connections_open,
+            connections_refused,
+            resident_memory,
+        }
     }
 }
 

@@ -26,6 +26,7 @@ use crate::{
     keys,
     metrics::Metrics,
     repo::{NewEvent, Repo, decode, encode},
+    serve::{self, ServeLimits},
     sync::SyncService,
 };
 
@@ -177,6 +178,15 @@ pub async fn start_with_clock(
     config: ManagerConfig,
     clock: Arc<dyn executor::Clock>,
 ) -> anyhow::Result<RunningManager> {
+    start_with(config, clock, ServeLimits::default()).await
+}
+
+/// Like [`start_with_clock`], with the listener's timeouts and connection caps.
+pub async fn start_with(
+    config: ManagerConfig,
+    clock: Arc<dyn executor::Clock>,
+    limits: ServeLimits,
+) -> anyhow::Result<RunningManager> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
     let store_url = outrider_store::embedded_url(&config.data_dir);
@@ -216,19 +226,15 @@ pub async fn start_with_clock(
     ];
     // Only the gRPC service's own path speaks gRPC; every other path is the REST router's.
     let grpc = AgentSyncServer::new(SyncService::new(state.clone()));
-    let grpc_path = format!("/{}/{{*method}}", <AgentSyncServer<SyncService> as tonic::server::NamedService>::NAME);
-    let app = api::router(state).route_service(&grpc_path, grpc);
+    let grpc_prefix = format!("/{}/", <AgentSyncServer<SyncService> as tonic::server::NamedService>::NAME);
+    let (auth, metrics) = (state.auth.clone(), state.metrics.clone());
+    let app = api::router(state).route_service(&format!("{grpc_prefix}{{*method}}"), grpc);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "manager listening");
     let stop = cancel.clone();
-    let task = tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "server failed");
-        }
-    });
+    let task = tokio::spawn(serve::serve(listener, app, auth, metrics, limits, grpc_prefix, stop));
     Ok(RunningManager { addr, cancel, fleet, task, background })
 }

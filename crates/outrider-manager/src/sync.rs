@@ -45,6 +45,7 @@ fn grpc_status(e: &Error) -> Status {
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::Unauthenticated(_) => Code::Unauthenticated,
         Error::Unavailable(_) => Code::Unavailable,
+        Error::RequestTimeout(_) => Code::DeadlineExceeded,
         Error::Internal(_) => Code::Internal,
     };
     Status::new(code, format!("{}: {e}", e.code()))

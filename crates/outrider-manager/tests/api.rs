@@ -386,8 +386,20 @@ async fn a_reconnect_replaces_the_old_stream() {
     assert!(end.is_none(), "the replaced stream is closed by the manager");
     let metrics = api.http.get(format!("{}/metrics", api.base)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("outrider_agents_connected 1\n"), "{metrics}");
-    let (_, events) = api.call(Method::GET, "/tenants/default/events", None).await;
-    let deploys = events.as_array().unwrap().iter().filter(|e| e["kind"] == "instance.deployed").count();
+    // The deploy event is written by the fleet's status flush: wait for it, then for any
+    // second one a reconnect would (wrongly) add.
+    let deploy_count = || async {
+        let (_, events) = api.call(Method::GET, "/tenants/default/events", None).await;
+        events.as_array().unwrap().iter().filter(|e| e["kind"] == "instance.deployed").count()
+    };
+    for _ in 0..50 {
+        if deploy_count().await > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let deploys = deploy_count().await;
     assert_eq!(deploys, 1, "reconnecting with the same deploy id is not a deploy");
     m.shutdown().await;
 }

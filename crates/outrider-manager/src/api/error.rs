@@ -22,6 +22,7 @@ pub fn status(e: &Error) -> StatusCode {
         Error::Conflict(_) | Error::FailedPrecondition(_) => StatusCode::CONFLICT,
         Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
         Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -1,0 +1,112 @@
+//! Stalled, silent and excess connections: each is closed in bounded time, and clients with
+//! a token still get in when unauthenticated connections pile up.
+
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use outrider_manager::{ManagerConfig, RunningManager, ServeLimits, executor::SystemClock, start_with};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+async fn boot(dir: &Path, limits: ServeLimits) -> (RunningManager, String) {
+    let config = ManagerConfig { data_dir: dir.to_owned(), listen: "127.0.0.1:0".parse().unwrap() };
+    let m = start_with(config, Arc::new(SystemClock), limits).await.unwrap();
+    let token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();
+    (m, token)
+}
+
+fn short() -> ServeLimits {
+    ServeLimits {
+        header_read: Duration::from_millis(500),
+        request: Duration::from_millis(800),
+        idle: Duration::from_millis(800),
+        unauthenticated_idle: Duration::from_millis(500),
+        max_connections: Some(64),
+        max_unauthenticated: Some(4),
+    }
+}
+
+/// Reads until the server closes the connection; returns what it sent and how long it took.
+async fn read_to_close(s: &mut TcpStream) -> (String, Duration) {
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    assert!(r.is_ok(), "the server kept the connection open: {}", String::from_utf8_lossy(&out));
+    (String::from_utf8_lossy(&out).into_owned(), start.elapsed())
+}
+
+#[tokio::test]
+async fn stalled_and_silent_connections_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, token) = boot(dir.path(), short()).await;
+    let addr = m.addr;
+    let stalls: Vec<(&str, String)> = vec![
+        ("silent", String::new()),
+        ("partial headers", "GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: ".into()),
+        ("bare HTTP/2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".into()),
+        (
+            "partial body",
+            format!(
+                "POST /api/v1/tenants HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\""
+            ),
+        ),
+        ("idle keep-alive", format!("GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n")),
+    ];
+    for (what, bytes) in stalls {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(bytes.as_bytes()).await.unwrap();
+        let (answer, took) = read_to_close(&mut s).await;
+        assert!(took < Duration::from_secs(3), "{what}: closed after {took:?}");
+        if what == "partial body" {
+            assert!(answer.starts_with("HTTP/1.1 408"), "{what}: {answer}");
+            assert!(answer.contains(r#"{"error":{"code":"request_timeout""#), "{what}: {answer}");
+        }
+    }
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn unauthenticated_connections_are_capped_and_the_cap_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits =
+        ServeLimits { unauthenticated_idle: Duration::from_secs(30), header_read: Duration::from_secs(30), ..short() };
+    let (m, token) = boot(dir.path(), limits).await;
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(TcpStream::connect(m.addr).await.unwrap());
+    }
+    // A client with a token gets in and is answered while the idle ones pile up.
+    let http = reqwest::Client::new();
+    let metrics = http
+        .get(format!("http://{}/metrics", m.addr))
+        .bearer_auth(&token)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refused = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("outrider_connections_refused_total "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(refused >= 16, "{refused} refused: {metrics}");
+    // Only the 4 newest unauthenticated connections are still open.
+    let mut open = 0;
+    for s in &mut idle {
+        let mut b = [0u8; 1];
+        if tokio::time::timeout(Duration::from_millis(50), s.read(&mut b)).await.is_err() {
+            open += 1;
+        }
+    }
+    assert!(open <= 4, "{open} unauthenticated connections still open");
+    m.shutdown().await;
+}
