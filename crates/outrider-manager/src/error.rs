@@ -44,6 +44,12 @@ pub enum Error {
     /// The store cannot be reached or refused the operation.
     #[error("store: {0}")]
     Unavailable(String),
+    /// The request's URI is over the limit.
+    #[error("{0}")]
+    UriTooLong(String),
+    /// The request's headers are over the limit.
+    #[error("{0}")]
+    HeadersTooLarge(String),
     /// The request (its body) did not arrive in time.
     #[error("{0}")]
     RequestTimeout(String),
@@ -66,6 +72,8 @@ impl Error {
             Self::FailedPrecondition(_) => "failed_precondition",
             Self::Unauthenticated(_) => "unauthenticated",
             Self::Unavailable(_) => "unavailable",
+            Self::UriTooLong(_) => "uri_too_long",
+            Self::HeadersTooLarge(_) => "headers_too_large",
             Self::RequestTimeout(_) => "request_timeout",
             Self::Internal(_) => "internal",
         }

@@ -56,6 +56,34 @@ impl Default for ServeLimits {
     }
 }
 
+/// Longest URI answered (longer: a JSON 414).
+const MAX_URI: usize = 8 << 10;
+/// Most header bytes answered (more: a JSON 431).
+const MAX_HEADER_BYTES: usize = 64 << 10;
+/// Most headers answered (more: a JSON 431).
+const MAX_HEADERS: usize = 100;
+/// Headers HTTP/1 parses before refusing with its own bare error: well above the limits
+/// above, so that requests over them get a JSON error.
+const PARSE_HEADERS: usize = 1_000;
+/// Bytes HTTP/1 buffers for a request head: above `MAX_URI` and `MAX_HEADER_BYTES`, below
+/// hyper's default (~400 KiB).
+const PARSE_BUFFER: usize = 160 << 10;
+
+/// The JSON error for a request over the URI or header limits.
+fn oversized<B>(req: &Request<B>) -> Option<Error> {
+    if req.uri().to_string().len() > MAX_URI {
+        return Some(Error::UriTooLong(format!("the URI is over {MAX_URI} bytes")));
+    }
+    let headers = req.headers();
+    let bytes: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if headers.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
+        return Some(Error::HeadersTooLarge(format!(
+            "at most {MAX_HEADERS} headers and {MAX_HEADER_BYTES} bytes of headers"
+        )));
+    }
+    None
+}
+
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit where allowed; returns the soft limit.
 pub fn raise_fd_limit() -> u64 {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
@@ -206,7 +234,12 @@ pub async fn serve(
         started: Instant::now(),
     });
     let mut builder = Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(shared.limits.header_read);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.limits.header_read)
+        .max_headers(PARSE_HEADERS)
+        .max_buf_size(PARSE_BUFFER);
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(Duration::from_secs(30));
     let builder = Arc::new(builder);
     let permits = Arc::new(Semaphore::new(max));
@@ -305,6 +338,9 @@ async fn handle(
             state.authenticated.store(true, Ordering::SeqCst);
             shared.unauthenticated().remove(&state.id);
         }
+    }
+    if let Some(e) = oversized(&req) {
+        return e.into_response().map(|inner| Body::new(Guarded { inner, _in_flight: in_flight }));
     }
     let grpc = req.uri().path().starts_with(&shared.grpc_prefix);
     let call = shared.app.clone().oneshot(req.map(Body::new));

@@ -38,7 +38,9 @@ fn grpc_status(e: &Error) -> Status {
         | Error::MalformedJson(_)
         | Error::UnexpectedJson(_)
         | Error::PayloadTooLarge(_)
-        | Error::UnsupportedMediaType(_) => Code::InvalidArgument,
+        | Error::UnsupportedMediaType(_)
+        | Error::UriTooLong(_)
+        | Error::HeadersTooLarge(_) => Code::InvalidArgument,
         Error::NotFound(_) | Error::NoSuchPath => Code::NotFound,
         Error::MethodNotAllowed => Code::Unimplemented,
         Error::Conflict(_) => Code::Aborted,

@@ -110,3 +110,35 @@ async fn unauthenticated_connections_are_capped_and_the_cap_is_counted() {
     assert!(open <= 4, "{open} unauthenticated connections still open");
     m.shutdown().await;
 }
+
+/// Sends `head` raw and returns the answer's status line and body.
+async fn raw(addr: std::net::SocketAddr, head: &str) -> (String, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let (answer, _) = read_to_close(&mut s).await;
+    let status = answer.lines().next().unwrap_or_default().to_owned();
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+#[tokio::test]
+async fn overlong_uris_and_oversized_headers_are_json_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, _) = boot(dir.path(), short()).await;
+    let long_uri =
+        format!("GET /api/v1/tenants?x={} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "a".repeat(20_000));
+    let many: String = (0..300).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let many_headers = format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many}Connection: close\r\n\r\n");
+    let big_header =
+        format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n", "b".repeat(100_000));
+    for (head, status, code) in [
+        (long_uri, "HTTP/1.1 414", "uri_too_long"),
+        (many_headers, "HTTP/1.1 431", "headers_too_large"),
+        (big_header, "HTTP/1.1 431", "headers_too_large"),
+    ] {
+        let (line, body) = raw(m.addr, &head).await;
+        assert!(line.starts_with(status), "{line}");
+        assert!(body.contains(&format!(r#""code":"{code}""#)), "{line}: {body}");
+    }
+    m.shutdown().await;
+}
