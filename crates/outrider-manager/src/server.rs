@@ -69,6 +69,28 @@ impl RunningManager {
     }
 }
 
+/// Sets `path`'s mode to `mode` unless it already is (the umask and old modes do not count).
+fn restrict(path: &std::path::Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.permissions().mode() & 0o7777 != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot make {} private", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Makes every file of the data dir (the store, the admin token) readable by the owner only.
+fn restrict_files(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(data_dir).with_context(|| format!("cannot list {}", data_dir.display()))? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            restrict(&entry.path(), 0o600)?;
+        }
+    }
+    Ok(())
+}
+
 async fn ensure_default_tenant(repo: &Repo) -> anyhow::Result<()> {
     let tenant = Tenant { name: DEFAULT_TENANT.into(), created_at: OffsetDateTime::now_utc() };
     let event = NewEvent::new(DEFAULT_TENANT, "tenant.created", "manager", format!("tenant/{DEFAULT_TENANT}"))
@@ -189,11 +211,13 @@ pub async fn start_with(
 ) -> anyhow::Result<RunningManager> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    restrict(&config.data_dir, 0o700)?;
     let store_url = outrider_store::embedded_url(&config.data_dir);
     let store = outrider_store::open(&store_url).await.with_context(|| format!("cannot open the store {store_url}"))?;
     let repo = Repo::new(store.clone());
     ensure_default_tenant(&repo).await?;
     let auth = Auth::bootstrap(&repo, &config.data_dir).await?;
+    restrict_files(&config.data_dir)?;
     let metrics = Arc::new(Metrics::default());
     let fleet = Arc::new(Fleet::new(metrics.clone()));
     let records = store.range(keys::INSTANCES).await?;

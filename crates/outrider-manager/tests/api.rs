@@ -638,3 +638,28 @@ async fn only_the_grpc_service_path_speaks_grpc() {
     assert_eq!(resp.headers()["content-type"], "application/grpc");
     m.shutdown().await;
 }
+
+#[tokio::test]
+async fn data_dir_and_files_are_private_whatever_their_old_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (m, _) = boot(&data).await;
+    m.shutdown().await;
+    let set = |p: &Path, mode: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    let files: Vec<_> = std::fs::read_dir(&data).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(files.iter().any(|f| f.ends_with("admin.token")) && files.len() >= 2, "{files:?}");
+    for f in &files {
+        set(f, 0o666);
+    }
+    set(&data, 0o777);
+    let (m, api) = boot(&data).await;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&data), 0o700);
+    for f in &files {
+        assert_eq!(mode(f), 0o600, "{}", f.display());
+    }
+    let (s, _) = api.call(Method::GET, "/tenants", None).await;
+    assert_eq!(s, StatusCode::OK, "the old token still works");
+    m.shutdown().await;
+}
