@@ -663,3 +663,27 @@ async fn data_dir_and_files_are_private_whatever_their_old_mode() {
     assert_eq!(s, StatusCode::OK, "the old token still works");
     m.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_plan_that_is_done_can_be_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, api) = boot(dir.path()).await;
+    seed(&api).await;
+    api.ok(Method::POST, "/tenants/default/sidecars/mesh/versions/1.1.0/admit", json!({})).await;
+    let body = json!({"sidecar": "mesh", "target_version": "1.1.0", "phases": [{"name": "all"}]});
+    let plan = api.ok(Method::POST, "/tenants/default/plans", body).await;
+    let path = format!("/tenants/default/plans/{}", plan["id"].as_str().unwrap());
+    let (s, v) = api.call(Method::DELETE, &path, None).await;
+    assert_eq!((s, error_code(&v)), (StatusCode::CONFLICT, "failed_precondition"), "a live plan stays");
+    api.ok(Method::POST, &format!("{path}/abort"), json!({"reason": "test"})).await;
+    let (s, _) = api.call(Method::DELETE, &path, None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, v) = api.call(Method::GET, &path, None).await;
+    assert_eq!((s, error_code(&v)), (StatusCode::NOT_FOUND, "not_found"));
+    let (s, _) = api.call(Method::DELETE, &path, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (_, events) = api.call(Method::GET, "/tenants/default/events", None).await;
+    let deleted = events.as_array().unwrap().iter().filter(|e| e["kind"] == "plan.deleted").count();
+    assert_eq!(deleted, 1);
+    m.shutdown().await;
+}

@@ -82,7 +82,7 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{t}/events"), get(events::list))
         .route(&format!("{t}/plans"), get(plans::list).post(plans::create))
         .route(&format!("{t}/plans/simulate"), post(plans::simulate))
-        .route(&format!("{t}/plans/{{plan}}"), get(plans::get_one))
+        .route(&format!("{t}/plans/{{plan}}"), get(plans::get_one).delete(plans::delete))
         .route(&format!("{t}/plans/{{plan}}/{{action}}"), post(plans::action))
         .route(&format!("{t}/freezes"), get(freezes::list).post(freezes::create))
         .route(&format!("{t}/freezes/{{freeze}}"), axum::routing::delete(freezes::delete))

@@ -51,6 +51,17 @@ pub async fn get_one(
     Ok(Json(plans::get(&s, &tenant, &id).await?))
 }
 
+/// `DELETE /plans/{id}`: a plan that is done.
+pub async fn delete(
+    State(s): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    ApiPath((tenant, id)): ApiPath<(String, String)>,
+) -> Result<StatusCode, Error> {
+    require_tenant(&s.repo, &tenant).await?;
+    plans::delete(&s, &tenant, &id, &actor).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ActionBody {
