@@ -19,11 +19,13 @@ mod keys;
 pub mod metrics;
 mod plans;
 mod repo;
+mod retention;
 mod serve;
 mod server;
 mod state;
 mod sync;
 
 pub use error::Error;
+pub use retention::Retention;
 pub use serve::ServeLimits;
-pub use server::{ManagerConfig, RunningManager, start, start_with, start_with_clock};
+pub use server::{ManagerConfig, RunningManager, Tuning, start, start_with, start_with_clock};

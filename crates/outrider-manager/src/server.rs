@@ -26,6 +26,7 @@ use crate::{
     keys,
     metrics::Metrics,
     repo::{NewEvent, Repo, decode, encode},
+    retention::{self, Retention},
     serve::{self, ServeLimits},
     sync::SyncService,
 };
@@ -40,6 +41,15 @@ pub struct ManagerConfig {
     pub data_dir: PathBuf,
     /// Address for REST and gRPC.
     pub listen: SocketAddr,
+}
+
+/// Limits and housekeeping of a manager (the defaults suit production).
+#[derive(Debug, Clone, Default)]
+pub struct Tuning {
+    /// The listener's timeouts and connection caps.
+    pub serve: ServeLimits,
+    /// The event log's retention.
+    pub retention: Retention,
 }
 
 /// A running manager.
@@ -200,14 +210,14 @@ pub async fn start_with_clock(
     config: ManagerConfig,
     clock: Arc<dyn executor::Clock>,
 ) -> anyhow::Result<RunningManager> {
-    start_with(config, clock, ServeLimits::default()).await
+    start_with(config, clock, Tuning::default()).await
 }
 
-/// Like [`start_with_clock`], with the listener's timeouts and connection caps.
+/// Like [`start_with_clock`], with the listener's limits and the event log's retention.
 pub async fn start_with(
     config: ManagerConfig,
     clock: Arc<dyn executor::Clock>,
-    limits: ServeLimits,
+    tuning: Tuning,
 ) -> anyhow::Result<RunningManager> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
@@ -236,6 +246,7 @@ pub async fn start_with(
     let cancel = CancellationToken::new();
     let background = vec![
         tokio::spawn(run_catalog_watch(state.clone(), watch_from, cancel.clone())),
+        tokio::spawn(retention::run(repo.clone(), tuning.retention, cancel.clone())),
         tokio::spawn(fleet.clone().run_flusher(repo, cancel.clone())),
         tokio::spawn(
             executor::Executor {
@@ -259,6 +270,6 @@ pub async fn start_with(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "manager listening");
     let stop = cancel.clone();
-    let task = tokio::spawn(serve::serve(listener, app, auth, metrics, limits, grpc_prefix, stop));
+    let task = tokio::spawn(serve::serve(listener, app, auth, metrics, tuning.serve, grpc_prefix, stop));
     Ok(RunningManager { addr, cancel, fleet, task, background })
 }

@@ -1,8 +1,8 @@
 //! `outrider server`: runs the manager until SIGINT or SIGTERM.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
-use outrider_manager::ManagerConfig;
+use outrider_manager::{ManagerConfig, Retention, Tuning, executor::SystemClock};
 
 /// Flags of `outrider server`.
 #[derive(clap::Args, Debug)]
@@ -13,6 +13,9 @@ pub struct ServerArgs {
     /// Address for the REST API and agent sync (gRPC) on one port.
     #[arg(long, env = "OUTRIDER_LISTEN", default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
+    /// Events kept per tenant; older ones are deleted (`since` cursors keep working).
+    #[arg(long, env = "OUTRIDER_EVENT_RETENTION", default_value_t = 100_000)]
+    pub event_retention: usize,
 }
 
 /// Completes on the first SIGINT or SIGTERM.
@@ -33,8 +36,10 @@ pub async fn shutdown_signal() {
 
 /// Runs the manager.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
-    let manager =
-        outrider_manager::start(ManagerConfig { data_dir: args.data_dir.clone(), listen: args.listen }).await?;
+    let config = ManagerConfig { data_dir: args.data_dir.clone(), listen: args.listen };
+    let retention = Retention { events_per_tenant: args.event_retention.max(1), ..Retention::default() };
+    let tuning = Tuning { retention, ..Tuning::default() };
+    let manager = outrider_manager::start_with(config, Arc::new(SystemClock), tuning).await?;
     eprintln!(
         "outrider manager on http://{} (data in {}, admin token in {})",
         manager.addr,
