@@ -46,6 +46,15 @@ pub enum Error {
     /// The store cannot be reached or refused the operation.
     #[error("store: {0}")]
     Unavailable(String),
+    /// The request's URI is over the limit.
+    #[error("{0}")]
+    UriTooLong(String),
+    /// The request's headers are over the limit.
+    #[error("{0}")]
+    HeadersTooLarge(String),
+    /// The request (its body) did not arrive in time.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// A bug or corrupt data.
     #[error("{0}")]
     Internal(String),
@@ -65,6 +74,9 @@ impl Error {
             Self::FailedPrecondition(_) => "failed_precondition",
             Self::Unauthenticated(_) => "unauthenticated",
             Self::Unavailable(_) => "unavailable",
+            Self::UriTooLong(_) => "uri_too_long",
+            Self::HeadersTooLarge(_) => "headers_too_large",
+            Self::RequestTimeout(_) => "request_timeout",
             Self::Internal(_) => "internal",
         }
     }
@@ -133,6 +145,15 @@ pub enum StartError {
         /// Why.
         #[source]
         source: StoreError,
+    },
+    /// The data directory or one of its files cannot be made private.
+    #[error("cannot make {path} private")]
+    Private {
+        /// The directory or file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// The admin token cannot be written.
     #[error("cannot write the admin token {path}")]

@@ -482,14 +482,14 @@ impl Fleet {
 
 /// How long instances whose agent went away are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retention {
+pub struct InstanceRetention {
     /// Disconnected this long, an instance is `gone`: it no longer counts in plans.
     pub ttl: Duration,
     /// Gone this long (after the TTL), its record is removed.
     pub keep_gone: Duration,
 }
 
-impl Default for Retention {
+impl Default for InstanceRetention {
     fn default() -> Self {
         Self { ttl: Duration::from_secs(300), keep_gone: Duration::from_secs(24 * 3600) }
     }
@@ -498,7 +498,7 @@ impl Default for Retention {
 impl Fleet {
     /// Marks `gone` the instances disconnected longer than `r.ttl` and removes those gone
     /// longer than `r.keep_gone` more, at `now`; returns how many changed.
-    pub fn sweep(&self, r: Retention, now: OffsetDateTime) -> usize {
+    pub fn sweep(&self, r: InstanceRetention, now: OffsetDateTime) -> usize {
         let ttl = time::Duration::try_from(r.ttl).unwrap_or(time::Duration::MAX);
         let remove_after = ttl.saturating_add(time::Duration::try_from(r.keep_gone).unwrap_or(time::Duration::MAX));
         let mut changed = 0;
@@ -574,7 +574,7 @@ impl Fleet {
     }
 
     /// Sweeps every `r.ttl / 10` (at least each second, at most every 30 s) until `cancel`.
-    pub async fn run_sweeper(self: Arc<Self>, r: Retention, cancel: CancellationToken) {
+    pub async fn run_sweeper(self: Arc<Self>, r: InstanceRetention, cancel: CancellationToken) {
         let every = (r.ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(30));
         loop {
             tokio::select! {

@@ -19,10 +19,14 @@ mod keys;
 pub mod metrics;
 mod plans;
 mod repo;
+mod retention;
+mod serve;
 mod server;
 mod state;
 mod sync;
 
 pub use error::{Error, StartError};
-pub use fleet::Retention;
-pub use server::{ManagerConfig, RunningManager, start, start_with_clock};
+pub use fleet::InstanceRetention;
+pub use retention::Retention;
+pub use serve::ServeLimits;
+pub use server::{ManagerConfig, RunningManager, Tuning, start, start_with, start_with_clock};

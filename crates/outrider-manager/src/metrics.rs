@@ -22,6 +22,10 @@ pub struct Metrics {
     pub executor_steps: Counter,
     /// Plan steps the executor committed (a plan that changed).
     pub executor_commits: Counter,
+    /// Open client connections.
+    pub connections_open: Gauge,
+    /// Connections closed at once because a connection cap was reached.
+    pub connections_refused: Counter,
     resident_memory: Gauge,
     cpu_seconds: Counter<f64, AtomicU64>,
 }
@@ -53,6 +57,14 @@ impl Default for Metrics {
         registry.register("outrider_executor_commits", "Plan steps the executor committed", executor_commits.clone());
         registry.register("process_resident_memory_bytes", "Resident memory of the manager", resident_memory.clone());
         registry.register("process_cpu_seconds", "User and system CPU time of the manager", cpu_seconds.clone());
+        let connections_open = Gauge::default();
+        let connections_refused = Counter::default();
+        registry.register("outrider_connections_open", "Open client connections", connections_open.clone());
+        registry.register(
+            "outrider_connections_refused",
+            "Connections closed at once because a connection cap was reached",
+            connections_refused.clone(),
+        );
         Self {
             registry,
             agents_connected,
@@ -63,6 +75,8 @@ impl Default for Metrics {
             executor_commits,
             resident_memory,
             cpu_seconds,
+            connections_open,
+            connections_refused,
         }
     }
 }

@@ -22,10 +22,12 @@ use crate::{
     auth::Auth,
     catalog::Catalog,
     executor,
-    fleet::{Fleet, Retention, StoredInstance},
+    fleet::{Fleet, InstanceRetention, StoredInstance},
     keys,
     metrics::Metrics,
     repo::{NewEvent, Repo, decode, encode},
+    retention::{self, Retention},
+    serve::{self, ServeLimits},
     sync::SyncService,
 };
 
@@ -40,15 +42,24 @@ pub struct ManagerConfig {
     /// Address for REST and gRPC.
     pub listen: SocketAddr,
     /// When instances whose agent went away are `gone`, and when they are removed.
-    pub retention: Retention,
+    pub instances: InstanceRetention,
 }
 
 impl ManagerConfig {
     /// A manager with its data in `data_dir`, listening on `listen`, with the default
     /// instance retention.
     pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
-        Self { data_dir: data_dir.into(), listen, retention: Retention::default() }
+        Self { data_dir: data_dir.into(), listen, instances: InstanceRetention::default() }
     }
+}
+
+/// Limits and housekeeping of a manager (the defaults suit production).
+#[derive(Debug, Clone, Default)]
+pub struct Tuning {
+    /// The listener's timeouts and connection caps.
+    pub serve: ServeLimits,
+    /// The event log's retention.
+    pub retention: Retention,
 }
 
 /// A running manager.
@@ -76,6 +87,29 @@ impl RunningManager {
             let _ = t.await;
         }
     }
+}
+
+/// Sets `path`'s mode to `mode` unless it already is (the umask and old modes do not count).
+fn restrict(path: &std::path::Path, mode: u32) -> Result<(), StartError> {
+    use std::os::unix::fs::PermissionsExt;
+    let private = |source| StartError::Private { path: path.to_owned(), source };
+    let meta = std::fs::metadata(path).map_err(private)?;
+    if meta.permissions().mode() & 0o7777 != mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(private)?;
+    }
+    Ok(())
+}
+
+/// Makes every file of the data dir (the store, the admin token) readable by the owner only.
+fn restrict_files(data_dir: &std::path::Path) -> Result<(), StartError> {
+    let private = |source| StartError::Private { path: data_dir.to_owned(), source };
+    for entry in std::fs::read_dir(data_dir).map_err(private)? {
+        let entry = entry.map_err(private)?;
+        if entry.file_type().map_err(private)?.is_file() {
+            restrict(&entry.path(), 0o600)?;
+        }
+    }
+    Ok(())
 }
 
 async fn ensure_default_tenant(repo: &Repo) -> Result<(), Error> {
@@ -187,13 +221,24 @@ pub async fn start_with_clock(
     config: ManagerConfig,
     clock: Arc<dyn executor::Clock>,
 ) -> Result<RunningManager, StartError> {
+    start_with(config, clock, Tuning::default()).await
+}
+
+/// Like [`start_with_clock`], with the listener's limits and the event log's retention.
+pub async fn start_with(
+    config: ManagerConfig,
+    clock: Arc<dyn executor::Clock>,
+    tuning: Tuning,
+) -> Result<RunningManager, StartError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
+    restrict(&config.data_dir, 0o700)?;
     let url = outrider_store::embedded_url(&config.data_dir);
     let store = outrider_store::open(&url).await.map_err(|source| StartError::Store { url: url.clone(), source })?;
     let repo = Repo::new(store.clone());
     ensure_default_tenant(&repo).await?;
     let auth = Auth::bootstrap(&repo, &config.data_dir).await?;
+    restrict_files(&config.data_dir)?;
     let metrics = Arc::new(Metrics::default());
     let fleet = Arc::new(Fleet::new(metrics.clone()));
     let records = store.range(keys::INSTANCES).await?;
@@ -212,8 +257,9 @@ pub async fn start_with_clock(
     let cancel = CancellationToken::new();
     let background = vec![
         tokio::spawn(run_catalog_watch(state.clone(), watch_from, cancel.clone())),
+        tokio::spawn(retention::run(repo.clone(), tuning.retention, cancel.clone())),
         tokio::spawn(fleet.clone().run_flusher(repo, cancel.clone())),
-        tokio::spawn(fleet.clone().run_sweeper(config.retention, cancel.clone())),
+        tokio::spawn(fleet.clone().run_sweeper(config.instances, cancel.clone())),
         tokio::spawn(
             executor::Executor {
                 repo: state.repo.clone(),
@@ -226,18 +272,16 @@ pub async fn start_with_clock(
             .run(cancel.clone()),
         ),
     ];
-    let grpc = tonic::service::Routes::new(AgentSyncServer::new(SyncService::new(state.clone()))).into_axum_router();
-    let app = api::router(state).merge(grpc);
+    // Only the gRPC service's own path speaks gRPC; every other path is the REST router's.
+    let grpc = AgentSyncServer::new(SyncService::new(state.clone()));
+    let grpc_prefix = format!("/{}/", <AgentSyncServer<SyncService> as tonic::server::NamedService>::NAME);
+    let (auth, metrics) = (state.auth.clone(), state.metrics.clone());
+    let app = api::router(state).route_service(&format!("{grpc_prefix}{{*method}}"), grpc);
     let listen = |source| StartError::Listen { addr: config.listen, source };
     let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(listen)?;
     let addr = listener.local_addr().map_err(listen)?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "manager listening");
     let stop = cancel.clone();
-    let task = tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "server failed");
-        }
-    });
+    let task = tokio::spawn(serve::serve(listener, app, auth, metrics, tuning.serve, grpc_prefix, stop));
     Ok(RunningManager { addr, cancel, fleet, task, background })
 }

@@ -38,13 +38,16 @@ fn grpc_status(e: &Error) -> Status {
         | Error::MalformedJson(_)
         | Error::UnexpectedJson(_)
         | Error::PayloadTooLarge(_)
-        | Error::UnsupportedMediaType(_) => Code::InvalidArgument,
+        | Error::UnsupportedMediaType(_)
+        | Error::UriTooLong(_)
+        | Error::HeadersTooLarge(_) => Code::InvalidArgument,
         Error::NotFound(_) | Error::NoSuchPath => Code::NotFound,
         Error::MethodNotAllowed => Code::Unimplemented,
         Error::Conflict(_) => Code::Aborted,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::Unauthenticated(_) => Code::Unauthenticated,
         Error::Unavailable(_) => Code::Unavailable,
+        Error::RequestTimeout(_) => Code::DeadlineExceeded,
         Error::Internal(_) => Code::Internal,
     };
     Status::new(code, format!("{}: {e}", e.code()))

@@ -386,8 +386,20 @@ async fn a_reconnect_replaces_the_old_stream() {
     assert!(end.is_none(), "the replaced stream is closed by the manager");
     let metrics = api.http.get(format!("{}/metrics", api.base)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("outrider_agents_connected 1\n"), "{metrics}");
-    let (_, events) = api.call(Method::GET, "/tenants/default/events", None).await;
-    let deploys = events.as_array().unwrap().iter().filter(|e| e["kind"] == "instance.deployed").count();
+    // The deploy event is written by the fleet's status flush: wait for it, then for any
+    // second one a reconnect would (wrongly) add.
+    let deploy_count = || async {
+        let (_, events) = api.call(Method::GET, "/tenants/default/events", None).await;
+        events.as_array().unwrap().iter().filter(|e| e["kind"] == "instance.deployed").count()
+    };
+    for _ in 0..50 {
+        if deploy_count().await > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let deploys = deploy_count().await;
     assert_eq!(deploys, 1, "reconnecting with the same deploy id is not a deploy");
     m.shutdown().await;
 }
@@ -502,5 +514,176 @@ async fn bad_plan_and_freeze_requests_get_clear_errors_and_change_nothing() {
     let (_, plans) = api.call(Method::GET, "/tenants/default/plans", None).await;
     assert!(plans.as_array().is_some(), "{plans}");
     assert_eq!(plans, json!([]));
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn absurd_or_hidden_input_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, api) = boot(dir.path()).await;
+    seed(&api).await;
+    api.ok(Method::POST, "/tenants/default/sidecars/mesh/versions/1.1.0/admit", json!({})).await;
+    let (_, before) = api.call(Method::GET, "/tenants/default/events", None).await;
+    let phase = |p: Value| json!({"sidecar": "mesh", "target_version": "1.1.0", "phases": [p]});
+    let freeze =
+        |from: &str, to: &str, services: Value| json!({"from": from, "to": to, "reason": "x", "services": services});
+    let bad = StatusCode::BAD_REQUEST;
+    let cases: Vec<(Method, &str, Value, StatusCode)> = vec![
+        (
+            Method::POST,
+            "/tenants/default/plans/simulate",
+            phase(json!({"name": "g", "region_parallelism": 4294967295u32})),
+            bad,
+        ),
+        (Method::POST, "/tenants/default/plans", phase(json!({"name": "g", "region_parallelism": 100_000_000})), bad),
+        (Method::POST, "/tenants/default/plans", phase(json!({"name": "g", "bake": "9999999999d"})), bad),
+        (Method::POST, "/tenants/default/plans", phase(json!({"name": "g", "batch_timeout": "0s"})), bad),
+        (
+            Method::POST,
+            "/tenants/default/freezes",
+            freeze("2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z", json!(["ghost"])),
+            bad,
+        ),
+        (
+            Method::POST,
+            "/tenants/default/freezes",
+            freeze("0000-01-01T00:00:00Z", "9999-12-31T00:00:00Z", json!([])),
+            bad,
+        ),
+        (Method::PUT, "/tenants/default/services/checkout", json!({}), bad),
+        (Method::POST, "/tenants/default/services", json!({"name": "x", "traits": {"k": "a\u{202e}b"}}), bad),
+        (Method::POST, "/tenants/default/sidecars", json!({"name": "x", "upgrade_modes": ["hot", "hot"]}), bad),
+        (Method::POST, "/tenants/default/sidecars", json!({"name": "x", "description": "d".repeat(600_000)}), bad),
+        (Method::POST, "/tenants/default/sidecars/mesh/versions/1.0.0/defective", json!({"reason": "a\r\nb"}), bad),
+        (Method::POST, "/tenants/default/plans/p1/pause", json!({"reason": "a\u{0}b"}), bad),
+    ];
+    for (method, path, body, status) in cases {
+        let (s, v) = api.call(method.clone(), path, Some(body)).await;
+        assert_eq!(s, status, "{method} {path} → {v}");
+        error_code(&v);
+    }
+    let url = |p: &str| format!("{}/api/v1/tenants/default{p}", api.base);
+    let admit = "/sidecars/mesh/versions/1.0.0/admit";
+    let raw = |p: &str, ct: &str, body: Vec<u8>| {
+        api.http.post(url(p)).bearer_auth(&api.token).header("content-type", ct.to_owned()).body(body)
+    };
+    for (req, status) in [
+        (raw(admit, "text/plain", b"{}".to_vec()), StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        (
+            raw("/plans/p1/abort", "application/x-www-form-urlencoded", b"{}".to_vec()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (raw(admit, "application/json", vec![b' '; 2 << 20]), StatusCode::PAYLOAD_TOO_LARGE),
+        (raw("/plans/p1/abort", "application/json", vec![b' '; 2 << 20]), StatusCode::PAYLOAD_TOO_LARGE),
+        (
+            api.http
+                .get(url("/services"))
+                .header("authorization", format!("Bearer {}", api.token))
+                .header("authorization", "Bearer other"),
+            StatusCode::UNAUTHORIZED,
+        ),
+    ] {
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), status);
+        let v: Value = resp.json().await.expect("a JSON error body");
+        error_code(&v);
+    }
+    let (_, after) = api.call(Method::GET, "/tenants/default/events", None).await;
+    assert_eq!(before, after, "nothing was recorded");
+
+    // Marking a version defective twice drafts one recall plan.
+    api.ok(Method::POST, "/tenants/default/sidecars/mesh/versions/1.0.0/admit", json!({})).await;
+    for _ in 0..2 {
+        api.ok(Method::POST, "/tenants/default/sidecars/mesh/versions/1.1.0/defective", json!({"reason": "leaks"}))
+            .await;
+    }
+    let (_, plans) = api.call(Method::GET, "/tenants/default/plans", None).await;
+    assert_eq!(plans.as_array().unwrap().len(), 1, "{plans}");
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn only_the_grpc_service_path_speaks_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, api) = boot(dir.path()).await;
+    for (method, path, status) in [
+        (Method::GET, "/foo", StatusCode::NOT_FOUND),
+        (Method::POST, "/api/v2/tenants", StatusCode::NOT_FOUND),
+        (Method::DELETE, "/api/v2/x/y", StatusCode::NOT_FOUND),
+        (Method::GET, "//api/v1/tenants", StatusCode::NOT_FOUND),
+        (Method::POST, "/", StatusCode::NOT_FOUND),
+        (Method::POST, "/healthz", StatusCode::METHOD_NOT_ALLOWED),
+        (Method::DELETE, "/metrics", StatusCode::METHOD_NOT_ALLOWED),
+    ] {
+        let resp = api
+            .http
+            .request(method.clone(), format!("{}{path}", api.base))
+            .bearer_auth(&api.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{method} {path}");
+        let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(ct.starts_with("application/json"), "{method} {path}: {ct}");
+        let v: Value = resp.json().await.unwrap();
+        error_code(&v);
+    }
+    let resp = api
+        .http
+        .post(format!("{}/outrider.sync.v1.AgentSync/NoSuchMethod", api.base))
+        .header("content-type", "application/grpc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "application/grpc");
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn data_dir_and_files_are_private_whatever_their_old_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (m, _) = boot(&data).await;
+    m.shutdown().await;
+    let set = |p: &Path, mode: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    let files: Vec<_> = std::fs::read_dir(&data).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(files.iter().any(|f| f.ends_with("admin.token")) && files.len() >= 2, "{files:?}");
+    for f in &files {
+        set(f, 0o666);
+    }
+    set(&data, 0o777);
+    let (m, api) = boot(&data).await;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&data), 0o700);
+    for f in &files {
+        assert_eq!(mode(f), 0o600, "{}", f.display());
+    }
+    let (s, _) = api.call(Method::GET, "/tenants", None).await;
+    assert_eq!(s, StatusCode::OK, "the old token still works");
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_plan_that_is_done_can_be_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, api) = boot(dir.path()).await;
+    seed(&api).await;
+    api.ok(Method::POST, "/tenants/default/sidecars/mesh/versions/1.1.0/admit", json!({})).await;
+    let body = json!({"sidecar": "mesh", "target_version": "1.1.0", "phases": [{"name": "all"}]});
+    let plan = api.ok(Method::POST, "/tenants/default/plans", body).await;
+    let path = format!("/tenants/default/plans/{}", plan["id"].as_str().unwrap());
+    let (s, v) = api.call(Method::DELETE, &path, None).await;
+    assert_eq!((s, error_code(&v)), (StatusCode::CONFLICT, "failed_precondition"), "a live plan stays");
+    api.ok(Method::POST, &format!("{path}/abort"), json!({"reason": "test"})).await;
+    let (s, _) = api.call(Method::DELETE, &path, None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, v) = api.call(Method::GET, &path, None).await;
+    assert_eq!((s, error_code(&v)), (StatusCode::NOT_FOUND, "not_found"));
+    let (s, _) = api.call(Method::DELETE, &path, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (_, events) = api.call(Method::GET, "/tenants/default/events", None).await;
+    let deleted = events.as_array().unwrap().iter().filter(|e| e["kind"] == "plan.deleted").count();
+    assert_eq!(deleted, 1);
     m.shutdown().await;
 }

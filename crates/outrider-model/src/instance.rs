@@ -105,6 +105,13 @@ impl InstanceLabels {
         {
             return Err(ValidationError::new("color", "must be blue or green"));
         }
+        if self.labels.len() > 64 {
+            return Err(ValidationError::new("labels", "at most 64 labels"));
+        }
+        for (k, v) in self.lane.iter().map(|l| ("lane", l)).chain(self.labels.iter().map(|(k, v)| (k.as_str(), v))) {
+            crate::validate_text("labels", k, 128, false)?;
+            crate::validate_text("labels", v, 256, false)?;
+        }
         Ok(())
     }
 

@@ -29,12 +29,12 @@ pub use error::ValidationError;
 pub use event::Event;
 pub use instance::{Instance, InstanceFilter, InstanceLabels, SidecarState, SidecarStatus};
 pub use lifecycle::{Action, Handover, Lifecycle, ListenSocket, SIGNALS, Warm};
-pub use name::validate_name;
+pub use name::{validate_name, validate_text};
 pub use overrides::{CellTarget, Override};
 pub use placeholder::{PlaceholderContext, PlaceholderError, expand};
 pub use plan::{
     Batch, BatchState, Batching, Caps, Cell, ChangeWindow, Counts, FeatureServices, Freeze, Incident, NewFreeze, Phase,
-    PhaseSpec, Plan, PlanSpec, PlanState, Selector, Simulation, Verdict, VersionMatch,
+    PhaseSpec, Plan, PlanSpec, PlanState, Selector, Simulation, Verdict, VersionMatch, limits as plan_limits,
 };
 pub use service::{Priority, ProtectedPeriod, Service, ServiceUpdate};
 pub use sidecar::{Probe, ProbeCheck, Sidecar, UpgradeMode};

@@ -207,6 +207,33 @@ impl PhaseSpec {
     }
 }
 
+impl PhaseSpec {
+    /// Checks the phase's numbers and durations against [`limits`] (`field` names a field).
+    fn validate_bounds(&self, field: &dyn Fn(&str) -> String) -> Result<(), ValidationError> {
+        match self.batching {
+            Batching::Exponential { start, factor } => {
+                at_most(field("batching.start"), start, limits::CELLS)?;
+                at_most(field("batching.factor"), factor, limits::FACTOR)?;
+            }
+            Batching::Linear { size } => at_most(field("batching.size"), size, limits::CELLS)?,
+        }
+        for (caps, f) in [(self.max_per_batch, "max_per_batch"), (self.max_per_day, "max_per_day")] {
+            at_most(field(&format!("{f}.cells")), caps.cells.unwrap_or(0), limits::CELLS)?;
+            at_most(field(&format!("{f}.instances")), caps.instances.unwrap_or(0), limits::INSTANCES)?;
+        }
+        at_most(field("region_parallelism"), self.region_parallelism, limits::REGION_PARALLELISM)?;
+        at_most(field("bake"), self.bake, HumanDuration(limits::BAKE))?;
+        at_most(field("batch_timeout"), self.batch_timeout, HumanDuration(limits::MAX_BATCH_TIMEOUT))?;
+        if let Some(deadline) = self.deadline {
+            at_most(field("deadline"), deadline, HumanDuration(limits::MAX_DEADLINE))?;
+        }
+        if self.batch_timeout.0 < limits::MIN_BATCH_TIMEOUT {
+            return Err(ValidationError::new(field("batch_timeout"), "must be at least 1s"));
+        }
+        Ok(())
+    }
+}
+
 /// The body of `POST /plans` and `POST /plans/simulate`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -269,9 +296,67 @@ impl VersionMatch {
     }
 }
 
+/// Bounds of a plan body, far above any real fleet's needs and low enough that no body can
+/// make the planner, the store or the executor do unbounded work.
+pub mod limits {
+    use std::time::Duration;
+
+    /// Phases in a plan.
+    pub const PHASES: usize = 32;
+    /// Entries in each list of a plan body (services, regions, versions, windows).
+    pub const LIST: usize = 1_000;
+    /// Bytes of a plan's name.
+    pub const NAME: usize = 200;
+    /// Cells in a batch (`start`, `size`, `max_per_batch.cells`, `max_per_day.cells`).
+    pub const CELLS: u64 = 1_000_000;
+    /// Instances in a cap.
+    pub const INSTANCES: u64 = 1_000_000_000;
+    /// Growth factor of exponential batching.
+    pub const FACTOR: u64 = 1_000;
+    /// Regions advanced side by side.
+    pub const REGION_PARALLELISM: u32 = 1_000;
+    /// Feature services per trait value.
+    pub const PER_TRAIT_VALUE: u32 = 1_000;
+    /// Longest bake (30 days).
+    pub const BAKE: Duration = Duration::from_secs(30 * 86_400);
+    /// Shortest batch timeout.
+    pub const MIN_BATCH_TIMEOUT: Duration = Duration::from_secs(1);
+    /// Years a freeze may start and end in.
+    pub const FREEZE_YEARS: std::ops::RangeInclusive<i32> = 2000..=2200;
+    /// Longest batch timeout (30 days).
+    pub const MAX_BATCH_TIMEOUT: Duration = Duration::from_secs(30 * 86_400);
+    /// Longest wait of an on-deploy batch for its deploys (365 days).
+    pub const MAX_DEADLINE: Duration = Duration::from_secs(365 * 86_400);
+}
+
+/// Refuses `n` over `max` with the limit in the message.
+fn at_most<T: PartialOrd + fmt::Display>(field: impl Into<String>, n: T, max: T) -> Result<(), ValidationError> {
+    if n > max { Err(ValidationError::new(field, format!("{n} is over the limit of {max}"))) } else { Ok(()) }
+}
+
 impl PlanSpec {
-    /// Checks every field that can be checked without the fleet.
+    /// Checks every field that can be checked without the fleet, and the bounds of [`limits`].
     pub fn validate(&self) -> Result<(), ValidationError> {
+        crate::validate_text("name", &self.name, limits::NAME, false)?;
+        let lists = [
+            ("from_versions", self.from_versions.len()),
+            ("selector.services", self.selector.services.len()),
+            ("selector.traits", self.selector.traits.len()),
+            ("selector.regions", self.selector.regions.len()),
+            ("selector.envs", self.selector.envs.len()),
+            ("region_order", self.region_order.len()),
+            ("feature_services.services", self.feature_services.services.len()),
+            ("windows", self.windows.len()),
+        ];
+        for (field, len) in lists {
+            at_most(field, len, limits::LIST)?;
+        }
+        at_most("phases", self.phases.len(), limits::PHASES)?;
+        at_most("feature_services.per_trait_value", self.feature_services.per_trait_value, limits::PER_TRAIT_VALUE)?;
+        for (k, v) in &self.selector.traits {
+            validate_name("selector.traits", k)?;
+            crate::validate_text("selector.traits", v, limits::NAME, false)?;
+        }
         validate_name("sidecar", &self.sidecar)?;
         validate_version(&self.target_version).map_err(|e| ValidationError::new("target_version", e.message))?;
         for v in &self.from_versions {
@@ -321,6 +406,7 @@ impl PlanSpec {
             if p.deadline.is_some() && p.mode != UpgradeMode::OnDeploy {
                 return Err(ValidationError::new(field("deadline"), "only on-deploy phases wait for deploys"));
             }
+            p.validate_bounds(&field)?;
         }
         Ok(())
     }
@@ -655,12 +741,68 @@ mod tests {
         assert_eq!(bad(r#"{"sidecar":"m","target_version":"1.1.0","phases":[]}"#), "phases");
         assert_eq!(bad(r#"{"sidecar":"m","target_version":"1.1.0","from_versions":["banana"]}"#), "from_versions");
         assert_eq!(
+            bad(r#"{"sidecar":"m","target_version":"1.1.0","phases":[{"name":"g","deadline":"1d"}]}"#),
+            "phases[0].deadline",
+            "a deadline only for on-deploy phases"
+        );
+        assert_eq!(
+            bad(
+                r#"{"sidecar":"m","target_version":"1.1.0","phases":[{"name":"g","mode":"on-deploy","deadline":"9999d"}]}"#
+            ),
+            "phases[0].deadline"
+        );
+        assert_eq!(
             bad(
                 r#"{"sidecar":"m","target_version":"1.1.0","phases":[{"name":"g","batching":{"strategy":"linear","size":0}}]}"#
             ),
             "phases[0].batching"
         );
         assert!(bad(r#"{"sidecar":"m","target_version":"1.1.0","colour":1}"#).starts_with("json"));
+    }
+
+    #[test]
+    fn absurd_numbers_are_refused_with_the_limit() {
+        let phase =
+            |extra: &str| format!(r#"{{"sidecar":"mesh","target_version":"1.1.0","phases":[{{"name":"p"{extra}}}]}}"#);
+        for (extra, field, limit) in [
+            (r#","region_parallelism":4294967295"#, "phases[0].region_parallelism", "1000"),
+            (
+                r#","batching":{"strategy":"exponential","start":1,"factor":18446744073709551615}"#,
+                "phases[0].batching.factor",
+                "1000",
+            ),
+            (r#","batching":{"strategy":"linear","size":100000000}"#, "phases[0].batching.size", "1000000"),
+            (
+                r#","max_per_batch":{"instances":18446744073709551615}"#,
+                "phases[0].max_per_batch.instances",
+                "1000000000",
+            ),
+            (r#","bake":"9999999999d""#, "phases[0].bake", "30d"),
+            (r#","batch_timeout":"0s""#, "phases[0].batch_timeout", "1s"),
+        ] {
+            let spec: PlanSpec = serde_json::from_str(&phase(extra)).unwrap();
+            let e = spec.validate().unwrap_err();
+            assert_eq!(e.field, field, "{extra}");
+            assert!(e.message.contains(limit), "{extra}: {e}");
+        }
+        let many: Vec<String> = (0..33).map(|i| format!(r#"{{"name":"p{i}"}}"#)).collect();
+        let body = format!(r#"{{"sidecar":"mesh","target_version":"1.1.0","phases":[{}]}}"#, many.join(","));
+        assert_eq!(serde_json::from_str::<PlanSpec>(&body).unwrap().validate().unwrap_err().field, "phases");
+        let bidi = r#"{"sidecar":"mesh","target_version":"1.1.0","name":"a\u202eb"}"#;
+        assert_eq!(serde_json::from_str::<PlanSpec>(bidi).unwrap().validate().unwrap_err().field, "name");
+    }
+
+    #[test]
+    fn freezes_refuse_absurd_years_and_hidden_characters() {
+        let freeze = |from: &str, to: &str, reason: &str| {
+            serde_json::from_str::<NewFreeze>(&format!(r#"{{"from":"{from}","to":"{to}","reason":"{reason}"}}"#))
+                .unwrap()
+                .validate()
+        };
+        freeze("2026-11-27T00:00:00Z", "2026-11-30T00:00:00Z", "sale").unwrap();
+        assert_eq!(freeze("0000-01-01T00:00:00Z", "9999-12-31T00:00:00Z", "x").unwrap_err().field, "from");
+        assert_eq!(freeze("2026-01-01T00:00:00Z", "9999-12-31T00:00:00Z", "x").unwrap_err().field, "to");
+        assert_eq!(freeze("2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z", "a\\r\\nb").unwrap_err().field, "reason");
     }
 
     #[test]
@@ -738,6 +880,14 @@ impl NewFreeze {
         if self.reason.trim().is_empty() {
             return Err(ValidationError::new("reason", "say why changes are frozen"));
         }
+        crate::validate_text("reason", &self.reason, crate::service::MAX_REASON, false)?;
+        for (t, field) in [(self.from, "from"), (self.to, "to")] {
+            if !limits::FREEZE_YEARS.contains(&t.year()) {
+                let (a, b) = (limits::FREEZE_YEARS.start(), limits::FREEZE_YEARS.end());
+                return Err(ValidationError::new(field, format!("must be between the years {a} and {b}")));
+            }
+        }
+        at_most("services", self.services.len(), limits::LIST)?;
         for s in &self.services {
             validate_name("services", s)?;
         }

@@ -3,7 +3,14 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::{ValidationError, validate_name};
+use crate::{ValidationError, validate_name, validate_text};
+
+/// Traits of one service.
+const MAX_TRAITS: usize = 64;
+/// Protected periods of one service.
+const MAX_PERIODS: usize = 256;
+/// Bytes of a reason.
+pub(crate) const MAX_REASON: usize = 1_000;
 
 /// How important a service is: `P0` is the most important and is changed last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
@@ -42,7 +49,7 @@ pub struct Service {
     #[serde(default)]
     pub priority: Priority,
     /// `key=value` facts (`lang=go`, `protocol=http`) used to pick feature services.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::name::unique_keys")]
     pub traits: BTreeMap<String, String>,
     /// Service admission: never upgraded by plans.
     #[serde(default)]
@@ -60,15 +67,15 @@ pub struct ServiceUpdate {
     /// Must equal the path's name when given.
     #[serde(default)]
     pub name: Option<String>,
-    /// Importance.
+    /// Importance (required: a replace states it).
     #[serde(default)]
-    pub priority: Priority,
+    pub priority: Option<Priority>,
     /// Traits.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::name::unique_keys")]
     pub traits: BTreeMap<String, String>,
-    /// Service admission.
+    /// Service admission (required: a replace states it).
     #[serde(default)]
-    pub protected: bool,
+    pub protected: Option<bool>,
     /// Protected periods (also accepted as `windows`).
     #[serde(default, alias = "windows")]
     pub protected_periods: Vec<ProtectedPeriod>,
@@ -82,11 +89,17 @@ impl ServiceUpdate {
         {
             return Err(ValidationError::new("name", format!("body names {n:?} but the path names {name:?}")));
         }
+        let (Some(priority), Some(protected)) = (self.priority, self.protected) else {
+            return Err(ValidationError::new(
+                "priority",
+                "priority and protected are required: PUT replaces the whole service",
+            ));
+        };
         let s = Service {
             name: name.to_owned(),
-            priority: self.priority,
+            priority,
             traits: self.traits,
-            protected: self.protected,
+            protected,
             protected_periods: self.protected_periods,
         };
         s.validate()?;
@@ -98,16 +111,25 @@ impl Service {
     /// Checks every field.
     pub fn validate(&self) -> Result<(), ValidationError> {
         validate_name("name", &self.name)?;
+        if self.traits.len() > MAX_TRAITS {
+            return Err(ValidationError::new("traits", format!("at most {MAX_TRAITS} traits")));
+        }
         for (k, v) in &self.traits {
             let ok = |s: &str| !s.is_empty() && s.len() <= 128 && !s.contains(['=', ',', '\n']);
             if !ok(k) || !ok(v) {
                 return Err(ValidationError::new("traits", format!("{k:?}={v:?} is not a valid trait")));
             }
+            validate_text("traits", k, 128, false)?;
+            validate_text("traits", v, 128, false)?;
+        }
+        if self.protected_periods.len() > MAX_PERIODS {
+            return Err(ValidationError::new("protected_periods", format!("at most {MAX_PERIODS} periods")));
         }
         for p in &self.protected_periods {
             if p.to <= p.from {
                 return Err(ValidationError::new("protected_periods", "each period must end after it starts"));
             }
+            validate_text("protected_periods.reason", &p.reason, MAX_REASON, false)?;
         }
         Ok(())
     }
@@ -130,6 +152,29 @@ mod tests {
     }
 
     #[test]
+    fn update_must_state_priority_and_protection() {
+        for body in ["{}", r#"{"priority":"P0"}"#, r#"{"protected":false}"#] {
+            let u: ServiceUpdate = serde_json::from_str(body).unwrap();
+            assert_eq!(u.into_service("a").unwrap_err().field, "priority", "{body}");
+        }
+        let u: ServiceUpdate = serde_json::from_str(r#"{"priority":"P0","protected":true}"#).unwrap();
+        let s = u.into_service("a").unwrap();
+        assert!(s.protected && s.priority == Priority::P0);
+    }
+
+    #[test]
+    fn traits_refuse_duplicates_hidden_characters_and_excess() {
+        assert!(serde_json::from_str::<Service>(r#"{"name":"a","traits":{"k":"1","k":"2"}}"#).is_err());
+        for traits in [r#"{"k":"a\u0000b"}"#, r#"{"k":"a\u202eb"}"#, r#"{"k\r":"v"}"#] {
+            let s: Service = serde_json::from_str(&format!(r#"{{"name":"a","traits":{traits}}}"#)).unwrap();
+            assert_eq!(s.validate().unwrap_err().field, "traits", "{traits}");
+        }
+        let many: Vec<String> = (0..65).map(|i| format!(r#""k{i}":"v""#)).collect();
+        let s: Service = serde_json::from_str(&format!(r#"{{"name":"a","traits":{{{}}}}}"#, many.join(","))).unwrap();
+        assert_eq!(s.validate().unwrap_err().field, "traits");
+    }
+
+    #[test]
     fn reversed_window_is_refused() {
         let s: Service = serde_json::from_str(
             r#"{"name":"a","windows":[{"from":"2026-01-02T00:00:00Z","to":"2026-01-01T00:00:00Z"}]}"#,
@@ -147,7 +192,8 @@ mod tests {
         assert_eq!(old.protected_periods.len(), 1);
         let json = serde_json::to_value(&old).unwrap();
         assert!(json.get("windows").is_none() && json["protected_periods"][0]["reason"] == "sale", "{json}");
-        let u: ServiceUpdate = serde_json::from_str(&format!(r#"{{"windows":{period}}}"#)).unwrap();
+        let u: ServiceUpdate =
+            serde_json::from_str(&format!(r#"{{"priority":"P2","protected":false,"windows":{period}}}"#)).unwrap();
         assert_eq!(u.into_service("a").unwrap(), old);
     }
 }

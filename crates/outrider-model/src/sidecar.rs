@@ -2,7 +2,14 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{HumanDuration, Lifecycle, ValidationError, validate_name};
+use crate::{HumanDuration, Lifecycle, ValidationError, validate_name, validate_text};
+
+/// Bytes of a description.
+const MAX_DESCRIPTION: usize = 4_096;
+/// Bytes of an owner, a probe address or a probe argument.
+const MAX_ARG: usize = 2_048;
+/// Metrics a sidecar names.
+const MAX_METRICS: usize = 256;
 
 /// How an instance moves from one version of a sidecar to another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -123,6 +130,10 @@ impl Probe {
         if self.failure_threshold == 0 {
             return Err(ValidationError::new(field, "failure_threshold must be at least 1"));
         }
+        let args = self.exec.iter().flatten().chain(&self.tcp).chain(&self.http);
+        for a in args {
+            validate_text(field, a, MAX_ARG, false)?;
+        }
         Ok(())
     }
 }
@@ -159,8 +170,18 @@ impl Sidecar {
     /// Checks every field.
     pub fn validate(&self) -> Result<(), ValidationError> {
         validate_name("name", &self.name)?;
+        validate_text("owner", &self.owner, MAX_ARG, false)?;
+        validate_text("description", &self.description, MAX_DESCRIPTION, true)?;
         if self.upgrade_modes.is_empty() {
             return Err(ValidationError::new("upgrade_modes", "list at least one mode"));
+        }
+        if let Some(m) =
+            self.upgrade_modes.iter().enumerate().find_map(|(i, m)| self.upgrade_modes[..i].contains(m).then_some(m))
+        {
+            return Err(ValidationError::new("upgrade_modes", format!("{m} is listed twice")));
+        }
+        if self.metrics.len() > MAX_METRICS {
+            return Err(ValidationError::new("metrics", format!("at most {MAX_METRICS} metrics")));
         }
         for m in &self.metrics {
             if m.is_empty() || !m.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
@@ -190,6 +211,16 @@ mod tests {
         let s: Sidecar =
             serde_json::from_str(r#"{"name":"a","startup_probe":{"tcp":"x:1","http":"http://x"}}"#).unwrap();
         assert_eq!(s.validate().unwrap_err().field, "startup_probe");
+    }
+
+    #[test]
+    fn duplicate_modes_long_descriptions_and_probe_newlines_are_refused() {
+        let s: Sidecar = serde_json::from_str(r#"{"name":"a","upgrade_modes":["restart","restart"]}"#).unwrap();
+        assert_eq!(s.validate().unwrap_err().field, "upgrade_modes");
+        let long = format!(r#"{{"name":"a","description":"{}"}}"#, "x".repeat(600_000));
+        assert_eq!(serde_json::from_str::<Sidecar>(&long).unwrap().validate().unwrap_err().field, "description");
+        let probe = r#"{"name":"a","startup_probe":{"http":"http://x/\r\nHost: evil"}}"#;
+        assert_eq!(serde_json::from_str::<Sidecar>(probe).unwrap().validate().unwrap_err().field, "startup_probe");
     }
 
     #[test]

@@ -42,4 +42,8 @@ pub trait Store: Send + Sync + 'static {
     async fn watch(&self, prefix: &str, from_revision: u64) -> Result<WatchStream, StoreError>;
     /// The current revision.
     async fn revision(&self) -> Result<u64, StoreError>;
+    /// Whether the store can take writes now (readiness); by default, whether it answers.
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.revision().await.map(|_| ())
+    }
 }

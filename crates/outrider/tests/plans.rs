@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use outrider_devtools::harness::{Child, free_ports, spawn_manager, wait_manager_ready};
-use outrider_manager::{ManagerConfig, Retention, RunningManager};
+use outrider_manager::{InstanceRetention, ManagerConfig, RunningManager};
 use outrider_sim::{FleetParams, FleetSpec, SidecarRef, SimFleet, SimFleetOptions, SimInstance, SimRuntimeOptions};
 use serde_json::{Value, json};
 
@@ -77,13 +77,13 @@ impl Env {
 /// A manager, 24 services / 240 instances running mesh 1.0.0, versions 1.1.0 (healthy) and
 /// 1.2.0 (crashes on services whose protocol is http), both admitted.
 async fn setup() -> Env {
-    setup_with(Retention::default()).await
+    setup_with(InstanceRetention::default()).await
 }
 
 /// Like [`setup`], with instances of absent agents gone and removed as `retention` says.
-async fn setup_with(retention: Retention) -> Env {
+async fn setup_with(instances: InstanceRetention) -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let config = ManagerConfig { retention, ..ManagerConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap()) };
+    let config = ManagerConfig { instances, ..ManagerConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap()) };
     let manager = outrider_manager::start(config).await.unwrap();
     let base = format!("http://{}", manager.addr);
     let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap().trim().to_owned();
@@ -444,7 +444,7 @@ fn mesh_version(i: &Value) -> Option<&str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_that_join_or_leave_follow_the_plan_and_completion_promotes_the_bindings() {
-    let env = setup_with(Retention { ttl: Duration::from_secs(1), keep_gone: Duration::from_secs(3600) }).await;
+    let env = setup_with(InstanceRetention { ttl: Duration::from_secs(1), keep_gone: Duration::from_secs(3600) }).await;
     let plan = env.post("/plans", plan_body_baking("1.1.0", "2s")).await;
     let id = plan["id"].as_str().unwrap().to_owned();
     let baking = env

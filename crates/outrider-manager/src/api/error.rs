@@ -22,6 +22,9 @@ pub fn status(e: &Error) -> StatusCode {
         Error::Conflict(_) | Error::FailedPrecondition(_) => StatusCode::CONFLICT,
         Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
         Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+        Error::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

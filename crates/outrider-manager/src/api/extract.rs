@@ -1,8 +1,9 @@
 //! Extractors that answer malformed requests with the API's JSON errors.
 
 use axum::{
+    body::Bytes,
     extract::{FromRequest, FromRequestParts, Path, Query, Request, rejection::JsonRejection},
-    http::request::Parts,
+    http::{StatusCode, header::CONTENT_TYPE, request::Parts},
 };
 use serde::de::DeserializeOwned;
 
@@ -32,6 +33,38 @@ fn json_rejection(e: JsonRejection) -> Error {
             Error::PayloadTooLarge(text)
         }
         _ => Error::MalformedJson(text),
+    }
+}
+
+/// An optional JSON body: empty (or blank) means `T::default()`; otherwise the content type
+/// must be JSON. Oversized, mistyped or malformed bodies are 4xx JSON errors.
+pub struct OptionalJson<T>(pub T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
+        let json_type = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|m| m.trim().to_ascii_lowercase())
+            .is_some_and(|m| m == "application/json" || (m.starts_with("application/") && m.ends_with("+json")));
+        let raw = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Error::PayloadTooLarge(e.body_text())
+            } else {
+                Error::MalformedJson(e.body_text())
+            }
+        })?;
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(T::default()));
+        }
+        if !json_type {
+            return Err(Error::UnsupportedMediaType("a body must be sent as Content-Type: application/json".into()));
+        }
+        serde_json::from_slice(&raw).map(Self).map_err(|e| Error::MalformedJson(e.to_string()))
     }
 }
 

@@ -27,6 +27,11 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Freeze>), Error> {
     require_tenant(&s.repo, &tenant).await?;
     body.validate()?;
+    for service in &body.services {
+        if !s.repo.exists(&keys::service(&tenant, service)).await? {
+            return Err(Error::invalid(format!("services: service {service:?} does not exist")));
+        }
+    }
     let ms = u64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
     let f = Freeze {
         id: format!("f{ms:x}{:04x}", rand::random::<u16>()),

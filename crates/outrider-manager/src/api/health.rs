@@ -11,9 +11,9 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: the store answers.
+/// Readiness: the store answers and takes writes.
 pub async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    match s.repo.store().revision().await {
+    match s.repo.store().ready().await {
         Ok(_) => (StatusCode::OK, "ready\n"),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n"),
     }

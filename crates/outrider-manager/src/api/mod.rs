@@ -27,12 +27,18 @@ use crate::{Error, keys, repo::Repo};
 /// Largest request body accepted (1 MiB).
 pub const MAX_BODY: usize = 1 << 20;
 
+/// Longest reason (of an action, a defect) in bytes.
+pub const MAX_REASON: usize = 1_000;
+
 /// The authenticated caller, recorded as the actor of events.
 #[derive(Debug, Clone)]
 pub struct Actor(pub String);
 
 async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, Error> {
     state.metrics.http_requests.inc();
+    if req.headers().get_all(AUTHORIZATION).iter().nth(1).is_some() {
+        return Err(Error::unauthenticated("send one Authorization header"));
+    }
     let header = req.headers().get(AUTHORIZATION).map(HeaderValue::to_str).transpose().ok().flatten();
     let actor = state.auth.check(header)?;
     req.extensions_mut().insert(Actor(actor));
@@ -77,7 +83,7 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{t}/events"), get(events::list))
         .route(&format!("{t}/plans"), get(plans::list).post(plans::create))
         .route(&format!("{t}/plans/simulate"), post(plans::simulate))
-        .route(&format!("{t}/plans/{{plan}}"), get(plans::get_one))
+        .route(&format!("{t}/plans/{{plan}}"), get(plans::get_one).delete(plans::delete))
         .route(&format!("{t}/plans/{{plan}}/{{action}}"), post(plans::action))
         .route(&format!("{t}/freezes"), get(freezes::list).post(freezes::create))
         .route(&format!("{t}/freezes/{{freeze}}"), axum::routing::delete(freezes::delete))
@@ -90,5 +96,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
         .with_state(state)
 }

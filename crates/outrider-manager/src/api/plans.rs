@@ -1,12 +1,12 @@
 //! `…/plans`: parse, call the plans domain (`crate::plans`), render.
 
-use axum::{Extension, Json, body::Bytes, extract::State, http::StatusCode};
-use outrider_model::{Plan, PlanSpec, Simulation, validate_name};
+use axum::{Extension, Json, extract::State, http::StatusCode};
+use outrider_model::{Plan, PlanSpec, Simulation, validate_name, validate_text};
 use serde::Deserialize;
 
 use super::{
-    Actor, AppState,
-    extract::{ApiJson, ApiPath, ApiQuery},
+    Actor, AppState, MAX_REASON,
+    extract::{ApiJson, ApiPath, ApiQuery, OptionalJson},
     require_tenant,
 };
 use crate::{
@@ -60,9 +60,20 @@ pub async fn get_one(
     Ok(Json(plans::get(&s, &tenant, &id).await?))
 }
 
+/// `DELETE /plans/{id}`: a plan that is done.
+pub async fn delete(
+    State(s): State<AppState>,
+    Extension(Actor(actor)): Extension<Actor>,
+    ApiPath((tenant, id)): ApiPath<(String, String)>,
+) -> Result<StatusCode, Error> {
+    require_tenant(&s.repo, &tenant).await?;
+    plans::delete(&s, &tenant, &id, &actor).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct ActionBody {
+pub struct ActionBody {
     #[serde(default)]
     reason: String,
 }
@@ -73,13 +84,9 @@ pub async fn action(
     State(s): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
     ApiPath((tenant, id, action)): ApiPath<(String, String, String)>,
-    raw: Bytes,
+    OptionalJson(body): OptionalJson<ActionBody>,
 ) -> Result<Json<Plan>, Error> {
-    let body: ActionBody = if raw.iter().all(u8::is_ascii_whitespace) {
-        ActionBody::default()
-    } else {
-        serde_json::from_slice(&raw).map_err(|e| Error::MalformedJson(e.to_string()))?
-    };
+    validate_text("reason", &body.reason, MAX_REASON, false)?;
     require_tenant(&s.repo, &tenant).await?;
     validate_name("plan", &id)?;
     let action: Action = action.parse()?;

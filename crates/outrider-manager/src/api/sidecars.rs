@@ -1,11 +1,11 @@
-use axum::{Extension, Json, body::Bytes, extract::State, http::StatusCode};
-use outrider_model::{NewVersion, Sidecar, Version, VersionState, validate_name, validate_version};
+use axum::{Extension, Json, extract::State, http::StatusCode};
+use outrider_model::{NewVersion, Sidecar, Version, VersionState, validate_name, validate_text, validate_version};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::{
-    Actor, AppState,
-    extract::{ApiJson, ApiPath},
+    Actor, AppState, MAX_REASON,
+    extract::{ApiJson, ApiPath, OptionalJson},
     require_tenant,
 };
 use crate::{Error, keys, repo::NewEvent};
@@ -99,26 +99,17 @@ pub async fn get_version(
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct AdmitBody {
+pub struct AdmitBody {
     #[serde(default)]
     evidence: serde_json::Value,
-}
-
-/// Parses an optional JSON body (empty means defaults).
-fn optional_body<T: serde::de::DeserializeOwned + Default>(raw: &Bytes) -> Result<T, Error> {
-    if raw.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(raw).map_err(|e| Error::MalformedJson(e.to_string()))
 }
 
 pub async fn admit(
     State(s): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
     ApiPath((tenant, sidecar, version)): ApiPath<(String, String, String)>,
-    raw: Bytes,
+    OptionalJson(body): OptionalJson<AdmitBody>,
 ) -> Result<Json<Version>, Error> {
-    let body: AdmitBody = optional_body(&raw)?;
     let key = version_key(&s, &tenant, &sidecar, &version).await?;
     let what = format!("version {version} of sidecar {sidecar:?}");
     let v = s
@@ -161,11 +152,21 @@ pub async fn defective(
     if body.reason.trim().is_empty() {
         return Err(Error::invalid("reason: say why the version is defective"));
     }
+    validate_text("reason", &body.reason, MAX_REASON, false)?;
     let key = version_key(&s, &tenant, &sidecar, &version).await?;
     let what = format!("version {version} of sidecar {sidecar:?}");
+    // Marking a defective version again changes nothing and drafts no second recall.
+    if let Some((v, _)) = s.repo.get::<Version>(&key).await?
+        && v.state == VersionState::Defective
+    {
+        return Ok(Json(v));
+    }
     let v = s
         .repo
         .update(&key, &what, |v: &mut Version| {
+            if v.state == VersionState::Defective {
+                return Err(Error::conflict(format!("{what} was marked defective meanwhile")));
+            }
             v.state = VersionState::Defective;
             v.defect_reason = Some(body.reason.clone());
             Ok(vec![event(

@@ -100,6 +100,27 @@ pub async fn list(s: &AppState, tenant: &str) -> Result<Vec<Plan>, Error> {
     Ok(plans)
 }
 
+/// Deletes plan `id` of `tenant`, which must be done (completed, aborted, rolled back or
+/// failed); records `plan.deleted`.
+pub async fn delete(s: &AppState, tenant: &str, id: &str, actor: &str) -> Result<(), Error> {
+    validate_name("plan", id)?;
+    let key = keys::plan(tenant, id);
+    let (plan, rev) = s.repo.get::<Plan>(&key).await?.ok_or_else(|| Error::not_found(format!("plan {id:?}")))?;
+    if !plan.state.is_terminal() {
+        return Err(Error::precondition(format!(
+            "plan {id} is {}; only a plan that is done can be deleted (abort it first)",
+            plan.state
+        )));
+    }
+    let event = NewEvent::new(tenant, "plan.deleted", actor, format!("plan/{id}")).plan(id);
+    let r = s.repo.commit(vec![Compare::unchanged(&key, rev)], vec![Op::delete(&key)], vec![event]).await?;
+    if !r.succeeded {
+        return Err(Error::conflict(format!("plan {id} changed meanwhile; retry")));
+    }
+    s.wake.notify_one();
+    Ok(())
+}
+
 /// Plan `id` of `tenant`.
 pub async fn get(s: &AppState, tenant: &str, id: &str) -> Result<Plan, Error> {
     validate_name("plan", id)?;

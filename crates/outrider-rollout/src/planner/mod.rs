@@ -157,7 +157,9 @@ fn plan_phase(spec: &PhaseSpec, raw: Vec<RawCell>, order: &Order, fleet: &FleetV
         same
     });
 
-    let k = spec.region_parallelism.max(1) as usize;
+    // Lanes beyond the number of regions would stay empty: never allocate more than that.
+    let regions = 1 + keyed.windows(2).filter(|w| w[0].0.region != w[1].0.region).count();
+    let k = (spec.region_parallelism.max(1) as usize).min(regions);
     let mut lanes: Vec<Vec<Cell>> = vec![Vec::new(); k];
     let mut region_position = 0;
     let mut last_region = None;

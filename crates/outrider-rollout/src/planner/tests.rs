@@ -197,6 +197,20 @@ fn exponential_batches_are_cut_by_max_per_batch() {
 }
 
 #[test]
+fn lanes_are_bounded_by_the_regions_not_the_body() {
+    let instances: Vec<Inst<'_>> =
+        ["boe", "r1", "r2"].iter().map(|&r| ("a", r, "prod", "full", Some("1.0.0"))).collect();
+    let f = fleet(vec![svc("a", Priority::P2, &[])], &instances);
+    let three = plan(&one_phase(ONE_BY_ONE, 3, ""), &f).unwrap();
+    let started = std::time::Instant::now();
+    let most = plan(&one_phase(ONE_BY_ONE, outrider_model::plan_limits::REGION_PARALLELISM, ""), &f).unwrap();
+    assert_eq!(most, three, "lanes past the last region are empty");
+    assert!(started.elapsed() < std::time::Duration::from_millis(100));
+    let e = plan(&one_phase(ONE_BY_ONE, u32::MAX, ""), &f).unwrap_err();
+    assert!(e.to_string().contains("region_parallelism"), "{e}");
+}
+
+#[test]
 fn regions_share_lanes_and_lanes_interleave() {
     let mut instances = Vec::new();
     for region in ["boe", "r1", "r2"] {

@@ -1,8 +1,8 @@
 //! `outrider server`: runs the manager until SIGINT or SIGTERM.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
-use outrider_manager::{ManagerConfig, Retention};
+use outrider_manager::{InstanceRetention, ManagerConfig, Retention, Tuning, executor::SystemClock};
 use outrider_model::HumanDuration;
 
 /// Flags of `outrider server`.
@@ -21,6 +21,9 @@ pub struct ServerArgs {
     /// A gone instance is removed this long after it went.
     #[arg(long, default_value = "1d")]
     pub instance_retention: HumanDuration,
+    /// Events kept per tenant; older ones are deleted (`since` cursors keep working).
+    #[arg(long, env = "OUTRIDER_EVENT_RETENTION", default_value_t = 100_000)]
+    pub event_retention: usize,
 }
 
 /// Completes on the first SIGINT or SIGTERM.
@@ -41,9 +44,11 @@ pub async fn shutdown_signal() {
 
 /// Runs the manager.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
-    let retention = Retention { ttl: args.instance_ttl.0, keep_gone: args.instance_retention.0 };
-    let config = ManagerConfig { retention, ..ManagerConfig::new(args.data_dir.clone(), args.listen) };
-    let manager = outrider_manager::start(config).await?;
+    let instances = InstanceRetention { ttl: args.instance_ttl.0, keep_gone: args.instance_retention.0 };
+    let config = ManagerConfig { instances, ..ManagerConfig::new(args.data_dir.clone(), args.listen) };
+    let retention = Retention { events_per_tenant: args.event_retention.max(1), ..Retention::default() };
+    let tuning = Tuning { retention, ..Tuning::default() };
+    let manager = outrider_manager::start_with(config, Arc::new(SystemClock), tuning).await?;
     eprintln!(
         "outrider manager on http://{} (data in {}, admin token in {})",
         manager.addr,

@@ -1,0 +1,180 @@
+//! Stalled, silent and excess connections: each is closed in bounded time, and clients with
+//! a token still get in when unauthenticated connections pile up.
+
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use outrider_manager::{ManagerConfig, RunningManager, ServeLimits, Tuning, executor::SystemClock, start_with};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+async fn boot(dir: &Path, limits: ServeLimits) -> (RunningManager, String) {
+    let config = ManagerConfig::new(dir.to_owned(), "127.0.0.1:0".parse().unwrap());
+    let m = start_with(config, Arc::new(SystemClock), Tuning { serve: limits, ..Tuning::default() }).await.unwrap();
+    let token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();
+    (m, token)
+}
+
+fn short() -> ServeLimits {
+    ServeLimits {
+        header_read: Duration::from_millis(500),
+        request: Duration::from_millis(800),
+        idle: Duration::from_millis(800),
+        unauthenticated_idle: Duration::from_millis(500),
+        max_connections: Some(64),
+        max_unauthenticated: Some(4),
+    }
+}
+
+/// Reads until the server closes the connection; returns what it sent and how long it took.
+async fn read_to_close(s: &mut TcpStream) -> (String, Duration) {
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    assert!(r.is_ok(), "the server kept the connection open: {}", String::from_utf8_lossy(&out));
+    (String::from_utf8_lossy(&out).into_owned(), start.elapsed())
+}
+
+#[tokio::test]
+async fn stalled_and_silent_connections_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, token) = boot(dir.path(), short()).await;
+    let addr = m.addr;
+    let stalls: Vec<(&str, String)> = vec![
+        ("silent", String::new()),
+        ("partial headers", "GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: ".into()),
+        ("bare HTTP/2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".into()),
+        (
+            "partial body",
+            format!(
+                "POST /api/v1/tenants HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\""
+            ),
+        ),
+        ("idle keep-alive", format!("GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n")),
+    ];
+    for (what, bytes) in stalls {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(bytes.as_bytes()).await.unwrap();
+        let (answer, took) = read_to_close(&mut s).await;
+        assert!(took < Duration::from_secs(3), "{what}: closed after {took:?}");
+        if what == "partial body" {
+            assert!(answer.starts_with("HTTP/1.1 408"), "{what}: {answer}");
+            assert!(answer.contains(r#"{"error":{"code":"request_timeout""#), "{what}: {answer}");
+        }
+    }
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn unauthenticated_connections_are_capped_and_the_cap_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits =
+        ServeLimits { unauthenticated_idle: Duration::from_secs(30), header_read: Duration::from_secs(30), ..short() };
+    let (m, token) = boot(dir.path(), limits).await;
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(TcpStream::connect(m.addr).await.unwrap());
+    }
+    // A client with a token gets in and is answered while the idle ones pile up.
+    let http = reqwest::Client::new();
+    let metrics = http
+        .get(format!("http://{}/metrics", m.addr))
+        .bearer_auth(&token)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refused = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("outrider_connections_refused_total "))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(refused >= 16, "{refused} refused: {metrics}");
+    // Only the 4 newest unauthenticated connections are still open.
+    let mut open = 0;
+    for s in &mut idle {
+        let mut b = [0u8; 1];
+        if tokio::time::timeout(Duration::from_millis(50), s.read(&mut b)).await.is_err() {
+            open += 1;
+        }
+    }
+    assert!(open <= 4, "{open} unauthenticated connections still open");
+    m.shutdown().await;
+}
+
+/// Sends `head` raw and returns the answer's status line and body.
+async fn raw(addr: std::net::SocketAddr, head: &str) -> (String, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let (answer, _) = read_to_close(&mut s).await;
+    let status = answer.lines().next().unwrap_or_default().to_owned();
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+#[tokio::test]
+async fn overlong_uris_and_oversized_headers_are_json_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, _) = boot(dir.path(), short()).await;
+    let long_uri =
+        format!("GET /api/v1/tenants?x={} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "a".repeat(20_000));
+    let many: String = (0..300).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let many_headers = format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many}Connection: close\r\n\r\n");
+    let big_header =
+        format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n", "b".repeat(100_000));
+    for (head, status, code) in [
+        (long_uri, "HTTP/1.1 414", "uri_too_long"),
+        (many_headers, "HTTP/1.1 431", "headers_too_large"),
+        (big_header, "HTTP/1.1 431", "headers_too_large"),
+    ] {
+        let (line, body) = raw(m.addr, &head).await;
+        assert!(line.starts_with(status), "{line}");
+        assert!(body.contains(&format!(r#""code":"{code}""#)), "{line}: {body}");
+    }
+    m.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_event_log_keeps_the_newest_events_and_since_cursors_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let retention = outrider_manager::Retention { events_per_tenant: 5, every: Duration::from_millis(200) };
+    let config = ManagerConfig::new(dir.path().to_owned(), "127.0.0.1:0".parse().unwrap());
+    let m = start_with(config, Arc::new(SystemClock), Tuning { retention, ..Tuning::default() }).await.unwrap();
+    let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap().trim().to_owned();
+    let http = reqwest::Client::new();
+    let url = |p: &str| format!("http://{}/api/v1/tenants/default{p}", m.addr);
+    for i in 0..12 {
+        let body = serde_json::json!({"name": format!("svc{i}")});
+        let r = http.post(url("/services")).bearer_auth(&token).json(&body).send().await.unwrap();
+        assert!(r.status().is_success());
+    }
+    let events = |q: String| {
+        let req = http.get(url(&format!("/events{q}"))).bearer_auth(&token);
+        async move { req.send().await.unwrap().json::<Vec<serde_json::Value>>().await.unwrap() }
+    };
+    let mut kept = events(String::new()).await;
+    for _ in 0..50 {
+        if kept.len() <= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        kept = events(String::new()).await;
+    }
+    assert_eq!(kept.len(), 5, "{kept:?}");
+    assert_eq!(kept[4]["object"], "service/svc11", "the newest stay");
+    let since = kept[1]["seq"].as_u64().unwrap();
+    let after: Vec<u64> = events(format!("?since={since}")).await.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    let expected: Vec<u64> = kept[2..].iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(after, expected);
+    assert_eq!(events("?since=1".into()).await.len(), 5, "a cursor older than the log still works");
+    m.shutdown().await;
+}
