@@ -9,13 +9,13 @@ use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 use outrider_client::{Client, ConnectArgs, OutputFormat, PlanAction};
 use outrider_model::{
-    Batching, Binding, ChangeWindow, FeatureServices, HumanDuration, PhaseSpec, PlanSpec, PlanState, Priority,
-    Selector, Service, UpgradeMode,
+    Batching, Binding, ChangeWindow, FeatureServices, HumanDuration, PhaseSpec, PlanSpec, PlanState, Selector,
+    UpgradeMode,
 };
 use outrider_sim::{SimFleet, SimFleetOptions, SimInstance, ensure_sidecar, ensure_version};
 use serde::Serialize;
 
-use super::wait_initial;
+use super::{create_bound_service, wait_initial};
 
 /// Flags of `outrider bench idle`.
 #[derive(clap::Args, Debug)]
@@ -143,7 +143,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<String> {
     client.admit_version(tenant, &name, "1.0.1", &serde_json::json!({"bench": "idle"})).await?;
     let services: Vec<String> = (0..n).map(|i| format!("{name}-{i:05}")).collect();
     let binding = Binding { sidecar: name.clone(), enabled: true, version: "1.0.0".into(), mode: UpgradeMode::Restart };
-    futures::stream::iter(services.iter().map(|s| create_service(&client, tenant, s, &binding)))
+    futures::stream::iter(services.iter().map(|s| create_bound_service(&client, tenant, s, &binding)))
         .buffer_unordered(16)
         .try_collect::<()>()
         .await?;
@@ -205,19 +205,6 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<String> {
             result.measure_s
         ),
     })
-}
-
-async fn create_service(client: &Client, tenant: &str, name: &str, binding: &Binding) -> anyhow::Result<()> {
-    let service = Service {
-        name: name.to_owned(),
-        priority: Priority::P2,
-        traits: [("protocol".to_owned(), "grpc".to_owned())].into(),
-        protected: false,
-        protected_periods: Vec::new(),
-    };
-    client.create_service(tenant, &service).await.with_context(|| format!("cannot create service {name:?}"))?;
-    client.set_binding(tenant, name, binding).await.with_context(|| format!("cannot bind service {name:?}"))?;
-    Ok(())
 }
 
 /// Waits until every plan of `ids` is `waiting`; returns how many are.

@@ -142,6 +142,12 @@ async fn prepare(client: &Client, tenant: &str, name: &str, changes: u32) -> any
     for v in &versions {
         ensure_version(client, tenant, name, v).await?;
     }
+    create_bound_service(client, tenant, name, &binding(name, &versions[0])).await?;
+    Ok(versions)
+}
+
+/// Creates a benchmark's service `name` (P2, a grpc service) bound as `binding` says.
+async fn create_bound_service(client: &Client, tenant: &str, name: &str, binding: &Binding) -> anyhow::Result<()> {
     let service = Service {
         name: name.to_owned(),
         priority: Priority::P2,
@@ -150,11 +156,8 @@ async fn prepare(client: &Client, tenant: &str, name: &str, changes: u32) -> any
         protected_periods: Vec::new(),
     };
     client.create_service(tenant, &service).await.with_context(|| format!("cannot create service {name:?}"))?;
-    client
-        .set_binding(tenant, name, &binding(name, &versions[0]))
-        .await
-        .with_context(|| format!("cannot bind service {name:?}"))?;
-    Ok(versions)
+    client.set_binding(tenant, name, binding).await.with_context(|| format!("cannot bind service {name:?}"))?;
+    Ok(())
 }
 
 fn binding(sidecar: &str, version: &str) -> Binding {

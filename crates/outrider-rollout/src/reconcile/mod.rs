@@ -487,21 +487,8 @@ impl Stepper<'_> {
                 {
                     return;
                 }
-                writes.push(Write::Override {
-                    service: cell.service.clone(),
-                    instance: inst.id.clone(),
-                    sidecar: plan.sidecar.clone(),
-                    value: Override {
-                        plan: plan.id.clone(),
-                        phase: pi as u32,
-                        batch: bi as u32,
-                        version: plan.target_version.clone(),
-                        mode,
-                        previous: st.version.clone(),
-                        base_version: binding.version.clone(),
-                        exits_before: st.exits,
-                    },
-                });
+                let at = Placed { plan, phase: pi, batch: bi, mode, base: &binding.version };
+                writes.push(at.record(inst, st.version.clone(), st.exits));
             });
         }
         let count = writes.iter().filter(|w| matches!(w, Write::Override { .. })).count();
@@ -515,6 +502,36 @@ impl Stepper<'_> {
             serde_json::json!({"phase": name, "batch": bi, "state": "applying", "instances": count, "mode": mode});
         let reason = format!("batch {bi} of {name}: {count} instances to {}", self.plan.target_version);
         self.event("batch.state", reason, detail);
+    }
+}
+
+/// Where a plan puts an instance: its phase and batch, the mode, the binding's version.
+struct Placed<'a> {
+    plan: &'a Plan,
+    phase: usize,
+    batch: usize,
+    mode: UpgradeMode,
+    base: &'a str,
+}
+
+impl Placed<'_> {
+    /// The plan's record of `inst`, which ran `previous` and had exited `exits` times.
+    fn record(&self, inst: &Instance, previous: String, exits: u32) -> Write {
+        Write::Override {
+            service: inst.service.clone(),
+            instance: inst.id.clone(),
+            sidecar: self.plan.sidecar.clone(),
+            value: Override {
+                plan: self.plan.id.clone(),
+                phase: self.phase as u32,
+                batch: self.batch as u32,
+                version: self.plan.target_version.clone(),
+                mode: self.mode,
+                previous,
+                base_version: self.base.to_owned(),
+                exits_before: exits,
+            },
+        }
     }
 }
 

@@ -5,9 +5,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use outrider_model::{BatchState, Binding, Override, Plan, PlanState, UpgradeMode, Verdict, VersionMatch};
+use outrider_model::{BatchState, Binding, Plan, PlanState, UpgradeMode, Verdict, VersionMatch};
 
-use super::{CellRef, Stepper, Write, is_live, is_present};
+use super::{CellRef, Placed, Stepper, Write, is_live, is_present};
 
 /// Whether the plan's next step depends on what instances report (the caller wakes it on
 /// new reports): a batch in flight, a rollback under way, or a plan waiting at its end for
@@ -74,22 +74,13 @@ impl Stepper<'_> {
                     return;
                 }
                 known.insert((i.service.clone(), i.id.clone()));
-                writes.push(Write::Override {
-                    service: i.service.clone(),
-                    instance: i.id.clone(),
-                    sidecar: plan.sidecar.clone(),
-                    value: Override {
-                        plan: plan.id.clone(),
-                        phase: pi as u32,
-                        batch: bi as u32,
-                        version: plan.target_version.clone(),
-                        mode,
-                        // Born on the target: without the plan it would run the binding's.
-                        previous: if on_target { binding.version.clone() } else { st.version.clone() },
-                        base_version: binding.version.clone(),
-                        // Born on the target: every exit counts.
-                        exits_before: if on_target { 0 } else { st.exits },
-                    },
+                let at = Placed { plan, phase: pi, batch: bi, mode, base: &binding.version };
+                // Born on the target: without the plan it would run the binding's, and every
+                // exit counts.
+                writes.push(if on_target {
+                    at.record(i, binding.version.clone(), 0)
+                } else {
+                    at.record(i, st.version.clone(), st.exits)
                 });
             });
         }
