@@ -175,6 +175,23 @@ impl PhaseSpec {
         HumanDuration::from_secs(600)
     }
 
+    /// A phase `name` over every stage in `mode`, cut by `batching`, with the body's defaults
+    /// for the rest (no caps, bake 10m, one region at a time, batch timeout 10m, no deadline).
+    pub fn new(name: impl Into<String>, mode: UpgradeMode, batching: Batching) -> Self {
+        Self {
+            name: name.into(),
+            stage: Self::all(),
+            mode,
+            batching,
+            max_per_batch: Caps::default(),
+            max_per_day: Caps::default(),
+            bake: Self::default_bake(),
+            region_parallelism: Self::one_region(),
+            batch_timeout: Self::default_timeout(),
+            deadline: None,
+        }
+    }
+
     /// The default phases: `gray` (canary instances, hot, exponential 1·2ⁿ, bake 10m), then
     /// `full` (all instances, on-deploy, 100 cells a batch, bake 30m, 3 regions side by side).
     pub fn defaults() -> Vec<Self> {

@@ -111,16 +111,8 @@ fn plan_body(sidecar: &str, service: &str, window: &ChangeWindow) -> PlanSpec {
         feature_services: FeatureServices { per_trait_value: 0, services: Vec::new() },
         windows: vec![window.clone()],
         phases: vec![PhaseSpec {
-            name: "all".into(),
-            stage: "all".into(),
-            mode: UpgradeMode::Restart,
-            batching: Batching::Linear { size: 1 },
-            max_per_batch: Default::default(),
-            max_per_day: Default::default(),
             bake: HumanDuration::from_secs(60),
-            region_parallelism: 1,
-            batch_timeout: HumanDuration::from_secs(600),
-            deadline: None,
+            ..PhaseSpec::new("all", UpgradeMode::Restart, Batching::Linear { size: 1 })
         }],
     }
 }

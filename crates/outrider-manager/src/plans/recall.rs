@@ -68,16 +68,8 @@ pub async fn on_defective(s: &AppState, tenant: &str, sidecar: &str, version: &s
         feature_services: Default::default(),
         windows: Vec::new(),
         phases: vec![PhaseSpec {
-            name: "recall".into(),
-            stage: "all".into(),
-            mode,
-            batching: Batching::Exponential { start: 1, factor: 2 },
-            max_per_batch: Default::default(),
-            max_per_day: Default::default(),
             bake: HumanDuration::from_secs(60),
-            region_parallelism: 1,
-            batch_timeout: HumanDuration::from_secs(600),
-            deadline: None,
+            ..PhaseSpec::new("recall", mode, Batching::Exponential { start: 1, factor: 2 })
         }],
     };
     let planned = plan_spec(s, tenant, &spec)?;
