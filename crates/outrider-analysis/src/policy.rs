@@ -19,6 +19,7 @@ pub enum Direction {
 /// How large a change must be to matter. Every floor that is set must be reached; none set:
 /// any change in the bad direction matters.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EffectFloor {
     /// Least |canary - reference| in the metric's unit (error ratio: 0.005 is half a point).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -43,6 +44,7 @@ impl EffectFloor {
 
 /// The least evidence on each side of a comparison: fewer gives `inconclusive`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Minimums {
     /// Instances with at least one sample.
     pub instances: usize,
@@ -60,10 +62,12 @@ impl Default for Minimums {
 
 /// How one metric is judged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MetricPolicy {
     /// The metric's name, as in [`MetricSamples::metric`](crate::MetricSamples::metric).
     pub metric: String,
-    /// Which change is a regression.
+    /// Which change is a regression (default: more is worse).
+    #[serde(default = "MetricPolicy::higher_is_bad")]
     pub direction: Direction,
     /// How large a change must be to fail.
     #[serde(default)]
@@ -77,6 +81,10 @@ pub struct MetricPolicy {
 }
 
 impl MetricPolicy {
+    fn higher_is_bad() -> Direction {
+        Direction::HigherIsBad
+    }
+
     /// `metric` judged in `direction`, with no floor, the median and the policy's minimums.
     pub fn new(metric: impl Into<String>, direction: Direction) -> Self {
         Self { metric: metric.into(), direction, floor: EffectFloor::default(), center: Center::Median, minimum: None }

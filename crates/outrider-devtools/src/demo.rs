@@ -31,9 +31,9 @@ use std::{
 use anyhow::{Context, anyhow, bail};
 use outrider_client::{Client, EventQuery, FollowOptions, InstanceFilter, PlanAction, PlanFollower, PlanUpdate};
 use outrider_model::{
-    Artifact, Batch, BatchState, Batching, Binding, Caps, FeatureServices, Handover, HumanDuration, Instance,
-    Lifecycle, ListenSocket, NewVersion, PhaseSpec, Plan, PlanSpec, PlanState, Priority, Probe, Selector, Service,
-    Sidecar, SidecarState, SidecarStatus, UpgradeMode,
+    AnalysisSpec, Artifact, Batch, BatchState, Batching, Binding, Caps, FeatureServices, Handover, HumanDuration,
+    Instance, Lifecycle, ListenSocket, NewVersion, PhaseSpec, Plan, PlanSpec, PlanState, Priority, Probe, Selector,
+    Service, Sidecar, SidecarState, SidecarStatus, UpgradeMode,
 };
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -1149,6 +1149,7 @@ fn demo_sidecar() -> Sidecar {
         description: "The reference sidecar: GET / answers its version.".into(),
         upgrade_modes: vec![UpgradeMode::Restart, UpgradeMode::Hot, UpgradeMode::OnDeploy],
         metrics: Vec::new(),
+        analysis: None,
         lifecycle: Lifecycle {
             startup_probe: Some(Probe {
                 period: HumanDuration::from_millis(100),
@@ -1204,6 +1205,9 @@ fn plan_spec(target: &str) -> PlanSpec {
         feature_services: FeatureServices::default(),
         windows: Vec::new(),
         phases,
+        // The demo's bakes last seconds, too short for the agents' 5 s reports to make
+        // evidence: its batches are judged on process signals.
+        analysis: Some(AnalysisSpec { metrics: Some(Vec::new()), ..AnalysisSpec::default() }),
     }
 }
 

@@ -3,7 +3,7 @@
 //! so thousands of agents reporting at once cost a few store transactions, not thousands.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeSet, HashMap, HashSet},
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     Error,
     catalog::{Catalog, ServiceRef, TenantCatalog},
+    clock::Clock,
+    history::History,
     keys,
     metrics::Metrics,
     repo::{NewEvent, Repo, encode},
@@ -64,11 +66,15 @@ struct Entry {
     last_told: Option<Arc<DesiredState>>,
     /// Changed since last written to the store.
     dirty: bool,
+    /// When it last deployed, as seen by this manager.
+    deployed_at: Option<OffsetDateTime>,
+    /// Its recent samples, while a live plan watches its service.
+    history: Option<Box<History>>,
 }
 
 impl Entry {
     fn new(record: Instance) -> Self {
-        Self { record, conn: None, last_told: None, dirty: false }
+        Self { record, conn: None, last_told: None, dirty: false, deployed_at: None, history: None }
     }
 }
 
@@ -82,6 +88,8 @@ struct Inner {
     /// Records to delete from the store (instances removed after their retention).
     removed: Vec<(String, String)>,
     next_conn: u64,
+    /// Services whose instances keep a history of samples (a live plan judges them).
+    watched: HashSet<ServiceRef>,
 }
 
 /// The registry of instances.
@@ -91,6 +99,7 @@ pub struct Fleet {
     /// Poked when what instances report changes (the executor's judge looks again).
     observed: Notify,
     metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
 }
 
 /// Desired sidecars of one instance. `on-deploy` bindings keep the version the instance was
@@ -144,9 +153,9 @@ fn material(a: &[SidecarStatus], b: &[SidecarStatus]) -> bool {
 }
 
 impl Fleet {
-    /// An empty fleet.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { inner: Mutex::new(Inner::default()), flush: Notify::new(), observed: Notify::new(), metrics }
+    /// An empty fleet whose samples are stamped by `clock`.
+    pub fn new(metrics: Arc<Metrics>, clock: Arc<dyn Clock>) -> Self {
+        Self { inner: Mutex::new(Inner::default()), flush: Notify::new(), observed: Notify::new(), metrics, clock }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -218,7 +227,14 @@ impl Fleet {
                 .detail(serde_json::json!({"service": reg.service, "deploy_id": reg.deploy_id}));
             g.events.push(event);
         }
-        let entry = Entry { record, conn: Some((conn_id, tx)), last_told: Some(desired), dirty: true };
+        let watched = g.watched.contains(&(reg.tenant.clone(), reg.service.clone()));
+        let (deployed_at, history) = match previous {
+            Some(p) if !deploy => (p.deployed_at, p.history),
+            _ => (Some(self.clock.now()), None),
+        };
+        let history = history.or_else(|| watched.then(Box::default));
+        let entry =
+            Entry { record, conn: Some((conn_id, tx)), last_told: Some(desired), dirty: true, deployed_at, history };
         g.instances.entry(reg.tenant.clone()).or_default().insert(reg.instance.clone(), entry);
         drop(g);
         // A reconnect that replaces a live stream keeps the count: the old stream's end is
@@ -231,14 +247,20 @@ impl Fleet {
         Ok(Connection { id: conn_id, desired: rx, deploy })
     }
 
-    fn with_conn(&self, tenant: &str, id: &str, conn: u64, f: impl FnOnce(&mut Instance) -> bool) {
+    fn with_conn(
+        &self,
+        tenant: &str,
+        id: &str,
+        conn: u64,
+        f: impl FnOnce(&mut Instance, Option<&mut History>) -> bool,
+    ) {
         let mut g = self.lock();
         let Some(e) = g.instances.get_mut(tenant).and_then(|m| m.get_mut(id)) else { return };
         if e.conn.as_ref().map(|c| c.0) != Some(conn) {
             return;
         }
         e.record.last_seen = OffsetDateTime::now_utc();
-        if f(&mut e.record) {
+        if f(&mut e.record, e.history.as_deref_mut()) {
             e.dirty = true;
             drop(g);
             self.flush.notify_one();
@@ -248,16 +270,20 @@ impl Fleet {
     /// Records that the instance applied `revision`. Not persisted by itself: the status
     /// report that follows an applied change is, and agents re-send both on reconnect.
     pub fn ack(&self, tenant: &str, id: &str, conn: u64, revision: u64) {
-        self.with_conn(tenant, id, conn, |r| {
+        self.with_conn(tenant, id, conn, |r, _| {
             r.acked_revision = revision;
             false
         });
     }
 
-    /// Records what the instance runs.
+    /// Records what the instance runs (and, while its service is watched, a sample of it).
     pub fn report(&self, tenant: &str, id: &str, conn: u64, sidecars: Vec<SidecarStatus>) {
         let mut observed = false;
-        self.with_conn(tenant, id, conn, |r| {
+        let now = self.clock.now();
+        self.with_conn(tenant, id, conn, |r, history| {
+            if let Some(h) = history {
+                h.record(now, &sidecars);
+            }
             observed = r.sidecars != sidecars;
             let changed = material(&r.sidecars, &sidecars);
             r.sidecars = sidecars;
@@ -356,6 +382,43 @@ impl Fleet {
             return;
         };
         ids.iter().filter_map(|id| entries.get(id)).for_each(|e| f(&e.record));
+    }
+
+    /// Keeps a history of samples for the instances of `services`, and drops it for the others
+    /// (the executor calls it with the services its live plans judge).
+    pub fn watch(&self, services: HashSet<ServiceRef>) {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        if inner.watched == services {
+            return;
+        }
+        for ((tenant, service), ids) in &inner.by_service {
+            let key = (tenant.clone(), service.clone());
+            let keep = services.contains(&key);
+            if keep == inner.watched.contains(&key) {
+                continue;
+            }
+            let Some(entries) = inner.instances.get_mut(tenant) else { continue };
+            for id in ids {
+                if let Some(e) = entries.get_mut(id) {
+                    e.history = keep.then(Box::default);
+                }
+            }
+        }
+        inner.watched = services;
+    }
+
+    /// Calls `f` with the history of `instance`, if it keeps one.
+    pub fn with_history(&self, tenant: &str, instance: &str, f: &mut dyn FnMut(&History)) {
+        let g = self.lock();
+        if let Some(h) = g.instances.get(tenant).and_then(|m| m.get(instance)).and_then(|e| e.history.as_deref()) {
+            f(h);
+        }
+    }
+
+    /// When `instance` last deployed, as this manager saw it.
+    pub fn deployed_at(&self, tenant: &str, instance: &str) -> Option<OffsetDateTime> {
+        self.lock().instances.get(tenant).and_then(|m| m.get(instance)).and_then(|e| e.deployed_at)
     }
 
     /// Every instance of a tenant (records as last reported).

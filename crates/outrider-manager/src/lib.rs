@@ -12,9 +12,11 @@
 pub mod api;
 mod auth;
 mod catalog;
+mod clock;
 mod error;
 pub mod executor;
 pub mod fleet;
+mod history;
 mod keys;
 pub mod metrics;
 mod plans;

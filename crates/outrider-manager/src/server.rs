@@ -240,7 +240,7 @@ pub async fn start_with(
     let auth = Auth::bootstrap(&repo, &config.data_dir).await?;
     restrict_files(&config.data_dir)?;
     let metrics = Arc::new(Metrics::default());
-    let fleet = Arc::new(Fleet::new(metrics.clone()));
+    let fleet = Arc::new(Fleet::new(metrics.clone(), clock.clone()));
     let records = store.range(keys::INSTANCES).await?;
     fleet.load(records.kvs.iter().map(|kv| decode::<StoredInstance>(&kv.key, &kv.value)).collect::<Result<_, _>>()?);
     let (catalog, watch_from) = load_catalog(store.as_ref()).await?;

@@ -4,6 +4,7 @@
 //! stores and the agent runs (sidecars, versions, services, instances, bindings, desired
 //! state, events), how they are validated, and how desired state is derived from them.
 
+mod analysis;
 mod binding;
 mod desired;
 mod duration;
@@ -22,6 +23,10 @@ mod tenant;
 pub mod testing;
 mod version;
 
+pub use analysis::{
+    AnalysisSpec, BatchAnalysis, BatchVerdict, Center, Comparison, Direction, Effect, EffectFloor, Evidence, Judging,
+    MetricPolicy, MetricQuery, MetricVerdict, Minimums, Outcome, Policy, RSS_GROWTH, Side, Test, default_metrics,
+};
 pub use binding::Binding;
 pub use desired::{DesiredSidecar, DesiredState, desired_for_service};
 pub use duration::HumanDuration;

@@ -6,7 +6,11 @@ use std::{collections::BTreeMap, fmt};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::{HumanDuration, UpgradeMode, ValidationError, validate_name, validate_version};
+use crate::{
+    HumanDuration, UpgradeMode, ValidationError,
+    analysis::{AnalysisSpec, BatchAnalysis, Comparison, Effect, Side},
+    validate_name, validate_version,
+};
 
 /// Which services and instances a plan covers. Empty lists mean "all".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -252,7 +256,7 @@ impl PhaseSpec {
 }
 
 /// The body of `POST /plans` and `POST /plans/simulate`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlanSpec {
     /// Human name.
@@ -281,6 +285,9 @@ pub struct PlanSpec {
     /// Phases (default: gray, then full).
     #[serde(default = "PhaseSpec::defaults")]
     pub phases: Vec<PhaseSpec>,
+    /// How batches are judged, over the sidecar's `analysis` (absent: the sidecar's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisSpec>,
 }
 
 /// One `from_versions` entry, parsed.
@@ -425,6 +432,9 @@ impl PlanSpec {
             }
             p.validate_bounds(&field)?;
         }
+        if let Some(a) = &self.analysis {
+            a.validate("analysis")?;
+        }
         Ok(())
     }
 
@@ -542,6 +552,12 @@ pub struct Batch {
     /// When it was judged.
     #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<OffsetDateTime>,
+    /// How many times its bake was extended for want of evidence.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub extensions: u32,
+    /// The judge's evidence on its metrics, once judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<BatchAnalysis>,
     /// Predicted start (simulation only).
     #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
     pub predicted_start: Option<OffsetDateTime>,
@@ -607,6 +623,53 @@ pub struct Incident {
     pub test: String,
     /// In words.
     pub summary: String,
+    /// The service whose comparison failed (none: the evidence pooled over the batch, or a
+    /// process signal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// What the canaries were compared with (none: a process signal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<Comparison>,
+    /// The test's p-value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_value: Option<f64>,
+    /// The effect size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<Effect>,
+    /// The canaries' side: instances, samples, value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Side>,
+    /// The reference's side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Side>,
+}
+
+impl Incident {
+    /// An incident opened at `at` with nothing else said yet, to fill in with struct update
+    /// syntax (`Incident { metric, instances, .., ..Incident::opened(at) }`).
+    pub fn opened(at: OffsetDateTime) -> Self {
+        Self {
+            opened_at: at,
+            phase: String::new(),
+            batch: 0,
+            metric: String::new(),
+            instances: Vec::new(),
+            canary_value: 0.0,
+            baseline_value: 0.0,
+            test: String::new(),
+            summary: String::new(),
+            service: None,
+            comparison: None,
+            p_value: None,
+            effect: None,
+            canary: None,
+            baseline: None,
+        }
+    }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A plan as the manager keeps and answers it.

@@ -2,7 +2,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{HumanDuration, Lifecycle, ValidationError, validate_name, validate_text};
+use crate::{AnalysisSpec, HumanDuration, Lifecycle, ValidationError, validate_name, validate_text};
 
 /// Bytes of a description.
 const MAX_DESCRIPTION: usize = 4_096;
@@ -153,9 +153,12 @@ pub struct Sidecar {
     /// Upgrade modes it supports.
     #[serde(default = "Sidecar::default_modes")]
     pub upgrade_modes: Vec<UpgradeMode>,
-    /// Custom metric names that anomaly detection watches.
+    /// Custom metric names that anomaly detection watches (more is worse, by 25 %).
     #[serde(default)]
     pub metrics: Vec<String>,
+    /// How its plans' batches are judged (a plan body's `analysis` overrides it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisSpec>,
     /// How the agent runs, checks, stops and upgrades its processes; its fields sit at the
     /// top level of the JSON.
     #[serde(flatten)]
@@ -187,6 +190,9 @@ impl Sidecar {
             if m.is_empty() || !m.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
                 return Err(ValidationError::new("metrics", format!("{m:?} is not a metric name")));
             }
+        }
+        if let Some(a) = &self.analysis {
+            a.validate("analysis")?;
         }
         self.lifecycle
             .validate(self.upgrade_modes.contains(&UpgradeMode::Hot), self.upgrade_modes.contains(&UpgradeMode::Warm))

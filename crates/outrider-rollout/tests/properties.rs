@@ -150,6 +150,7 @@ fn case() -> impl Strategy<Value = Case> {
                     feature_services,
                     windows: Vec::new(),
                     phases,
+                    analysis: None,
                 },
             },
         )

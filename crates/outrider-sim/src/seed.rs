@@ -93,6 +93,7 @@ pub async fn ensure_sidecar(client: &Client, tenant: &str, name: &str) -> Result
         description: "simulated sidecar".to_owned(),
         upgrade_modes: vec![UpgradeMode::Restart, UpgradeMode::Hot, UpgradeMode::Warm, UpgradeMode::OnDeploy],
         metrics: Vec::new(),
+        analysis: None,
         lifecycle: Lifecycle {
             startup_probe: None,
             liveness_probe: None,

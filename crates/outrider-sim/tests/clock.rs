@@ -79,7 +79,8 @@ async fn a_plan_waits_for_its_window_on_the_managers_clock() {
     let body: PlanSpec = serde_json::from_value(serde_json::json!({
         "sidecar": SIDECAR, "target_version": "1.3.0",
         "windows": [{"days": "mon-fri", "from": "09:00", "to": "17:00", "tz": "UTC"}],
-        "phases": [{"name": "all", "batching": {"strategy": "linear", "size": 10}, "bake": "1s"}]
+        "phases": [{"name": "all", "batching": {"strategy": "linear", "size": 10}, "bake": "1s"}],
+        "analysis": {"metrics": []}
     }))
     .unwrap();
     let plan = client.create_plan(TENANT, &body).await.unwrap();

@@ -118,10 +118,12 @@ fn plan_body(target: &str) -> Value {
     plan_body_baking(target, "150ms")
 }
 
-/// A two-phase plan whose batches bake for `bake`.
+/// A two-phase plan whose batches bake for `bake`, judged on process signals only (these tests
+/// are about the rollout's mechanics; bakes this short hold too few reports for metrics).
 fn plan_body_baking(target: &str, bake: &str) -> Value {
     json!({
         "sidecar": "mesh", "target_version": target, "from_versions": ["1.0.0"],
+        "analysis": {"metrics": []},
         "feature_services": {"per_trait_value": 1},
         "phases": [
             {"name": "gray", "stage": "canary", "mode": "hot",
@@ -503,7 +505,7 @@ async fn an_on_deploy_phase_waits_for_deploys_and_the_converge_phase_moves_the_r
     let env = setup().await;
     let body = json!({
         "sidecar": "mesh", "target_version": "1.1.0", "from_versions": ["1.0.0"],
-        "feature_services": {"per_trait_value": 0},
+        "feature_services": {"per_trait_value": 0}, "analysis": {"metrics": []},
         "phases": [
             {"name": "gray", "stage": "canary", "mode": "hot",
              "batching": {"strategy": "linear", "size": 1000}, "bake": "150ms", "batch_timeout": "10s"},

@@ -114,6 +114,7 @@ fn plan_body(sidecar: &str, service: &str, window: &ChangeWindow) -> PlanSpec {
             bake: HumanDuration::from_secs(60),
             ..PhaseSpec::new("all", UpgradeMode::Restart, Batching::Linear { size: 1 })
         }],
+        analysis: None,
     }
 }
 

@@ -388,6 +388,7 @@ fn plan_bench(args: &PlanArgs) -> anyhow::Result<String> {
             feature_services: FeatureServices::default(),
             windows: Vec::new(),
             phases: PhaseSpec::defaults(),
+            analysis: None,
         },
         Some(path) => {
             let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;

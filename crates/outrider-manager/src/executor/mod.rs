@@ -35,21 +35,7 @@ use crate::{
     repo::{NewEvent, Repo, decode, encode},
 };
 
-/// Where the executor reads the time.
-pub trait Clock: Send + Sync {
-    /// Now.
-    fn now(&self) -> OffsetDateTime;
-}
-
-/// The system clock.
-#[derive(Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> OffsetDateTime {
-        OffsetDateTime::now_utc()
-    }
-}
+pub use crate::clock::{Clock, SystemClock};
 
 /// After the manager starts, the executor waits this long before acting on plans: instance
 /// records read from the store may lag what the agents run (status writes are batched), and
@@ -137,6 +123,7 @@ impl Executor {
                     self.step(key, t, now).await;
                 }
             }
+            self.watch(&plans);
             let in_flight = plans.values().any(Tracked::watches_fleet);
             let next = plans.values().filter_map(|t| t.due).min();
             let sleep = next.map_or(RESYNC, |d| {
@@ -153,6 +140,15 @@ impl Executor {
                 () = cancel.cancelled() => return,
             };
         }
+    }
+
+    /// Tells the fleet which services' instances keep samples: those live plans judge soon.
+    fn watch(&self, plans: &HashMap<String, Tracked>) {
+        let services = plans
+            .values()
+            .flat_map(|t| reconcile::judged_services(&t.plan).map(|s| (t.tenant.clone(), s.to_owned())))
+            .collect();
+        self.fleet.watch(services);
     }
 
     /// Rereads every plan (decoding only those that changed); changed ones, or with `all`

@@ -1,8 +1,9 @@
 //! What a plan step sees: one tenant's catalog mirror (with its overrides and freezes) and the
 //! live fleet, read in place — no copy of the fleet per step.
 
-use outrider_model::{Binding, CellTarget, Freeze, Instance, Override, Service, Version};
+use outrider_model::{Binding, CellTarget, Freeze, Instance, Override, Service, Sidecar, Version};
 use outrider_rollout::reconcile::{CellRef, View};
+use time::OffsetDateTime;
 
 use crate::{catalog::TenantCatalog, fleet::Fleet};
 
@@ -55,5 +56,36 @@ impl View for TenantView<'_> {
 
     fn for_each_instance(&self, service: &str, f: &mut dyn FnMut(&Instance)) {
         self.fleet.for_each_of_service(self.tenant, service, f);
+    }
+
+    fn sidecar(&self, name: &str) -> Option<&Sidecar> {
+        self.catalog.sidecar(name)
+    }
+
+    fn versions(
+        &self,
+        instance: &str,
+        sidecar: &str,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+        f: &mut dyn FnMut(OffsetDateTime, &str),
+    ) {
+        self.fleet.with_history(self.tenant, instance, &mut |h| h.versions(sidecar, from, to, f));
+    }
+
+    fn samples(
+        &self,
+        instance: &str,
+        sidecar: &str,
+        metric: &str,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+        f: &mut dyn FnMut(OffsetDateTime, &str, f64),
+    ) {
+        self.fleet.with_history(self.tenant, instance, &mut |h| h.samples(sidecar, metric, from, to, f));
+    }
+
+    fn deployed_at(&self, instance: &str) -> Option<OffsetDateTime> {
+        self.fleet.deployed_at(self.tenant, instance)
     }
 }

@@ -5,7 +5,7 @@
 use std::{fmt, str::FromStr};
 
 use outrider_model::{BatchState, CellTarget, Override, Plan, PlanState, UpgradeMode};
-use outrider_rollout::reconcile::transition;
+use outrider_rollout::reconcile::{approve, transition};
 use outrider_store::Op;
 use time::OffsetDateTime;
 
@@ -80,13 +80,7 @@ pub async fn act(
             match action {
                 Action::Abort => skip_pending(plan),
                 // False alarm: the failed batch counts as passed; its verdict stays on record.
-                Action::Approve => {
-                    for b in plan.phases.iter_mut().flat_map(|p| &mut p.batches) {
-                        if b.state == BatchState::Failed {
-                            b.state = BatchState::Passed;
-                        }
-                    }
-                }
+                Action::Approve => approve(plan, OffsetDateTime::now_utc()),
                 Action::Rollback => {
                     let catalog = s.catalog.read().unwrap_or_else(|p| p.into_inner());
                     let tc = catalog.tenant(tenant).ok_or_else(|| Error::not_found(format!("tenant {tenant:?}")))?;

@@ -71,6 +71,7 @@ pub async fn on_defective(s: &AppState, tenant: &str, sidecar: &str, version: &s
             bake: HumanDuration::from_secs(60),
             ..PhaseSpec::new("recall", mode, Batching::Exponential { start: 1, factor: 2 })
         }],
+        analysis: None,
     };
     let planned = plan_spec(s, tenant, &spec)?;
     let now = OffsetDateTime::now_utc();

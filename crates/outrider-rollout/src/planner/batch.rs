@@ -75,6 +75,8 @@ pub(super) fn interleave(lanes: Vec<Vec<Vec<Cell>>>) -> Vec<Batch> {
                     started_at: None,
                     applied_at: None,
                     finished_at: None,
+                    extensions: 0,
+                    analysis: None,
                     predicted_start: None,
                 });
             }

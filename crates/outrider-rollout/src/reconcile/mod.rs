@@ -5,6 +5,7 @@
 //! transaction), and when the plan is next due. It is level-triggered and idempotent: the
 //! same inputs give the same step, and a step computed again after a crash writes nothing new.
 
+mod evidence;
 mod gate;
 mod judge;
 mod progress;
@@ -16,9 +17,10 @@ use std::{
     time::Duration,
 };
 
+use outrider_analysis::{BatchVerdict, Outcome, Test};
 use outrider_model::{
-    BatchState, Binding, CellTarget, Freeze, Incident, Instance, Override, Plan, PlanState, Service, SidecarState,
-    SidecarStatus, UpgradeMode, Verdict, Version, VersionMatch,
+    AnalysisSpec, BatchAnalysis, BatchState, Binding, CellTarget, Freeze, Incident, Instance, Override, Plan,
+    PlanState, Service, Sidecar, SidecarState, SidecarStatus, UpgradeMode, Verdict, Version, VersionMatch,
 };
 use time::OffsetDateTime;
 
@@ -45,6 +47,31 @@ pub trait View {
     fn freezes(&self) -> &[Freeze];
     /// Calls `f` with every live instance of `service`.
     fn for_each_instance(&self, service: &str, f: &mut dyn FnMut(&Instance));
+    /// A sidecar.
+    fn sidecar(&self, name: &str) -> Option<&Sidecar>;
+    /// Calls `f`, oldest first, with the time and version of each report of `sidecar` that
+    /// `instance` made between `from` and `to`.
+    fn versions(
+        &self,
+        instance: &str,
+        sidecar: &str,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+        f: &mut dyn FnMut(OffsetDateTime, &str),
+    );
+    /// Calls `f`, oldest first, with the time, the version then running (empty: unknown) and
+    /// the value of each sample of `metric` of `sidecar` on `instance` between `from` and `to`.
+    fn samples(
+        &self,
+        instance: &str,
+        sidecar: &str,
+        metric: &str,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+        f: &mut dyn FnMut(OffsetDateTime, &str, f64),
+    );
+    /// When `instance` last deployed (registered first, or with a new deploy id), if known.
+    fn deployed_at(&self, instance: &str) -> Option<OffsetDateTime>;
 }
 
 /// An event a step records, about its plan.
@@ -154,6 +181,29 @@ pub fn transition(plan: &mut Plan, to: PlanState, reason: String) -> PlanEvent {
     PlanEvent { kind: "plan.state", reason, detail: serde_json::json!({"from": from, "to": to}) }
 }
 
+/// An operator's approval of a blocked plan (a false alarm, or enough evidence seen by a
+/// human): failed batches count as passed and a batch blocked for want of evidence passes;
+/// their verdicts and incidents stay on record.
+pub fn approve(plan: &mut Plan, now: OffsetDateTime) {
+    for b in plan.phases.iter_mut().flat_map(|p| &mut p.batches) {
+        let undecided = b.state == BatchState::Baking && b.verdict == Some(Verdict::Inconclusive);
+        if b.state == BatchState::Failed || undecided {
+            b.state = BatchState::Passed;
+            b.finished_at.get_or_insert(now);
+        }
+    }
+}
+
+/// The services whose instances a live plan may judge soon: those of its current phase and the
+/// next (their samples before their own batch are its "before" reference). None when the
+/// plan is not live.
+pub fn judged_services(plan: &Plan) -> impl Iterator<Item = &str> {
+    let live = is_live(plan.state);
+    let pi = plan.cursor_phase as usize;
+    let phases = plan.phases.iter().skip(pi).take(if live { 2 } else { 0 });
+    phases.flat_map(|p| &p.batches).flat_map(|b| &b.cells).map(|c| c.service.as_str())
+}
+
 /// Whether the executor has anything to do for a plan in this state.
 pub fn is_live(state: PlanState) -> bool {
     !state.is_terminal() && state != PlanState::Blocked
@@ -220,7 +270,8 @@ impl Stepper<'_> {
                 deadline.map(|d| b.started_at.unwrap_or(self.now) + d.0)
             }
             BatchState::Applying => Some(b.started_at.unwrap_or(self.now) + batch_timeout(plan, pi)),
-            BatchState::Baking => Some(b.applied_at.map_or(self.now, |t| t + plan.phases[pi].bake.0)),
+            BatchState::Baking if b.verdict == Some(Verdict::Inconclusive) => None,
+            BatchState::Baking => Some(b.applied_at.map_or(self.now, |t| t + bake_of(b, plan.phases[pi].bake.0))),
             _ => None,
         });
         let held = if plan.state == PlanState::Waiting { self.until } else { None };
@@ -343,6 +394,7 @@ impl Stepper<'_> {
                     plan.target_version,
                 ),
                 instances: ids,
+                ..Incident::opened(self.now)
             };
             self.fail_batch(pi, bi, incident);
             return;
@@ -386,18 +438,148 @@ impl Stepper<'_> {
                             seen.missing.len()
                         ),
                         instances: seen.missing,
+                        ..Incident::opened(now)
                     };
                     self.fail_batch(pi, bi, incident);
                 }
             }
-            BatchState::Baking if b.applied_at.is_none_or(|t| now - t >= bake) => {
-                b.state = BatchState::Passed;
-                b.verdict = Some(if count == 0 { Verdict::Inconclusive } else { Verdict::Pass });
-                b.finished_at = Some(now);
-                let detail = serde_json::json!({"phase": phase_name, "batch": bi, "verdict": b.verdict});
-                self.event("batch.verdict", format!("batch {bi} of {phase_name} passed"), detail);
+            BatchState::Baking if b.verdict.is_none() && b.applied_at.is_none_or(|t| now - t >= bake_of(b, bake)) => {
+                let judged: Vec<(&str, &str, &Override)> = members.clone();
+                self.judge_metrics(pi, bi, &judged, seen.reached.len());
             }
             _ => {}
+        }
+    }
+
+    /// The end of a bake: the metrics of the batch's canaries against their references. Pass
+    /// and the batch is done; fail and the plan blocks with an incident; not enough evidence
+    /// and the bake is extended, a bounded number of times, before the plan blocks for a human.
+    fn judge_metrics(&mut self, pi: usize, bi: usize, members: &[(&str, &str, &Override)], reached: usize) {
+        let plan = &self.plan;
+        let sidecar = self.view.sidecar(&plan.sidecar);
+        let judging = AnalysisSpec::resolve(
+            plan.spec.analysis.as_ref(),
+            sidecar.and_then(|s| s.analysis.as_ref()),
+            sidecar.map_or(&[][..], |s| &s.metrics),
+        );
+        let phase = &plan.phases[pi];
+        let b = &phase.batches[bi];
+        let phase_name = phase.name.clone();
+        // Nothing ran the target (an on-deploy batch whose instances have not deployed yet):
+        // there is nothing to judge here; the phase that forces them judges them.
+        if !judging.judges_metrics() || reached == 0 {
+            let verdict = if reached == 0 { Verdict::Inconclusive } else { Verdict::Pass };
+            self.pass_batch(pi, bi, verdict, None);
+            return;
+        }
+        let Some(applied) = b.applied_at else {
+            self.pass_batch(pi, bi, Verdict::Inconclusive, None);
+            return;
+        };
+        let started = b.started_at.unwrap_or(applied);
+        let window = evidence::Window {
+            sidecar: &plan.sidecar,
+            target: &plan.target_version,
+            mode: phase.mode,
+            started,
+            from: applied + time::Duration::try_from(judging.warmup).unwrap_or(time::Duration::ZERO),
+            to: self.now,
+            lookback: time::Duration::try_from(phase.bake.0).unwrap_or(time::Duration::ZERO),
+        };
+        let canaries: Vec<evidence::Canary<'_>> =
+            members.iter().map(|&(service, id, record)| evidence::Canary { service, id, record }).collect();
+        let samples = evidence::gather(self.view, &judging, &window, &canaries);
+        let verdict = outrider_analysis::analyze(&samples, &judging.policy);
+        let summary = BatchAnalysis::of(&verdict);
+        let extensions = b.extensions;
+        match verdict.outcome {
+            Outcome::Pass => self.pass_batch(pi, bi, Verdict::Pass, Some(summary)),
+            Outcome::Fail => {
+                let incident = self.metric_incident(pi, bi, &verdict);
+                let b = &mut self.plan.phases[pi].batches[bi];
+                b.analysis = Some(summary);
+                self.fail_batch(pi, bi, incident);
+            }
+            Outcome::Inconclusive if extensions < judging.max_extensions => {
+                let b = &mut self.plan.phases[pi].batches[bi];
+                b.extensions += 1;
+                b.analysis = Some(summary);
+                let detail = serde_json::json!({"phase": phase_name, "batch": bi, "verdict": Verdict::Inconclusive,
+                    "extension": extensions + 1, "max_extensions": judging.max_extensions, "reason": verdict.reason});
+                let reason = format!(
+                    "batch {bi} of {phase_name} is inconclusive, bake extended ({} of {}): {}",
+                    extensions + 1,
+                    judging.max_extensions,
+                    verdict.reason
+                );
+                self.event("batch.verdict", reason, detail);
+            }
+            Outcome::Inconclusive => {
+                let b = &mut self.plan.phases[pi].batches[bi];
+                b.verdict = Some(Verdict::Inconclusive);
+                b.analysis = Some(summary);
+                let reason = format!(
+                    "not enough evidence in batch {bi} of {phase_name} after {} bake extensions: {}; approve to go on \
+                     or roll back",
+                    extensions, verdict.reason
+                );
+                let detail = serde_json::json!({"phase": phase_name, "batch": bi, "verdict": Verdict::Inconclusive,
+                    "extensions": extensions, "reason": verdict.reason});
+                self.event("batch.verdict", reason.clone(), detail);
+                self.transition(PlanState::Blocked, reason);
+            }
+        }
+    }
+
+    fn pass_batch(&mut self, pi: usize, bi: usize, verdict: Verdict, analysis: Option<BatchAnalysis>) {
+        let now = self.now;
+        let phase_name = self.plan.phases[pi].name.clone();
+        let b = &mut self.plan.phases[pi].batches[bi];
+        b.state = BatchState::Passed;
+        b.verdict = Some(verdict);
+        b.finished_at = Some(now);
+        let reason = analysis.as_ref().map_or_else(String::new, |a| format!(": {}", a.reason));
+        b.analysis = analysis;
+        let detail = serde_json::json!({"phase": phase_name, "batch": bi, "verdict": verdict, "analysis": b.analysis});
+        self.event("batch.verdict", format!("batch {bi} of {phase_name} passed{reason}"), detail);
+    }
+
+    /// The incident of a failed metric verdict: its first deciding failure, with the evidence.
+    fn metric_incident(&self, pi: usize, bi: usize, verdict: &BatchVerdict) -> Incident {
+        let phase = &self.plan.phases[pi];
+        let failure = verdict.failures().next();
+        let (service, v) = match failure {
+            Some((s, v)) => (s.map(str::to_owned), Some(v)),
+            None => (None, None),
+        };
+        let test = v.and_then(|v| v.test).map_or_else(|| "none".to_owned(), |t| describe_test(&t));
+        let summary = match (v, &service) {
+            (Some(v), Some(s)) => format!(
+                "{} regressed on {s} with {} {}: {}",
+                v.metric, self.plan.sidecar, self.plan.target_version, v.reason
+            ),
+            (Some(v), None) => format!(
+                "{} regressed over the batch with {} {}: {}",
+                v.metric, self.plan.sidecar, self.plan.target_version, v.reason
+            ),
+            (None, _) => verdict.reason.clone(),
+        };
+        Incident {
+            opened_at: self.now,
+            phase: phase.name.clone(),
+            batch: phase.batches[bi].index,
+            metric: v.map_or_else(|| "analysis".to_owned(), |v| v.metric.clone()),
+            instances: v.map(|v| v.instances.clone()).unwrap_or_default(),
+            canary_value: v.and_then(|v| v.canary.value).unwrap_or_default(),
+            baseline_value: v.and_then(|v| v.baseline.value).unwrap_or_default(),
+            test,
+            summary,
+            service,
+            comparison: v.map(|v| v.comparison),
+            p_value: v.and_then(|v| v.p_value),
+            effect: v.and_then(|v| v.effect),
+            canary: v.map(|v| v.canary),
+            baseline: v.map(|v| v.baseline),
         }
     }
 
@@ -538,6 +720,24 @@ impl Placed<'_> {
 /// Whether an instance's agent is here to report (connected, not gone).
 fn is_present(i: &Instance) -> bool {
     i.connected && !i.gone
+}
+
+/// A batch's bake with its extensions: one more bake per extension.
+fn bake_of(b: &outrider_model::Batch, bake: Duration) -> time::Duration {
+    let total = bake.saturating_mul(b.extensions.saturating_add(1));
+    time::Duration::try_from(total).unwrap_or(time::Duration::MAX)
+}
+
+/// A test, as an incident names it.
+fn describe_test(t: &Test) -> String {
+    match t {
+        Test::MannWhitney { alternative, method } => {
+            format!("Mann-Whitney U, one-sided ({alternative:?}), {method:?}").to_lowercase()
+        }
+        Test::Stouffer { alternative, services } => {
+            format!("Stouffer's Z over {services} services' Mann-Whitney p-values ({alternative:?})").to_lowercase()
+        }
+    }
 }
 
 fn batch_timeout(plan: &Plan, pi: usize) -> time::Duration {

@@ -37,6 +37,92 @@ struct World {
     freezes: Vec<Freeze>,
     instances: Vec<Instance>,
     agents: Agents,
+    /// The time the agents' answers are stamped with.
+    now: OffsetDateTime,
+    /// When each instance started running each version: (time, version), oldest first.
+    timeline: BTreeMap<String, Vec<(OffsetDateTime, String)>>,
+    /// When instances deployed.
+    deployed: BTreeMap<String, OffsetDateTime>,
+    /// How the agents' sidecars behave.
+    signals: Signals,
+}
+
+/// What the fake agents report: every `every`, healthy figures with a little noise, plus
+/// `effect` on instances of the `affected` services while they run 1.1.0.
+#[derive(Clone)]
+struct Signals {
+    every: time::Duration,
+    /// Metric and what 1.1.0 adds to it (for `rss_mib`: MiB a second since the version started).
+    effect: Option<(&'static str, f64)>,
+    affected: Vec<String>,
+    /// Metric and what an instance's deploy adds to it from then on (a business change).
+    deploy_effect: Option<(&'static str, f64)>,
+}
+
+impl Signals {
+    fn healthy() -> Self {
+        Self { every: time::Duration::seconds(5), effect: None, affected: Vec::new(), deploy_effect: None }
+    }
+}
+
+/// A deterministic noise in [-1, 1] of an instance, a metric and a time.
+fn noise(instance: &str, metric: &str, at: OffsetDateTime) -> f64 {
+    let bytes = instance.bytes().chain(metric.bytes()).chain(at.unix_timestamp().to_le_bytes());
+    let h = bytes.fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    (h >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+}
+
+impl World {
+    /// Instance `i` deploys now, onto `version`.
+    fn deploy(&mut self, i: usize, version: &str) {
+        let inst = &mut self.instances[i];
+        inst.sidecars[0].version = version.into();
+        self.timeline.entry(inst.id.clone()).or_default().push((self.now, version.into()));
+        self.deployed.insert(inst.id.clone(), self.now);
+    }
+
+    /// The version `instance` ran at `at` and since when.
+    fn version_at(&self, instance: &str, at: OffsetDateTime) -> (OffsetDateTime, &str) {
+        let changes = self.timeline.get(instance).map_or(&[][..], Vec::as_slice);
+        changes
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= at)
+            .map_or((FRIDAY - time::Duration::days(1), "1.0.0"), |(t, v)| (*t, v))
+    }
+
+    /// The figure `metric` of `instance` at `at` while it runs `version` (started at `since`).
+    fn figure(
+        &self,
+        instance: &str,
+        metric: &str,
+        at: OffsetDateTime,
+        version: &str,
+        since: OffsetDateTime,
+    ) -> Option<f64> {
+        let base = match metric {
+            "cpu_percent" => 5.0,
+            "rss_mib" => 50.0,
+            "error_ratio" => 0.002,
+            "latency_p99_ms" => 20.0,
+            _ => return None,
+        };
+        let mut v = base * (1.0 + 0.1 * noise(instance, metric, at));
+        if let Some((m, size)) = self.signals.effect
+            && m == metric
+            && version == "1.1.0"
+            && self.instances.iter().any(|i| i.id == instance && self.signals.affected.contains(&i.service))
+        {
+            v += if m == "rss_mib" { size * (at - since).as_seconds_f64() } else { size };
+        }
+        if let Some((m, size)) = self.signals.deploy_effect
+            && m == metric
+            && self.deployed.get(instance).is_some_and(|t| *t <= at)
+        {
+            v += size;
+        }
+        Some(v)
+    }
 }
 
 impl View for World {
@@ -62,6 +148,42 @@ impl View for World {
     fn for_each_instance(&self, service: &str, f: &mut dyn FnMut(&Instance)) {
         self.instances.iter().filter(|i| i.service == service).for_each(f);
     }
+    fn sidecar(&self, _: &str) -> Option<&outrider_model::Sidecar> {
+        None
+    }
+    fn versions(
+        &self,
+        instance: &str,
+        _: &str,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+        f: &mut dyn FnMut(OffsetDateTime, &str),
+    ) {
+        self.samples(instance, "mesh", "cpu_percent", from, to, &mut |at, v, _| f(at, v));
+    }
+    fn samples(
+        &self,
+        instance: &str,
+        _: &str,
+        metric: &str,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+        f: &mut dyn FnMut(OffsetDateTime, &str, f64),
+    ) {
+        let every = self.signals.every.whole_seconds().max(1);
+        let mut t = OffsetDateTime::from_unix_timestamp((from.unix_timestamp() + every - 1).div_euclid(every) * every)
+            .unwrap_or(from);
+        while t <= to {
+            let (since, version) = self.version_at(instance, t);
+            if let Some(v) = self.figure(instance, metric, t, version, since) {
+                f(t, version, v);
+            }
+            t += self.signals.every;
+        }
+    }
+    fn deployed_at(&self, instance: &str) -> Option<OffsetDateTime> {
+        self.deployed.get(instance).copied()
+    }
 }
 
 /// Services `s0`… with `per_service` prod instances each in region `r1`, stage `full`, all on
@@ -76,6 +198,10 @@ fn world(services: usize, per_service: usize) -> World {
         freezes: Vec::new(),
         instances: Vec::new(),
         agents: Agents::Follow,
+        now: FRIDAY,
+        timeline: BTreeMap::new(),
+        deployed: BTreeMap::new(),
+        signals: Signals::healthy(),
     };
     for v in ["1.0.0", "1.1.0"] {
         let version: Version = serde_json::from_value(json!({
@@ -140,10 +266,14 @@ impl World {
                 continue;
             }
             let st = &mut inst.sidecars[0];
+            let ran = st.version.clone();
             match self.agents {
                 Agents::Stall => {}
                 Agents::Follow => (st.version, st.state) = (version, SidecarState::Running),
                 Agents::Crash => (st.version, st.state) = (version, SidecarState::CrashLoop),
+            }
+            if st.version != ran {
+                self.timeline.entry(inst.id.clone()).or_default().push((self.now, st.version.clone()));
             }
         }
         self.instances != before
@@ -235,6 +365,7 @@ fn run(w: &mut World, mut plan: Plan, mut now: OffsetDateTime, limit: OffsetDate
         } else {
             assert!(step.writes.is_empty() && step.events.is_empty(), "an unchanged plan writes nothing");
         }
+        w.now = now;
         if w.converge() {
             continue;
         }
@@ -253,7 +384,7 @@ fn run(w: &mut World, mut plan: Plan, mut now: OffsetDateTime, limit: OffsetDate
 fn timed<T>(f: impl FnOnce() -> T) -> T {
     let t = std::time::Instant::now();
     let out = f();
-    assert!(t.elapsed() < std::time::Duration::from_secs(1), "took {:?}", t.elapsed());
+    assert!(t.elapsed() < std::time::Duration::from_secs(3), "took {:?}", t.elapsed());
     out
 }
 
@@ -432,6 +563,7 @@ fn the_same_inputs_give_the_same_step() {
 fn step_at(w: &mut World, plan: &Plan, now: OffsetDateTime) -> Plan {
     let step = reconcile(plan, w, now);
     w.apply(&step);
+    w.now = now;
     w.converge();
     step.plan
 }
@@ -477,8 +609,9 @@ fn an_on_deploy_phase_waits_for_deploys_until_its_deadline_and_converge_moves_th
         assert_eq!(r.plan.phases[0].batches[0].state, BatchState::Applying);
         assert_eq!(r.plan.counts.awaiting_deploy, 4);
         // Two instances deploy onto the target.
-        for i in &mut w.instances[..2] {
-            i.sidecars[0].version = "1.1.0".into();
+        w.now = FRIDAY + time::Duration::minutes(31);
+        for i in 0..2 {
+            w.deploy(i, "1.1.0");
         }
         let plan = step_at(&mut w, &r.plan, FRIDAY + time::Duration::minutes(31));
         assert_eq!(plan.counts.awaiting_deploy, 2);
@@ -541,4 +674,132 @@ fn a_rollback_ends_only_when_every_changed_instance_is_back() {
     assert_eq!(plan.state, PlanState::RolledBack);
     assert!(!plan.rolling_back);
     assert_eq!(plan.phases[0].batches[0].state, BatchState::RolledBack);
+}
+
+/// `services` services of `per_service` instances, the first `canaries` of each in stage
+/// `canary`; a plan whose `gray` phase moves one service's canaries per batch, then `full`.
+fn staged(services: usize, per_service: usize, canaries: usize, bake: &str) -> (World, Plan) {
+    let mut w = world(services, per_service);
+    for i in &mut w.instances {
+        let n: usize = i.id.rsplit('i').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        if n < canaries {
+            i.labels.stage = "canary".into();
+        }
+    }
+    let body = json!({"feature_services": {"per_trait_value": 0}, "phases": [
+        {"name": "gray", "stage": "canary", "batching": {"strategy": "linear", "size": 1}, "bake": bake},
+        {"name": "full", "batching": {"strategy": "linear", "size": 2}, "bake": bake}
+    ]});
+    let plan = new_plan(&w, body, FRIDAY);
+    (w, plan)
+}
+
+/// The position of the first gray batch holding `service`.
+fn first_batch_of(plan: &Plan, service: &str) -> usize {
+    plan.phases[0].batches.iter().position(|b| b.cells.iter().any(|c| c.service == service)).unwrap()
+}
+
+#[test]
+fn each_effect_blocks_the_first_batch_that_holds_an_affected_service_with_its_evidence() {
+    for (metric, size, expect) in [
+        ("error_ratio", 0.01, "error_ratio"),
+        ("latency_p99_ms", 10.0, "latency_p99_ms"),
+        ("cpu_percent", 30.0, "cpu_percent"),
+        ("rss_mib", 2.0, "rss"),
+    ] {
+        let (mut w, plan) = staged(4, 8, 2, "5m");
+        w.signals.effect = Some((metric, size));
+        w.signals.affected = vec!["s2".into()];
+        let expected = first_batch_of(&plan, "s2");
+        let r = run(&mut w, plan, FRIDAY, FRIDAY + time::Duration::days(1));
+        assert_eq!(r.plan.state, PlanState::Blocked, "{metric}: {}", r.plan.reason);
+        let gray = &r.plan.phases[0].batches;
+        assert_eq!(gray[expected].state, BatchState::Failed, "{metric}: the batch of s2 fails");
+        assert!(
+            gray[..expected]
+                .iter()
+                .all(|b| b.state == BatchState::Passed && b.verdict == Some(outrider_model::Verdict::Pass))
+        );
+        assert!(gray[expected..].iter().skip(1).all(|b| b.started_at.is_none()), "{metric}: nothing after it starts");
+        let incident = &r.plan.incidents[0];
+        assert!(incident.metric.starts_with(expect), "{metric}: incident on {}", incident.metric);
+        assert_eq!(incident.service.as_deref(), Some("s2"));
+        assert!(incident.p_value.is_some_and(|p| p < 0.01), "{metric}: {:?}", incident.p_value);
+        assert!(incident.effect.is_some_and(|e| e.absolute > 0.0));
+        assert_eq!(incident.instances.len(), 2, "{metric}: the two canaries of s2");
+        assert!(
+            incident.canary.is_some_and(|c| c.instances == 2) && incident.baseline.is_some_and(|b| b.instances > 0)
+        );
+        assert!(incident.test.contains("mann-whitney"), "{}", incident.test);
+        assert_eq!(r.plan.blast_radius, 2 * (expected as u64 + 1), "{metric}: only the canaries judged so far ran it");
+        let analysis = gray[expected].analysis.as_ref().unwrap();
+        assert_eq!(analysis.outcome, outrider_model::Outcome::Fail);
+        assert!(
+            analysis
+                .metrics
+                .iter()
+                .any(|e| e.verdict.metric == incident.metric && e.verdict.outcome == outrider_model::Outcome::Fail)
+        );
+    }
+}
+
+#[test]
+fn a_healthy_version_under_noise_completes_with_every_batch_judged() {
+    let (mut w, plan) = staged(4, 8, 2, "5m");
+    let r = run(&mut w, plan, FRIDAY, FRIDAY + time::Duration::days(1));
+    assert_eq!(r.plan.state, PlanState::Completed, "{}", r.plan.reason);
+    for b in r.plan.phases.iter().flat_map(|p| &p.batches) {
+        let a = b.analysis.as_ref().unwrap();
+        assert_eq!(a.outcome, outrider_model::Outcome::Pass, "{}", a.reason);
+        assert!(a.metrics.iter().any(|e| e.verdict.metric == "cpu_percent"), "every verdict lists what was compared");
+    }
+}
+
+#[test]
+fn too_little_evidence_extends_the_bake_then_blocks_for_a_human() {
+    let (mut w, plan) = staged(1, 3, 1, "1m");
+    w.signals.every = time::Duration::seconds(30);
+    let r = run(&mut w, plan, FRIDAY, FRIDAY + time::Duration::days(1));
+    assert_eq!(r.plan.state, PlanState::Blocked);
+    assert!(r.plan.reason.starts_with("not enough evidence"), "{}", r.plan.reason);
+    let b = &r.plan.phases[0].batches[0];
+    assert_eq!(
+        (b.state, b.verdict, b.extensions),
+        (BatchState::Baking, Some(outrider_model::Verdict::Inconclusive), 2)
+    );
+    assert_eq!(r.end - b.applied_at.unwrap(), time::Duration::minutes(3), "three bakes in all");
+    assert!(r.plan.incidents.is_empty(), "no harm was seen");
+    // A human approves: the plan goes on.
+    let mut plan = r.plan;
+    super::approve(&mut plan, r.end);
+    plan.state = PlanState::Running;
+    let step = reconcile(&plan, &w, r.end);
+    assert_eq!(step.plan.phases[0].batches[0].state, BatchState::Passed);
+    assert_eq!(step.plan.phases[1].batches[0].state, BatchState::Applying, "the next batch starts");
+}
+
+#[test]
+fn a_business_deploy_during_the_bake_does_not_fail_the_batch() {
+    let (mut w, plan) = staged(1, 8, 3, "5m");
+    // The service's own new build is much slower: whoever deploys it shows three times the
+    // latency, whatever the sidecar runs.
+    w.signals.deploy_effect = Some(("latency_p99_ms", 40.0));
+    let mut plan = step_at(&mut w, &plan, FRIDAY);
+    plan = step_at(&mut w, &plan, FRIDAY + time::Duration::seconds(1));
+    assert_eq!(plan.phases[0].batches[0].state, BatchState::Baking);
+    // A minute into the bake, two of the three canaries and two baselines deploy it.
+    w.now = FRIDAY + time::Duration::minutes(1);
+    for i in [0, 1] {
+        w.deploy(i, "1.1.0");
+    }
+    for i in [5, 6] {
+        w.deploy(i, "1.0.0");
+    }
+    let r = run(&mut w, plan, FRIDAY + time::Duration::minutes(1), FRIDAY + time::Duration::minutes(6));
+    let b = &r.plan.phases[0].batches[0];
+    assert_eq!(b.state, BatchState::Passed, "{}", r.plan.reason);
+    let a = b.analysis.as_ref().unwrap();
+    let latency = a.metrics.iter().find(|e| e.verdict.metric == "latency_p99_ms").unwrap();
+    assert_eq!(latency.verdict.canary.instances, 1, "the deployed canaries are left out");
+    assert_eq!(latency.verdict.baseline.instances, 3, "and so are the deployed baselines");
 }
