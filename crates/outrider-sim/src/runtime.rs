@@ -184,6 +184,8 @@ struct State {
     /// How its healthy sidecars behave.
     profile: Profile,
     rng: StdRng,
+    /// The statuses of the last report.
+    reported: Vec<SidecarStatus>,
 }
 
 impl State {
@@ -327,6 +329,7 @@ impl SimRuntime {
             defects: Vec::new(),
             profile: Profile::flat(),
             rng,
+            reported: Vec::new(),
         };
         Self { state: Arc::new(Mutex::new(state)), changes: Arc::new(watch::channel(0).0), options }
     }
@@ -355,6 +358,13 @@ impl SimRuntime {
             .filter(|(_, s)| s.state == SidecarState::Running)
             .map(|(name, s)| (name.clone(), s.version.clone()))
             .collect()
+    }
+
+    /// The statuses of the last report ([`Runtime::status`]), as they were sent: the same
+    /// figures, not new ones (each report draws its own noise and advances the counters).
+    /// Empty before the first report.
+    pub fn last_report(&self) -> Vec<SidecarStatus> {
+        lock(&self.state).reported.clone()
     }
 }
 
@@ -409,9 +419,10 @@ impl Runtime for SimRuntime {
 
     fn status(&self) -> Vec<SidecarStatus> {
         let mut g = lock(&self.state);
-        let State { sidecars, profile, rng, .. } = &mut *g;
+        let State { sidecars, profile, rng, reported, .. } = &mut *g;
         let now = Instant::now();
-        sidecars.iter_mut().map(|(name, s)| s.report(name, now, profile, rng)).collect()
+        *reported = sidecars.iter_mut().map(|(name, s)| s.report(name, now, profile, rng)).collect();
+        reported.clone()
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
