@@ -83,8 +83,8 @@ impl Families {
     }
 }
 
-/// The exposition of `agents`' last reports, in the text format 0.0.4. Work and size are
-/// proportional to the agents and their sidecars.
+/// The exposition of `agents`' last reports, in the text format 0.0.4, samples in label
+/// order. Work and size are proportional to the agents and their sidecars.
 pub(crate) fn exposition(agents: &[SimAgent]) -> String {
     let families = Families::default();
     for agent in agents {
@@ -92,7 +92,32 @@ pub(crate) fn exposition(agents: &[SimAgent]) -> String {
             families.add(agent.instance(), &status);
         }
     }
-    outrider_promtext::encode(&families.register())
+    in_order(&outrider_promtext::encode(&families.register()))
+}
+
+/// `text` with the samples of each family sorted (by instance first: the first label), so
+/// that the same figures always give the same text; a family keeps its samples in a hash map.
+fn in_order(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut samples: Vec<&str> = Vec::new();
+    let flush = |samples: &mut Vec<&str>, out: &mut String| {
+        samples.sort_unstable();
+        for s in samples.drain(..) {
+            out.push_str(s);
+            out.push('\n');
+        }
+    };
+    for line in text.lines() {
+        if line.starts_with('#') {
+            flush(&mut samples, &mut out);
+            out.push_str(line);
+            out.push('\n');
+        } else {
+            samples.push(line);
+        }
+    }
+    flush(&mut samples, &mut out);
+    out
 }
 
 async fn metrics(State(agents): State<Arc<[SimAgent]>>) -> impl IntoResponse {
@@ -128,4 +153,20 @@ pub(crate) async fn serve(
     });
     tracing::info!(%bound, "serving the simulated instances' metrics at /metrics");
     Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_are_sorted_within_their_family() {
+        let text = "# HELP a A.\n# TYPE a gauge\na{instance=\"b\"} 1\na{instance=\"a\"} 2\n\
+                    # HELP c C.\n# TYPE c counter\nc{instance=\"z\"} 1\nc{instance=\"y\"} 1\n";
+        assert_eq!(
+            in_order(text),
+            "# HELP a A.\n# TYPE a gauge\na{instance=\"a\"} 2\na{instance=\"b\"} 1\n\
+             # HELP c C.\n# TYPE c counter\nc{instance=\"y\"} 1\nc{instance=\"z\"} 1\n"
+        );
+    }
 }
