@@ -3,6 +3,7 @@
 
 use std::{
     collections::BTreeMap,
+    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -248,6 +249,13 @@ impl SimFleet {
         if let Some(agent) = self.agents.get(index) {
             agent.deploy(&self.cancel, &self.tasks).await;
         }
+    }
+
+    /// Serves `GET /metrics` on `addr` (`127.0.0.1:0` for a free port) until the fleet stops:
+    /// the figures of every agent's last report, as the manager received them (see the
+    /// crate docs for the names). Returns the bound address.
+    pub async fn serve_metrics(&self, addr: SocketAddr) -> Result<SocketAddr, SimError> {
+        crate::metrics::serve(addr, self.agents.clone(), self.cancel.clone(), &self.tasks).await
     }
 
     /// HTTP/2 connections the agents share.

@@ -125,15 +125,15 @@ impl SimSidecar {
         status.rss_bytes = (self.rss_bytes as f64 * wobble(0.02) + leaked) as u64;
         // Errors and latency rise with load, but less than in proportion.
         let busy = 1.0 + (load - 1.0) / 2.0;
-        let error_rate = (profile.error_ratio * busy * spike * wobble(0.5) + faults.error_ratio).min(1.0);
+        let error_ratio = (profile.error_ratio * busy * spike * wobble(0.5) + faults.error_ratio).min(1.0);
         let served = self.requests_per_sec * load * (now - self.sampled).as_secs_f64();
         self.requests += served;
-        self.errors += served * error_rate;
+        self.errors += served * error_ratio;
         self.sampled = now;
         status.metrics = BTreeMap::from([
             ("requests_total".to_owned(), self.requests.floor()),
             ("errors_total".to_owned(), self.errors.floor()),
-            ("error_rate".to_owned(), error_rate),
+            ("error_ratio".to_owned(), error_ratio),
             ("latency_p99_ms".to_owned(), profile.p99_ms * busy * spike * faults.latency_factor * wobble(0.1)),
         ]);
         status
@@ -184,6 +184,8 @@ struct State {
     /// How its healthy sidecars behave.
     profile: Profile,
     rng: StdRng,
+    /// The statuses of the last report.
+    reported: Vec<SidecarStatus>,
 }
 
 impl State {
@@ -292,13 +294,13 @@ async fn keep_crashing(state: Weak<Mutex<State>>, changes: Arc<watch::Sender<u64
 /// inside a Tokio runtime (the delays are Tokio timers).
 ///
 /// Running sidecars report CPU, resident memory (tens of MiB) and the metrics
-/// `requests_total` and `errors_total` (counters growing with time), `error_rate` and
+/// `requests_total` and `errors_total` (counters growing with time), `error_ratio` and
 /// `latency_p99_ms`, refreshed at every report, around the levels of the runtime's
 /// [`Profile`] (by default [`Profile::flat`]: about 5 % CPU, 0.001 errors, 20 ms) with its
 /// daily load and spikes and a little seeded noise. A process at a version one of its
 /// [`Defect`]s hits shows the defect's [`Effect`]: `crash` makes it exit about every 500 ms
 /// (each exit is reported; after 3 it is in `crash_loop`, restarted with back-off up to
-/// 8 s), `errors:R` adds R to `error_rate`, `latency:F` multiplies `latency_p99_ms` by F,
+/// 8 s), `errors:R` adds R to `error_ratio`, `latency:F` multiplies `latency_p99_ms` by F,
 /// `cpu:P` adds P points of CPU (at most 100 %), and `memory:M` adds M MiB of resident
 /// memory a second.
 #[derive(Debug)]
@@ -327,6 +329,7 @@ impl SimRuntime {
             defects: Vec::new(),
             profile: Profile::flat(),
             rng,
+            reported: Vec::new(),
         };
         Self { state: Arc::new(Mutex::new(state)), changes: Arc::new(watch::channel(0).0), options }
     }
@@ -355,6 +358,13 @@ impl SimRuntime {
             .filter(|(_, s)| s.state == SidecarState::Running)
             .map(|(name, s)| (name.clone(), s.version.clone()))
             .collect()
+    }
+
+    /// The statuses of the last report ([`Runtime::status`]), as they were sent: the same
+    /// figures, not new ones (each report draws its own noise and advances the counters).
+    /// Empty before the first report.
+    pub fn last_report(&self) -> Vec<SidecarStatus> {
+        lock(&self.state).reported.clone()
     }
 }
 
@@ -409,9 +419,10 @@ impl Runtime for SimRuntime {
 
     fn status(&self) -> Vec<SidecarStatus> {
         let mut g = lock(&self.state);
-        let State { sidecars, profile, rng, .. } = &mut *g;
+        let State { sidecars, profile, rng, reported, .. } = &mut *g;
         let now = Instant::now();
-        sidecars.iter_mut().map(|(name, s)| s.report(name, now, profile, rng)).collect()
+        *reported = sidecars.iter_mut().map(|(name, s)| s.report(name, now, profile, rng)).collect();
+        reported.clone()
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
@@ -590,9 +601,9 @@ mod tests {
             assert_eq!(b.state, SidecarState::Running);
         }
         let [h, e, l, c, m] = &second[..] else { unreachable!() };
-        let rate = metric(h, "error_rate");
+        let rate = metric(h, "error_ratio");
         assert!((0.0001..0.002).contains(&rate), "healthy error rate {rate}");
-        let rate = metric(e, "error_rate");
+        let rate = metric(e, "error_ratio");
         assert!((0.25..0.35).contains(&rate), "defective error rate {rate}");
         let share = metric(e, "errors_total") / metric(e, "requests_total");
         assert!((0.25..0.35).contains(&share), "errors_total / requests_total = {share}");
@@ -624,7 +635,7 @@ mod tests {
         let first: Vec<SidecarStatus> = all.iter().map(one).collect();
         tokio::time::sleep(Duration::from_secs(10)).await;
         let [e, l, c, m] = &all.iter().map(one).collect::<Vec<_>>()[..] else { unreachable!() };
-        let rate = e.metrics["error_rate"];
+        let rate = e.metrics["error_ratio"];
         assert!((0.0202..0.0216).contains(&rate), "error rate {rate}: 0.02 on top of about 0.001");
         let p99 = l.metrics["latency_p99_ms"];
         assert!((26.0..34.0).contains(&p99), "p99 {p99}: 1.5 × about 20 ms");
@@ -662,7 +673,7 @@ mod tests {
         let typical = profile.p99_ms;
         assert!(p99.iter().any(|&v| v > typical * 1.5 * 1.2), "no spike in {p99:?}");
         assert!(p99.iter().filter(|&&v| v > typical * 1.6).count() < 30, "too many spikes in {p99:?}");
-        let rates: Vec<f64> = reports.iter().map(|s| s.metrics["error_rate"]).collect();
+        let rates: Vec<f64> = reports.iter().map(|s| s.metrics["error_ratio"]).collect();
         assert!(rates.iter().all(|&r| r > 0.0 && r < profile.error_ratio * 7.0), "{rates:?}");
         // The same seed gives the same day (the next one: the phase differs in the last bits).
         let again: Vec<f64> = run(5).await.iter().map(|s| s.metrics["latency_p99_ms"]).collect();

@@ -49,7 +49,7 @@ async fn a_defective_version_crashes_only_the_instances_it_selects() {
         list.len() == 60
             && list.iter().all(|i| {
                 sidecar(i).is_some_and(|s| {
-                    s.state == SidecarState::Running && s.version == "1.2.0" && s.metrics.contains_key("error_rate")
+                    s.state == SidecarState::Running && s.version == "1.2.0" && s.metrics.contains_key("error_ratio")
                 })
             })
     })

@@ -40,6 +40,16 @@ pub enum HarnessError {
         /// Its output.
         log: PathBuf,
     },
+    /// A helper process did not get where it should in time.
+    #[error("the {name} took longer than {timeout:?}; see {}", log.display())]
+    Late {
+        /// What it is and what it waited for (`prometheus (ready)`).
+        name: String,
+        /// The time it had.
+        timeout: Duration,
+        /// Its output.
+        log: PathBuf,
+    },
     /// A path that must be absolute is not.
     #[error("{} is not an absolute path", .0.display())]
     NotAbsolute(PathBuf),

@@ -1,7 +1,8 @@
 //! Outrider on this machine, for `outrider demo`, `outrider bench upgrade` and the end-to-end
 //! tests: the binaries, free loopback ports, a manager and agents as child processes in their
 //! own process groups (killed if dropped), the demo sidecar as an artifact, the clean-up of
-//! sidecar processes the agents leave behind, and HTTP load on a sidecar.
+//! sidecar processes the agents leave behind, HTTP load on a sidecar, and a real Prometheus
+//! server scraping given targets ([`Prometheus`]).
 //!
 //! [`Fleet`] assembles these for tests: a manager and agents of one service under one
 //! temporary directory, with REST helpers and polling assertions that panic.
@@ -12,6 +13,7 @@ mod fleet;
 pub mod load;
 mod probe;
 mod process;
+mod prometheus;
 
 use std::{
     collections::BTreeSet,
@@ -25,6 +27,7 @@ pub use error::HarnessError;
 pub use fleet::{AgentSpec, Fleet, Sidecar};
 pub use probe::{AgentStatus, Hello, agent_status, fetch_hello, file_artifact, sha256_file};
 pub use process::{AgentFlags, Child, Ended, Interrupted, PROCESS_GRACE, interrupt, spawn_manager, wait_manager_ready};
+pub use prometheus::{Prometheus, REQUIRE_ENV, prometheus_binary, prometheus_or_skip};
 
 /// The `outrider` executable and the demo sidecar next to it.
 #[derive(Debug, Clone)]

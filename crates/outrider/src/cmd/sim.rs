@@ -1,7 +1,10 @@
 //! `outrider sim`: a simulated fleet of in-process agents speaking the real protocol to a
 //! real manager (PRODUCT.md §5).
 
-use std::time::{Duration, Instant};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use outrider_model::HumanDuration;
@@ -51,6 +54,11 @@ pub struct SimArgs {
     /// a new deploy id, as when its service is deployed (on-deploy targets then take effect).
     #[arg(long, value_name = "PER_MINUTE", default_value_t = 0.0, value_parser = deploy_rate)]
     pub deploy_rate: f64,
+    /// Serve the simulated instances' metrics for Prometheus at http://ADDR/metrics
+    /// (`127.0.0.1:0`: a free port; the address is printed): the figures of each agent's last
+    /// report, refreshed every --report-interval.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub conn: ConnectArgs,
 }
@@ -167,6 +175,10 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
     }
     let fleet = SimFleet::start(client.base_url(), &token, tenant, &spec.instances, &options)?;
     eprintln!("starting {} agents over {} connections…", fleet.agents().len(), fleet.connections());
+    if let Some(addr) = args.metrics_listen {
+        let bound = fleet.serve_metrics(addr).await?;
+        eprintln!("metrics of the simulated instances at http://{bound}/metrics");
+    }
     let running = Instant::now();
     let stop = stop_signal(args.duration.map(|d| d.0));
     tokio::pin!(stop);
@@ -228,6 +240,9 @@ mod tests {
         assert_eq!(args.defects[0].to_string(), "version=1.3.0,effect=crash,trait=protocol:http");
         assert_eq!(args.defects[1].region.as_deref(), Some("boe"));
         assert!(parse("--services 2 --instances 4").unwrap().defects.is_empty());
+        let args = parse("--services 2 --instances 4 --metrics-listen 127.0.0.1:0").unwrap();
+        assert_eq!(args.metrics_listen, Some("127.0.0.1:0".parse().unwrap()));
+        assert!(parse("--services 2 --instances 4 --metrics-listen localhost").is_err());
 
         for (bad, says) in [
             ("version=1.3.0,effect=melt", "unknown effect \"melt\""),
