@@ -165,11 +165,6 @@ impl<'de> Deserialize<'de> for MetricRef {
 }
 
 impl MetricRef {
-    /// A reference to every series of `family`.
-    pub fn family(family: impl Into<String>) -> Self {
-        Self { family: family.into(), matchers: BTreeMap::new() }
-    }
-
     fn validate(&self, field: &str) -> Result<(), ValidationError> {
         validate_metric_name(field, &self.family)?;
         if self.matchers.len() > limits::MAX_MATCHERS {
@@ -223,11 +218,6 @@ fn validate_metric_name(field: &str, name: &str) -> Result<(), ValidationError> 
 impl Scrape {
     fn default_interval() -> HumanDuration {
         HumanDuration::from_secs(10)
-    }
-
-    /// A scrape of `url` every `interval` with the default timeout.
-    pub fn new(url: impl Into<String>, interval: Duration, series: Vec<Series>) -> Self {
-        Self { url: url.into(), interval: HumanDuration(interval), timeout: None, series }
     }
 
     /// The time one scrape may take: `timeout`, by default 2s or `interval` if shorter.
@@ -371,7 +361,7 @@ mod tests {
         assert_eq!(s.series[0].max, Some(0.1));
         assert_eq!(s.series[0].for_scrapes, 2);
         assert_eq!(s.series[1].scale, 1000.0);
-        assert_eq!(s.series[2].rate, Some(MetricRef::family("requests_total")));
+        assert_eq!(s.series[2].rate, Some(MetricRef { family: "requests_total".into(), matchers: BTreeMap::new() }));
         let g = s.series[3].gauge.as_ref().unwrap();
         assert_eq!(g.matchers["code"], "500");
         let back: Scrape = serde_json::from_value(serde_json::to_value(&s).unwrap()).unwrap();
