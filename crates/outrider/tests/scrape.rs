@@ -112,8 +112,9 @@ async fn the_agent_reports_the_error_ratio_it_scrapes_from_the_sidecar() {
         .await;
     assert_eq!(reported, 0.0);
 
-    // Defective: about 0.3, a breach of max 0.1 reported (not restarted: restart is opt-in).
-    f.bind("2.0.0").await;
+    // Defective, upgraded hot (the new generation is the one scraped): about 0.3, a breach
+    // of max 0.1 reported (not restarted: restart is opt-in).
+    f.bind_mode("2.0.0", "hot").await;
     let ratio = error_ratio_within(&f, "2.0.0", 0.2..=0.4).await;
     let d = f
         .eventually(Duration::from_secs(15), "the breach to be reported", async || {
