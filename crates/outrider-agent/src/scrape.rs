@@ -178,7 +178,8 @@ impl Health {
                     (_, Some(max)) => format!("above max {max}"),
                     _ => "out of bounds".to_owned(),
                 };
-                let message = format!("{} = {} {bound} for {} scrapes", s.name, streak.1, streak.0);
+                let scrapes = if streak.0 == 1 { "scrape" } else { "scrapes" };
+                let message = format!("{} = {} {bound} for {} {scrapes}", s.name, streak.1, streak.0);
                 out.push(Breach { index: i, new: grew && streak.0 == s.for_scrapes, message });
             }
         }
@@ -290,6 +291,6 @@ mod tests {
         assert_eq!((b.len(), b[0].new), (1, false), "no value: the breach goes on");
         assert!(h.update(&s, &[Some(0.05)]).is_empty());
         let low = vec![series(serde_json::json!({"name": "rps", "gauge": "g", "min": 1, "for": 1}))];
-        assert_eq!(Health::default().update(&low, &[Some(0.0)])[0].message, "rps = 0 below min 1 for 1 scrapes");
+        assert_eq!(Health::default().update(&low, &[Some(0.0)])[0].message, "rps = 0 below min 1 for 1 scrape");
     }
 }
