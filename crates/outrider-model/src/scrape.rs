@@ -416,5 +416,9 @@ mod tests {
         }
         let dup = r#"{"url":"http://x","series":[{"name":"a","gauge":{"family":"g","match":{"k":"1","k":"2"}}}]}"#;
         assert!(serde_json::from_str::<Scrape>(dup).is_err());
+        for bad in [r#"5"#, r#"["g"]"#, r#"{"match":{}}"#, r#"{"family":"g","match":{"k":1}}"#] {
+            let json = format!(r#"{{"url":"http://x","series":[{{"name":"a","gauge":{bad}}}]}}"#);
+            assert!(serde_json::from_str::<Scrape>(&json).is_err(), "{bad} accepted");
+        }
     }
 }
