@@ -7,7 +7,7 @@ use axum::{Json, Router, extract::State, http::header, response::IntoResponse, r
 use outrider_model::SidecarState;
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{family::Family, gauge::Gauge},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 use serde_json::json;
@@ -19,6 +19,17 @@ use crate::{Runtime, sync::SyncStatus};
 struct SidecarLabels {
     sidecar: String,
     version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SeriesLabels {
+    sidecar: String,
+    series: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScrapeLabels {
+    sidecar: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -63,7 +74,11 @@ fn render(runtime: &dyn Runtime, sync: &SyncStatus) -> String {
     let rss = Family::<SidecarLabels, Gauge>::default();
     let cpu = Family::<SidecarLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
     let state = Family::<StateLabels, Gauge>::default();
+    let series = Family::<SeriesLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
     for s in runtime.status() {
+        for (name, value) in &s.metrics {
+            series.get_or_create(&SeriesLabels { sidecar: s.name.clone(), series: name.clone() }).set(*value);
+        }
         let l = SidecarLabels { sidecar: s.name.clone(), version: s.version.clone() };
         restarts.get_or_create(&l).set(i64::from(s.restarts));
         exits.get_or_create(&l).set(i64::from(s.exits));
@@ -87,6 +102,25 @@ fn render(runtime: &dyn Runtime, sync: &SyncStatus) -> String {
     registry.register("sidecar_resident_memory_bytes", "Resident memory of the sidecar", rss);
     registry.register("sidecar_cpu_percent", "CPU use in percent of one core", cpu);
     registry.register("sidecar_state", "1 for the sidecar's current state", state);
+    registry.register("sidecar_series", "A series derived from the sidecar's own metrics (its scrape setting)", series);
+    let scrapes = Family::<ScrapeLabels, Counter>::default();
+    let failures = Family::<ScrapeLabels, Counter>::default();
+    let breaches = Family::<SeriesLabels, Counter>::default();
+    for c in runtime.scrape_counters() {
+        let l = ScrapeLabels { sidecar: c.sidecar.clone() };
+        scrapes.get_or_create(&l).inc_by(c.scrapes);
+        failures.get_or_create(&l).inc_by(c.failures);
+        for (name, n) in &c.breaches {
+            breaches.get_or_create(&SeriesLabels { sidecar: c.sidecar.clone(), series: name.clone() }).inc_by(*n);
+        }
+    }
+    registry.register("sidecar_scrapes", "Scrapes of the sidecar's own metrics", scrapes);
+    registry.register("sidecar_scrape_failures", "Scrapes of the sidecar's own metrics that failed", failures);
+    registry.register(
+        "sidecar_series_breaches",
+        "Times a derived series stayed out of its bounds for its `for` scrapes",
+        breaches,
+    );
     outrider_promtext::encode(&registry)
 }
 

@@ -12,8 +12,9 @@ pub mod backoff;
 pub mod http;
 pub mod probe;
 pub mod runtime;
+pub mod scrape;
 pub mod secrets;
 pub mod supervisor;
 pub mod sync;
 
-pub use runtime::Runtime;
+pub use runtime::{Runtime, ScrapeCounters};

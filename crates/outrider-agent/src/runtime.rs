@@ -1,7 +1,22 @@
 //! The boundary between the sync layer and whatever runs the sidecars.
 
+use std::collections::BTreeMap;
+
 use outrider_model::{DesiredSidecar, SidecarStatus};
 use tokio::sync::watch;
+
+/// Counters of the scrapes of one sidecar's metrics (its `scrape` setting).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScrapeCounters {
+    /// Sidecar name.
+    pub sidecar: String,
+    /// Scrapes attempted.
+    pub scrapes: u64,
+    /// Scrapes that failed (no answer, not 2xx, too large, malformed).
+    pub failures: u64,
+    /// Breaches of a series' bounds, by series name.
+    pub breaches: BTreeMap<String, u64>,
+}
 
 /// Something that converges sidecars towards a desired set and reports how they are doing:
 /// the process [`Supervisor`](crate::supervisor::Supervisor) on a real host, a simulated
@@ -14,4 +29,8 @@ pub trait Runtime: Send + Sync + 'static {
     fn status(&self) -> Vec<SidecarStatus>;
     /// Bumps whenever a status changes in a way worth reporting (state, version, pid, error).
     fn changes(&self) -> watch::Receiver<u64>;
+    /// The scrape counters of every sidecar that has a `scrape` setting (none by default).
+    fn scrape_counters(&self) -> Vec<ScrapeCounters> {
+        Vec::new()
+    }
 }

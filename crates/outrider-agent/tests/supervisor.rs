@@ -553,3 +553,70 @@ fn the_data_dir_layout_is_created() {
         assert!(Path::new(&h.data_dir()).join(sub).is_dir(), "{sub}");
     }
 }
+
+/// Serves `GET` with the current `body` as Prometheus text; returns its `/metrics` URL.
+async fn metrics_server(body: Arc<std::sync::Mutex<String>>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/metrics", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let text = body.lock().unwrap().clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", text.len());
+                let _ = conn.write_all(format!("{head}{text}").as_bytes()).await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scraped_series_are_reported_and_a_breach_restarts_only_when_asked() {
+    let h = Harness::new("scrape");
+    let body = Arc::new(std::sync::Mutex::new("g 5\n".to_owned()));
+    let url = metrics_server(body.clone()).await;
+    let rt = h.start();
+    let mut d = h.sidecar("scraped", "1.0.0", "sleep 600");
+    d.lifecycle.scrape = Some(
+        serde_json::from_value(serde_json::json!({
+            "url": url, "interval": "1s",
+            "series": [
+                {"name": "g", "gauge": "g", "max": 10, "for": 1, "restart": true},
+                {"name": "g_report_only", "gauge": "g", "max": 10, "for": 1},
+            ]
+        }))
+        .unwrap(),
+    );
+    rt.apply(std::slice::from_ref(&d));
+    let first = running(rt.as_ref(), "scraped").await;
+    let within = Duration::from_secs(10);
+    eventually(rt.as_ref(), "the gauge reported", within, || {
+        status_of(rt.as_ref(), "scraped").filter(|s| s.metrics.get("g") == Some(&5.0) && s.error.is_none())
+    })
+    .await;
+
+    // A malformed exposition: no values, the sidecar untouched.
+    *body.lock().unwrap() = "g{ 5\n".to_owned();
+    let s = eventually(rt.as_ref(), "the metrics left out", within, || {
+        status_of(rt.as_ref(), "scraped").filter(|s| s.metrics.is_empty())
+    })
+    .await;
+    assert_eq!((s.pid, s.restarts, s.state), (first.pid, 0, SidecarState::Running));
+    let counters = rt.scrape_counters();
+    assert!(counters[0].failures >= 1, "{counters:?}");
+
+    // Out of bounds: reported, and restarted because one series asks for it.
+    *body.lock().unwrap() = "g 50\n".to_owned();
+    let s = eventually(rt.as_ref(), "a restart on the breach", within, || {
+        status_of(rt.as_ref(), "scraped").filter(|s| s.restarts >= 1)
+    })
+    .await;
+    assert!(s.error.as_deref().is_some_and(|e| e.contains("g = 50 above max 10")), "{s:?}");
+    assert_ne!(s.pid, first.pid);
+    let counters = rt.scrape_counters();
+    assert!(counters[0].breaches.get("g").is_some_and(|n| *n >= 1), "{counters:?}");
+    rt.stop_all().await;
+}

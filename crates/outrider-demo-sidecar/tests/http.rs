@@ -172,6 +172,47 @@ async fn latency_delays_root_and_shows_in_the_histogram() {
 }
 
 #[tokio::test]
+async fn error_rate_and_latency_are_counted_under_concurrent_load() {
+    let sidecar = Sidecar::with_faults("error-rate=0.3,latency=200ms");
+    let n = 300;
+    let answers = futures_join_all((0..n).map(|_| sidecar.get("/"))).await;
+    let errors = answers.iter().filter(|r| r.as_ref().is_ok_and(|r| r.status() == 500)).count();
+    assert!(answers.iter().all(Result::is_ok), "every request is answered");
+    let (status, body) = sidecar.text("/metrics").await;
+    assert_eq!(status, 200);
+    let samples = outrider_promtext::parse(&body, &outrider_promtext::Limits::default()).unwrap();
+    let value = |name: &str, le: Option<&str>| {
+        samples
+            .iter()
+            .find(|s| s.name == name && s.label("le") == le)
+            .unwrap_or_else(|| panic!("{name} {le:?} missing in:\n{body}"))
+            .value
+    };
+    assert_eq!(value("requests_total", None), f64::from(n));
+    assert_eq!(value("errors_total", None), errors as f64, "errors_total counts the 500s answered");
+    let ratio = errors as f64 / f64::from(n);
+    assert!((0.2..=0.4).contains(&ratio), "error ratio {ratio} far from 0.3");
+    assert_eq!(value("request_duration_seconds_count", None), f64::from(n));
+    assert_eq!(value("request_duration_seconds_bucket", Some("0.128")), 0.0, "every request took 200ms or more");
+    assert_eq!(value("request_duration_seconds_bucket", Some("+Inf")), f64::from(n));
+    assert!(value("request_duration_seconds_sum", None) >= 0.2 * f64::from(n));
+    sidecar.stop().await.unwrap();
+}
+
+/// Runs all `futures` concurrently and returns their outputs in order.
+async fn futures_join_all<F: Future + Send + 'static>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F::Output: Send,
+{
+    let tasks: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await.expect("request task"));
+    }
+    out
+}
+
+#[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish_then_stops_listening() {
     let sidecar = Sidecar::with_faults("latency=500ms");
     let in_flight = tokio::spawn(sidecar.get("/"));

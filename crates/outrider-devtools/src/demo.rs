@@ -1162,6 +1162,7 @@ fn demo_sidecar() -> Sidecar {
             handover: Handover::ListenFds,
             notify_ready: true,
             warm: None,
+            scrape: None,
         },
     }
 }

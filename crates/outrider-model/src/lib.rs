@@ -16,6 +16,7 @@ mod name;
 mod overrides;
 mod placeholder;
 mod plan;
+mod scrape;
 mod service;
 mod sidecar;
 mod tenant;
@@ -41,6 +42,7 @@ pub use plan::{
     Batch, BatchState, Batching, Caps, Cell, ChangeWindow, Counts, FeatureServices, Freeze, Incident, NewFreeze, Phase,
     PhaseSpec, Plan, PlanSpec, PlanState, Selector, Simulation, Verdict, VersionMatch, limits as plan_limits,
 };
+pub use scrape::{Derivation, MetricRef, Quantile, Ratio, Scrape, Series, limits as scrape_limits};
 pub use service::{Priority, ProtectedPeriod, Service, ServiceUpdate};
 pub use sidecar::{Probe, ProbeCheck, Sidecar, UpgradeMode};
 pub use tenant::Tenant;

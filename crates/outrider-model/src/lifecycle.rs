@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{HumanDuration, Probe, ValidationError, validate_name};
+use crate::{HumanDuration, Probe, Scrape, ValidationError, validate_name};
 
 /// How the agent runs a sidecar's processes: health checks, stop, agent-owned sockets, the
 /// hot-upgrade handover and the warm-upgrade actions. A [`crate::Sidecar`] declares it and
@@ -34,6 +34,10 @@ pub struct Lifecycle {
     /// How a warm upgrade takes the instance out of traffic and puts it back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm: Option<Warm>,
+    /// The sidecar's own Prometheus endpoint and the figures the agent derives from it
+    /// (absent: nothing is scraped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scrape: Option<Scrape>,
 }
 
 impl Default for Lifecycle {
@@ -46,6 +50,7 @@ impl Default for Lifecycle {
             handover: Handover::default(),
             notify_ready: false,
             warm: None,
+            scrape: None,
         }
     }
 }
@@ -64,7 +69,10 @@ impl Lifecycle {
         if let Some(p) = &self.liveness_probe {
             p.validate("liveness_probe")?;
         }
-        let Self { sockets, handover, warm, .. } = self;
+        let Self { sockets, handover, warm, scrape, .. } = self;
+        if let Some(s) = scrape {
+            s.validate()?;
+        }
         for (i, s) in sockets.iter().enumerate() {
             validate_name("sockets.name", &s.name)?;
             if sockets[..i].iter().any(|o| o.name == s.name) {

@@ -230,6 +230,19 @@ mod tests {
     }
 
     #[test]
+    fn scrape_sits_at_the_top_level_and_is_validated() {
+        let body = r#"{"name":"a","scrape":{"url":"http://127.0.0.1:${label.port}/metrics","interval":"1s",
+            "series":[{"name":"rps","rate":"requests_total"}]}}"#;
+        let s: Sidecar = serde_json::from_str(body).unwrap();
+        s.validate().unwrap();
+        assert_eq!(s.lifecycle.scrape.as_ref().unwrap().series[0].name, "rps");
+        let bad = body.replace(r#""interval":"1s""#, r#""interval":"1h""#);
+        assert_eq!(serde_json::from_str::<Sidecar>(&bad).unwrap().validate().unwrap_err().field, "scrape.interval");
+        let none: Sidecar = serde_json::from_str(r#"{"name":"a"}"#).unwrap();
+        assert!(!serde_json::to_string(&none).unwrap().contains("scrape"));
+    }
+
+    #[test]
     fn modes_parse_in_kebab_case() {
         assert_eq!("on-deploy".parse::<UpgradeMode>().unwrap(), UpgradeMode::OnDeploy);
         assert!("sideways".parse::<UpgradeMode>().is_err());

@@ -5,8 +5,14 @@
 //! and the text ends with `# EOF`. Served as `text/plain; version=0.0.4`, that is read as a
 //! family `requests` without samples and an untyped `requests_total` without help, which
 //! `promtool check metrics` rejects. [`encode`] writes the same metrics as text 0.0.4.
+//!
+//! [`parse`] reads that format back (bounded), for the agent's scrapes of sidecars.
+
+mod parse;
 
 use prometheus_client::registry::Registry;
+
+pub use parse::{Limits, MAX_BODY, ParseError, Sample, parse};
 
 /// The content type of [`encode`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";

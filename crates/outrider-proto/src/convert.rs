@@ -159,6 +159,103 @@ impl TryFrom<v1::Warm> for m::Warm {
     }
 }
 
+impl From<&m::MetricRef> for v1::MetricRef {
+    fn from(r: &m::MetricRef) -> Self {
+        Self { family: r.family.clone(), matchers: r.matchers.iter().map(|(k, v)| (k.clone(), v.clone())).collect() }
+    }
+}
+
+impl From<v1::MetricRef> for m::MetricRef {
+    fn from(r: v1::MetricRef) -> Self {
+        Self { family: r.family, matchers: r.matchers.into_iter().collect() }
+    }
+}
+
+/// A metric reference the wire must carry.
+fn metric_ref(r: Option<v1::MetricRef>, field: &'static str) -> Result<m::MetricRef, ConvertError> {
+    r.map(Into::into).ok_or(ConvertError { field, message: "missing".into() })
+}
+
+impl From<&m::Series> for v1::ScrapeSeries {
+    fn from(s: &m::Series) -> Self {
+        use v1::scrape_series::Derivation as D;
+        let derivation = s.derivation().map(|d| match d {
+            m::Derivation::Ratio(r) => D::Ratio(v1::ScrapeRatio {
+                numerator: Some((&r.numerator).into()),
+                denominator: Some((&r.denominator).into()),
+            }),
+            m::Derivation::Quantile(q) => {
+                D::Quantile(v1::ScrapeQuantile { histogram: Some((&q.histogram).into()), q: q.q })
+            }
+            m::Derivation::Rate(r) => D::Rate(r.into()),
+            m::Derivation::Gauge(r) => D::Gauge(r.into()),
+        });
+        Self {
+            name: s.name.clone(),
+            derivation,
+            scale: s.scale,
+            min: s.min,
+            max: s.max,
+            for_scrapes: s.for_scrapes,
+            restart: s.restart,
+        }
+    }
+}
+
+impl TryFrom<v1::ScrapeSeries> for m::Series {
+    type Error = ConvertError;
+    fn try_from(s: v1::ScrapeSeries) -> Result<Self, ConvertError> {
+        use v1::scrape_series::Derivation as D;
+        let mut out = m::Series {
+            scale: s.scale,
+            min: s.min,
+            max: s.max,
+            for_scrapes: s.for_scrapes,
+            restart: s.restart,
+            ..m::Series::new(s.name)
+        };
+        match s.derivation {
+            Some(D::Ratio(r)) => {
+                out.ratio = Some(m::Ratio {
+                    numerator: metric_ref(r.numerator, "sidecar.scrape.series.ratio.numerator")?,
+                    denominator: metric_ref(r.denominator, "sidecar.scrape.series.ratio.denominator")?,
+                });
+            }
+            Some(D::Quantile(q)) => {
+                let histogram = metric_ref(q.histogram, "sidecar.scrape.series.quantile.histogram")?;
+                out.quantile = Some(m::Quantile { histogram, q: q.q });
+            }
+            Some(D::Rate(r)) => out.rate = Some(r.into()),
+            Some(D::Gauge(r)) => out.gauge = Some(r.into()),
+            None => return Err(ConvertError { field: "sidecar.scrape.series.derivation", message: "missing".into() }),
+        }
+        Ok(out)
+    }
+}
+
+impl From<&m::Scrape> for v1::Scrape {
+    fn from(s: &m::Scrape) -> Self {
+        Self {
+            url: s.url.clone(),
+            interval_ms: ms(s.interval),
+            timeout_ms: s.timeout.map(ms),
+            series: s.series.iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl TryFrom<v1::Scrape> for m::Scrape {
+    type Error = ConvertError;
+    fn try_from(s: v1::Scrape) -> Result<Self, ConvertError> {
+        Ok(Self {
+            url: s.url,
+            interval: dur(s.interval_ms),
+            timeout: s.timeout_ms.map(dur),
+            series: s.series.into_iter().map(TryInto::try_into).collect::<Result<_, _>>()?,
+        })
+    }
+}
+
 impl From<&m::DesiredSidecar> for v1::DesiredSidecar {
     fn from(d: &m::DesiredSidecar) -> Self {
         let l = &d.lifecycle;
@@ -181,6 +278,7 @@ impl From<&m::DesiredSidecar> for v1::DesiredSidecar {
             handover: Some((&l.handover).into()),
             notify_ready: l.notify_ready,
             warm: l.warm.as_ref().map(Into::into),
+            scrape: l.scrape.as_ref().map(Into::into),
         }
     }
 }
@@ -203,6 +301,7 @@ impl TryFrom<v1::DesiredSidecar> for m::DesiredSidecar {
                 handover: d.handover.map(TryInto::try_into).transpose()?.unwrap_or_default(),
                 notify_ready: d.notify_ready,
                 warm: d.warm.map(TryInto::try_into).transpose()?,
+                scrape: d.scrape.map(TryInto::try_into).transpose()?,
             },
         })
     }
@@ -242,6 +341,21 @@ impl v1::Register {
 mod tests {
     use super::*;
 
+    /// A scrape setting with every kind of series.
+    fn scrape() -> m::Scrape {
+        let json = serde_json::json!({
+            "url": "http://127.0.0.1:${label.port}/metrics", "interval": "1s", "timeout": "500ms",
+            "series": [
+                {"name": "error_ratio", "ratio": {"numerator": "errors_total", "denominator": "requests_total"},
+                 "max": 0.1, "for": 2, "restart": true},
+                {"name": "p99_ms", "quantile": {"histogram": "request_duration_seconds", "q": 0.99}, "scale": 1000},
+                {"name": "rps", "rate": {"family": "requests_total", "match": {"code": "200"}}, "min": 1},
+                {"name": "inflight", "gauge": "requests_in_flight"},
+            ]
+        });
+        serde_json::from_value(json).unwrap()
+    }
+
     #[test]
     fn desired_state_round_trips() {
         let d = m::DesiredState {
@@ -253,6 +367,7 @@ mod tests {
                 lifecycle: m::Lifecycle {
                     startup_probe: Some(m::Probe::http("http://127.0.0.1:${label.port}/healthz")),
                     drain_time: m::HumanDuration::from_secs(3),
+                    scrape: Some(scrape()),
                     ..m::Lifecycle::default()
                 },
                 ..m::testing::desired_sidecar("mesh", "1.0.0")

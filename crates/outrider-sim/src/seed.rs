@@ -112,6 +112,7 @@ pub async fn ensure_sidecar(client: &Client, tenant: &str, name: &str) -> Result
                 undrain: None,
                 wait: outrider_model::HumanDuration::from_secs(1),
             }),
+            scrape: None,
         },
     };
     match client.create_sidecar(tenant, &body).await {

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use outrider_devtools::harness::Fleet;
+use outrider_devtools::harness::{Fleet, demo_sidecar_body};
 
 /// The binary under test.
 const OUTRIDER: &str = env!("CARGO_BIN_EXE_outrider");
@@ -47,7 +47,18 @@ async fn every_metrics_endpoint_passes_promtool() {
     }
     let f = Fleet::new(OUTRIDER, 1);
     f.start_server().await;
-    f.create_catalog(&[f.demo_version("1.0.0", None)]).await;
+    // Scraped by the agent, so that its /metrics has the derived series and their counters.
+    let mut sidecar = demo_sidecar_body();
+    sidecar["scrape"] = serde_json::json!({
+        "url": "http://127.0.0.1:${label.port}/metrics",
+        "interval": "1s",
+        "series": [
+            {"name": "rps", "rate": "requests_total"},
+            // A bound every value breaks, so that the breach counter has a sample.
+            {"name": "inflight", "gauge": "requests_in_flight", "max": -1, "for": 1},
+        ]
+    });
+    f.create_catalog_with(sidecar, &[f.demo_version("1.0.0", None)]).await;
     f.start_agent(0);
     f.bind("1.0.0").await;
     f.eventually(Duration::from_secs(30), "the agent to run demo@1.0.0", async || f.demo(0).await?.running("1.0.0"))
@@ -56,6 +67,25 @@ async fn every_metrics_endpoint_passes_promtool() {
     for _ in 0..3 {
         f.hello(0).await.expect("GET / of the demo sidecar");
     }
+    let agent_metrics = format!("http://127.0.0.1:{}/metrics", f.agents[0].listen);
+    f.eventually(Duration::from_secs(20), "the agent to expose the scraped series", async || {
+        let text = f
+            .http
+            .get(&agent_metrics)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .text()
+            .await
+            .map_err(|e| e.to_string())?;
+        let want = [
+            "outrider_agent_sidecar_series{",
+            "outrider_agent_sidecar_series_breaches_total{",
+            "outrider_agent_sidecar_scrapes_total{",
+        ];
+        if want.iter().all(|w| text.contains(w)) { Ok(()) } else { Err(text) }
+    })
+    .await;
 
     // Which exposes counters, whose names promtool used to reject.
     let endpoints = [

@@ -9,10 +9,28 @@ use std::{
 use outrider_model::SidecarStatus;
 use tokio::sync::watch;
 
+use crate::runtime::ScrapeCounters;
+
 /// Per-sidecar statuses plus a change counter.
 pub(super) struct StatusBoard {
     statuses: Mutex<BTreeMap<String, SidecarStatus>>,
+    counters: Mutex<BTreeMap<String, ScrapeCounters>>,
     changes: watch::Sender<u64>,
+}
+
+/// The outcome of one scrape of a sidecar's metrics.
+#[derive(Debug, Default)]
+pub(super) struct ScrapeReport {
+    /// The derived values (none when the scrape failed).
+    pub metrics: BTreeMap<String, f64>,
+    /// The scrape failed.
+    pub failed: bool,
+    /// The breaches in effect, as the error to show.
+    pub breach: Option<String>,
+    /// The error the scraper showed before, cleared once no breach is in effect.
+    pub shown: Option<String>,
+    /// Series whose breach started with this scrape.
+    pub new_breaches: Vec<String>,
 }
 
 /// The fields whose change is worth reporting upstream at once (not CPU and memory, which
@@ -23,7 +41,11 @@ fn reportable(s: &SidecarStatus) -> impl PartialEq + '_ {
 
 impl StatusBoard {
     pub(super) fn new() -> Self {
-        Self { statuses: Mutex::new(BTreeMap::new()), changes: watch::Sender::new(0) }
+        Self {
+            statuses: Mutex::new(BTreeMap::new()),
+            counters: Mutex::new(BTreeMap::new()),
+            changes: watch::Sender::new(0),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, SidecarStatus>> {
@@ -51,6 +73,10 @@ impl StatusBoard {
                 .or_insert_with(|| SidecarStatus { name: name.to_owned(), ..Default::default() });
             let before = status.clone();
             edit(status);
+            if status.pid != before.pid {
+                // Scraped metrics belong to the process that was scraped.
+                status.metrics.clear();
+            }
             created || reportable(&before) != reportable(status)
         };
         if changed {
@@ -68,8 +94,47 @@ impl StatusBoard {
         }
     }
 
+    /// Records a scrape of `name` if it still runs `pid`: its metrics replace the previous
+    /// ones; a breach shows as the error (the scraper's earlier error is cleared once no
+    /// breach is in effect); counters of failures and breaches go up. Bumps the counter
+    /// only if the error changed.
+    pub(super) fn record_scrape(&self, name: &str, pid: u32, report: ScrapeReport) {
+        let changed = {
+            let mut map = self.lock();
+            let Some(s) = map.get_mut(name).filter(|s| s.pid == Some(pid)) else { return };
+            let before = s.error.clone();
+            s.metrics = report.metrics;
+            match report.breach {
+                Some(b) => s.error = Some(b),
+                None if report.shown.is_some() && s.error == report.shown => s.error = None,
+                None => {}
+            }
+            before != s.error
+        };
+        {
+            let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+            let c = counters.entry(name.to_owned()).or_default();
+            c.scrapes = c.scrapes.saturating_add(1);
+            c.failures = c.failures.saturating_add(u64::from(report.failed));
+            for series in report.new_breaches {
+                let n = c.breaches.entry(series).or_default();
+                *n = n.saturating_add(1);
+            }
+        }
+        if changed {
+            self.bump();
+        }
+    }
+
+    /// The scrape counters of every sidecar, sorted by name.
+    pub(super) fn scrape_counters(&self) -> Vec<ScrapeCounters> {
+        let counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        counters.iter().map(|(name, c)| ScrapeCounters { sidecar: name.clone(), ..c.clone() }).collect()
+    }
+
     /// Forgets `name` (it was stopped and removed).
     pub(super) fn remove(&self, name: &str) {
+        self.counters.lock().unwrap_or_else(PoisonError::into_inner).remove(name);
         if self.lock().remove(name).is_some() {
             self.bump();
         }

@@ -30,6 +30,7 @@ mod notify;
 mod process;
 mod record;
 mod resolve;
+mod scraper;
 mod sockets;
 mod stats;
 
@@ -288,6 +289,10 @@ impl Runtime for Supervisor {
 
     fn changes(&self) -> watch::Receiver<u64> {
         self.shared.board.subscribe()
+    }
+
+    fn scrape_counters(&self) -> Vec<crate::ScrapeCounters> {
+        self.shared.board.scrape_counters()
     }
 }
 

@@ -30,8 +30,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// `POST /sidecars` body of the demo sidecar: an agent-owned socket on `${label.port}`
-/// (hot upgrades by `LISTEN_FDS`), readiness by `NOTIFY_SOCKET`, short probes.
-fn demo_sidecar_body() -> Value {
+/// (hot upgrades by `LISTEN_FDS`), readiness by `NOTIFY_SOCKET`, short probes. Tests that
+/// need other settings add them and pass it to [`Fleet::create_catalog_with`].
+pub fn demo_sidecar_body() -> Value {
     json!({
         "name": "demo",
         "upgrade_modes": ["restart", "hot", "on-deploy"],

@@ -7,7 +7,9 @@ use std::io::{ErrorKind, Write};
 use anyhow::Context;
 use comfy_table::{ContentArrangement, Table, presets};
 use outrider_client::Distribution;
-use outrider_model::{Binding, Event, Instance, Probe, ProbeCheck, Service, Sidecar, SidecarStatus, Tenant, Version};
+use outrider_model::{
+    Binding, Event, Instance, Probe, ProbeCheck, Scrape, Service, Sidecar, SidecarStatus, Tenant, Version,
+};
 use serde::Serialize;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
@@ -168,7 +170,15 @@ pub(super) fn sidecar(s: &Sidecar) -> Table {
         ("startup probe", probe(s.lifecycle.startup_probe.as_ref())),
         ("liveness probe", probe(s.lifecycle.liveness_probe.as_ref())),
         ("metrics", or_dash(s.metrics.join(", "))),
+        ("scraped", scrape(s.lifecycle.scrape.as_ref())),
     ])
+}
+
+/// `http://…/metrics every 5s: error_ratio, rps`.
+fn scrape(s: Option<&Scrape>) -> String {
+    let Some(s) = s else { return "-".to_owned() };
+    let series = s.series.iter().map(|x| x.name.as_str()).collect::<Vec<_>>().join(", ");
+    format!("{} every {}: {series}", s.url, s.interval)
 }
 
 pub(super) fn versions(versions: &[Version]) -> Table {
@@ -260,10 +270,15 @@ pub(super) fn bindings(bindings: &[Binding]) -> Table {
     t
 }
 
-/// One sidecar on an instance: `mesh@1.2.0 running pid=42 restarts=1`.
+/// One sidecar on an instance: `mesh@1.2.0 running pid=42 restarts=1`, then its scraped
+/// series (`error_ratio=0.012`).
 pub(super) fn sidecar_status(s: &SidecarStatus) -> String {
     let pid = s.pid.map_or_else(|| "-".to_owned(), |p| p.to_string());
-    format!("{}@{} {} pid={pid} restarts={}", s.name, s.version, s.state, s.restarts)
+    let mut line = format!("{}@{} {} pid={pid} restarts={}", s.name, s.version, s.state, s.restarts);
+    for (name, value) in &s.metrics {
+        line.push_str(&format!(" {name}={value:.3}"));
+    }
+    line
 }
 
 pub(super) fn instances(instances: &[Instance]) -> Table {

@@ -185,6 +185,8 @@ impl Actor {
         new.ready = true;
         new.next_probe_at = Instant::now() + new.liveness.as_ref().map_or(Duration::ZERO, |l| l.period);
         let Some(mut old) = self.current.take() else { return Flow::Continue };
+        // From now on the new generation is the one scraped.
+        old.scraper = None;
         tracing::info!(sidecar = %self.name, version = %d.version, pid = new.process.pid(), old_pid = old.process.pid(),
             "hot upgrade: the new version is ready; the old one drains");
         match stop {

@@ -42,7 +42,8 @@ use super::{
     notify::NotifySocket,
     process::{self, Process, SpawnSpec},
     record::{Record, Successor},
-    resolve::{Identity, Resolved, ResolvedProbe, resolve},
+    resolve::{Identity, Resolved, ResolvedProbe, expand_setting, resolve},
+    scraper::Scraper,
     sockets::SocketSet,
 };
 
@@ -138,6 +139,8 @@ pub(super) fn spawn_adopted(shared: Arc<Shared>, record: Record, group_leader: b
         liveness_failures: 0,
         notify: None,
         ready_deadline: now,
+        scraper: None,
+        scrape_started: false,
     };
     shared.board.update(&record.name, |s| {
         s.version.clone_from(&record.version);
@@ -214,6 +217,10 @@ struct Current {
     notify: Option<NotifySocket>,
     /// Until when it may take to become ready.
     ready_deadline: Instant,
+    /// Scrapes its metrics once it is ready (the `scrape` setting).
+    scraper: Option<Scraper>,
+    /// The scraper was started, or cannot be.
+    scrape_started: bool,
 }
 
 /// How waiting for a new process to become ready ended.
@@ -251,6 +258,8 @@ impl Current {
             liveness_failures: 0,
             notify,
             ready_deadline,
+            scraper: None,
+            scrape_started: false,
         }
     }
 
@@ -329,6 +338,14 @@ async fn run_probe(probe: Option<&ResolvedProbe>, at: Instant) -> Result<(), Pro
     crate::probe::run(p.check(), p.timeout).await
 }
 
+/// The next restart a scraper asks for; never resolves without one.
+async fn scrape_restart(scraper: Option<&mut Scraper>) -> String {
+    match scraper {
+        Some(s) => s.restart_requested().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => sleep_until(at).await,
@@ -341,6 +358,8 @@ enum Event {
     Exited(String),
     Probe(Result<(), ProbeError>),
     Stable,
+    /// A series with `restart: true` breached its bounds.
+    Breach(String),
 }
 
 struct Actor {
@@ -480,6 +499,11 @@ impl Actor {
                     tracing::warn!(sidecar = %self.name, error = %e, "cannot expand the new probes; keeping the old ones")
                 }
             }
+        }
+        if cur.desired.lifecycle.scrape != d.lifecycle.scrape {
+            // Scraped again with the new setting from the next supervision on.
+            cur.scraper = None;
+            cur.scrape_started = false;
         }
         cur.desired = d;
     }
@@ -719,14 +743,20 @@ impl Actor {
                 }
                 continue;
             }
+            if !cur.scrape_started {
+                self.start_scraper();
+            }
+            let Some(cur) = self.current.as_mut() else { return Flow::Continue };
             let probe = cur.liveness.as_ref();
             let probe_at = cur.next_probe_at;
             let stable_at = (cur.ready && !cur.stable).then(|| cur.spawned_at + stable_after);
+            let scraping = cur.scraper.is_some();
             let event = tokio::select! {
                 biased;
                 r = self.rx.changed() => return on_changed(r),
                 how = cur.process.wait() => Event::Exited(how),
                 res = run_probe(probe, probe_at), if probe.is_some() => Event::Probe(res),
+                why = scrape_restart(cur.scraper.as_mut()), if scraping => Event::Breach(why),
                 () = sleep_until_opt(stable_at), if stable_at.is_some() => Event::Stable,
                 () = sleep_until_opt(wake_at), if wake_at.is_some() => return Flow::Continue,
             };
@@ -741,7 +771,31 @@ impl Actor {
                     }
                 }
                 Event::Stable => self.on_stable(),
+                Event::Breach(why) => {
+                    if let Some(cur) = self.current.as_mut() {
+                        tracing::warn!(sidecar = %self.name, version = %cur.desired.version, error = %why,
+                            "the sidecar breached a bound set to restart it; killing it");
+                        cur.process.kill().await;
+                    }
+                    self.on_exit(format!("{why}; killed (restart: true)")).await;
+                    return Flow::Continue;
+                }
             }
+        }
+    }
+
+    /// Starts scraping the ready current process if its sidecar has a `scrape` setting.
+    fn start_scraper(&mut self) {
+        let shared = self.shared.clone();
+        let Some(cur) = self.current.as_mut() else { return };
+        cur.scrape_started = true;
+        let Some(setting) = cur.desired.lifecycle.scrape.clone() else { return };
+        match expand_setting(&identity(&shared), "scrape.url", &setting.url) {
+            Ok(url) => {
+                let board = shared.board.clone();
+                cur.scraper = Some(Scraper::start(board, self.name.clone(), cur.process.pid(), url, setting));
+            }
+            Err(e) => tracing::warn!(sidecar = %self.name, error = %e, "the sidecar's metrics are not scraped"),
         }
     }
 
