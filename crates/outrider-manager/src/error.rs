@@ -128,6 +128,15 @@ impl From<StoreError> for Error {
 /// Why a manager could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The Prometheus server's URL is refused.
+    #[error("cannot use the Prometheus server {url}")]
+    Prometheus {
+        /// The URL given.
+        url: String,
+        /// Why.
+        #[source]
+        source: outrider_prometheus::Error,
+    },
     /// The data directory cannot be created.
     #[error("cannot create data dir {path}")]
     DataDir {

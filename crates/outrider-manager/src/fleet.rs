@@ -410,10 +410,17 @@ impl Fleet {
 
     /// Calls `f` with the history of `instance`, if it keeps one.
     pub fn with_history(&self, tenant: &str, instance: &str, f: &mut dyn FnMut(&History)) {
+        self.with_history_or_none(tenant, instance, &mut |h| {
+            if let Some(h) = h {
+                f(h);
+            }
+        });
+    }
+
+    /// Calls `f` once with the history of `instance`, or `None` when it keeps none.
+    pub fn with_history_or_none(&self, tenant: &str, instance: &str, f: &mut dyn FnMut(Option<&History>)) {
         let g = self.lock();
-        if let Some(h) = g.instances.get(tenant).and_then(|m| m.get(instance)).and_then(|e| e.history.as_deref()) {
-            f(h);
-        }
+        f(g.instances.get(tenant).and_then(|m| m.get(instance)).and_then(|e| e.history.as_deref()));
     }
 
     /// When `instance` last deployed, as this manager saw it.

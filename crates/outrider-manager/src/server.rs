@@ -34,6 +34,9 @@ use crate::{
 /// How long shutdown waits for open connections before closing them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+/// How long one analysis query may take.
+const PROMETHEUS_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How to run a manager.
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
@@ -43,13 +46,16 @@ pub struct ManagerConfig {
     pub listen: SocketAddr,
     /// When instances whose agent went away are `gone`, and when they are removed.
     pub instances: InstanceRetention,
+    /// The Prometheus server the plans' analysis queries run on (none: plans with queries
+    /// cannot pass their batches).
+    pub prometheus: Option<String>,
 }
 
 impl ManagerConfig {
     /// A manager with its data in `data_dir`, listening on `listen`, with the default
     /// instance retention.
     pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
-        Self { data_dir: data_dir.into(), listen, instances: InstanceRetention::default() }
+        Self { data_dir: data_dir.into(), listen, instances: InstanceRetention::default(), prometheus: None }
     }
 }
 
@@ -239,6 +245,13 @@ pub async fn start_with(
     ensure_default_tenant(&repo).await?;
     let auth = Auth::bootstrap(&repo, &config.data_dir).await?;
     restrict_files(&config.data_dir)?;
+    let prometheus = match &config.prometheus {
+        Some(url) => Some(
+            outrider_prometheus::Client::new(url, PROMETHEUS_TIMEOUT)
+                .map_err(|source| StartError::Prometheus { url: url.clone(), source })?,
+        ),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::default());
     let fleet = Arc::new(Fleet::new(metrics.clone(), clock.clone()));
     let records = store.range(keys::INSTANCES).await?;
@@ -268,6 +281,7 @@ pub async fn start_with(
                 clock,
                 wake,
                 metrics: state.metrics.clone(),
+                prometheus,
             }
             .run(cancel.clone()),
         ),

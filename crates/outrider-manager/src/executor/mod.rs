@@ -10,6 +10,7 @@
 //! the catalog or the freezes), or — while a batch is in flight — new reports from its
 //! instances. A plan waiting on a window costs nothing until the window opens.
 
+mod queries;
 mod view;
 
 use std::{
@@ -70,6 +71,8 @@ pub struct Executor {
     pub wake: Arc<Notify>,
     /// Steps and commits are counted here.
     pub metrics: Arc<Metrics>,
+    /// Where the plans' analysis queries run (`--prometheus`).
+    pub prometheus: Option<outrider_prometheus::Client>,
 }
 
 /// A plan the executor follows.
@@ -179,8 +182,23 @@ impl Executor {
         Ok(())
     }
 
+    /// What a step that judges batches needs from Prometheus, read before the step.
+    async fn fetch_queries(&self, t: &Tracked, now: OffsetDateTime) -> Option<queries::Fetched> {
+        let batches = reconcile::due_for_judgment(&t.plan, now);
+        if batches.is_empty() {
+            return None;
+        }
+        let judging = {
+            let catalog = self.catalog.read().unwrap_or_else(|p| p.into_inner());
+            let sidecar = catalog.tenant(&t.tenant).and_then(|tc| tc.sidecar(&t.plan.sidecar));
+            reconcile::judging(&t.plan, sidecar)
+        };
+        queries::fetch(self.prometheus.as_ref(), &self.fleet, &t.tenant, &t.plan, &judging, &batches, now).await
+    }
+
     /// One step of the plan at `key`, committed.
     async fn step(&self, key: &str, t: &mut Tracked, now: OffsetDateTime) {
+        let external = self.fetch_queries(t, now).await;
         let step = {
             let catalog = self.catalog.read().unwrap_or_else(|p| p.into_inner());
             // A step reads a view at least as new as the plan's last write (its overrides and
@@ -193,7 +211,7 @@ impl Executor {
                 t.due = None;
                 return;
             };
-            let view = TenantView { tenant: &t.tenant, catalog: tc, fleet: &self.fleet };
+            let view = TenantView { tenant: &t.tenant, catalog: tc, fleet: &self.fleet, external: external.as_ref() };
             reconcile::reconcile(&t.plan, &view, now)
         };
         self.metrics.executor_steps.inc();

@@ -5,6 +5,7 @@ use outrider_model::{Binding, CellTarget, Freeze, Instance, Override, Service, S
 use outrider_rollout::reconcile::{CellRef, View};
 use time::OffsetDateTime;
 
+use super::queries::Fetched;
 use crate::{catalog::TenantCatalog, fleet::Fleet};
 
 /// The reconciler's [`View`] of one tenant.
@@ -15,6 +16,8 @@ pub struct TenantView<'a> {
     pub catalog: &'a TenantCatalog,
     /// The live fleet.
     pub fleet: &'a Fleet,
+    /// What the plan's Prometheus queries returned for this step, if it runs any.
+    pub external: Option<&'a Fetched>,
 }
 
 impl View for TenantView<'_> {
@@ -82,7 +85,20 @@ impl View for TenantView<'_> {
         to: OffsetDateTime,
         f: &mut dyn FnMut(OffsetDateTime, &str, f64),
     ) {
-        self.fleet.with_history(self.tenant, instance, &mut |h| h.samples(sidecar, metric, from, to, f));
+        let queried = self.external.and_then(|e| e.samples.get(&(instance.to_owned(), metric.to_owned())));
+        match queried {
+            // Prometheus's points, with the version the agent reported at that time.
+            Some(points) => self.fleet.with_history_or_none(self.tenant, instance, &mut |h| {
+                for &(at, value) in points.iter().filter(|(at, _)| *at >= from && *at <= to) {
+                    f(at, h.and_then(|h| h.version_at(sidecar, at)).unwrap_or(""), value);
+                }
+            }),
+            None => self.fleet.with_history(self.tenant, instance, &mut |h| h.samples(sidecar, metric, from, to, f)),
+        }
+    }
+
+    fn unreadable(&self, metric: &str) -> Option<&str> {
+        self.external.and_then(|e| e.errors.get(metric)).map(String::as_str)
     }
 
     fn deployed_at(&self, instance: &str) -> Option<OffsetDateTime> {

@@ -19,7 +19,7 @@ use std::{
 
 use outrider_analysis::{BatchVerdict, Outcome, Test};
 use outrider_model::{
-    AnalysisSpec, BatchAnalysis, BatchState, Binding, CellTarget, Freeze, Incident, Instance, Override, Plan,
+    AnalysisSpec, BatchAnalysis, BatchState, Binding, CellTarget, Freeze, Incident, Instance, Judging, Override, Plan,
     PlanState, Service, Sidecar, SidecarState, SidecarStatus, UpgradeMode, Verdict, Version, VersionMatch,
 };
 use time::OffsetDateTime;
@@ -72,6 +72,12 @@ pub trait View {
     );
     /// When `instance` last deployed (registered first, or with a new deploy id), if known.
     fn deployed_at(&self, instance: &str) -> Option<OffsetDateTime>;
+    /// Why the samples of `metric` could not be read this time (its Prometheus query failed),
+    /// if they could not: the judge then cannot pass the batch on the others alone.
+    fn unreadable(&self, metric: &str) -> Option<&str> {
+        let _ = metric;
+        None
+    }
 }
 
 /// An event a step records, about its plan.
@@ -192,6 +198,32 @@ pub fn approve(plan: &mut Plan, now: OffsetDateTime) {
             b.finished_at.get_or_insert(now);
         }
     }
+}
+
+/// The settings `plan`'s batches are judged with, from its body and its `sidecar`.
+pub fn judging(plan: &Plan, sidecar: Option<&Sidecar>) -> Judging {
+    AnalysisSpec::resolve(
+        plan.spec.analysis.as_ref(),
+        sidecar.and_then(|s| s.analysis.as_ref()),
+        sidecar.map_or(&[][..], |s| &s.metrics),
+    )
+}
+
+/// The batches of `plan` whose bake is over at `now` and that a step would judge on metrics:
+/// (phase, batch). The caller reads what the judge needs from slow sources (Prometheus) for
+/// these before the step.
+pub fn due_for_judgment(plan: &Plan, now: OffsetDateTime) -> Vec<(usize, usize)> {
+    if !is_live(plan.state) || plan.rolling_back {
+        return Vec::new();
+    }
+    let pi = plan.cursor_phase as usize;
+    let Some(phase) = plan.phases.get(pi) else { return Vec::new() };
+    let baked = |b: &outrider_model::Batch| {
+        b.state == BatchState::Baking
+            && b.verdict.is_none()
+            && b.applied_at.is_none_or(|t| now - t >= bake_of(b, phase.bake.0))
+    };
+    phase.batches.iter().enumerate().filter(|(_, b)| baked(b)).map(|(bi, _)| (pi, bi)).collect()
 }
 
 /// The services whose instances a live plan may judge soon: those of its current phase and the
@@ -456,12 +488,7 @@ impl Stepper<'_> {
     /// and the bake is extended, a bounded number of times, before the plan blocks for a human.
     fn judge_metrics(&mut self, pi: usize, bi: usize, members: &[(&str, &str, &Override)], reached: usize) {
         let plan = &self.plan;
-        let sidecar = self.view.sidecar(&plan.sidecar);
-        let judging = AnalysisSpec::resolve(
-            plan.spec.analysis.as_ref(),
-            sidecar.and_then(|s| s.analysis.as_ref()),
-            sidecar.map_or(&[][..], |s| &s.metrics),
-        );
+        let judging = judging(plan, self.view.sidecar(&plan.sidecar));
         let phase = &plan.phases[pi];
         let b = &phase.batches[bi];
         let phase_name = phase.name.clone();
@@ -489,7 +516,19 @@ impl Stepper<'_> {
         let canaries: Vec<evidence::Canary<'_>> =
             members.iter().map(|&(service, id, record)| evidence::Canary { service, id, record }).collect();
         let samples = evidence::gather(self.view, &judging, &window, &canaries);
-        let verdict = outrider_analysis::analyze(&samples, &judging.policy);
+        let mut verdict = outrider_analysis::analyze(&samples, &judging.policy);
+        // A metric whose source could not be read leaves the batch undecided unless another
+        // metric already fails it.
+        let unread: Vec<String> = judging
+            .policy
+            .metrics
+            .iter()
+            .filter_map(|m| self.view.unreadable(&m.metric).map(|why| format!("{}: {why}", m.metric)))
+            .collect();
+        if !unread.is_empty() && verdict.outcome == Outcome::Pass {
+            verdict.outcome = Outcome::Inconclusive;
+            verdict.reason = format!("cannot read {}", unread.join("; "));
+        }
         let summary = BatchAnalysis::of(&verdict);
         let extensions = b.extensions;
         match verdict.outcome {

@@ -24,6 +24,9 @@ pub struct ServerArgs {
     /// Events kept per tenant; older ones are deleted (`since` cursors keep working).
     #[arg(long, env = "OUTRIDER_EVENT_RETENTION", default_value_t = 100_000)]
     pub event_retention: usize,
+    /// The Prometheus server (`http://host:9090`) that plans' analysis queries run on.
+    #[arg(long, env = "OUTRIDER_PROMETHEUS")]
+    pub prometheus: Option<String>,
 }
 
 /// Completes on the first SIGINT or SIGTERM.
@@ -45,7 +48,11 @@ pub async fn shutdown_signal() {
 /// Runs the manager.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let instances = InstanceRetention { ttl: args.instance_ttl.0, keep_gone: args.instance_retention.0 };
-    let config = ManagerConfig { instances, ..ManagerConfig::new(args.data_dir.clone(), args.listen) };
+    let config = ManagerConfig {
+        instances,
+        prometheus: args.prometheus.clone(),
+        ..ManagerConfig::new(args.data_dir.clone(), args.listen)
+    };
     let retention = Retention { events_per_tenant: args.event_retention.max(1), ..Retention::default() };
     let tuning = Tuning { retention, ..Tuning::default() };
     let manager = outrider_manager::start_with(config, Arc::new(SystemClock), tuning).await?;
