@@ -525,9 +525,10 @@ impl Stepper<'_> {
             .iter()
             .filter_map(|m| self.view.unreadable(&m.metric).map(|why| format!("{}: {why}", m.metric)))
             .collect();
-        if !unread.is_empty() && verdict.outcome == Outcome::Pass {
+        // A metric that could not be read never lets the batch pass; what was read may fail it.
+        if !unread.is_empty() && verdict.outcome != Outcome::Fail {
             verdict.outcome = Outcome::Inconclusive;
-            verdict.reason = format!("cannot read {}", unread.join("; "));
+            verdict.reason = format!("cannot read {}; the rest: {}", unread.join("; "), verdict.reason);
         }
         let summary = BatchAnalysis::of(&verdict);
         let extensions = b.extensions;
