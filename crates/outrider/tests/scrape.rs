@@ -1,7 +1,8 @@
 //! The agent scrapes the demo sidecar's own metrics (the sidecar's `scrape` setting) while
 //! real requests flow, and reports the derived error ratio: about 0.3 for a version with
 //! `DEMO_FAULT=error-rate=0.3`, 0 for a healthy one, in its local status, on its
-//! `/metrics` and through the manager's `GET /instances`.
+//! `/metrics` and through the manager's `GET /instances`; a real Prometheus scraping the agent
+//! and the sidecar reads the same ratio.
 
 use std::{
     sync::{
@@ -11,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use outrider_devtools::harness::{Fleet, demo_sidecar_body};
+use outrider_devtools::harness::{Fleet, Prometheus, demo_sidecar_body, prometheus_or_skip};
 use serde_json::{Value, json};
 
 /// The binary under test.
@@ -141,6 +142,38 @@ async fn the_agent_reports_the_error_ratio_it_scrapes_from_the_sidecar() {
         text.contains("outrider_agent_sidecar_series_breaches_total{sidecar=\"demo\",series=\"error_ratio\"} "),
         "{text}"
     );
+
+    // A real Prometheus scraping the agent and the sidecar sees the same.
+    if let Some(binary) = prometheus_or_skip() {
+        let targets = [format!("127.0.0.1:{}", f.agents[0].listen), format!("127.0.0.1:{}", f.agents[0].sidecar_port)];
+        let mut prometheus = Prometheus::start(&binary, &targets, Duration::from_secs(20)).await.expect("prometheus");
+        if let Err(e) = prometheus.wait_targets_up(Duration::from_secs(15)).await {
+            let targets = f.http.get(format!("{}/api/v1/targets", prometheus.url())).send().await;
+            let targets = match targets {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(e) => e.to_string(),
+            };
+            panic!("the agent and the sidecar are not scraped: {e}: {targets}");
+        }
+        let prom = prometheus.client();
+        for query in [
+            r#"outrider_agent_sidecar_series{sidecar="demo",series="error_ratio"}"#,
+            "sum(rate(errors_total[4s])) / sum(rate(requests_total[4s]))",
+        ] {
+            let value = f
+                .eventually(Duration::from_secs(20), query, async || {
+                    let samples =
+                        prom.query(query, time::OffsetDateTime::now_utc()).await.map_err(|e| e.to_string())?;
+                    match samples.as_slice() {
+                        [s] if (0.2..=0.4).contains(&s.value) => Ok(s.value),
+                        other => Err(format!("{other:?}")),
+                    }
+                })
+                .await;
+            eprintln!("{query} in Prometheus: {value}");
+        }
+        prometheus.stop().await;
+    }
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
