@@ -495,6 +495,14 @@ fn print_intro(demo: &Demo, keep: bool) {
         println!(
             "phase {gray} on the canary instance (bake {gray_bake}), then phase {full} on the others (bake {full_bake})."
         );
+        println!(
+            "Each batch is judged on the figures the agents report every {REPORT_INTERVAL} (CPU, memory, and the error \
+             ratio and p99 latency"
+        );
+        println!(
+            "they scrape from the sidecars' /metrics under the demo's load of a request every {} ms per sidecar).",
+            PROBE_EVERY.as_millis()
+        );
     }
     let fate = if keep { "kept: --keep" } else { "removed at the end; --keep keeps it" };
     println!("work dir: {} ({fate})", demo.root.display());

@@ -182,7 +182,7 @@ mod tests {
                 tokio::spawn(async move {
                     let mut buf = [0u8; 4096];
                     let _ = conn.read(&mut buf).await;
-                    let (status, body) = if n % error_every == 0 {
+                    let (status, body) = if n.is_multiple_of(error_every) {
                         ("500 Internal Server Error", r#"{"error":"injected"}"#)
                     } else {
                         ("200 OK", r#"{"service":"demo","version":"1.2.0","pid":7}"#)
