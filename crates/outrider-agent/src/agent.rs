@@ -36,6 +36,8 @@ pub struct AgentConfig {
     pub deploy_id: String,
     /// Local HTTP endpoint.
     pub listen: Option<SocketAddr>,
+    /// Status reports on change and at least this often (`outrider agent` defaults to 5 s).
+    pub report_interval: std::time::Duration,
 }
 
 /// Why the agent could not start.
@@ -124,7 +126,7 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> Result<(), A
     );
     sync_config.deploy_id = config.deploy_id.clone();
     sync_config.state_dir = Some(config.data_dir.clone());
-    sync_config.report_interval = std::time::Duration::from_secs(5);
+    sync_config.report_interval = config.report_interval;
     sync::run(sync_config, channel, runtime, status_tx, cancel).await;
     Ok(())
 }

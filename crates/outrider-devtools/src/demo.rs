@@ -2,15 +2,23 @@
 //!
 //! 1. starts `outrider server` on a temporary directory and a free loopback port;
 //! 2. registers the demo sidecar (`outrider-demo-sidecar`, found next to this binary) with
-//!    versions 1.0.0, 1.1.0 (healthy) and 1.2.0 (defective: `DEMO_FAULT=crash-after=1s`), all
-//!    admitted, and binds service `checkout` to 1.0.0;
-//! 3. starts three `outrider agent` processes (instances `i-1`…`i-3`; `i-1` is the canary) and
-//!    waits until each reports the sidecar running, then asks each sidecar `GET /`;
+//!    versions 1.0.0, 1.1.0 (healthy) and 1.2.0 (defective: `DEMO_FAULT=crash-after=1s`, or
+//!    with `--defect errors` `DEMO_FAULT=error-rate=0.1`), all admitted, and binds service
+//!    `checkout` to 1.0.0. The sidecar's `scrape` setting makes the agents derive
+//!    `error_ratio` (errors/requests) and `latency_p99_ms` from its own `/metrics` every
+//!    second;
+//! 3. starts three `outrider agent` processes (instances `i-1`…`i-3`; `i-1` is the canary;
+//!    `--report-interval 1s`, so that the judge gets a sample a second) and waits until each
+//!    reports the sidecar running, then asks each sidecar `GET /`;
 //! 4. creates a two-phase upgrade plan (`gray` on the canary instance, then `full`) to 1.1.0
 //!    and follows it: every batch's states, the plan's states, every instance's move as the
-//!    manager sees it, while probing each sidecar every few milliseconds; then prints the
-//!    plan's counts, blast radius and events. With `--defect` the plan targets 1.2.0 instead:
-//!    the sidecar crashes on the canary, the plan blocks itself with an incident before the
+//!    manager sees it, while loading each sidecar with a `GET /` every few milliseconds
+//!    (`load.rs`); then prints the plan's counts, blast radius and events. Each batch is
+//!    judged on metrics (the built-in ones: CPU, memory, error ratio, p99 latency), the
+//!    canary against the instances not upgraded, the others against their own values
+//!    before. With `--defect` the plan targets 1.2.0 instead: the sidecar crashes on the
+//!    canary (or, `--defect errors`, fails a tenth of its requests), the plan blocks itself
+//!    with an incident (for errors: the error ratio, its test, p-value and effect) before the
 //!    `full` phase touches anything, and the demo rolls it back;
 //! 5. disables the binding (the agents stop their sidecars cleanly), stops the agents and the
 //!    manager, removes the temporary directory and prints a summary.
@@ -31,18 +39,21 @@ use std::{
 use anyhow::{Context, anyhow, bail};
 use outrider_client::{Client, EventQuery, FollowOptions, InstanceFilter, PlanAction, PlanFollower, PlanUpdate};
 use outrider_model::{
-    AnalysisSpec, Artifact, Batch, BatchState, Batching, Binding, Caps, FeatureServices, Handover, HumanDuration,
-    Instance, Lifecycle, ListenSocket, NewVersion, PhaseSpec, Plan, PlanSpec, PlanState, Priority, Probe, Selector,
-    Service, Sidecar, SidecarState, SidecarStatus, UpgradeMode,
+    AnalysisSpec, Artifact, Batch, BatchAnalysis, BatchState, Batching, Binding, Caps, Comparison, FeatureServices,
+    Handover, HumanDuration, Incident, Instance, Lifecycle, ListenSocket, MetricPolicy, MetricRef, NewVersion,
+    PhaseSpec, Plan, PlanSpec, PlanState, Priority, Probe, Quantile, Ratio, Scrape, Selector, Series, Service, Side,
+    Sidecar, SidecarState, SidecarStatus, UpgradeMode,
 };
 use serde::Serialize;
 use time::OffsetDateTime;
-use tokio_util::sync::{CancellationToken, DropGuard};
 
+use self::load::{Load, LoadStats};
 use crate::harness::{
     self as local, AgentFlags, Child, Ended, Hello, Interrupted, PROCESS_GRACE, fetch_hello, free_ports, interrupt,
     kill_leftover_sidecars, processes_running_from,
 };
+
+mod load;
 
 /// Tenant everything is created in.
 const TENANT: &str = outrider_model::DEFAULT_TENANT;
@@ -54,20 +65,35 @@ const SERVICE: &str = "checkout";
 const OLD: &str = "1.0.0";
 /// The healthy release the plan moves them to.
 const NEW: &str = "1.1.0";
-/// The defective release (`--defect`): it crashes a second after it starts.
+/// The defective release (`--defect`): it crashes a second after it starts, or fails some
+/// of its requests ([`Defect`]).
 const BAD: &str = "1.2.0";
-/// The fault [`BAD`] sets (`DEMO_FAULT`).
-const BAD_FAULT: &str = "crash-after=1s";
 /// Drain time of the sidecar (SIGTERM to SIGKILL).
 const DRAIN: Duration = Duration::from_secs(2);
 
 /// The plan's phases: name, stage (`all`: every instance an earlier phase did not take),
 /// batching, bake time, upgrade mode (`hot` on the canary: the new process starts beside
 /// the old one on the agent-owned socket; `restart` for the rest, to show the difference).
+/// The bakes are long enough for the judge's [`MIN_SAMPLES`] at one report a second: the
+/// canary's first report on the new version has no error ratio yet (a ratio needs two scrapes
+/// of the same process).
 const PHASES: [(&str, &str, Batching, HumanDuration, UpgradeMode); 2] = [
-    ("gray", "canary", Batching::Exponential { start: 1, factor: 2 }, HumanDuration::from_secs(3), UpgradeMode::Hot),
-    ("full", "all", Batching::Linear { size: 1 }, HumanDuration::from_secs(2), UpgradeMode::Restart),
+    ("gray", "canary", Batching::Exponential { start: 1, factor: 2 }, HumanDuration::from_secs(6), UpgradeMode::Hot),
+    ("full", "all", Batching::Linear { size: 1 }, HumanDuration::from_secs(5), UpgradeMode::Restart),
 ];
+/// How often each agent reports (`--report-interval`): every report is a sample of the judge.
+const REPORT_INTERVAL: &str = "1s";
+/// How often the agents scrape the sidecars' `/metrics` (the shortest a scrape setting allows).
+const SCRAPE_INTERVAL: HumanDuration = HumanDuration::from_secs(1);
+/// Least samples per side of a comparison: a 6 s bake at a report a second gives the canary
+/// about five (the default of 8 fits bakes of minutes).
+const MIN_SAMPLES: usize = 4;
+/// Bake extensions of an inconclusive batch before the plan blocks for a human.
+const MAX_EXTENSIONS: u32 = 2;
+/// The least rise of `latency_p99_ms` that counts (besides the built-in +25 %): the demo
+/// sidecar answers in well under a millisecond, and a busy machine makes a fresh process's
+/// first seconds a few milliseconds slower without anything being wrong.
+const LATENCY_FLOOR_MS: f64 = 5.0;
 /// Time a batch may take to report the target version before it fails.
 const BATCH_TIMEOUT: HumanDuration = HumanDuration::from_secs(20);
 
@@ -77,8 +103,8 @@ const SERVER_READY_TIMEOUT: Duration = Duration::from_secs(15);
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the healthy plan may take to complete (its bakes alone take 5 s).
 const PLAN_TIMEOUT: Duration = Duration::from_secs(40);
-/// How long the defective plan may take to block itself.
-const BLOCK_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the defective plan may take to block itself (a bake and its extensions).
+const BLOCK_TIMEOUT: Duration = Duration::from_secs(40);
 /// How long the rollback may take to bring every changed instance back.
 const ROLLBACK_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the agents may take to stop their sidecars once the binding is disabled.
@@ -90,8 +116,11 @@ const POLL_EVERY: Duration = Duration::from_millis(100);
 const FOLLOW_EVERY: Duration = Duration::from_millis(50);
 /// The plan is fetched at least this often, even when its events say nothing.
 const PLAN_POLL_EVERY: Duration = Duration::from_millis(200);
-/// Time between two requests of a sidecar prober while the plan runs.
+/// Time between two requests of the load on each sidecar while the plan runs (about 100 a
+/// second each, what the sidecars' error ratios are computed from).
 const PROBE_EVERY: Duration = Duration::from_millis(10);
+/// The load stops by itself after this long, whatever happens to the demo.
+const LOAD_LIMIT: Duration = Duration::from_secs(180);
 /// Time one HTTP request to a sidecar or an agent may take.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -105,10 +134,40 @@ pub struct DemoArgs {
     /// 3 sidecars) instead of free ports picked at random.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=65_529))]
     pub base_port: Option<u16>,
-    /// Let the plan target a defective release (1.2.0, which crashes a second after it
-    /// starts): the plan stops itself after its first batch, and the demo rolls it back.
-    #[arg(long)]
-    pub defect: bool,
+    /// Let the plan target a defective release 1.2.0: `crash` (the default of a bare
+    /// `--defect`) crashes a second after it starts; `errors` answers a tenth of its requests
+    /// with a 500 under the demo's HTTP load, which the agents' scrapes turn into an error
+    /// ratio. The plan stops itself after its first batch with an incident, and the demo rolls
+    /// it back.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "crash", value_name = "DEFECT")]
+    pub defect: Option<Defect>,
+}
+
+/// What is wrong with the defective release (`--defect`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Defect {
+    /// It crashes a second after it starts: the plan stops on the process signals.
+    Crash,
+    /// It fails a tenth of its requests: the plan stops on the error ratio.
+    Errors,
+}
+
+impl Defect {
+    /// The fault [`BAD`] sets (`DEMO_FAULT`).
+    fn fault(self) -> &'static str {
+        match self {
+            Self::Crash => "crash-after=1s",
+            Self::Errors => "error-rate=0.1",
+        }
+    }
+
+    /// What the fault does, in words.
+    fn what(self) -> &'static str {
+        match self {
+            Self::Crash => "it crashes 1 s after it starts",
+            Self::Errors => "it answers 10 % of the requests to GET / with a 500",
+        }
+    }
 }
 
 /// One instance of the demo fleet.
@@ -236,17 +295,6 @@ struct Move {
     took: Duration,
 }
 
-/// What a sidecar prober saw while the plan ran.
-#[derive(Debug, Clone, Default)]
-struct ProbeStats {
-    ok: u32,
-    failed: u32,
-    /// Longest time between two answers that had failures in between.
-    longest_gap: Duration,
-    /// Versions answered, in order, without repeats.
-    versions: Vec<String>,
-}
-
 /// What the plan did, for the summary.
 #[derive(Debug, Clone)]
 struct Report {
@@ -263,7 +311,9 @@ struct Report {
     rollback: Option<(Vec<Move>, Duration)>,
     /// Instances the plan never touched (`--defect`: the `full` phase), with their pid.
     untouched: Vec<(&'static str, u32)>,
-    probes: Vec<(&'static str, ProbeStats)>,
+    probes: Vec<(&'static str, LoadStats)>,
+    /// `--defect`: what was wrong with the target.
+    defect: Option<Defect>,
 }
 
 /// What following the plan gave (see [`Report`]).
@@ -292,6 +342,81 @@ fn holds(b: &Batch, stage: &str, spec: &InstanceSpec) -> bool {
         && b.cells.iter().any(|c| c.service == SERVICE && c.region == spec.region && c.env == spec.env)
 }
 
+/// What the judge compared in a batch, a line per deciding comparison:
+/// `error_ratio      canary 0.09     vs baseline 0        (5 vs 10 samples, p 1.8e-4): fail`.
+fn describe_analysis(a: &BatchAnalysis) -> Vec<String> {
+    a.metrics
+        .iter()
+        .map(|e| &e.verdict)
+        .filter(|v| v.decides)
+        .map(|v| {
+            let value = |s: &Side| s.value.map_or_else(|| "none".to_owned(), significant);
+            let noun = match v.comparison {
+                Comparison::Baseline => "baseline",
+                Comparison::Before => "before  ",
+            };
+            let p = v.p_value.map(|p| format!(", p {p:.1e}")).unwrap_or_default();
+            format!(
+                "          {:<16} canary {:<8} vs {noun} {:<8} ({} vs {} samples{p}): {}",
+                v.metric,
+                value(&v.canary),
+                value(&v.baseline),
+                v.canary.samples,
+                v.baseline.samples,
+                spelled(&v.outcome)
+            )
+        })
+        .collect()
+}
+
+/// An incident in a few lines: what failed where, then for a metric the evidence — each
+/// side's value with its samples and instances, the test, its p-value and the effect.
+fn describe_incident(i: &Incident) -> Vec<String> {
+    let service = i.service.as_deref().map(|s| format!(", service {s}")).unwrap_or_default();
+    let head = format!("incident: {} on {} ({} batch {}{service})", i.metric, i.instances.join(", "), i.phase, i.batch);
+    let pad = "          ";
+    let (Some(comparison), Some(canary), Some(reference)) = (i.comparison, i.canary, i.baseline) else {
+        return vec![
+            format!("{head}: {}", i.summary),
+            format!("{pad}upgraded {} vs baseline {}; test: {}", i.canary_value, i.baseline_value, i.test),
+        ];
+    };
+    // The judge's sentence follows as the plan's reason for blocking.
+    let mut lines = vec![head];
+    let side = |s: &Side| {
+        let value = s.value.map_or_else(|| "none".to_owned(), significant);
+        let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+        format!("{value:<8} ({} from {})", plural(s.samples, "sample"), plural(s.instances, "instance"))
+    };
+    let (noun, what) = match comparison {
+        Comparison::Baseline => ("baseline", "the same service's instances not upgraded"),
+        Comparison::Before => ("before  ", "the same instances before their upgrade"),
+    };
+    lines.push(format!("{pad}canary   {}: {} on {}", side(&canary), i.metric, i.instances.join(", ")));
+    lines.push(format!("{pad}{noun} {}: {what}", side(&reference)));
+    let p = i.p_value.map_or_else(|| "none".to_owned(), |p| format!("{p:.2e}"));
+    let effect = i.effect.map_or_else(
+        || "none".to_owned(),
+        |e| {
+            let relative = e.relative.map(|r| format!(", {:+.0} %", r * 100.0)).unwrap_or_default();
+            let sign = if e.absolute > 0.0 { "+" } else { "" };
+            format!("{sign}{}{relative}, Cliff's delta {:+.2}", significant(e.absolute), e.cliffs_delta)
+        },
+    );
+    lines.push(format!("{pad}test: {}; p-value {p}; effect {effect}", i.test));
+    lines
+}
+
+/// A number to four significant digits, without trailing zeros: `0.1012`, `1.5`, `0`.
+fn significant(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let digits = (3 - v.abs().log10().floor() as i32).clamp(0, 12) as usize;
+    let s = format!("{v:.digits$}");
+    if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_owned() } else { s }
+}
+
 /// Time since the batch started applying (by the manager's clock, which is this machine's).
 fn since_start(b: &Batch) -> Option<Duration> {
     Duration::try_from(OffsetDateTime::now_utc() - b.started_at?).ok()
@@ -311,7 +436,7 @@ struct Demo {
     client: Option<Client>,
     agents: Vec<Agent>,
     /// `--defect`: the plan targets the defective release.
-    defect: bool,
+    defect: Option<Defect>,
 }
 
 /// Runs `outrider demo`.
@@ -346,16 +471,37 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 fn print_intro(demo: &Demo, keep: bool) {
     let [(gray, _, _, gray_bake, _), (full, _, _, full_bake, _)] = PHASES;
     println!("outrider demo: a manager, {} agents and the demo sidecar on this machine;", INSTANCES.len());
-    if demo.defect {
+    if let Some(defect) = demo.defect {
         println!(
             "then a two-phase plan tries to move service {SERVICE} from {SIDECAR} {OLD} to {BAD}, a defective \
-             release (DEMO_FAULT={BAD_FAULT}):"
+             release (DEMO_FAULT={}: {}):",
+            defect.fault(),
+            defect.what()
         );
         println!("the plan stops itself after its first batch ({gray}, the canary), and the demo rolls it back.");
+        if defect == Defect::Errors {
+            println!(
+                "Every sidecar gets a request every {} ms; the agents scrape the sidecars' /metrics every {SCRAPE_INTERVAL} \
+                 into error_ratio and latency_p99_ms,",
+                PROBE_EVERY.as_millis()
+            );
+            println!(
+                "and the judge compares the canary's figures with those of the instances not upgraded (Mann-Whitney U \
+                 with effect floors)."
+            );
+        }
     } else {
         println!("then a two-phase plan moves service {SERVICE} from {SIDECAR} {OLD} to {NEW} in restart mode:");
         println!(
             "phase {gray} on the canary instance (bake {gray_bake}), then phase {full} on the others (bake {full_bake})."
+        );
+        println!(
+            "Each batch is judged on the figures the agents report every {REPORT_INTERVAL} (CPU, memory, and the error \
+             ratio and p99 latency"
+        );
+        println!(
+            "they scrape from the sidecars' /metrics under the demo's load of a request every {} ms per sidecar).",
+            PROBE_EVERY.as_millis()
         );
     }
     let fate = if keep { "kept: --keep" } else { "removed at the end; --keep keeps it" };
@@ -451,7 +597,8 @@ impl Demo {
         let artifact = local::file_artifact(&self.sidecar_bin).await?;
         let client = self.client()?;
         client.create_sidecar(TENANT, &demo_sidecar()).await.context("cannot create the sidecar")?;
-        for (version, fault) in [(OLD, None), (NEW, None), (BAD, Some(BAD_FAULT))] {
+        let defect = self.defect.unwrap_or(Defect::Crash);
+        for (version, fault) in [(OLD, None), (NEW, None), (BAD, Some(defect.fault()))] {
             let body = demo_version(version, artifact.clone(), fault);
             client.create_version(TENANT, SIDECAR, &body).await.with_context(|| format!("cannot create {version}"))?;
             let evidence = serde_json::json!({ "by": "outrider demo", "tests": "none: it is a demo" });
@@ -466,7 +613,13 @@ impl Demo {
             &artifact.sha256[..12]
         ));
         self.clock.say(format!(
-            "sidecar {SIDECAR}: {BAD} is defective on purpose (env DEMO_FAULT={BAD_FAULT}: it crashes 1 s after it starts)"
+            "sidecar {SIDECAR}: {BAD} is defective on purpose (env DEMO_FAULT={}: {})",
+            defect.fault(),
+            defect.what()
+        ));
+        self.clock.say(format!(
+            "sidecar {SIDECAR}: the agents scrape its /metrics every {SCRAPE_INTERVAL}: error_ratio = rate(errors_total) / \
+             rate(requests_total), latency_p99_ms from request_duration_seconds"
         ));
         let service = Service {
             name: SERVICE.into(),
@@ -491,7 +644,7 @@ impl Demo {
             let (listen, port) = (self.ports.agents[i], self.ports.sidecars[i]);
             let data_dir = self.root.join("agents").join(spec.id);
             let log = self.root.join(format!("logs/agent-{}.log", spec.id));
-            let args = AgentFlags {
+            let mut args = AgentFlags {
                 manager: &manager,
                 token_file: &token_file,
                 data_dir: &data_dir,
@@ -504,6 +657,7 @@ impl Demo {
                 listen,
             }
             .args();
+            args.extend(["--report-interval".into(), REPORT_INTERVAL.into()]);
             let process = Child::spawn(&format!("agent {}", spec.id), &self.exe, args, log)?;
             self.clock.say(format!(
                 "agent {} started ({}/{}/{}, sidecar port {port})",
@@ -599,16 +753,27 @@ impl Demo {
     /// Creates the plan, follows it to its end (completed; or, with `--defect`, blocked and
     /// rolled back), probing the sidecars all along.
     async fn run_plan(&mut self, old_pids: &BTreeMap<&'static str, u32>) -> anyhow::Result<Report> {
-        let target = if self.defect { BAD } else { NEW };
-        let probers = Probers::start(&self.http, &self.agents);
-        // Let every prober see the old version first.
+        let target = if self.defect.is_some() { BAD } else { NEW };
+        let targets: Vec<(&'static str, String)> =
+            self.agents.iter().map(|a| (a.spec.id, a.sidecar_url.clone())).collect();
+        let load = Load::start(&self.http, &targets, PROBE_EVERY, LOAD_LIMIT)?;
+        // Let the load see the old version first.
         tokio::time::sleep(Duration::from_millis(100)).await;
         let outcome = self.create_and_follow(target, old_pids).await;
-        // A last look at the processes, then the probers report.
+        // A last look at the processes, then the load reports.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let probes = probers.finish().await;
+        let probes = load.finish().await;
         let Followed { watch, took, rollback, untouched } = outcome?;
-        Ok(Report { target, plan: watch.plan, took, moves: watch.moves, rollback, untouched, probes })
+        Ok(Report {
+            target,
+            plan: watch.plan,
+            took,
+            moves: watch.moves,
+            rollback,
+            untouched,
+            probes,
+            defect: self.defect,
+        })
     }
 
     /// The part of [`Demo::run_plan`] that can fail.
@@ -646,7 +811,7 @@ impl Demo {
         ));
         self.clock.say(format!("         phases: {}", phases.join(", then ")));
         let mut watch = Watch::new(plan, follower, target, old_pids.clone());
-        if !self.defect {
+        if self.defect.is_none() {
             let took = self.healthy_plan(&mut watch, created).await?;
             return Ok(Followed { watch, took, rollback: None, untouched: Vec::new() });
         }
@@ -680,11 +845,12 @@ impl Demo {
     /// Follows the defective plan until it blocks itself.
     async fn wait_blocked(&mut self, w: &mut Watch, created: Instant) -> anyhow::Result<Duration> {
         let what = format!("the plan did not block itself on the defective {SIDECAR} {BAD}");
+        let defect = self.defect.unwrap_or(Defect::Crash).what();
         self.follow(w, BLOCK_TIMEOUT, &what, |w| match w.plan.state {
             PlanState::Blocked => Some(Ok(())),
-            PlanState::Completed => {
-                Some(Err(anyhow!("the plan completed although {SIDECAR} {BAD} crashes: the executor did not stop it")))
-            }
+            PlanState::Completed => Some(Err(anyhow!(
+                "the plan completed although {SIDECAR} {BAD} is defective ({defect}): the executor did not stop it"
+            ))),
             PlanState::Failed | PlanState::Aborted | PlanState::RolledBack | PlanState::Paused => {
                 Some(Err(anyhow!("the plan is {} ({}), not blocked", w.plan.state, w.plan.reason)))
             }
@@ -1021,6 +1187,13 @@ impl Watch {
         for (pi, phase) in new.phases.iter().enumerate() {
             for b in &phase.batches {
                 let before = self.plan.phases.get(pi).and_then(|p| p.batches.iter().find(|x| x.index == b.index));
+                if b.state == BatchState::Baking && before.is_some_and(|x| x.extensions < b.extensions) {
+                    let why = b.analysis.as_ref().map_or("", |a| a.reason.as_str());
+                    late.push(format!(
+                        "{:<5} batch {}  inconclusive, bake extended ({} so far): {why}",
+                        phase.name, b.index, b.extensions
+                    ));
+                }
                 if before.is_some_and(|x| x.state == b.state) {
                     continue;
                 }
@@ -1033,10 +1206,16 @@ impl Watch {
                 };
                 let state = spelled(&b.state);
                 let line = format!("{:<5} batch {}  {state:<9} {}{extra}", phase.name, b.index, describe_batch(b));
+                let judged = match (b.state, &b.analysis) {
+                    (BatchState::Passed | BatchState::Failed, Some(a)) => describe_analysis(a),
+                    _ => Vec::new(),
+                };
                 if matches!(b.state, BatchState::Baking | BatchState::Failed) {
-                    late.push(line)
+                    late.push(line);
+                    late.extend(judged);
                 } else {
-                    early.push(line)
+                    early.push(line);
+                    early.extend(judged);
                 }
             }
             let passed = phase.batches.iter().any(|b| b.state == BatchState::Passed)
@@ -1046,18 +1225,7 @@ impl Watch {
             }
         }
         for i in new.incidents.iter().skip(self.plan.incidents.len()) {
-            late.push(format!(
-                "incident: {} on {} ({} batch {}): {}",
-                i.metric,
-                i.instances.join(", "),
-                i.phase,
-                i.batch,
-                i.summary
-            ));
-            late.push(format!(
-                "          upgraded {} vs baseline {}; test: {}",
-                i.canary_value, i.baseline_value, i.test
-            ));
+            late.extend(describe_incident(i));
         }
         if state_changed && new.state != PlanState::Running {
             late.push(state_line);
@@ -1111,36 +1279,8 @@ impl Watch {
     }
 }
 
-/// One prober per sidecar, asking `GET /` every [`PROBE_EVERY`] while the plan runs.
-struct Probers {
-    stop: CancellationToken,
-    /// Stops the probers if the demo gives up before [`Probers::finish`].
-    _on_drop: DropGuard,
-    tasks: Vec<(&'static str, tokio::task::JoinHandle<ProbeStats>)>,
-}
-
-impl Probers {
-    fn start(http: &reqwest::Client, agents: &[Agent]) -> Self {
-        let stop = CancellationToken::new();
-        let tasks = agents
-            .iter()
-            .map(|a| (a.spec.id, tokio::spawn(probe_loop(http.clone(), a.sidecar_url.clone(), stop.clone()))))
-            .collect();
-        Self { _on_drop: stop.clone().drop_guard(), stop, tasks }
-    }
-
-    /// Stops the probers; what each saw.
-    async fn finish(self) -> Vec<(&'static str, ProbeStats)> {
-        self.stop.cancel();
-        let mut probes = Vec::new();
-        for (id, task) in self.tasks {
-            probes.push((id, task.await.unwrap_or_default()));
-        }
-        probes
-    }
-}
-
-/// The sidecar's metadata: probes on `${label.port}`, a short drain time.
+/// The sidecar's metadata: probes on `${label.port}`, a short drain time, and the scrape of its
+/// own metrics ([`demo_scrape`]).
 fn demo_sidecar() -> Sidecar {
     let health = "http://127.0.0.1:${label.port}/healthz";
     Sidecar {
@@ -1162,8 +1302,44 @@ fn demo_sidecar() -> Sidecar {
             handover: Handover::ListenFds,
             notify_ready: true,
             warm: None,
-            scrape: None,
+            scrape: Some(demo_scrape()),
         },
+    }
+}
+
+/// What the agents derive from the demo sidecar's `/metrics` every [`SCRAPE_INTERVAL`]: the
+/// error ratio (`errors_total` over `requests_total`, from their increase over the interval)
+/// and the 99th percentile of `request_duration_seconds` in milliseconds. The names are those
+/// of the judge's built-in metrics (`error_ratio`, `latency_p99_ms`).
+pub fn demo_scrape() -> Scrape {
+    let family = |name: &str| MetricRef { family: name.into(), ..MetricRef::default() };
+    let series = |name: &str| Series {
+        name: name.into(),
+        ratio: None,
+        quantile: None,
+        rate: None,
+        gauge: None,
+        scale: 1.0,
+        min: None,
+        max: None,
+        for_scrapes: 3,
+        restart: false,
+    };
+    Scrape {
+        url: "http://127.0.0.1:${label.port}/metrics".into(),
+        interval: SCRAPE_INTERVAL,
+        timeout: Some(HumanDuration::from_millis(500)),
+        series: vec![
+            Series {
+                ratio: Some(Ratio { numerator: family("errors_total"), denominator: family("requests_total") }),
+                ..series("error_ratio")
+            },
+            Series {
+                quantile: Some(Quantile { histogram: family("request_duration_seconds"), q: 0.99 }),
+                scale: 1000.0,
+                ..series("latency_p99_ms")
+            },
+        ],
     }
 }
 
@@ -1206,47 +1382,30 @@ fn plan_spec(target: &str) -> PlanSpec {
         feature_services: FeatureServices::default(),
         windows: Vec::new(),
         phases,
-        // The demo's bakes last seconds, too short for the agents' 5 s reports to make
-        // evidence: its batches are judged on process signals.
-        analysis: Some(AnalysisSpec { metrics: Some(Vec::new()), ..AnalysisSpec::default() }),
+        // The built-in metrics, with fewer samples than the default asks for: the demo's
+        // bakes last seconds, at a report a second.
+        analysis: Some(AnalysisSpec {
+            metrics: Some(demo_metrics()),
+            min_samples: Some(MIN_SAMPLES),
+            max_extensions: Some(MAX_EXTENSIONS),
+            ..AnalysisSpec::default()
+        }),
     }
+}
+
+/// The judge's built-in metrics, `latency_p99_ms` with an absolute floor of
+/// [`LATENCY_FLOOR_MS`] besides its relative one.
+fn demo_metrics() -> Vec<MetricPolicy> {
+    let mut metrics = outrider_model::default_metrics();
+    for m in metrics.iter_mut().filter(|m| m.metric == "latency_p99_ms") {
+        m.floor.absolute = Some(LATENCY_FLOOR_MS);
+    }
+    metrics
 }
 
 /// The binding of the demo sidecar to the service.
 fn binding(enabled: bool, version: &str) -> Binding {
     Binding { sidecar: SIDECAR.into(), enabled, version: version.into(), mode: UpgradeMode::Restart }
-}
-
-/// Asks `url` for its version every [`PROBE_EVERY`] until `stop`.
-async fn probe_loop(http: reqwest::Client, url: String, stop: CancellationToken) -> ProbeStats {
-    let mut stats = ProbeStats::default();
-    let mut last_ok = Instant::now();
-    let mut failing = false;
-    let mut tick = tokio::time::interval(PROBE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return stats,
-            _ = tick.tick() => {}
-        }
-        match fetch_hello(&http, &url).await {
-            Ok(hello) => {
-                stats.ok += 1;
-                if failing {
-                    stats.longest_gap = stats.longest_gap.max(last_ok.elapsed());
-                    failing = false;
-                }
-                last_ok = Instant::now();
-                if stats.versions.last() != Some(&hello.version) {
-                    stats.versions.push(hello.version);
-                }
-            }
-            Err(_) => {
-                stats.failed += 1;
-                failing = true;
-            }
-        }
-    }
 }
 
 /// The closing lines: what was measured.
@@ -1327,17 +1486,27 @@ fn print_summary(report: &Report, clock: Clock) {
             }
         }
     }
-    let (ok, failed) = report.probes.iter().fold((0, 0), |(o, f), (_, p)| (o + p.ok, f + p.failed));
+    let (ok, errors, failed) =
+        report.probes.iter().fold((0, 0, 0), |(o, e, f), (_, p)| (o + p.ok, e + p.errors, f + p.failed));
+    let five = if errors > 0 { format!(", {errors} answered with a 5xx") } else { String::new() };
     println!(
-        "  requests to the sidecars while the plan ran (one every {} ms each): {ok} answered, {failed} failed",
+        "  requests to the sidecars while the plan ran (one every {} ms each): {ok} answered{five}, {failed} failed",
         PROBE_EVERY.as_millis()
     );
+    if errors > 0 {
+        println!("  (the 5xx answers are the errors {} injects, on the instances that ran it)", report.target);
+    }
+    if let Some(line) = expected_outcome(report) {
+        println!("{line}");
+    }
     if failed > 0 {
-        if report.rollback.is_some() {
+        if report.defect == Some(Defect::Crash) {
             println!(
                 "  (they failed while {} crashed and restarted, and during the restarts of the moves)",
                 report.target
             );
+        } else if report.rollback.is_some() {
+            println!("  (they failed during the restarts of the moves)");
         } else {
             println!("  (the restart mode of the full phase stops the old process before it starts the new one)");
         }
@@ -1345,8 +1514,177 @@ fn print_summary(report: &Report, clock: Clock) {
     println!("done in {:.1} s.", clock.0.elapsed().as_secs_f64());
 }
 
-/// `answered 40 (versions seen: 1.0.0 -> 1.1.0), failed 3, longest gap 45 ms`.
-fn describe_probe(p: &ProbeStats) -> String {
+/// With `--defect`: that the demo went as it should, in a sentence (the demo fails otherwise).
+fn expected_outcome(report: &Report) -> Option<String> {
+    let defect = report.defect?;
+    let (Some((back, _)), Some(i)) = (&report.rollback, report.plan.incidents.first()) else { return None };
+    Some(format!(
+        "as expected: {SIDECAR} {} ({}) stopped itself in batch {} of {} on {}, reached {} of {} instances, and the {} \
+         it changed {} {OLD} again.",
+        report.target,
+        defect.what(),
+        i.batch,
+        i.phase,
+        i.metric,
+        report.plan.blast_radius,
+        INSTANCES.len(),
+        if back.len() == 1 { "instance".to_owned() } else { format!("{} instances", back.len()) },
+        if back.len() == 1 { "runs" } else { "run" },
+    ))
+}
+
+/// `answered 40 (versions seen: 1.0.0 -> 1.1.0), 5xx 4, failed 3, longest gap 45 ms`.
+fn describe_probe(p: &LoadStats) -> String {
     let gap = if p.failed > 0 { format!(", longest gap {} ms", p.longest_gap.as_millis()) } else { String::new() };
-    format!("answered {} (versions seen: {}), failed {}{gap}", p.ok, p.versions.join(" -> "), p.failed)
+    let errors = if p.errors > 0 { format!(", 5xx {}", p.errors) } else { String::new() };
+    let stopped = if p.timed_out { " (stopped at its time limit)" } else { "" };
+    format!("answered {} (versions seen: {}){errors}, failed {}{gap}{stopped}", p.ok, p.versions.join(" -> "), p.failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use outrider_model::{Effect, MetricVerdict, Outcome};
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        demo: DemoArgs,
+    }
+
+    fn defect(args: &[&str]) -> Option<Defect> {
+        Cli::try_parse_from(std::iter::once("demo").chain(args.iter().copied())).expect("parses").demo.defect
+    }
+
+    #[test]
+    fn a_bare_defect_crashes_and_errors_is_named() {
+        assert_eq!(defect(&[]), None);
+        assert_eq!(defect(&["--defect"]), Some(Defect::Crash));
+        assert_eq!(defect(&["--defect", "--keep"]), Some(Defect::Crash));
+        assert_eq!(defect(&["--defect", "errors"]), Some(Defect::Errors));
+        assert_eq!(defect(&["--defect=crash"]), Some(Defect::Crash));
+        assert!(Cli::try_parse_from(["demo", "--defect", "latency"]).is_err());
+        assert!(Defect::Errors.fault().starts_with("error-rate="));
+    }
+
+    #[test]
+    fn the_sidecar_and_the_plan_are_valid_and_judge_the_scraped_metrics() {
+        let sidecar = demo_sidecar();
+        sidecar.validate().expect("valid sidecar");
+        let scrape = sidecar.lifecycle.scrape.as_ref().expect("a scrape setting");
+        let names: Vec<&str> = scrape.series.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["error_ratio", "latency_p99_ms"]);
+        let spec = plan_spec(BAD);
+        spec.validate().expect("valid plan");
+        // The plan judges the built-in metrics, which include the scraped ones.
+        let judging = AnalysisSpec::resolve(spec.analysis.as_ref(), sidecar.analysis.as_ref(), &sidecar.metrics);
+        let judged: Vec<&str> = judging.policy.metrics.iter().map(|m| m.metric.as_str()).collect();
+        for name in names {
+            assert!(judged.contains(&name), "{name} is not judged: {judged:?}");
+        }
+        assert_eq!(judging.policy.minimum.samples, MIN_SAMPLES);
+        // The built-in metrics, latency with the demo's absolute floor besides the relative one.
+        let builtin: Vec<String> = outrider_model::default_metrics().into_iter().map(|m| m.metric).collect();
+        assert_eq!(judged, builtin);
+        let latency = judging.policy.metrics.iter().find(|m| m.metric == "latency_p99_ms").expect("latency");
+        assert_eq!((latency.floor.absolute, latency.floor.relative), (Some(LATENCY_FLOOR_MS), Some(0.25)));
+        // The canary's bake at one report a second gives the judge its samples, with one to spare.
+        let every: HumanDuration = REPORT_INTERVAL.parse().expect("a duration");
+        let reports = PHASES[0].3.0.as_millis() / every.0.as_millis();
+        assert!(reports > MIN_SAMPLES as u128, "{reports} reports in the gray bake");
+    }
+
+    #[test]
+    fn numbers_keep_four_significant_digits() {
+        for (v, s) in
+            [(0.0, "0"), (0.1012345, "0.1012"), (0.09, "0.09"), (1.5, "1.5"), (8.9994, "8.999"), (1234.5, "1234")]
+        {
+            assert_eq!(significant(v), s, "{v}");
+        }
+        assert_eq!(significant(-0.25), "-0.25");
+    }
+
+    fn side(instances: usize, samples: usize, value: f64) -> Side {
+        Side { instances, samples, value: Some(value) }
+    }
+
+    #[test]
+    fn a_metric_incident_shows_its_evidence() {
+        let at = OffsetDateTime::UNIX_EPOCH;
+        let i = Incident {
+            phase: "gray".into(),
+            batch: 0,
+            metric: "error_ratio".into(),
+            instances: vec!["i-1".into()],
+            canary_value: 0.09,
+            baseline_value: 0.0,
+            test: "mann-whitney u, one-sided (greater), normal".into(),
+            summary: "error_ratio regressed on checkout".into(),
+            service: Some("checkout".into()),
+            comparison: Some(Comparison::Baseline),
+            p_value: Some(0.0001766),
+            effect: Some(Effect { absolute: 0.09, relative: None, cliffs_delta: 1.0 }),
+            canary: Some(side(1, 5, 0.09)),
+            baseline: Some(side(2, 10, 0.0)),
+            ..Incident::opened(at)
+        };
+        let lines = describe_incident(&i);
+        assert_eq!(
+            lines,
+            [
+                "incident: error_ratio on i-1 (gray batch 0, service checkout)",
+                "          canary   0.09     (5 samples from 1 instance): error_ratio on i-1",
+                "          baseline 0        (10 samples from 2 instances): the same service's instances not upgraded",
+                "          test: mann-whitney u, one-sided (greater), normal; p-value 1.77e-4; effect +0.09, Cliff's \
+                 delta +1.00",
+            ]
+        );
+        // A process signal has no comparison: its summary says it all.
+        let crash = Incident {
+            metric: "sidecar_exits".into(),
+            instances: vec!["i-1".into()],
+            phase: "gray".into(),
+            summary: "the sidecar exited 2 times".into(),
+            test: "threshold".into(),
+            canary_value: 2.0,
+            ..Incident::opened(at)
+        };
+        let lines = describe_incident(&crash);
+        assert_eq!(lines[0], "incident: sidecar_exits on i-1 (gray batch 0): the sidecar exited 2 times");
+        assert_eq!(lines.len(), 2);
+    }
+
+    #[test]
+    fn an_analysis_shows_a_line_per_deciding_comparison() {
+        let verdict = |metric: &str, comparison, decides, outcome| {
+            let v = MetricVerdict {
+                metric: metric.into(),
+                comparison,
+                canary: side(1, 5, 0.99),
+                baseline: side(2, 12, 0.99),
+                test: None,
+                p_value: Some(0.32),
+                effect: None,
+                outcome,
+                reason: String::new(),
+                decides,
+                instances: vec!["i-1".into()],
+            };
+            outrider_model::Evidence { service: Some(SERVICE.into()), verdict: v }
+        };
+        let a = BatchAnalysis {
+            outcome: Outcome::Pass,
+            reason: "no regression".into(),
+            metrics: vec![
+                verdict("latency_p99_ms", Comparison::Baseline, true, Outcome::Pass),
+                verdict("latency_p99_ms", Comparison::Before, false, Outcome::Inconclusive),
+            ],
+        };
+        assert_eq!(
+            describe_analysis(&a),
+            ["          latency_p99_ms   canary 0.99     vs baseline 0.99     (5 vs 12 samples, p 3.2e-1): pass"]
+        );
+    }
 }

@@ -8,7 +8,10 @@ use std::{
     time::Duration,
 };
 
-use outrider_devtools::harness::{Fleet, demo_sidecar_body};
+use outrider_devtools::{
+    demo::demo_scrape,
+    harness::{Fleet, demo_sidecar_body},
+};
 
 /// The binary under test.
 const OUTRIDER: &str = env!("CARGO_BIN_EXE_outrider");
@@ -47,26 +50,32 @@ async fn every_metrics_endpoint_passes_promtool() {
     }
     let f = Fleet::new(OUTRIDER, 1);
     f.start_server().await;
-    // Scraped by the agent, so that its /metrics has the derived series and their counters.
+    // Scraped by the agent, so that its /metrics has the derived series and their counters:
+    // the demo's own series (`outrider demo`: error ratio and p99 latency), and more.
     let mut sidecar = demo_sidecar_body();
-    sidecar["scrape"] = serde_json::json!({
-        "url": "http://127.0.0.1:${label.port}/metrics",
-        "interval": "1s",
-        "series": [
-            {"name": "rps", "rate": "requests_total"},
-            // A bound every value breaks, so that the breach counter has a sample.
-            {"name": "inflight", "gauge": "requests_in_flight", "max": -1, "for": 1},
-        ]
-    });
-    f.create_catalog_with(sidecar, &[f.demo_version("1.0.0", None)]).await;
+    let mut scrape = serde_json::to_value(demo_scrape()).expect("scrape setting as JSON");
+    let series = scrape["series"].as_array_mut().expect("series");
+    series.push(serde_json::json!({"name": "rps", "rate": "requests_total"}));
+    // A bound every value breaks, so that the breach counter has a sample.
+    series.push(serde_json::json!({"name": "inflight", "gauge": "requests_in_flight", "max": -1, "for": 1}));
+    sidecar["scrape"] = scrape;
+    // A version that fails some requests, as `outrider demo --defect errors` does: its
+    // `errors_total` counts, and the agent derives a ratio from it.
+    f.create_catalog_with(sidecar, &[f.demo_version("1.0.0", Some("error-rate=0.5"))]).await;
     f.start_agent(0);
     f.bind("1.0.0").await;
     f.eventually(Duration::from_secs(30), "the agent to run demo@1.0.0", async || f.demo(0).await?.running("1.0.0"))
         .await;
-    // Served requests, so that the sidecar's counters and histogram have samples.
-    for _ in 0..3 {
-        f.hello(0).await.expect("GET / of the demo sidecar");
-    }
+    // Served requests (half of them failed), so that the sidecar's counters and histogram have
+    // samples, over more than one scrape, so that the agent derives the ratio and the quantile.
+    let sidecar_root = format!("http://127.0.0.1:{}/", f.agents[0].sidecar_port);
+    let http = f.http.clone();
+    let load = tokio::spawn(async move {
+        for _ in 0..300 {
+            let _ = http.get(&sidecar_root).send().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
     let agent_metrics = format!("http://127.0.0.1:{}/metrics", f.agents[0].listen);
     f.eventually(Duration::from_secs(20), "the agent to expose the scraped series", async || {
         let text = f
@@ -79,6 +88,8 @@ async fn every_metrics_endpoint_passes_promtool() {
             .await
             .map_err(|e| e.to_string())?;
         let want = [
+            "series=\"error_ratio\"",
+            "series=\"latency_p99_ms\"",
             "outrider_agent_sidecar_series{",
             "outrider_agent_sidecar_series_breaches_total{",
             "outrider_agent_sidecar_scrapes_total{",
@@ -103,5 +114,13 @@ async fn every_metrics_endpoint_passes_promtool() {
         if let Err(e) = promtool_check(&text) {
             panic!("{who} ({url}):\n{e}\n--- exposition:\n{text}");
         }
+        // The failed requests are counted, and the demo's series derived from them.
+        let has = |line: &str| text.lines().any(|l| l.starts_with(line));
+        match who {
+            "demo sidecar" => assert!(!has("errors_total 0") && has("errors_total "), "{who}:\n{text}"),
+            "agent" => assert!(has("outrider_agent_sidecar_series{") && text.contains("error_ratio"), "{who}:\n{text}"),
+            _ => {}
+        }
     }
+    load.abort();
 }

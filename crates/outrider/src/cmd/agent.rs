@@ -1,10 +1,10 @@
 //! `outrider agent`: registers an instance and supervises its sidecars.
 
-use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use outrider_agent::agent::AgentConfig;
-use outrider_model::InstanceLabels;
+use outrider_model::{HumanDuration, InstanceLabels};
 use tokio_util::sync::CancellationToken;
 
 /// Flags of `outrider agent` (PRODUCT.md §4).
@@ -52,7 +52,25 @@ pub struct AgentArgs {
     /// The agent's own HTTP endpoint (`/metrics`, `/healthz`, `/status`).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// The agent reports its sidecars' status on change and at least this often (100ms to
+    /// 10m); each report is a sample for the rollout judge (`outrider demo` uses 1s).
+    #[arg(long, default_value = "5s", value_parser = report_interval)]
+    pub report_interval: HumanDuration,
 }
+
+/// `--report-interval`: a duration between [`MIN_REPORT_INTERVAL`] and
+/// [`MAX_REPORT_INTERVAL`].
+fn report_interval(s: &str) -> Result<HumanDuration, String> {
+    let d: HumanDuration = s.parse()?;
+    if d.0 < MIN_REPORT_INTERVAL || d.0 > MAX_REPORT_INTERVAL {
+        return Err(format!("{s} must be between 100ms and 10m"));
+    }
+    Ok(d)
+}
+
+/// Bounds of `--report-interval`: faster floods the manager, slower starves the judge.
+const MIN_REPORT_INTERVAL: Duration = Duration::from_millis(100);
+const MAX_REPORT_INTERVAL: Duration = Duration::from_secs(600);
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not key=value"))?;
@@ -89,6 +107,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         labels,
         deploy_id: args.deploy_id,
         listen: args.listen,
+        report_interval: args.report_interval.0,
     };
     let cancel = CancellationToken::new();
     let stop = cancel.clone();
@@ -97,4 +116,19 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         stop.cancel();
     });
     Ok(outrider_agent::agent::run(config, cancel).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_interval_is_bounded() {
+        assert_eq!(report_interval("1s"), Ok(HumanDuration::from_secs(1)));
+        assert_eq!(report_interval("100ms"), Ok(HumanDuration::from_millis(100)));
+        assert_eq!(report_interval("10m"), Ok(HumanDuration::from_secs(600)));
+        for bad in ["50ms", "11m", "0s", "soon", ""] {
+            assert!(report_interval(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }
