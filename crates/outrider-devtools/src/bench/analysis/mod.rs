@@ -235,6 +235,11 @@ pub fn run_corpus(cases: Vec<Case>, setup: Setup, workers: usize, progress: bool
     for w in 0..workers.clamp(1, total.max(1)) {
         let (cases, next, stop, tx) = (cases.clone(), next.clone(), stop.clone(), tx.clone());
         let thread = std::thread::Builder::new().name(format!("bench-analysis-{w}")).spawn(move || {
+            // The managers' and agents' logs would drown the progress lines: only with
+            // OUTRIDER_LOG set do they go where the process's logs go.
+            let _quiet = std::env::var_os("OUTRIDER_LOG")
+                .is_none()
+                .then(|| tracing::subscriber::set_default(tracing::subscriber::NoSubscriber::default()));
             while !stop.load(Ordering::Relaxed) {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(case) = cases.get(i) else { return };
@@ -453,7 +458,7 @@ fn render(f: &Figures) -> String {
     let h = &f.healthy;
     let false_metrics = h.false_block_metrics.iter().map(|(m, n)| format!("{m}:{n}")).collect::<Vec<_>>().join(" ");
     format!(
-        "{t}\n\nhealthy batches (no affected instance): {} judged, {} false blocks ({:.2} %, target <= 1 %:{}) {}, \
+        "{t}\n\nhealthy batches (no affected instance): {} judged, {} false blocks{} ({:.2} %, target <= 1 %:{}), \
          {} blocked for want of evidence ({:.2} %)\nhealthy plans: {} of {} completed without a block\n\
          targets (issue 11): recall >= 95 % for errors >= +0.01, latency >= x1.5, cpu >= +30, memory >= 2 MiB/s \
          (and crash); detection within 2 bakes; blast radius <= 0.5 % of the fleet\n\
@@ -461,9 +466,9 @@ fn render(f: &Figures) -> String {
          instance and day, seed {}: {} plan-hours in {} s",
         h.batches,
         h.false_blocks,
+        if false_metrics.is_empty() { String::new() } else { format!(" [{false_metrics}]") },
         h.false_block_rate * 100.0,
         met(Some(h.false_block_met)),
-        if false_metrics.is_empty() { String::new() } else { format!("[{false_metrics}]") },
         h.inconclusive_blocks,
         h.inconclusive_rate * 100.0,
         h.plans_unblocked,

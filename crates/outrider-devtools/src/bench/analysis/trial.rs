@@ -77,6 +77,9 @@ pub struct BatchResult {
     pub extensions: u32,
     /// The metric of its incident, if it failed.
     pub metric: Option<String>,
+    /// The judge's reason, unless it passed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// How a trial ended.
@@ -243,6 +246,9 @@ async fn drive(
                 verdict: b.verdict,
                 extensions: b.extensions,
                 metric,
+                reason: (b.verdict != Some(Verdict::Pass))
+                    .then(|| b.analysis.as_ref().map(|a| a.reason.clone()))
+                    .flatten(),
             });
         }
     }
