@@ -46,6 +46,8 @@ pub struct SimFleetOptions {
     pub deploy_rate: f64,
     /// Seed of the deploy picks.
     pub seed: u64,
+    /// The time of day on the fleet's daily load curve when it starts (0: midnight).
+    pub time_of_day: Duration,
 }
 
 impl Default for SimFleetOptions {
@@ -61,6 +63,7 @@ impl Default for SimFleetOptions {
             service_traits: BTreeMap::new(),
             deploy_rate: 0.0,
             seed: 1,
+            time_of_day: Duration::ZERO,
         }
     }
 }
@@ -126,8 +129,10 @@ impl SimAgent {
     }
 
     /// Deploys the instance: its sync loop ends and it registers again with a new deploy id
-    /// (its simulated sidecars keep running, as on a host whose service is redeployed).
+    /// (its simulated sidecars keep running, as on a host whose service is redeployed, and
+    /// show the business process's cold start: [`SimRuntime::deployed`]).
     async fn deploy(&self, parent: &CancellationToken, tasks: &TaskTracker) {
+        self.runtime.deployed();
         let mut run = self.run.lock().await;
         run.cancel.cancel();
         if let Some(task) = run.task.take() {
@@ -194,8 +199,9 @@ impl SimFleet {
         let mut agents = Vec::with_capacity(instances.len());
         let mut channel: Option<Channel> = None;
         let mut connections = 0;
-        // The fleet's day starts now, the same for every instance.
-        let midnight = tokio::time::Instant::now();
+        // The fleet's day is the same for every instance.
+        let midnight =
+            Profile::midnight_for(tokio::time::Instant::now(), options.time_of_day, Duration::from_secs(24 * 3600));
         for (index, instance) in instances.iter().enumerate() {
             if index % per_connection == 0 {
                 channel = None;

@@ -65,10 +65,23 @@ impl Profile {
         }
     }
 
-    /// The load factor at `now`: 1 on average over the day.
+    /// The load factor at `now`: 1 on average over the day (`midnight` may be later than
+    /// `now`: the curve runs backwards from it as well).
     pub fn load(&self, now: Instant) -> f64 {
-        let phase = now.saturating_duration_since(self.midnight).as_secs_f64() / self.day.as_secs_f64().max(1e-9);
+        let since = if now >= self.midnight {
+            (now - self.midnight).as_secs_f64()
+        } else {
+            -(self.midnight - now).as_secs_f64()
+        };
+        let phase = since / self.day.as_secs_f64().max(1e-9);
         1.0 + self.daily_swing * (TAU * phase - PI / 2.0).sin()
+    }
+
+    /// Midnight of a fleet that is `time_of_day` into its day at `now` (a midnight later than
+    /// `now` when needed, so that no instant before the clock's start is formed).
+    pub fn midnight_for(now: Instant, time_of_day: Duration, day: Duration) -> Instant {
+        let into = Duration::from_secs_f64(time_of_day.as_secs_f64() % day.as_secs_f64().max(1e-9));
+        if into.is_zero() { now } else { now + (day - into) }
     }
 
     /// The factor of a report: ×1.5 to ×3 in a spike, else 1.
@@ -109,6 +122,14 @@ mod tests {
         assert!((a.load(midnight + 6 * hour) - 1.0).abs() < 1e-9);
         assert!((a.load(midnight + 36 * hour) - high).abs() < 1e-9, "the next day repeats");
         assert_eq!(Profile::flat().load(midnight + 12 * hour), 1.0);
+
+        // A fleet started at 18:00 of its day: now is 18:00, noon comes in 18 hours.
+        let day = Duration::from_secs(24 * 3600);
+        let evening = Profile { midnight: Profile::midnight_for(midnight, 18 * hour, day), ..a };
+        assert!((evening.load(midnight) - 1.0).abs() < 1e-9, "18:00 is average load");
+        assert!((evening.load(midnight + 6 * hour) - low).abs() < 1e-9, "midnight six hours later");
+        assert!((evening.load(midnight + 18 * hour) - high).abs() < 1e-9, "noon the next day");
+        assert_eq!(Profile::midnight_for(midnight, Duration::ZERO, day), midnight);
     }
 
     #[test]

@@ -24,6 +24,25 @@ const CRASH_INTERVAL: Duration = Duration::from_millis(500);
 const CRASH_LOOP_AFTER: u32 = 3;
 /// Longest back-off between restarts in a crash loop.
 const CRASH_BACKOFF_MAX: Duration = Duration::from_secs(8);
+/// After a deploy of its service the business process warms up: the sidecar's latency, CPU
+/// and errors start at ×2, ×1.5 and ×3 and settle linearly over this long.
+const COLD_START: Duration = Duration::from_secs(180);
+/// A deploy brings a new business release, which moves the instance's latency, CPU and
+/// errors by up to this share (drawn at each deploy).
+const RELEASE_SHIFT: f64 = 0.1;
+
+/// What the business process beside the sidecars does to their figures.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Business {
+    /// Share of the cold start still to go (1 right after a deploy, 0 once warm).
+    cold: f64,
+    /// Factor of the current business release on latency, CPU and errors.
+    release: f64,
+}
+
+impl Business {
+    const STEADY: Self = Self { cold: 0.0, release: 1.0 };
+}
 
 /// How a [`SimRuntime`] behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,7 +121,14 @@ impl SimSidecar {
     /// Its status at `now` under `profile`: figures follow the load of the day with spikes
     /// and wander from report to report, counters grow with the time since the last report,
     /// and the faults of its version show.
-    fn report(&mut self, name: &str, now: Instant, profile: &Profile, rng: &mut StdRng) -> SidecarStatus {
+    fn report(
+        &mut self,
+        name: &str,
+        now: Instant,
+        profile: &Profile,
+        business: Business,
+        rng: &mut StdRng,
+    ) -> SidecarStatus {
         let mut status = SidecarStatus {
             name: name.to_owned(),
             version: self.version.clone(),
@@ -119,13 +145,16 @@ impl SimSidecar {
         let spike = profile.spike(rng);
         let mut wobble = |spread: f64| rng.random_range(1.0 - spread..1.0 + spread);
         let faults = self.faults;
-        status.cpu_percent = (self.cpu_percent * load * spike * wobble(0.1) + faults.cpu_points).min(100.0);
+        let (cold, release) = (business.cold, business.release);
+        let cpu = self.cpu_percent * load * spike * release * (1.0 + cold / 2.0) * wobble(0.1);
+        status.cpu_percent = (cpu + faults.cpu_points).min(100.0);
         let leaked = faults.leak_bytes_per_sec * (now - self.started).as_secs_f64();
         // Tens of MiB plus at most some GiB: far from any precision limit.
         status.rss_bytes = (self.rss_bytes as f64 * wobble(0.02) + leaked) as u64;
         // Errors and latency rise with load, but less than in proportion.
         let busy = 1.0 + (load - 1.0) / 2.0;
-        let error_ratio = (profile.error_ratio * busy * spike * wobble(0.5) + faults.error_ratio).min(1.0);
+        let healthy_errors = profile.error_ratio * busy * spike * release * (1.0 + 2.0 * cold) * wobble(0.5);
+        let error_ratio = (healthy_errors + faults.error_ratio).min(1.0);
         let served = self.requests_per_sec * load * (now - self.sampled).as_secs_f64();
         self.requests += served;
         self.errors += served * error_ratio;
@@ -134,7 +163,10 @@ impl SimSidecar {
             ("requests_total".to_owned(), self.requests.floor()),
             ("errors_total".to_owned(), self.errors.floor()),
             ("error_ratio".to_owned(), error_ratio),
-            ("latency_p99_ms".to_owned(), profile.p99_ms * busy * spike * faults.latency_factor * wobble(0.1)),
+            (
+                "latency_p99_ms".to_owned(),
+                profile.p99_ms * busy * spike * release * (1.0 + cold) * faults.latency_factor * wobble(0.1),
+            ),
         ]);
         status
     }
@@ -186,6 +218,10 @@ struct State {
     rng: StdRng,
     /// The statuses of the last report.
     reported: Vec<SidecarStatus>,
+    /// When its service was last deployed here, if it was.
+    deployed: Option<Instant>,
+    /// The factor of the business release deployed last.
+    release: f64,
 }
 
 impl State {
@@ -330,6 +366,8 @@ impl SimRuntime {
             profile: Profile::flat(),
             rng,
             reported: Vec::new(),
+            deployed: None,
+            release: 1.0,
         };
         Self { state: Arc::new(Mutex::new(state)), changes: Arc::new(watch::channel(0).0), options }
     }
@@ -347,6 +385,15 @@ impl SimRuntime {
     pub fn with_profile(self, profile: Profile) -> Self {
         lock(&self.state).profile = profile;
         self
+    }
+
+    /// Its service was deployed on the instance: the business process restarts cold (for
+    /// three minutes the sidecars' latency, CPU and errors are higher, settling linearly) and
+    /// is a new release, whose levels differ by up to ±10 %. The sidecars keep running.
+    pub fn deployed(&self) {
+        let mut g = lock(&self.state);
+        g.deployed = Some(Instant::now());
+        g.release = g.rng.random_range(1.0 - RELEASE_SHIFT..1.0 + RELEASE_SHIFT);
     }
 
     /// The version each sidecar runs now (sidecars still starting or crash-looping are left
@@ -419,9 +466,13 @@ impl Runtime for SimRuntime {
 
     fn status(&self) -> Vec<SidecarStatus> {
         let mut g = lock(&self.state);
-        let State { sidecars, profile, rng, reported, .. } = &mut *g;
+        let State { sidecars, profile, rng, reported, deployed, release, .. } = &mut *g;
         let now = Instant::now();
-        *reported = sidecars.iter_mut().map(|(name, s)| s.report(name, now, profile, rng)).collect();
+        let business = deployed.map_or(Business::STEADY, |at| Business {
+            cold: 1.0 - ((now - at).as_secs_f64() / COLD_START.as_secs_f64()).min(1.0),
+            release: *release,
+        });
+        *reported = sidecars.iter_mut().map(|(name, s)| s.report(name, now, profile, business, rng)).collect();
         reported.clone()
     }
 
@@ -642,6 +693,33 @@ mod tests {
         assert!((43.0..48.0).contains(&c.cpu_percent), "cpu {}: 40 points on top of about 5", c.cpu_percent);
         let grown = (m.rss_bytes as f64 - first[3].rss_bytes as f64) / f64::from(1 << 20);
         assert!((18.0..22.0).contains(&grown), "grew {grown} MiB in 10 s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deploy_of_the_service_starts_cold_then_settles_at_the_new_release() {
+        let options = SimRuntimeOptions { apply_delay: Duration::from_millis(50), jitter: Duration::ZERO };
+        let rt = SimRuntime::new(options, 30);
+        rt.apply(&[desired("mesh", "1.0.0")]);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let median = |rt: &SimRuntime, f: &dyn Fn(&SidecarStatus) -> f64| {
+            let mut v: Vec<f64> = (0..21).map(|_| f(&one(rt))).collect();
+            v.sort_by(f64::total_cmp);
+            v[10]
+        };
+        let p99 = |s: &SidecarStatus| s.metrics["latency_p99_ms"];
+        let before = median(&rt, &p99);
+        let pid = one(&rt).pid;
+        rt.deployed();
+        let cold = median(&rt, &p99);
+        assert!(cold > before * 1.6 && cold < before * 2.5, "right after the deploy {cold} vs {before}");
+        assert!(median(&rt, &|s| s.cpu_percent) > 0.0);
+        tokio::time::sleep(Duration::from_secs(90)).await;
+        let warming = median(&rt, &p99);
+        assert!(warming > before * 1.25 && warming < cold, "half-way {warming} vs {before} and {cold}");
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        let warm = median(&rt, &p99);
+        assert!((warm / before - 1.0).abs() < 0.2, "settled {warm} vs {before}");
+        assert_eq!(one(&rt).pid, pid, "the sidecar kept running");
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,6 +10,7 @@ use outrider_sim::{
 };
 use serde::Serialize;
 
+pub mod analysis;
 mod idle;
 mod upgrade;
 
@@ -28,6 +29,12 @@ pub enum BenchCommand {
     /// What plans cost the manager while they wait: its CPU and the executor's steps with N
     /// plans waiting on a closed change window, against the same fleet without plans.
     Idle(idle::IdleArgs),
+    /// How well the judge tells bad versions from good ones: a labelled corpus of plans
+    /// (healthy versions, and each effect at several magnitudes on a random trait subset)
+    /// run through an in-process manager against a noisy simulated fleet on a virtual
+    /// clock; recall, detection delay and blast radius per effect and magnitude, and the
+    /// false-block rate over healthy batches.
+    Analysis(analysis::AnalysisArgs),
 }
 
 /// Flags of `outrider bench propagation`.
@@ -59,6 +66,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<String> {
         BenchCommand::Plan(args) => plan_bench(&args),
         BenchCommand::Upgrade(args) => upgrade::run(args).await,
         BenchCommand::Idle(args) => idle::run(args).await,
+        BenchCommand::Analysis(args) => analysis::run(args).await,
     }
 }
 
