@@ -1,9 +1,10 @@
 //! What the judge compares on metrics, per service of a batch: the canaries' samples during the
 //! bake, the same service's not-upgraded instances over the same time (in the canaries'
 //! regions and envs when there are enough of them there), and the canaries' own samples before
-//! their upgrade. Left out, because they would mislead: canaries and baselines whose instance
-//! deployed during the window (a business deploy is not the sidecar's fault), baselines that
-//! changed version meanwhile, instances whose agent is away, and samples of another version.
+//! their upgrade. Left out, because they would mislead: baselines whose instance deployed
+//! during the window and a canary's samples until one bake after its own deploy (a business
+//! deploy is not the sidecar's fault), baselines that changed version meanwhile, instances
+//! whose agent is away, and samples of another version.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -39,7 +40,8 @@ pub(super) struct Window<'a> {
     pub from: OffsetDateTime,
     /// Now.
     pub to: OffsetDateTime,
-    /// How far back the "before" reference reaches.
+    /// How far back the "before" reference reaches, and how long after a business deploy a
+    /// canary's samples do not count (one bake).
     pub lookback: time::Duration,
 }
 
@@ -83,9 +85,20 @@ fn gather_service(
             candidates.push((i.id.clone(), st.version.clone()));
         }
     });
-    // A business deploy during the bake is not the sidecar's fault: such canaries are left out.
-    let canaries: Vec<&&Canary<'_>> =
-        canaries.iter().filter(|c| on_target.contains(c.id) && !deployed_in_window(c.id)).collect();
+    // A business deploy during the bake is not the sidecar's fault: a canary that deployed
+    // counts only with its samples from one bake after the deploy (none yet: it is left out),
+    // so that an extended bake can still gather its evidence.
+    let canaries: Vec<(&&Canary<'_>, OffsetDateTime)> = canaries
+        .iter()
+        .filter(|c| on_target.contains(c.id))
+        .filter_map(|c| {
+            let from = match view.deployed_at(c.id) {
+                Some(t) if t > w.from && t <= w.to => t + w.lookback,
+                _ => w.from,
+            };
+            (from < w.to).then_some((c, from))
+        })
+        .collect();
     // A baseline ran one version, not the target, over the whole window, and did not deploy
     // (an instance of a later batch, or awaiting its deploy, is one).
     let baseline: Vec<(String, String)> = candidates
@@ -105,16 +118,16 @@ fn gather_service(
         .map(|&metric| {
             let canary = canaries
                 .iter()
-                .map(|c| InstanceSamples {
+                .map(|&(c, from)| InstanceSamples {
                     instance: c.id.to_owned(),
-                    values: values(view, w.sidecar, c.id, metric, w.from, w.to, w.target),
+                    values: values(view, w.sidecar, c.id, metric, from, w.to, w.target),
                 })
                 .collect();
             let before_from = w.started - w.lookback;
             let before = canaries
                 .iter()
                 .filter(|_| w.mode != UpgradeMode::OnDeploy)
-                .map(|c| InstanceSamples {
+                .map(|(c, _)| InstanceSamples {
                     instance: c.id.to_owned(),
                     values: values(view, w.sidecar, c.id, metric, before_from, w.started, &c.record.previous),
                 })

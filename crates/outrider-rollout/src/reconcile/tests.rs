@@ -779,6 +779,37 @@ fn too_little_evidence_extends_the_bake_then_blocks_for_a_human() {
 }
 
 #[test]
+fn a_canary_that_deployed_counts_again_one_bake_after_its_deploy() {
+    let (mut w, plan) = staged(1, 8, 1, "5m");
+    let mut plan = step_at(&mut w, &plan, FRIDAY);
+    plan = step_at(&mut w, &plan, FRIDAY + time::Duration::seconds(1));
+    assert_eq!(plan.phases[0].batches[0].state, BatchState::Baking);
+    // The batch's only canary deploys its service a minute into the bake.
+    w.now = FRIDAY + time::Duration::minutes(1);
+    w.deploy(0, "1.1.0");
+    // At the bake's end it has no samples that count: the bake is extended, not blocked.
+    let r = run(
+        &mut w,
+        plan,
+        FRIDAY + time::Duration::minutes(1),
+        FRIDAY + time::Duration::minutes(6) + time::Duration::seconds(1),
+    );
+    let b = &r.plan.phases[0].batches[0];
+    assert_eq!((b.state, b.extensions), (BatchState::Baking, 1), "{}", r.plan.reason);
+    // One bake after the deploy its samples count again, and the extended bake passes on them.
+    let r = run(
+        &mut w,
+        r.plan,
+        FRIDAY + time::Duration::minutes(6) + time::Duration::seconds(1),
+        FRIDAY + time::Duration::minutes(12),
+    );
+    let b = &r.plan.phases[0].batches[0];
+    assert_eq!(b.state, BatchState::Passed, "{}", r.plan.reason);
+    let latency = b.analysis.as_ref().unwrap().metrics.iter().find(|e| e.verdict.metric == "latency_p99_ms").unwrap();
+    assert_eq!(latency.verdict.canary.instances, 1, "{latency:?}");
+}
+
+#[test]
 fn a_business_deploy_during_the_bake_does_not_fail_the_batch() {
     let (mut w, plan) = staged(1, 8, 3, "5m");
     // The service's own new build is much slower: whoever deploys it shows three times the
