@@ -1163,6 +1163,7 @@ fn demo_sidecar() -> Sidecar {
             notify_ready: true,
             warm: None,
             scrape: None,
+            ..Lifecycle::default()
         },
     }
 }
