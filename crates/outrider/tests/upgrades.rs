@@ -587,3 +587,57 @@ async fn where_no_version_can_serve_clients_of_the_agent_owned_socket_are_refuse
     .await;
     refused_quickly(port, 10, "stopped").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_version_that_crashes_soon_after_a_hot_upgrade_falls_back_to_the_one_it_replaced() {
+    // Up long enough to pass min_ready and retire 1.0.0, then crashing again and again.
+    let f = one_instance(bare_body(json!({"min_ready": "1s"})), &[("1.8.0", "crash-after=3s")]).await;
+    let old = running(&f, "1.0.0").await.pid.expect("running");
+    f.bind_mode("1.8.0", "hot").await;
+    running(&f, "1.8.0").await;
+    let back = f
+        .eventually(Duration::from_secs(40), "the agent to go back to 1.0.0", async || {
+            let s = f.demo(0).await?;
+            s.running("1.0.0")?;
+            match &s.error {
+                Some(e) if e.contains("upgrade to 1.8.0 failed") => Ok(s),
+                _ => Err(format!("not back yet: {s:?}")),
+            }
+        })
+        .await;
+    eprintln!("after the crash loop of a hot upgrade: {back:?}");
+    assert_ne!(back.pid, Some(old), "1.0.0 was retired by the hot upgrade, then started again");
+    f.eventually(UPGRADE, "the manager to show the failed upgrade", async || {
+        let demo = manager_view(&f).await?;
+        if demo["failed_upgrade"] == "1.8.0" && demo["version"] == "1.0.0" { Ok(()) } else { Err(format!("{demo}")) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_warm_upgrade_to_a_version_that_exits_within_min_ready_goes_back_before_the_instance_returns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = dir.path().join("journal");
+    let mut body = warm_body(&journal, false);
+    // No probe, no READY=1: the new process counts as ready at once; min_ready catches it.
+    for field in ["startup_probe", "liveness_probe", "notify_ready"] {
+        body.as_object_mut().expect("object").remove(field);
+    }
+    let f = one_instance(body, &[("1.9.0", "exit-immediately")]).await;
+    let old = running(&f, "1.0.0").await.pid.expect("running");
+    f.bind_mode("1.9.0", "warm").await;
+    let s = f
+        .eventually(UPGRADE, "the failed warm upgrade to be reported", async || {
+            let s = f.demo(0).await?;
+            match &s.error {
+                Some(e) if e.contains("warm upgrade to 1.9.0 failed") && s.state == "running" => Ok(s),
+                _ => Err(format!("{s:?}")),
+            }
+        })
+        .await;
+    assert!(s.error.as_deref().is_some_and(|e| e.contains("within min_ready")), "{s:?}");
+    assert_eq!(s.version, "1.0.0", "back on the old version: {s:?}");
+    assert_ne!(s.pid, Some(old), "the old version was started again");
+    let text = std::fs::read_to_string(&journal).unwrap_or_default();
+    assert!(text.starts_with("drain\nundrain\n"), "the instance was put back after the old version: {text:?}");
+}
