@@ -536,8 +536,8 @@ async fn attempt(port: u16) -> (Attempt, Duration) {
     (how, started.elapsed())
 }
 
-/// `n` attempts 100 ms apart; none may hang or be answered. Returns a summary.
-async fn refused_quickly(port: u16, n: usize, what: &str) -> String {
+/// `n` attempts 100 ms apart; none may hang or be answered. Prints what they saw.
+async fn refused_quickly(port: u16, n: usize, what: &str) {
     let mut seen = std::collections::BTreeMap::new();
     let mut slowest = Duration::ZERO;
     for _ in 0..n {
@@ -547,9 +547,7 @@ async fn refused_quickly(port: u16, n: usize, what: &str) -> String {
         *seen.entry(how).or_insert(0) += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let summary = format!("{what}: {n} clients, {seen:?}, slowest {slowest:?}");
-    eprintln!("{summary}");
-    summary
+    eprintln!("{what}: {n} clients, {seen:?}, slowest {slowest:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
