@@ -471,8 +471,9 @@ async fn a_hot_upgrade_to_a_version_that_exits_at_once_leaves_the_old_one_servin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_version_that_crash_loops_after_a_restart_upgrade_falls_back_to_the_one_it_replaced() {
-    let f = one_instance(sidecar_body(json!({"kind": "listen-fds"}), true, json!({})), &[("1.9.0", "exit-immediately")])
-        .await;
+    let f =
+        one_instance(sidecar_body(json!({"kind": "listen-fds"}), true, json!({})), &[("1.9.0", "exit-immediately")])
+            .await;
     let old = running(&f, "1.0.0").await.pid.expect("running");
     f.bind_mode("1.9.0", "restart").await;
     let back = f
