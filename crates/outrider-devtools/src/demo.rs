@@ -2,7 +2,7 @@
 //!
 //! 1. starts `outrider server` on a temporary directory and a free loopback port;
 //! 2. registers the demo sidecar (`outrider-demo-sidecar`, found next to this binary) with
-//!    versions 1.0.0, 1.1.0 (healthy) and 1.2.0 (defective: `DEMO_FAULT=crash-after=1s`), all
+//!    versions 1.0.0, 1.1.0 (healthy) and 1.2.0 (defective: `DEMO_FAULT=crash-after=5s`), all
 //!    admitted, and binds service `checkout` to 1.0.0;
 //! 3. starts three `outrider agent` processes (instances `i-1`…`i-3`; `i-1` is the canary) and
 //!    waits until each reports the sidecar running, then asks each sidecar `GET /`;
@@ -57,7 +57,7 @@ const NEW: &str = "1.1.0";
 /// The defective release (`--defect`): it crashes a second after it starts.
 const BAD: &str = "1.2.0";
 /// The fault [`BAD`] sets (`DEMO_FAULT`).
-const BAD_FAULT: &str = "crash-after=1s";
+const BAD_FAULT: &str = "crash-after=5s";
 /// Drain time of the sidecar (SIGTERM to SIGKILL).
 const DRAIN: Duration = Duration::from_secs(2);
 
@@ -466,7 +466,7 @@ impl Demo {
             &artifact.sha256[..12]
         ));
         self.clock.say(format!(
-            "sidecar {SIDECAR}: {BAD} is defective on purpose (env DEMO_FAULT={BAD_FAULT}: it crashes 1 s after it starts)"
+            "sidecar {SIDECAR}: {BAD} is defective on purpose (env DEMO_FAULT={BAD_FAULT}: it crashes 5 s after it starts, past the 3 s min_ready, so it takes over first)"
         ));
         let service = Service {
             name: SERVICE.into(),
