@@ -2,7 +2,7 @@
 //!
 //! 1. starts `outrider server` on a temporary directory and a free loopback port;
 //! 2. registers the demo sidecar (`outrider-demo-sidecar`, found next to this binary) with
-//!    versions 1.0.0, 1.1.0 (healthy) and 1.2.0 (defective: `DEMO_FAULT=crash-after=1s`, or
+//!    versions 1.0.0, 1.1.0 (healthy) and 1.2.0 (defective: `DEMO_FAULT=crash-after=5s`, or
 //!    with `--defect errors` `DEMO_FAULT=error-rate=0.1`), all admitted, and binds service
 //!    `checkout` to 1.0.0. The sidecar's `scrape` setting makes the agents derive
 //!    `error_ratio` (errors/requests) and `latency_p99_ms` from its own `/metrics` every
@@ -146,7 +146,8 @@ pub struct DemoArgs {
 /// What is wrong with the defective release (`--defect`).
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Defect {
-    /// It crashes a second after it starts: the plan stops on the process signals.
+    /// It crashes 5 s after it starts (past the default 3 s `min_ready`, so it takes over
+    /// first): the plan stops on the process signals.
     Crash,
     /// It fails a tenth of its requests: the plan stops on the error ratio.
     Errors,
@@ -156,7 +157,7 @@ impl Defect {
     /// The fault [`BAD`] sets (`DEMO_FAULT`).
     fn fault(self) -> &'static str {
         match self {
-            Self::Crash => "crash-after=1s",
+            Self::Crash => "crash-after=5s",
             Self::Errors => "error-rate=0.1",
         }
     }
@@ -164,7 +165,7 @@ impl Defect {
     /// What the fault does, in words.
     fn what(self) -> &'static str {
         match self {
-            Self::Crash => "it crashes 1 s after it starts",
+            Self::Crash => "it crashes 5 s after it starts, past the 3 s min_ready, so it takes over first",
             Self::Errors => "it answers 10 % of the requests to GET / with a 500",
         }
     }
@@ -1303,6 +1304,7 @@ fn demo_sidecar() -> Sidecar {
             notify_ready: true,
             warm: None,
             scrape: Some(demo_scrape()),
+            ..Lifecycle::default()
         },
     }
 }

@@ -111,6 +111,7 @@ mod tests {
             "drain_time": "1s",
             "handover": {"kind": "listen-fds"},
             "notify_ready": false,
+            "min_ready": "3s",
         });
         assert_eq!(json, expected);
         assert_eq!(serde_json::from_value::<DesiredSidecar>(expected).unwrap(), d);
@@ -125,6 +126,7 @@ mod tests {
             "sockets": [{"name": "http", "listen": "127.0.0.1:${label.port}"}],
             "handover": {"kind": "listen-fds"},
             "notify_ready": true,
+            "min_ready": "2s",
             "warm": {"drain": {"http": "http://x/drain", "method": "POST", "timeout": "5s"}, "wait": "1s"},
         });
         let sc: Sidecar = serde_json::from_value(body.clone()).unwrap();

@@ -34,7 +34,7 @@ pub use duration::HumanDuration;
 pub use error::ValidationError;
 pub use event::Event;
 pub use instance::{Instance, InstanceFilter, InstanceLabels, SidecarState, SidecarStatus};
-pub use lifecycle::{Action, Handover, Lifecycle, ListenSocket, SIGNALS, Warm};
+pub use lifecycle::{Action, DEFAULT_MIN_READY, Handover, Lifecycle, ListenSocket, MAX_MIN_READY, SIGNALS, Warm};
 pub use name::{validate_name, validate_text};
 pub use overrides::{CellTarget, Override};
 pub use placeholder::{PlaceholderContext, PlaceholderError, expand};

@@ -2,6 +2,8 @@
 //! sockets it owns, how a new generation takes the sockets over, and how an instance is
 //! taken out of traffic and put back. See `docs/handover.md` for the protocols.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{HumanDuration, Probe, Scrape, ValidationError, validate_name};
@@ -31,6 +33,13 @@ pub struct Lifecycle {
     /// probe on the port may be answered by the old generation.
     #[serde(default)]
     pub notify_ready: bool,
+    /// How long a new generation must stay up after its readiness signals (`READY=1`, the
+    /// startup probe, or just its spawn when it has neither) before the old generation of a
+    /// hot upgrade is told to drain, or a warm upgrade puts the instance back in traffic. A
+    /// generation that exits within it is a failed upgrade and the old one keeps serving.
+    /// Default 3s, at most 5m; `0s` turns the wait off.
+    #[serde(default = "Lifecycle::default_min_ready")]
+    pub min_ready: HumanDuration,
     /// How a warm upgrade takes the instance out of traffic and puts it back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm: Option<Warm>,
@@ -49,15 +58,25 @@ impl Default for Lifecycle {
             sockets: Vec::new(),
             handover: Handover::default(),
             notify_ready: false,
+            min_ready: Self::default_min_ready(),
             warm: None,
             scrape: None,
         }
     }
 }
 
+/// Default of [`Lifecycle::min_ready`].
+pub const DEFAULT_MIN_READY: Duration = Duration::from_secs(3);
+/// Largest [`Lifecycle::min_ready`].
+pub const MAX_MIN_READY: Duration = Duration::from_secs(300);
+
 impl Lifecycle {
     fn default_drain() -> HumanDuration {
         HumanDuration::from_secs(10)
+    }
+
+    fn default_min_ready() -> HumanDuration {
+        HumanDuration(DEFAULT_MIN_READY)
     }
 
     /// Checks every field, for a sidecar that supports the hot (`hot`) and warm
@@ -68,6 +87,12 @@ impl Lifecycle {
         }
         if let Some(p) = &self.liveness_probe {
             p.validate("liveness_probe")?;
+        }
+        if self.min_ready.0 > MAX_MIN_READY {
+            return Err(ValidationError::new(
+                "min_ready",
+                format!("{} is above the longest allowed, {}", self.min_ready, HumanDuration(MAX_MIN_READY)),
+            ));
         }
         let Self { sockets, handover, warm, scrape, .. } = self;
         if let Some(s) = scrape {
@@ -287,5 +312,18 @@ mod tests {
         assert!(validate(&[], &Handover::ListenFds, Some(&warm), false, true).is_ok());
         let both: Warm = serde_json::from_str(r#"{"drain":{"exec":["true"],"http":"http://x"}}"#).unwrap();
         assert_eq!(validate(&[], &Handover::ListenFds, Some(&both), false, true).unwrap_err().field, "warm.drain");
+    }
+
+    #[test]
+    fn min_ready_defaults_to_a_few_seconds_and_is_bounded() {
+        let check = |json: &str| {
+            let l: Lifecycle = serde_json::from_str(json).unwrap();
+            l.validate(false, false).map(|()| l.min_ready)
+        };
+        assert_eq!(check("{}"), Ok(HumanDuration::from_secs(3)));
+        assert_eq!(check(r#"{"min_ready":"0s"}"#), Ok(HumanDuration::from_secs(0)));
+        assert_eq!(check(r#"{"min_ready":"5m"}"#), Ok(HumanDuration::from_secs(300)));
+        assert_eq!(check(r#"{"min_ready":"301s"}"#).unwrap_err().field, "min_ready");
+        assert!(serde_json::from_str::<Lifecycle>(r#"{"min_ready":"soon"}"#).is_err());
     }
 }

@@ -277,6 +277,7 @@ impl From<&m::DesiredSidecar> for v1::DesiredSidecar {
                 .collect(),
             handover: Some((&l.handover).into()),
             notify_ready: l.notify_ready,
+            min_ready_ms: Some(ms(l.min_ready)),
             warm: l.warm.as_ref().map(Into::into),
             scrape: l.scrape.as_ref().map(Into::into),
         }
@@ -300,6 +301,7 @@ impl TryFrom<v1::DesiredSidecar> for m::DesiredSidecar {
                 sockets: d.sockets.into_iter().map(|s| m::ListenSocket { name: s.name, listen: s.listen }).collect(),
                 handover: d.handover.map(TryInto::try_into).transpose()?.unwrap_or_default(),
                 notify_ready: d.notify_ready,
+                min_ready: d.min_ready_ms.map_or(m::HumanDuration(m::DEFAULT_MIN_READY), dur),
                 warm: d.warm.map(TryInto::try_into).transpose()?,
                 scrape: d.scrape.map(TryInto::try_into).transpose()?,
             },
@@ -367,6 +369,7 @@ mod tests {
                 lifecycle: m::Lifecycle {
                     startup_probe: Some(m::Probe::http("http://127.0.0.1:${label.port}/healthz")),
                     drain_time: m::HumanDuration::from_secs(3),
+                    min_ready: m::HumanDuration::from_millis(1500),
                     scrape: Some(scrape()),
                     ..m::Lifecycle::default()
                 },
@@ -375,6 +378,9 @@ mod tests {
         };
         let wire = v1::Desired::from(&d);
         assert_eq!(m::DesiredState::try_from(wire).unwrap(), d);
+        // A manager that does not send min_ready gets the default.
+        let old = v1::DesiredSidecar { mode: "hot".into(), min_ready_ms: None, ..Default::default() };
+        assert_eq!(m::DesiredSidecar::try_from(old).unwrap().lifecycle.min_ready.0, m::DEFAULT_MIN_READY);
     }
 
     #[test]

@@ -113,6 +113,7 @@ pub async fn ensure_sidecar(client: &Client, tenant: &str, name: &str) -> Result
                 wait: outrider_model::HumanDuration::from_secs(1),
             }),
             scrape: None,
+            ..Lifecycle::default()
         },
     };
     match client.create_sidecar(tenant, &body).await {

@@ -5,11 +5,19 @@
 //! serving; an agent killed in the middle of a hot upgrade leaves no stray process and
 //! keeps its sockets; warm upgrades drain, restart and put the instance back, and a failing
 //! drain action changes nothing; on-deploy targets wait for the instance's next deploy.
+//! Safe defaults: a hot upgrade to a version that exits at once (no probe, no `READY=1`)
+//! fails on `min_ready` and leaves the old version serving every request; a version that
+//! crash-loops after an upgrade falls back to the one it replaced; where no version can
+//! serve, clients of the agent-owned socket are refused at once instead of waiting.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use outrider_devtools::harness::{Fleet, Sidecar, alive, load::Load};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The binary under test.
 const OUTRIDER: &str = env!("CARGO_BIN_EXE_outrider");
@@ -388,4 +396,247 @@ async fn a_plan_blocks_on_a_hot_upgrade_the_agent_gave_up_before_its_batch_timeo
     // The agent keeps trying (with backoff) while the plan is blocked; 1.0.0 keeps running.
     let s = f.demo(0).await.expect("status");
     assert_eq!((s.version.as_str(), s.pid), ("1.0.0", Some(old)), "{s:?}");
+}
+
+/// The demo sidecar with an agent-owned socket and neither a startup probe nor `notify_ready`:
+/// a new generation counts as ready the moment it is spawned, so only `min_ready` (the
+/// default unless `extra` sets it) keeps a version that exits at once from retiring the old
+/// one.
+fn bare_body(extra: Value) -> Value {
+    let mut body = json!({
+        "name": "demo",
+        "upgrade_modes": ["restart", "hot", "on-deploy"],
+        "sockets": [{"name": "http", "listen": "127.0.0.1:${label.port}"}],
+        "drain_time": "3s",
+    });
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    body
+}
+
+/// The manager's view of the demo sidecar of the only instance.
+async fn manager_view(f: &Fleet) -> Result<Value, String> {
+    f.instances()
+        .await?
+        .iter()
+        .flat_map(|i| i["sidecars"].as_array().cloned().unwrap_or_default())
+        .find(|s| s["name"] == "demo")
+        .ok_or_else(|| "no demo sidecar".to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hot_upgrade_to_a_version_that_exits_at_once_leaves_the_old_one_serving_every_request() {
+    let f = one_instance(bare_body(json!({})), &[("1.9.0", "exit-immediately")]).await;
+    let pid = running(&f, "1.0.0").await.pid.expect("running");
+    let load = Load::start(f.agents[0].sidecar_port, 4, Duration::from_millis(2));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    f.bind_mode("1.9.0", "hot").await;
+    let failed = f
+        .eventually(UPGRADE, "the hot upgrade to be reported failed", async || {
+            let s = f.demo(0).await?;
+            match &s.error {
+                Some(e) if e.contains("hot upgrade to 1.9.0 failed") => Ok(s),
+                _ => Err(format!("no failure reported yet: {s:?}")),
+            }
+        })
+        .await;
+    let reported_after = started.elapsed();
+    assert!(failed.error.as_deref().is_some_and(|e| e.contains("within min_ready (3s)")), "{failed:?}");
+    // The agent retries with backoff (shown `upgrading` during each attempt); every attempt
+    // fails the same way while 1.0.0 serves.
+    f.consistently(Duration::from_secs(4), "1.0.0 to keep serving", async || {
+        let s = f.demo(0).await?;
+        if (s.version.as_str(), s.pid) == ("1.0.0", Some(pid)) { Ok(()) } else { Err(format!("{s:?}")) }
+    })
+    .await;
+    let stats = load.finish().await;
+    eprintln!(
+        "hot upgrade to a version that exits at once: {} requests sent, {} failed, over {:?} (failure reported after {reported_after:?}); answered by {:?}",
+        stats.ok + stats.failed,
+        stats.failed,
+        started.elapsed(),
+        stats.answered_by
+    );
+    assert_eq!(stats.failed, 0, "failed requests during the attempts: {:?}", stats.errors);
+    assert!(stats.ok > 100, "too little load to tell: {stats:?}");
+    assert!(stats.answered_by.iter().all(|(v, p)| v == "1.0.0" && *p == u64::from(pid)), "{:?}", stats.answered_by);
+    f.eventually(UPGRADE, "the manager to see the failed upgrade", async || {
+        let demo = manager_view(&f).await?;
+        if demo["failed_upgrade"] == "1.9.0" && demo["version"] == "1.0.0" { Ok(()) } else { Err(format!("{demo}")) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_version_that_crash_loops_after_a_restart_upgrade_falls_back_to_the_one_it_replaced() {
+    let f =
+        one_instance(sidecar_body(json!({"kind": "listen-fds"}), true, json!({})), &[("1.9.0", "exit-immediately")])
+            .await;
+    let old = running(&f, "1.0.0").await.pid.expect("running");
+    f.bind_mode("1.9.0", "restart").await;
+    let back = f
+        .eventually(UPGRADE, "the agent to go back to 1.0.0", async || {
+            let s = f.demo(0).await?;
+            s.running("1.0.0")?;
+            match &s.error {
+                Some(e) if e.contains("upgrade to 1.9.0 failed") && s.pid != Some(old) => Ok(s),
+                _ => Err(format!("not back yet: {s:?}")),
+            }
+        })
+        .await;
+    eprintln!("after the crash loop: {back:?}");
+    assert!(back.error.as_deref().is_some_and(|e| e.contains("back on 1.0.0")), "{back:?}");
+    assert!(!alive(old), "the restart upgrade stopped the old process");
+    let demo = f
+        .eventually(UPGRADE, "the manager to show the failed upgrade", async || {
+            let demo = manager_view(&f).await?;
+            let shown = demo["failed_upgrade"] == "1.9.0" && demo["version"] == "1.0.0" && demo["state"] == "running";
+            if shown { Ok(demo) } else { Err(format!("{demo}")) }
+        })
+        .await;
+    eprintln!("the manager's instance status: {demo}");
+    // Given up: the same target is not tried again, 1.0.0 keeps serving.
+    let pid = back.pid.expect("running");
+    f.consistently(Duration::from_secs(3), "1.0.0 to stay", async || {
+        f.demo(0).await?.running("1.0.0").map(|p| assert_eq!(p, pid))
+    })
+    .await;
+    assert_eq!(f.hello(0).await.expect("GET /")["version"], "1.0.0");
+}
+
+/// How one client attempt on the sidecar's port ended.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Attempt {
+    Refused,
+    Reset,
+    /// Connected, then the connection was closed without an answer.
+    Closed,
+    Answered,
+    /// No answer within the bound: the client was left waiting.
+    Hung,
+}
+
+/// Connects to `port`, sends `GET /` and reads, all within one second.
+async fn attempt(port: u16) -> (Attempt, Duration) {
+    let started = Instant::now();
+    let run = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n").await?;
+        let mut buf = [0; 64];
+        s.read(&mut buf).await
+    };
+    let how = match tokio::time::timeout(Duration::from_secs(1), run).await {
+        Err(_) => Attempt::Hung,
+        Ok(Ok(0)) => Attempt::Closed,
+        Ok(Ok(_)) => Attempt::Answered,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Attempt::Refused,
+        Ok(Err(_)) => Attempt::Reset,
+    };
+    (how, started.elapsed())
+}
+
+/// `n` attempts 100 ms apart; none may hang or be answered. Prints what they saw.
+async fn refused_quickly(port: u16, n: usize, what: &str) {
+    let mut seen = std::collections::BTreeMap::new();
+    let mut slowest = Duration::ZERO;
+    for _ in 0..n {
+        let (how, took) = attempt(port).await;
+        assert!(matches!(how, Attempt::Refused | Attempt::Reset | Attempt::Closed), "{what}: {how:?} after {took:?}");
+        slowest = slowest.max(took);
+        *seen.entry(how).or_insert(0) += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("{what}: {n} clients, {seen:?}, slowest {slowest:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn where_no_version_can_serve_clients_of_the_agent_owned_socket_are_refused_at_once() {
+    let f = Fleet::new(OUTRIDER, 1);
+    f.start_server().await;
+    let versions = [f.demo_version("1.0.0", None), f.demo_version("1.9.0", Some("exit-immediately"))];
+    f.create_catalog_with(bare_body(json!({})), &versions).await;
+    // The only version crash-loops: there is nothing to fall back to.
+    f.bind("1.9.0").await;
+    f.start_agent(0);
+    let port = f.agents[0].sidecar_port;
+    f.eventually(UPGRADE, "demo@1.9.0 in a crash loop", async || {
+        let s = f.demo(0).await?;
+        if s.state == "crash_loop" { Ok(()) } else { Err(format!("{s:?}")) }
+    })
+    .await;
+    refused_quickly(port, 30, "crash loop").await;
+    // A version that starts takes the socket up again, on the same address.
+    f.bind("1.0.0").await;
+    running(&f, "1.0.0").await;
+    assert_eq!(f.hello(0).await.expect("GET /")["version"], "1.0.0");
+    assert_eq!(attempt(port).await.0, Attempt::Answered);
+    // Stopped (the binding disabled): refused too.
+    f.api_ok(
+        reqwest::Method::PUT,
+        "/services/checkout/sidecars/demo",
+        Some(json!({"enabled": false, "version": "1.0.0", "mode": "restart"})),
+    )
+    .await;
+    f.eventually(UPGRADE, "the sidecar to be stopped", async || match attempt(port).await {
+        (Attempt::Refused, _) => Ok(()),
+        other => Err(format!("{other:?}")),
+    })
+    .await;
+    refused_quickly(port, 10, "stopped").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_version_that_crashes_soon_after_a_hot_upgrade_falls_back_to_the_one_it_replaced() {
+    // Up long enough to pass min_ready and retire 1.0.0, then crashing again and again.
+    let f = one_instance(bare_body(json!({"min_ready": "1s"})), &[("1.8.0", "crash-after=3s")]).await;
+    let old = running(&f, "1.0.0").await.pid.expect("running");
+    f.bind_mode("1.8.0", "hot").await;
+    running(&f, "1.8.0").await;
+    let back = f
+        .eventually(Duration::from_secs(40), "the agent to go back to 1.0.0", async || {
+            let s = f.demo(0).await?;
+            s.running("1.0.0")?;
+            match &s.error {
+                Some(e) if e.contains("upgrade to 1.8.0 failed") => Ok(s),
+                _ => Err(format!("not back yet: {s:?}")),
+            }
+        })
+        .await;
+    eprintln!("after the crash loop of a hot upgrade: {back:?}");
+    assert_ne!(back.pid, Some(old), "1.0.0 was retired by the hot upgrade, then started again");
+    f.eventually(UPGRADE, "the manager to show the failed upgrade", async || {
+        let demo = manager_view(&f).await?;
+        if demo["failed_upgrade"] == "1.8.0" && demo["version"] == "1.0.0" { Ok(()) } else { Err(format!("{demo}")) }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_warm_upgrade_to_a_version_that_exits_within_min_ready_goes_back_before_the_instance_returns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let journal = dir.path().join("journal");
+    let mut body = warm_body(&journal, false);
+    // No probe, no READY=1: the new process counts as ready at once; min_ready catches it.
+    for field in ["startup_probe", "liveness_probe", "notify_ready"] {
+        body.as_object_mut().expect("object").remove(field);
+    }
+    let f = one_instance(body, &[("1.9.0", "exit-immediately")]).await;
+    let old = running(&f, "1.0.0").await.pid.expect("running");
+    f.bind_mode("1.9.0", "warm").await;
+    let s = f
+        .eventually(UPGRADE, "the failed warm upgrade to be reported", async || {
+            let s = f.demo(0).await?;
+            match &s.error {
+                Some(e) if e.contains("warm upgrade to 1.9.0 failed") && s.state == "running" => Ok(s),
+                _ => Err(format!("{s:?}")),
+            }
+        })
+        .await;
+    assert!(s.error.as_deref().is_some_and(|e| e.contains("within min_ready")), "{s:?}");
+    assert_eq!(s.version, "1.0.0", "back on the old version: {s:?}");
+    assert_ne!(s.pid, Some(old), "the old version was started again");
+    let text = std::fs::read_to_string(&journal).unwrap_or_default();
+    assert!(text.starts_with("drain\nundrain\n"), "the instance was put back after the old version: {text:?}");
 }

@@ -12,10 +12,11 @@
 //! An actor lives as long as the supervisor, also after its sidecar was removed (it then
 //! idles with nothing running), so a removal followed by a re-add never races two actors.
 //!
-//! Upgrade modes: the supervisor converges to whatever version it is given. `restart`,
-//! `hot` and `warm` all stop the old process and start the new one for now; `on-deploy`
-//! is the sync layer's business (it decides when to pass the new version) and is carried
-//! out like `restart` here.
+//! Upgrade modes: the supervisor converges to whatever version it is given, in the mode it
+//! names (`actor/hot.rs`, `actor/warm.rs`, restart in `actor/mod.rs`); `on-deploy` is the
+//! sync layer's business (it decides when to pass the new version) and is carried out like
+//! `restart` here. A new version that crash-loops in its first minutes falls back to the
+//! one it replaced (`actor/probation.rs`).
 //!
 //! Sidecars outlive the agent: they run in their own process groups, write to log files, and
 //! are never killed when the supervisor is dropped. Each running sidecar has a record in
@@ -70,7 +71,12 @@ pub struct SupervisorConfig {
     /// A process that ran this long resets the consecutive-failure count (default 10 s).
     pub stable_after: Duration,
     /// Consecutive failures from which a sidecar is reported as `crash_loop` (default 3).
+    /// As many failures of a new version within `upgrade_probation` of its upgrade make the
+    /// agent go back to the version it replaced.
     pub crash_loop_threshold: u32,
+    /// How long after an upgrade a crash-looping new version falls back to the version it
+    /// replaced (default 3 min).
+    pub upgrade_probation: Duration,
     /// Period of CPU and memory sampling (default 2 s).
     pub stats_interval: Duration,
     /// How often the exit of an adopted (not our child) process is checked (default 250 ms).
@@ -97,6 +103,7 @@ impl SupervisorConfig {
             backoff: Backoff::default(),
             stable_after: Duration::from_secs(10),
             crash_loop_threshold: 3,
+            upgrade_probation: Duration::from_secs(180),
             stats_interval: Duration::from_secs(2),
             adopted_poll_interval: Duration::from_millis(250),
             max_artifact_bytes: crate::artifact::DEFAULT_MAX_BYTES,

@@ -167,6 +167,7 @@ pub(super) fn sidecar(s: &Sidecar) -> Table {
         ("description", or_dash(s.description.clone())),
         ("upgrade modes", modes(s)),
         ("drain time", s.lifecycle.drain_time.to_string()),
+        ("min ready", s.lifecycle.min_ready.to_string()),
         ("startup probe", probe(s.lifecycle.startup_probe.as_ref())),
         ("liveness probe", probe(s.lifecycle.liveness_probe.as_ref())),
         ("metrics", or_dash(s.metrics.join(", "))),

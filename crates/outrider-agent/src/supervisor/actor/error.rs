@@ -44,6 +44,16 @@ pub(super) enum StartError {
     /// The process ended before it was ready; holds how it ended.
     #[error("the new process exited before it was ready ({0})")]
     ExitedBeforeReady(String),
+    /// The process ended after it was ready but before it had stayed up `min_ready`.
+    #[error("the new process exited {after} after it was ready, within min_ready ({min_ready}) ({how})")]
+    ExitedDuringMinReady {
+        /// How long after its readiness it ended.
+        after: HumanDuration,
+        /// The sidecar's `min_ready`.
+        min_ready: HumanDuration,
+        /// How it ended.
+        how: String,
+    },
     /// The readiness socket broke.
     #[error("cannot read NOTIFY_SOCKET: {0}")]
     NotifyRead(io::Error),
@@ -217,6 +227,23 @@ pub(super) enum UpgradeError {
         error: StartError,
         /// Why the old one failed.
         again: StartError,
+    },
+    /// The new version kept failing in its first minutes after the upgrade; the one it
+    /// replaced runs again, and the agent does not try the same target again by itself.
+    #[error(
+        "upgrade to {version} failed: it failed {failures} times within {window} of the upgrade (last: {last}); back on {old} until the target changes"
+    )]
+    CrashLoopFellBack {
+        /// The target version.
+        version: String,
+        /// The version running again.
+        old: String,
+        /// Its failures in the window.
+        failures: u32,
+        /// The probation window.
+        window: HumanDuration,
+        /// The last failure.
+        last: String,
     },
     /// The upgrade is done, but the instance may still be out of traffic.
     #[error("undrain action failed: {0}")]

@@ -1,8 +1,10 @@
 //! Hot upgrades: the new generation starts beside the old one, takes the listening sockets
 //! over (inherited agent-owned sockets, `SCM_RIGHTS` from the old generation, or the
-//! sidecar's own signal reload), and only once it is ready does the old one drain and exit.
-//! If the new generation never becomes ready it is killed and the old one keeps serving
-//! (automatic fallback); the upgrade is reported failed and retried after a backoff.
+//! sidecar's own signal reload), and only once it is ready *and has stayed up `min_ready`
+//! since* (its readiness being `READY=1` and/or the startup probe, or its spawn when it has
+//! neither) does the old one drain and exit. If the new generation never becomes ready, or
+//! exits within `min_ready`, it is killed and the old one keeps serving (automatic
+//! fallback); the upgrade is reported failed and retried after a backoff.
 
 use std::{
     path::{Path, PathBuf},
@@ -11,7 +13,7 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use outrider_model::{DesiredSidecar, Handover, SidecarState};
+use outrider_model::{DesiredSidecar, Handover, HumanDuration, SidecarState};
 use tokio::time::Instant;
 
 use super::{
@@ -103,6 +105,22 @@ enum Step {
     Changed(Result<(), tokio::sync::watch::error::RecvError>),
     OldExited(String),
     New(Readiness),
+    /// It exited while it had to stay up for `min_ready` since its readiness.
+    NewExited(String),
+    /// It stayed up for `min_ready`.
+    Held,
+}
+
+/// The next step of a new generation: its readiness, or once it is ready (`held_until` set),
+/// its exit or the end of `min_ready`.
+async fn next_step(new: &mut Current, held_until: Option<Instant>) -> Step {
+    match held_until {
+        None => Step::New(new.readiness().await),
+        Some(until) => tokio::select! {
+            how = new.process.wait() => Step::NewExited(how),
+            () = tokio::time::sleep_until(until) => Step::Held,
+        },
+    }
 }
 
 impl Actor {
@@ -136,8 +154,9 @@ impl Actor {
         self.finish_hot(d, &old_version, new, None).await
     }
 
-    /// Waits for `new` to become ready beside the current process, then retires the old
-    /// process with `stop` (`None`: SIGTERM to its process group) or falls back to it.
+    /// Waits for `new` to become ready beside the current process and to stay up for
+    /// `min_ready`, then retires the old process with `stop` (`None`: SIGTERM to its process
+    /// group) or falls back to it.
     async fn finish_hot(
         &mut self,
         d: DesiredSidecar,
@@ -148,33 +167,49 @@ impl Actor {
         if let Some(cur) = &self.current {
             self.save_record(cur, Some(&new)).await;
         }
-        let Some(old) = self.current.as_mut() else { return Flow::Continue };
-        let step = tokio::select! {
-            biased;
-            r = self.rx.changed() => Step::Changed(r),
-            how = old.process.wait() => Step::OldExited(how),
-            r = new.readiness() => Step::New(r),
-        };
-        let failure = match step {
-            Step::Changed(r) => {
-                // A new target: drop this attempt; the next pass starts from what runs.
-                self.abandon(&mut new, stop.is_some()).await;
-                tracing::info!(sidecar = %self.name, version = %d.version, "hot upgrade abandoned for a new target");
-                self.update(|s| s.state = SidecarState::Running);
-                return on_changed(r);
-            }
-            Step::OldExited(how) => {
-                tracing::warn!(sidecar = %self.name, version = %old_version, %how, "the old version exited during the hot upgrade");
-                if let Some(old) = self.current.take() {
-                    old.process.kill_leftovers();
+        let min_ready = d.lifecycle.min_ready.0;
+        // When the new generation got ready; it then has to stay up until `+ min_ready`.
+        let mut ready_at: Option<Instant> = None;
+        let failure = loop {
+            let Some(old) = self.current.as_mut() else { return Flow::Continue };
+            let step = tokio::select! {
+                biased;
+                r = self.rx.changed() => Step::Changed(r),
+                how = old.process.wait() => Step::OldExited(how),
+                step = next_step(&mut new, ready_at.map(|r| r + min_ready)) => step,
+            };
+            match step {
+                Step::Changed(r) => {
+                    // A new target: drop this attempt; the next pass starts from what runs.
+                    self.abandon(&mut new, stop.is_some()).await;
+                    tracing::info!(sidecar = %self.name, version = %d.version, "hot upgrade abandoned for a new target");
+                    self.update(|s| s.state = SidecarState::Running);
+                    return on_changed(r);
                 }
-                self.exits = self.exits.saturating_add(1);
-                self.install(new).await;
-                return Flow::Continue;
+                Step::OldExited(how) => {
+                    tracing::warn!(sidecar = %self.name, version = %old_version, %how, "the old version exited during the hot upgrade");
+                    if let Some(old) = self.current.take() {
+                        old.process.kill_leftovers();
+                        self.start_probation(&old.desired, &d.version);
+                    }
+                    self.exits = self.exits.saturating_add(1);
+                    self.install(new).await;
+                    return Flow::Continue;
+                }
+                Step::New(Readiness::Ready) if min_ready.is_zero() => break None,
+                Step::New(Readiness::Ready) => {
+                    tracing::info!(sidecar = %self.name, version = %d.version, pid = new.process.pid(), min_ready = %d.lifecycle.min_ready,
+                        "hot upgrade: the new version is ready; it must stay up for min_ready before the old one drains");
+                    ready_at = Some(Instant::now());
+                }
+                Step::New(Readiness::Exited(how)) => break Some(StartError::ExitedBeforeReady(how)),
+                Step::New(Readiness::Failed(e)) => break Some(e),
+                Step::NewExited(how) => {
+                    let after = HumanDuration(ready_at.map_or(Duration::ZERO, |r| r.elapsed()));
+                    break Some(StartError::ExitedDuringMinReady { after, min_ready: d.lifecycle.min_ready, how });
+                }
+                Step::Held => break None,
             }
-            Step::New(Readiness::Ready) => None,
-            Step::New(Readiness::Exited(how)) => Some(StartError::ExitedBeforeReady(how)),
-            Step::New(Readiness::Failed(e)) => Some(e),
         };
         if let Some(error) = failure {
             self.abandon(&mut new, stop.is_some()).await;
@@ -196,6 +231,7 @@ impl Actor {
         self.failures = 0;
         self.upgrade_failures = 0;
         self.install(new).await;
+        self.start_probation(&old.desired, &d.version);
         let drain = old.desired.lifecycle.drain_time.0;
         let how = match stop {
             None => old.process.terminate(drain).await,

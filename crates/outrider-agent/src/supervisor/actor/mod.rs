@@ -15,6 +15,14 @@
 //! - a sidecar that cannot start (artifact refused, bad placeholder, spawn error, startup
 //!   probe not passed in time) is `failed` and retried with the same backoff.
 //!
+//! - a new version that fails `crash_loop_threshold` times within `upgrade_probation` of its
+//!   upgrade (any mode) is given up: the version it replaced runs again, the upgrade is
+//!   reported failed (`failed_upgrade`), and the same target is not tried again until it
+//!   changes (see [`probation`]);
+//! - while nothing runs and the next attempt waits for its backoff (crash loop, failed
+//!   start), the agent-owned sockets are closed, so that clients are refused instead of
+//!   waiting in a queue nobody serves; the next start binds them again.
+//!
 //! The reported `error` is the last failure; it stays visible (also across a restart) until
 //! a process of the desired version has been ready for `stable_after`.
 
@@ -29,9 +37,11 @@ use tokio::{
 
 mod error;
 mod hot;
+mod probation;
 mod warm;
 
 use error::{StartError, UpgradeError};
+use probation::{Fallback, Probation};
 
 use outrider_model::UpgradeMode;
 
@@ -384,6 +394,10 @@ struct Actor {
     exits: u32,
     /// The agent-owned sockets of this sidecar.
     sockets: SocketSet,
+    /// The version the last upgrade replaced, while the new one is in its first minutes.
+    probation: Option<Probation>,
+    /// The target given up after its crash loop, and what runs instead.
+    fallback: Option<Fallback>,
 }
 
 impl Actor {
@@ -412,6 +426,8 @@ impl Actor {
             restarts,
             exits,
             sockets,
+            probation: None,
+            fallback: None,
         };
         let task = tokio::spawn(actor.run());
         ActorHandle { name, tx, settled, task }
@@ -457,6 +473,8 @@ impl Actor {
             self.failures = 0;
             self.upgrade_failures = 0;
             self.retry_at = None;
+            self.probation = None;
+            self.fallback = None;
         }
         self.last_target = Some(d.clone());
     }
@@ -470,6 +488,8 @@ impl Actor {
     }
 
     async fn converge_to(&mut self, d: DesiredSidecar) -> Flow {
+        // A target given up after its crash loop: the version it replaced runs instead.
+        let d = self.fallback.as_ref().map_or(d, |f| f.previous.clone());
         let Some(cur) = &self.current else { return self.start(d).await };
         if needs_restart(&cur.desired, &d) {
             return self.upgrade(d).await;
@@ -513,6 +533,12 @@ impl Actor {
         if let Some(at) = self.retry_at
             && Instant::now() < at
         {
+            if !self.sockets.is_empty() {
+                // Nothing serves until the next attempt: refuse clients rather than queue them.
+                tracing::info!(sidecar = %self.name, retry_in = ?at.saturating_duration_since(Instant::now()),
+                    "nothing runs until the next attempt; closing the agent-owned sockets");
+                self.sockets.close();
+            }
             tokio::select! {
                 () = sleep_until(at) => {}
                 r = self.rx.changed() => return on_changed(r),
@@ -548,8 +574,49 @@ impl Actor {
             s.version.clone_from(&d.version);
             s.state = SidecarState::Failed;
             s.pid = None;
-            s.error = Some(msg);
+            s.error = Some(msg.clone());
         });
+        self.on_probation_failure(&d.version, &msg);
+    }
+
+    /// Counts a failure of `version` against the probation of the last upgrade; once the new
+    /// version has failed too often in its first minutes, gives it up for the version it
+    /// replaced, to be started at once.
+    fn on_probation_failure(&mut self, version: &str, last: &str) {
+        let now = Instant::now();
+        let threshold = self.shared.config.crash_loop_threshold;
+        let Some(p) = self.probation.as_mut() else { return };
+        if p.over(now) {
+            self.probation = None;
+            return;
+        }
+        let Some(failures) = p.failed(version, now, threshold) else { return };
+        let (Some(p), Some(target)) = (self.probation.take(), self.last_target.clone()) else { return };
+        let error = UpgradeError::CrashLoopFellBack {
+            version: version.to_owned(),
+            old: p.previous.version.clone(),
+            failures,
+            window: HumanDuration(self.shared.config.upgrade_probation),
+            last: last.to_owned(),
+        };
+        let msg = error.to_string();
+        tracing::warn!(sidecar = %self.name, version, back_on = %p.previous.version, error = %msg,
+            "the new version crash-loops in its first minutes; going back to the version it replaced");
+        self.fallback = Some(Fallback { target, previous: p.previous });
+        self.failures = 0;
+        self.retry_at = None;
+        let failed = version.to_owned();
+        self.update(|s| {
+            s.state = SidecarState::Starting;
+            s.error = Some(msg);
+            s.failed_upgrade = Some(failed);
+        });
+    }
+
+    /// Puts the version just upgraded to on probation, remembering `previous`.
+    fn start_probation(&mut self, previous: &DesiredSidecar, version: &str) {
+        let window = self.shared.config.upgrade_probation;
+        self.probation = Some(Probation::new(previous.clone(), version, Instant::now(), window));
     }
 
     async fn spawn_process(&mut self, d: DesiredSidecar, p: Prepared) -> Flow {
@@ -621,13 +688,14 @@ impl Actor {
         let state = self.running_state(cur.ready);
         let (restarts, exits) = (self.restarts, self.exits);
         let version = cur.desired.version.clone();
+        let failed_upgrade = self.fallback.as_ref().map(|f| f.target.version.clone());
         self.update(|s| {
             s.version = version;
             s.state = state;
             s.pid = Some(pid);
             s.restarts = restarts;
             s.exits = exits;
-            s.failed_upgrade = None;
+            s.failed_upgrade = failed_upgrade;
         });
         self.current = Some(cur);
     }
@@ -722,6 +790,7 @@ impl Actor {
         self.failures = 0;
         self.upgrade_failures = 0;
         self.restart_pending = false;
+        self.start_probation(&old.desired, &d.version);
         self.spawn_process(d, prepared).await
     }
 
@@ -806,7 +875,7 @@ impl Actor {
         let Some(cur) = self.current.as_mut() else { return };
         cur.stable = true;
         self.failures = 0;
-        let upgrade_pending = self.upgrade_failures > 0;
+        let upgrade_pending = self.upgrade_failures > 0 || self.fallback.is_some();
         let state = self.running_state(true);
         self.update(|s| {
             s.state = state;
@@ -886,8 +955,9 @@ impl Actor {
             s.state = if crash_loop { SidecarState::CrashLoop } else { SidecarState::Starting };
             s.pid = None;
             s.exits = exits;
-            s.error = Some(how);
+            s.error = Some(how.clone());
         });
+        self.on_probation_failure(&cur.desired.version, &how);
     }
 
     async fn remove_record(&self) {
@@ -914,6 +984,8 @@ impl Actor {
         self.restarts = 0;
         self.exits = 0;
         self.last_target = None;
+        self.probation = None;
+        self.fallback = None;
         self.settled.send_replace(seq);
         on_changed(self.rx.changed().await)
     }

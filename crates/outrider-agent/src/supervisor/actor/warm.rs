@@ -1,15 +1,15 @@
 //! Warm upgrades: take the instance out of traffic (the sidecar's drain action, reported as
-//! `draining`), wait for in-flight work, restart the sidecar, check it, put the instance
-//! back (the undrain action).
+//! `draining`), wait for in-flight work, restart the sidecar, check it (ready, then up for
+//! `min_ready`), put the instance back (the undrain action).
 //!
 //! Failure policy: a failed drain action changes nothing (the old process keeps running,
 //! the undrain action is tried in case the drain half-happened); a new version that does
-//! not become ready is killed and the old version is started again before the instance is
+//! not become ready, or exits within `min_ready`, is killed and the old version is started again before the instance is
 //! put back, so a bad release never leaves the instance out of traffic.
 
 use std::{process::Stdio, time::Duration};
 
-use outrider_model::{DesiredSidecar, SidecarState};
+use outrider_model::{DesiredSidecar, HumanDuration, SidecarState};
 use tokio::time::Instant;
 
 use super::{
@@ -67,6 +67,7 @@ impl Actor {
             Ok(()) => {
                 self.failures = 0;
                 self.upgrade_failures = 0;
+                self.start_probation(&old.desired, &d.version);
                 None
             }
             Err(error) => {
@@ -108,11 +109,19 @@ impl Actor {
         Flow::Continue
     }
 
-    /// Starts `d` and waits until it is ready; installs it as the current process then.
+    /// Starts `d`, waits until it is ready and has stayed up `min_ready` since; installs it
+    /// as the current process then.
     async fn start_and_wait(&mut self, d: &DesiredSidecar, p: Prepared) -> Result<(), StartError> {
         let mut new = self.launch_generation(d, p).await?;
         match new.readiness().await {
             Readiness::Ready => {
+                let min_ready = d.lifecycle.min_ready.0;
+                let ready_at = Instant::now();
+                if let Ok(how) = tokio::time::timeout(min_ready, new.process.wait()).await {
+                    new.process.kill_leftovers();
+                    let after = HumanDuration(ready_at.elapsed());
+                    return Err(StartError::ExitedDuringMinReady { after, min_ready: d.lifecycle.min_ready, how });
+                }
                 new.ready = true;
                 new.next_probe_at = Instant::now() + new.liveness.as_ref().map_or(Duration::ZERO, |l| l.period);
                 self.install(new).await;
