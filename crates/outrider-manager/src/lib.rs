@@ -14,6 +14,7 @@ mod auth;
 mod catalog;
 mod clock;
 mod error;
+mod event_log;
 pub mod executor;
 pub mod fleet;
 mod history;

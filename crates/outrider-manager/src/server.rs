@@ -243,6 +243,7 @@ pub async fn start_with(
     let store = outrider_store::open(&url).await.map_err(|source| StartError::Store { url: url.clone(), source })?;
     let repo = Repo::new(store.clone());
     ensure_default_tenant(&repo).await?;
+    retention::migrate(&repo).await?;
     let auth = Auth::bootstrap(&repo, &config.data_dir).await?;
     restrict_files(&config.data_dir)?;
     let prometheus = match &config.prometheus {
