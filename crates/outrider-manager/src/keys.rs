@@ -75,6 +75,20 @@ pub fn plans(t: &str) -> String {
 /// Prefix of every plan.
 pub const PLANS: &str = "plans/";
 
+/// `plans-live/{tenant}/{id}`: a plan that is not done yet (the executor's and admission's
+/// index; done plans are not in it).
+pub fn live_plan(t: &str, id: &str) -> String {
+    format!("plans-live/{t}/{id}")
+}
+
+/// Prefix of the live-plan index of a tenant.
+pub fn live_plans(t: &str) -> String {
+    format!("plans-live/{t}/")
+}
+
+/// Prefix of the whole live-plan index.
+pub const LIVE_PLANS: &str = "plans-live/";
+
 /// `freezes/{tenant}/{id}`
 pub fn freeze(t: &str, id: &str) -> String {
     format!("freezes/{t}/{id}")

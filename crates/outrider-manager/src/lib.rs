@@ -19,6 +19,7 @@ pub mod executor;
 pub mod fleet;
 mod history;
 mod keys;
+mod live_plans;
 pub mod metrics;
 mod plans;
 mod repo;
