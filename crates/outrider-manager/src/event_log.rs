@@ -19,8 +19,9 @@ use outrider_store::{KeyValue, Op, Range, Store, Txn};
 use time::OffsetDateTime;
 
 use crate::{
-    Error, keys,
-    repo::{decode, encode},
+    Error,
+    codec::{decode, encode},
+    keys,
 };
 
 /// Keys handled per transaction when trimming or migrating.
@@ -50,9 +51,7 @@ pub fn append_ops(e: &Event, n: u32) -> Result<Vec<Op>, Error> {
 /// The sequence number in an index key (`…/{seq:020}-{n:010}`).
 fn seq_of(key: &str) -> Option<u64> {
     let tail = key.rsplit('/').next()?;
-    let mut parts = tail.rsplitn(2, '-');
-    let _n = parts.next()?;
-    let seq = parts.next()?;
+    let (seq, _n) = tail.rsplit_once('-')?;
     // By time: `{nanos}-{seq}`.
     seq.rsplit('-').next()?.parse().ok()
 }

@@ -13,6 +13,7 @@ pub mod api;
 mod auth;
 mod catalog;
 mod clock;
+mod codec;
 mod error;
 mod event_log;
 pub mod executor;

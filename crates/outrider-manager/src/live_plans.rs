@@ -5,7 +5,7 @@
 use outrider_model::Plan;
 use outrider_store::{KeyValue, Op, Store};
 
-use crate::{Error, keys, repo::decode};
+use crate::{Error, codec::decode, keys};
 
 /// The index write that goes with storing `plan`: in the index while the plan is not done.
 pub fn op(tenant: &str, plan: &Plan) -> Op {
@@ -75,7 +75,7 @@ mod tests {
     use time::OffsetDateTime;
 
     use super::*;
-    use crate::repo::encode;
+    use crate::codec::encode;
 
     fn plan(id: &str, state: PlanState) -> Plan {
         let spec: PlanSpec =

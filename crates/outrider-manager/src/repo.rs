@@ -12,6 +12,7 @@ use outrider_store::{Compare, Op, Store, Txn, TxnResult};
 use serde::{Serialize, de::DeserializeOwned};
 use time::OffsetDateTime;
 
+pub use crate::codec::{decode, encode};
 use crate::{Error, event_log};
 
 /// An event to append with a write. Its `seq` is the revision of that write.
@@ -138,16 +139,6 @@ impl Repo {
         };
         event_log::append_ops(&event, n)
     }
-}
-
-/// JSON bytes of a value.
-pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, Error> {
-    serde_json::to_vec(v).map_err(|e| Error::internal(format!("encode: {e}")))
-}
-
-/// A value from JSON bytes.
-pub fn decode<T: DeserializeOwned>(key: &str, raw: &[u8]) -> Result<T, Error> {
-    serde_json::from_slice(raw).map_err(|e| Error::internal(format!("corrupt value at {key}: {e}")))
 }
 
 impl Repo {
