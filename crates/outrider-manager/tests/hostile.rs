@@ -7,7 +7,7 @@
 //! client will not send. The normal test run sends a few hundred requests. For a long run:
 //!
 //! ```text
-//! HOSTILE_CASES=20000 cargo test -p outrider-manager --test hostile -- --nocapture
+//! HOSTILE_CASES=20000 cargo test --release -p outrider-manager --test hostile -- --nocapture
 //! ```
 
 use std::{
