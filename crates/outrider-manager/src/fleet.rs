@@ -530,7 +530,7 @@ impl Fleet {
             ops.push(Op::put(keys::instance(&stored.tenant, &stored.instance.id), encode(stored)?));
         }
         for e in events.iter().cloned() {
-            ops.push(repo.event_op(e)?);
+            ops.extend(repo.event_ops(e)?);
         }
         for chunk in ops.chunks(2000) {
             if let Err(e) = repo.commit(Vec::new(), chunk.to_vec(), Vec::new()).await {

@@ -75,6 +75,20 @@ pub fn plans(t: &str) -> String {
 /// Prefix of every plan.
 pub const PLANS: &str = "plans/";
 
+/// `plans-live/{tenant}/{id}`: a plan that is not done yet (the executor's and admission's
+/// index; done plans are not in it).
+pub fn live_plan(t: &str, id: &str) -> String {
+    format!("plans-live/{t}/{id}")
+}
+
+/// Prefix of the live-plan index of a tenant.
+pub fn live_plans(t: &str) -> String {
+    format!("plans-live/{t}/")
+}
+
+/// Prefix of the whole live-plan index.
+pub const LIVE_PLANS: &str = "plans-live/";
+
 /// `freezes/{tenant}/{id}`
 pub fn freeze(t: &str, id: &str) -> String {
     format!("freezes/{t}/{id}")
@@ -101,9 +115,31 @@ pub fn instance(t: &str, id: &str) -> String {
 /// Prefix of every instance record.
 pub const INSTANCES: &str = "instances/";
 
-/// Prefix of a tenant's event log.
+/// Prefix of a tenant's event log (its indexes and, from older versions, events keyed by
+/// time directly under it).
 pub fn events(t: &str) -> String {
     format!("events/{t}/")
+}
+
+/// Prefix of a tenant's events by sequence: `events/{t}/seq/{seq:020}-{n:010}` → the event.
+pub fn events_by_seq(t: &str) -> String {
+    format!("events/{t}/seq/")
+}
+
+/// Prefix of a plan's events: `events/{t}/plan/{plan}/{seq:020}-{n:010}` → the event (a copy).
+pub fn events_by_plan(t: &str, plan: &str) -> String {
+    format!("events/{t}/plan/{plan}/")
+}
+
+/// Prefix of a tenant's events by time: `events/{t}/time/{unix nanos:020}-{seq:020}-{n:010}`
+/// → nothing (where a time starts in the sequence).
+pub fn events_by_time(t: &str) -> String {
+    format!("events/{t}/time/")
+}
+
+/// `events/{t}/trimmed`: the newest sequence number retention deleted.
+pub fn events_trimmed(t: &str) -> String {
+    format!("events/{t}/trimmed")
 }
 
 /// `auth/tokens/{sha256 of the token}`

@@ -12,7 +12,8 @@ use outrider_store::{Compare, Op, Store, Txn, TxnResult};
 use serde::{Serialize, de::DeserializeOwned};
 use time::OffsetDateTime;
 
-use crate::{Error, keys};
+pub use crate::codec::{decode, encode};
+use crate::{Error, event_log};
 
 /// An event to append with a write. Its `seq` is the revision of that write.
 #[derive(Debug, Clone)]
@@ -117,19 +118,17 @@ impl Repo {
         events: Vec<NewEvent>,
     ) -> Result<TxnResult, Error> {
         for e in events {
-            ops.push(self.event_op(e)?);
+            ops.extend(self.event_ops(e)?);
         }
         Ok(self.store.txn(Txn::when(compare, ops)).await?)
     }
 
-    /// The write of one event-log entry.
-    pub fn event_op(&self, e: NewEvent) -> Result<Op, Error> {
-        let now = OffsetDateTime::now_utc();
+    /// The writes of one event-log entry (see [`event_log`](crate::event_log)).
+    pub fn event_ops(&self, e: NewEvent) -> Result<Vec<Op>, Error> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let key = format!("{}{:020}-{n:010}", keys::events(&e.tenant), now.unix_timestamp_nanos());
         let event = Event {
             seq: 0,
-            time: now,
+            time: OffsetDateTime::now_utc(),
             tenant: e.tenant,
             kind: e.kind.to_owned(),
             actor: e.actor,
@@ -138,18 +137,8 @@ impl Repo {
             plan: e.plan,
             detail: e.detail,
         };
-        Ok(Op::put(key, encode(&event)?))
+        event_log::append_ops(&event, n)
     }
-}
-
-/// JSON bytes of a value.
-pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, Error> {
-    serde_json::to_vec(v).map_err(|e| Error::internal(format!("encode: {e}")))
-}
-
-/// A value from JSON bytes.
-pub fn decode<T: DeserializeOwned>(key: &str, raw: &[u8]) -> Result<T, Error> {
-    serde_json::from_slice(raw).map_err(|e| Error::internal(format!("corrupt value at {key}: {e}")))
 }
 
 impl Repo {

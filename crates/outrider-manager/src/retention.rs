@@ -1,15 +1,12 @@
-//! Event log retention: the newest events of each tenant are kept, older ones deleted.
-//! `since` cursors keep working: they name a sequence number, and only older events go.
+//! Event log retention: the newest events of each tenant are kept, older ones deleted with
+//! their index keys. `since` cursors keep working: they name a sequence number, and only
+//! older events go; a cursor older than the log is told so (`outrider-events-trimmed`).
 
 use std::time::Duration;
 
-use outrider_store::{Op, Txn};
 use tokio_util::sync::CancellationToken;
 
-use crate::{Error, keys, repo::Repo};
-
-/// Deletions per transaction.
-const CHUNK: usize = 500;
+use crate::{Error, event_log, keys, repo::Repo};
 
 /// How many events are kept and how often the log is trimmed.
 #[derive(Debug, Clone)]
@@ -26,23 +23,30 @@ impl Default for Retention {
     }
 }
 
+/// The tenants in the store.
+async fn tenants(repo: &Repo) -> Result<Vec<String>, Error> {
+    let tenants = repo.store().range(keys::TENANTS).await?;
+    Ok(tenants.kvs.iter().filter_map(|t| t.key.strip_prefix(keys::TENANTS).map(str::to_owned)).collect())
+}
+
 /// Deletes the oldest events of every tenant over `keep`; returns how many went.
 async fn trim(repo: &Repo, keep: usize) -> Result<usize, Error> {
-    let store = repo.store();
-    let tenants = store.range(keys::TENANTS).await?;
     let mut deleted = 0;
-    for t in &tenants.kvs {
-        let Some(tenant) = t.key.strip_prefix(keys::TENANTS) else { continue };
-        let events = store.range(&keys::events(tenant)).await?;
-        // Keys are time-ordered: the first ones are the oldest.
-        let over = events.kvs.len().saturating_sub(keep);
-        for chunk in events.kvs[..over].chunks(CHUNK) {
-            let ops = chunk.iter().map(|kv| Op::delete(&kv.key)).collect();
-            store.txn(Txn::when(Vec::new(), ops)).await?;
-            deleted += chunk.len();
-        }
+    for tenant in tenants(repo).await? {
+        deleted += event_log::trim(repo.store().as_ref(), &tenant, u64::try_from(keep).unwrap_or(u64::MAX)).await?;
     }
     Ok(deleted)
+}
+
+/// Moves every tenant's events of an older layout into the indexed one (once, at start).
+pub(crate) async fn migrate(repo: &Repo) -> Result<(), Error> {
+    for tenant in tenants(repo).await? {
+        let moved = event_log::migrate(repo.store().as_ref(), &tenant).await?;
+        if moved > 0 {
+            tracing::info!(tenant, moved, "moved events into the indexed event log");
+        }
+    }
+    Ok(())
 }
 
 /// Trims the event log every `r.every` until `cancel`.

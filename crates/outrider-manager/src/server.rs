@@ -23,7 +23,7 @@ use crate::{
     catalog::Catalog,
     executor,
     fleet::{Fleet, InstanceRetention, StoredInstance},
-    keys,
+    keys, live_plans,
     metrics::Metrics,
     repo::{NewEvent, Repo, decode, encode},
     retention::{self, Retention},
@@ -243,6 +243,11 @@ pub async fn start_with(
     let store = outrider_store::open(&url).await.map_err(|source| StartError::Store { url: url.clone(), source })?;
     let repo = Repo::new(store.clone());
     ensure_default_tenant(&repo).await?;
+    retention::migrate(&repo).await?;
+    let reindexed = live_plans::rebuild(store.as_ref()).await?;
+    if reindexed > 0 {
+        tracing::info!(reindexed, "live-plan index rebuilt");
+    }
     let auth = Auth::bootstrap(&repo, &config.data_dir).await?;
     restrict_files(&config.data_dir)?;
     let prometheus = match &config.prometheus {

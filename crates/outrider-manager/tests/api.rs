@@ -556,6 +556,27 @@ async fn absurd_or_hidden_input_is_refused_and_changes_nothing() {
         (Method::POST, "/tenants/default/sidecars", json!({"name": "x", "description": "d".repeat(600_000)}), bad),
         (Method::POST, "/tenants/default/sidecars/mesh/versions/1.0.0/defective", json!({"reason": "a\r\nb"}), bad),
         (Method::POST, "/tenants/default/plans/p1/pause", json!({"reason": "a\u{0}b"}), bad),
+        (Method::POST, "/tenants/default/services", json!({"name": "a\u{0}b", "priority": "P1"}), bad),
+        (
+            Method::POST,
+            "/tenants/default/services",
+            json!({"name": "many", "priority": "P1",
+                   "traits": (0..30_000).map(|i| (format!("k{i}"), json!("v".repeat(10)))).collect::<serde_json::Map<_, _>>()}),
+            bad,
+        ),
+        (
+            Method::POST,
+            "/tenants/default/sidecars",
+            json!({"name": "x", "upgrade_modes": ["restart"], "startup_probe": {"http": "http://a/\nb"}}),
+            bad,
+        ),
+        (
+            Method::POST,
+            "/tenants/default/plans",
+            json!({"sidecar": "mesh", "target_version": "1.1.0",
+                   "phases": (0..4_000).map(|i| json!({"name": format!("p{i}")})).collect::<Vec<_>>()}),
+            bad,
+        ),
     ];
     for (method, path, body, status) in cases {
         let (s, v) = api.call(method.clone(), path, Some(body)).await;
@@ -574,6 +595,24 @@ async fn absurd_or_hidden_input_is_refused_and_changes_nothing() {
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ),
         (raw(admit, "application/json", vec![b' '; 2 << 20]), StatusCode::PAYLOAD_TOO_LARGE),
+        (
+            raw(
+                "/services",
+                "application/json",
+                br#"{"name": "dup", "priority": "P1", "traits": {"k": "a", "k": "b"}}"#.to_vec(),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            raw(
+                "/services",
+                "application/json",
+                serde_json::to_vec(&json!({"name": "big", "priority": "P1",
+                    "traits": (0..60_000).map(|i| (format!("k{i}"), json!("v".repeat(60)))).collect::<serde_json::Map<_, _>>()}))
+                .unwrap(),
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
         (raw("/plans/p1/abort", "application/json", vec![b' '; 2 << 20]), StatusCode::PAYLOAD_TOO_LARGE),
         (
             api.http

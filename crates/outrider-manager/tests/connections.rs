@@ -144,37 +144,72 @@ async fn overlong_uris_and_oversized_headers_are_json_errors() {
 }
 
 #[tokio::test]
-async fn the_event_log_keeps_the_newest_events_and_since_cursors_keep_working() {
+async fn requests_http_cannot_parse_are_answered_with_json_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let retention = outrider_manager::Retention { events_per_tenant: 5, every: Duration::from_millis(200) };
-    let config = ManagerConfig::new(dir.path().to_owned(), "127.0.0.1:0".parse().unwrap());
-    let m = start_with(config, Arc::new(SystemClock), Tuning { retention, ..Tuning::default() }).await.unwrap();
-    let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap().trim().to_owned();
-    let http = reqwest::Client::new();
-    let url = |p: &str| format!("http://{}/api/v1/tenants/default{p}", m.addr);
-    for i in 0..12 {
-        let body = serde_json::json!({"name": format!("svc{i}")});
-        let r = http.post(url("/services")).bearer_auth(&token).json(&body).send().await.unwrap();
-        assert!(r.status().is_success());
+    let (m, _) = boot(dir.path(), short()).await;
+    let cases = [
+        ("malformed request line", "GARBAGE\r\n\r\n".to_owned(), "400", "invalid_argument"),
+        ("unknown version", "GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n".into(), "400", "invalid_argument"),
+        (
+            "control character in a header",
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\u{1}b\r\n\r\n".into(),
+            "400",
+            "invalid_argument",
+        ),
+        (
+            "control character in the path",
+            "GET /a\u{7f}b HTTP/1.1\r\nHost: x\r\n\r\n".into(),
+            "400",
+            "invalid_argument",
+        ),
+        (
+            "bad Content-Length",
+            "POST /api/v1/tenants HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\n".into(),
+            "400",
+            "invalid_argument",
+        ),
+        (
+            "two Content-Lengths",
+            "POST /api/v1/tenants HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n".into(),
+            "400",
+            "invalid_argument",
+        ),
+        (
+            "a head over the parse buffer",
+            format!("GET /healthz?x={} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(300_000)),
+            "431",
+            "headers_too_large",
+        ),
+    ];
+    for (what, head, status, code) in cases {
+        let (line, body) = raw(m.addr, &head).await;
+        assert!(line.starts_with(&format!("HTTP/1.1 {status} ")), "{what}: {line}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{what}: {e}: {body:?}"));
+        assert_eq!(v["error"]["code"], code, "{what}: {body}");
+        assert!(v["error"]["message"].is_string(), "{what}: {body}");
     }
-    let events = |q: String| {
-        let req = http.get(url(&format!("/events{q}"))).bearer_auth(&token);
-        async move { req.send().await.unwrap().json::<Vec<serde_json::Value>>().await.unwrap() }
-    };
-    let mut kept = events(String::new()).await;
-    for _ in 0..50 {
-        if kept.len() <= 5 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        kept = events(String::new()).await;
-    }
-    assert_eq!(kept.len(), 5, "{kept:?}");
-    assert_eq!(kept[4]["object"], "service/svc11", "the newest stay");
-    let since = kept[1]["seq"].as_u64().unwrap();
-    let after: Vec<u64> = events(format!("?since={since}")).await.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    let expected: Vec<u64> = kept[2..].iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    assert_eq!(after, expected);
-    assert_eq!(events("?since=1".into()).await.len(), 5, "a cursor older than the log still works");
+    // A client still sending a large body after a bad head reads the answer, not a reset.
+    let mut s = TcpStream::connect(m.addr).await.unwrap();
+    let mut bytes = b"POST /api/v1/tenants HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\n".to_vec();
+    bytes.extend(std::iter::repeat_n(b'z', 2 << 20));
+    let (mut rx, mut tx) = s.split();
+    let (answer, ()) = tokio::join!(read_to_close_half(&mut rx), async {
+        let _ = tx.write_all(&bytes).await;
+    });
+    assert!(answer.starts_with("HTTP/1.1 400 ") && answer.contains(r#""code":"invalid_argument""#), "{answer}");
     m.shutdown().await;
+}
+
+/// Reads until the server closes, tolerating a reset after an answer was read.
+async fn read_to_close_half(r: &mut tokio::net::tcp::ReadHalf<'_>) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), r.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the server kept the connection open"),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -3,10 +3,11 @@
 //! success, never a 5xx or a dropped connection; a refused request must change nothing; the
 //! server must be back near idle afterwards.
 //!
-//! The normal test run sends a few hundred requests. For a long run:
+//! Requests go through an HTTP client, or as raw bytes on a socket for the malformed heads a
+//! client will not send. The normal test run sends a few hundred requests. For a long run:
 //!
 //! ```text
-//! HOSTILE_CASES=20000 cargo test -p outrider-manager --test hostile -- --nocapture
+//! HOSTILE_CASES=20000 cargo test --release -p outrider-manager --test hostile -- --nocapture
 //! ```
 
 use std::{
@@ -16,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use outrider_manager::{ManagerConfig, RunningManager, start};
+use outrider_manager::{ManagerConfig, RunningManager, ServeLimits, Tuning, executor::SystemClock, start_with};
 use proptest::{
     prelude::*,
     test_runner::{Config, TestCaseError, TestRunner},
@@ -150,6 +151,7 @@ fn well_formed() -> impl Strategy<Value = HostileRequest> {
                 content_type: body.as_ref().map(|_| "application/json"),
                 body,
                 auth: Auth::Valid,
+                raw: None,
             }
         },
     )
@@ -206,6 +208,70 @@ struct HostileRequest {
     body: Option<Vec<u8>>,
     content_type: Option<&'static str>,
     auth: Auth,
+    /// Sent as these bytes on a socket of its own instead (`TOKEN` is the admin token): the
+    /// malformed heads an HTTP client library will not send.
+    raw: Option<Vec<u8>>,
+}
+
+/// A raw HTTP/1 request: request lines, headers and bodies an HTTP client would refuse to
+/// send (control characters, bad or duplicate lengths, oversized heads, unknown versions).
+fn raw_request() -> impl Strategy<Value = HostileRequest> {
+    let method = prop::sample::select(vec!["GET", "POST", "PUT", "DELETE", "G\u{1}T", "", "GET GET", "get", "PRI"]);
+    let target = prop_oneof![
+        4 => prop::sample::select(ROUTES.to_vec()).prop_map(|r| {
+            r.replace("{t}", "default").replace("{s}", "mesh").replace("{v}", "1.0.0").replace("{svc}", "checkout")
+        }),
+        1 => prop::sample::select(vec!["*", "/a\u{7f}b", "/a b", "http://x/api/v1/tenants", "", "/%", "/\u{0}"])
+            .prop_map(String::from),
+        1 => (1usize..200_000).prop_map(|n| format!("/api/v1/tenants?x={}", "a".repeat(n))),
+    ];
+    let version = prop::sample::select(vec!["HTTP/1.1", "HTTP/1.1", "HTTP/1.0", "HTTP/9.9", "HTTP/1.1x", ""]);
+    let header = prop_oneof![
+        3 => Just("Authorization: Bearer TOKEN".to_owned()),
+        2 => Just("Content-Type: application/json".to_owned()),
+        1 => prop::sample::select(vec![
+            "Content-Length: abc", "Content-Length: -1", "Content-Length: 1x", "Content-Length: 5, 6",
+            "Content-Length: 99999999999999999999999", "Transfer-Encoding: chunked", "Transfer-Encoding: gzip",
+            "X-A: a\u{1}b", "X-B: a\rb", "Bad Name: x", ": empty", "X-C", "Host: a\u{0}b", "Authorization: Bearer",
+            "Authorization: Basic Zm9vOmJhcg==", "Expect: 100-continue", "Content-Encoding: br",
+        ])
+        .prop_map(String::from),
+        1 => (1usize..200_000).prop_map(|n| format!("X-Long: {}", "b".repeat(n))),
+        1 => (1usize..300).prop_map(|n| (0..n).map(|i| format!("X-H{i}: v")).collect::<Vec<_>>().join("\r\n")),
+    ];
+    let body = prop_oneof![
+        2 => Just(Vec::new()),
+        1 => Just(b"{\"name\": \"raw1\"}".to_vec()),
+        1 => Just(b"zz\r\nnot a chunk\r\n0\r\n\r\n".to_vec()),
+        1 => prop::collection::vec(any::<u8>(), 0..64),
+    ];
+    (method, target, version, prop::collection::vec(header, 0..5), body).prop_map(
+        |(method, target, version, headers, body)| {
+            let mut head = format!("{method} {target} {version}\r\nHost: 127.0.0.1\r\n");
+            let chunked = headers.iter().any(|h| h.starts_with("Transfer-Encoding: chunked"));
+            for h in &headers {
+                head.push_str(h);
+                head.push_str("\r\n");
+            }
+            // A length that matches the body unless a header already gets it wrong, so that no
+            // request waits for bytes that never come.
+            if !chunked && !headers.iter().any(|h| h.starts_with("Content-Length")) {
+                head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+            }
+            head.push_str("Connection: close\r\n\r\n");
+            let mut bytes = head.into_bytes();
+            bytes.extend_from_slice(if chunked && body.is_empty() { b"0\r\n\r\n" } else { &body });
+            HostileRequest {
+                method: Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET),
+                path: target,
+                query: None,
+                body: None,
+                content_type: None,
+                auth: Auth::Valid,
+                raw: Some(bytes),
+            }
+        },
+    )
 }
 
 fn request() -> impl Strategy<Value = HostileRequest> {
@@ -249,9 +315,10 @@ fn request() -> impl Strategy<Value = HostileRequest> {
             body,
             content_type,
             auth,
+            raw: None,
         },
     );
-    prop_oneof![3 => any_request, 1 => well_formed()]
+    prop_oneof![3 => any_request, 1 => well_formed(), 1 => raw_request()]
 }
 
 struct Server {
@@ -266,7 +333,14 @@ struct Server {
 
 impl Server {
     async fn boot(dir: &Path) -> Self {
-        let m = start(ManagerConfig::new(dir.to_owned(), "127.0.0.1:0".parse().unwrap())).await.unwrap();
+        // Short request timeouts: a raw request whose body never ends is answered in seconds.
+        let serve = ServeLimits {
+            header_read: Duration::from_secs(2),
+            request: Duration::from_secs(2),
+            ..ServeLimits::default()
+        };
+        let config = ManagerConfig::new(dir.to_owned(), "127.0.0.1:0".parse().unwrap());
+        let m = start_with(config, Arc::new(SystemClock), Tuning { serve, ..Tuning::default() }).await.unwrap();
         let token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();
         let http = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
         let hostile =
@@ -319,7 +393,60 @@ impl Server {
         Value::Object(out)
     }
 
-    async fn send(&self, r: &HostileRequest) -> Result<(StatusCode, String, Vec<u8>), reqwest::Error> {
+    /// Sends `bytes` on a new connection and reads the answer to the close.
+    async fn send_raw(&self, bytes: &[u8]) -> Result<(StatusCode, String, Vec<u8>), String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let bytes = String::from_utf8_lossy(bytes).replace("TOKEN", &self.token);
+        let addr = self.base.trim_start_matches("http://");
+        let mut s = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let (mut rx, mut tx) = s.split();
+        let read = async {
+            let mut out = Vec::new();
+            let mut buf = [0u8; 16 << 10];
+            loop {
+                match rx.read(&mut buf).await {
+                    Ok(0) | Err(_) => return out,
+                    Ok(n) => out.extend_from_slice(&buf[..n]),
+                }
+            }
+        };
+        let write = async {
+            // The server may answer and close before it read everything: not an error.
+            let _ = tx.write_all(bytes.as_bytes()).await;
+        };
+        let (answer, ()) = tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(read, write) })
+            .await
+            .map_err(|_| "the server kept the connection open".to_owned())?;
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        let (mut head, mut body) =
+            text.split_once("\r\n\r\n").ok_or_else(|| format!("no complete answer: {text:?}"))?;
+        // Past `100 Continue`.
+        while head.starts_with("HTTP/1.1 1") || head.starts_with("HTTP/1.0 1") {
+            (head, body) = body.split_once("\r\n\r\n").ok_or_else(|| format!("no complete answer: {text:?}"))?;
+        }
+        let status = head
+            .strip_prefix("HTTP/1.1 ")
+            .or_else(|| head.strip_prefix("HTTP/1.0 "))
+            .and_then(|r| r.get(..3))
+            .and_then(|c| c.parse::<u16>().ok())
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .ok_or_else(|| format!("no status line: {head:?}"))?;
+        let ct = head
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type:").map(|v| v.trim().to_owned()))
+            .unwrap_or_default();
+        let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+        Ok((status, ct, if chunked { dechunk(body) } else { body.as_bytes().to_vec() }))
+    }
+
+    async fn send(&self, r: &HostileRequest) -> Result<(StatusCode, String, Vec<u8>), String> {
+        if let Some(raw) = &r.raw {
+            return self.send_raw(raw).await;
+        }
+        self.send_http(r).await.map_err(|e| e.to_string())
+    }
+
+    async fn send_http(&self, r: &HostileRequest) -> Result<(StatusCode, String, Vec<u8>), reqwest::Error> {
         let mut url = format!("{}{}", self.base, r.path);
         if let Some(q) = &r.query {
             url = format!("{url}?{q}");
@@ -346,6 +473,20 @@ impl Server {
     }
 }
 
+/// The body of a chunked answer.
+fn dechunk(mut body: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.extend_from_slice(&rest.as_bytes()[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
 /// Counts of one run.
 #[derive(Debug, Default)]
 struct Tally {
@@ -360,7 +501,7 @@ fn judge(r: &HostileRequest, status: StatusCode, ct: &str, body: &[u8]) -> Resul
     if status.is_server_error() {
         return Err(format!("{status}: {}", String::from_utf8_lossy(body)));
     }
-    let grpc = r.path.starts_with("/outrider.sync.v1.AgentSync/");
+    let grpc = r.path.starts_with("/outrider.sync.v1.AgentSync/") && r.raw.is_none();
     if status.is_client_error() && r.method != Method::HEAD && !grpc {
         let v: Value = serde_json::from_slice(body)
             .map_err(|_| format!("{status} is not JSON ({ct}): {}", String::from_utf8_lossy(body)))?;
@@ -380,7 +521,7 @@ fn judge(r: &HostileRequest, status: StatusCode, ct: &str, body: &[u8]) -> Resul
 }
 
 fn cases() -> u32 {
-    std::env::var("HOSTILE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(150)
+    std::env::var("HOSTILE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(300)
 }
 
 fn cpu_ticks() -> u64 {
@@ -413,7 +554,11 @@ fn hostile_requests_get_json_errors_or_correct_successes_and_refusals_change_not
             *t.by_status.entry(status.as_u16()).or_default() += 1;
             t.server_errors += u64::from(status.is_server_error());
         });
-        judge(&r, status, &ct, &body).map_err(|e| TestCaseError::fail(format!("{:?} {} → {e}", r.method, r.path)))?;
+        let what = || match &r.raw {
+            Some(raw) => format!("raw {:?}", String::from_utf8_lossy(&raw[..raw.len().min(300)])),
+            None => format!("{:?} {}", r.method, r.path),
+        };
+        judge(&r, status, &ct, &body).map_err(|e| TestCaseError::fail(format!("{} → {e}", what())))?;
         let after = rt.block_on(server.snapshot());
         let mut before = snapshot.lock().unwrap_or_else(|p| p.into_inner());
         if !status.is_success() && *before != after {

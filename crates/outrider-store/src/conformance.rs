@@ -16,7 +16,9 @@ where
 {
     revisions_grow_by_one_per_write_txn(fresh().await.as_ref()).await;
     range_is_prefix_bounded_and_ordered(fresh().await.as_ref()).await;
+    pages_and_counts_follow_key_order(fresh().await.as_ref()).await;
     compare_and_swap_is_atomic(fresh().await.as_ref()).await;
+    stamped_keys_carry_the_commit_revision(fresh().await.as_ref()).await;
     watch_replays_from_revision_then_follows(fresh().await.as_ref()).await;
     watch_from_now_sees_only_new_changes(fresh().await.as_ref()).await;
 }
@@ -53,6 +55,39 @@ pub async fn range_is_prefix_bounded_and_ordered(s: &dyn Store) {
     let keys: Vec<_> = r.kvs.iter().map(|kv| kv.key.as_str()).collect();
     assert_eq!(keys, ["r/a", "r/b"]);
     assert_eq!(r.revision, s.revision().await.unwrap());
+}
+
+/// A page holds at most `limit` keys under its prefix after `after`, in key order; a count
+/// counts exactly the keys under its prefix.
+pub async fn pages_and_counts_follow_key_order(s: &dyn Store) {
+    for k in ["p/a", "p/b", "p/c", "p/d", "px", "o"] {
+        put(s, k, "v").await;
+    }
+    let keys = |r: crate::Range| r.kvs.into_iter().map(|kv| kv.key).collect::<Vec<_>>();
+    assert_eq!(keys(s.range_page("p/", None, 2).await.unwrap()), ["p/a", "p/b"]);
+    assert_eq!(keys(s.range_page("p/", Some("p/b"), 10).await.unwrap()), ["p/c", "p/d"]);
+    assert_eq!(keys(s.range_page("p/", Some("p/bb"), 1).await.unwrap()), ["p/c"]);
+    assert_eq!(keys(s.range_page("p/", Some("a"), 1).await.unwrap()), ["p/a"], "an `after` before the prefix");
+    assert!(s.range_page("p/", Some("p/d"), 10).await.unwrap().kvs.is_empty());
+    assert!(s.range_page("p/", None, 0).await.unwrap().kvs.is_empty());
+    assert_eq!(s.range_page("p/", None, 1).await.unwrap().revision, s.revision().await.unwrap());
+    assert_eq!(s.count("p/").await.unwrap(), 4);
+    assert_eq!(s.count("none/").await.unwrap(), 0);
+}
+
+/// A stamped put's key carries the revision its transaction commits at, for reads and watches.
+pub async fn stamped_keys_carry_the_commit_revision(s: &dyn Store) {
+    let mut w = s.watch("log/", 0).await.unwrap();
+    let key = format!("log/{}-a", Op::REVISION);
+    let r = s.txn(Txn::ops(vec![Op::put_stamped(&key, "1"), Op::put("other", "x")])).await.unwrap().revision;
+    let stamped = Op::stamp(&key, r);
+    assert_eq!(stamped, format!("log/{r:020}-a"));
+    assert_eq!(s.get(&stamped).await.unwrap().unwrap().value, b"1");
+    let b = tokio::time::timeout(Duration::from_secs(5), w.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(b.events[0].key(), stamped);
+    let later = s.txn(Txn::ops(vec![Op::put_stamped(&key, "2")])).await.unwrap().revision;
+    let all: Vec<_> = s.range("log/").await.unwrap().kvs.into_iter().map(|kv| kv.key).collect();
+    assert_eq!(all, [stamped, Op::stamp(&key, later)], "stamped keys sort in commit order");
 }
 
 /// Compares decide between the success and the failure branch, atomically.

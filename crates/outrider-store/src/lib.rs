@@ -36,6 +36,18 @@ pub trait Store: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
     /// Every key starting with `prefix`, in key order, and the revision of that snapshot.
     async fn range(&self, prefix: &str) -> Result<Range, StoreError>;
+    /// At most `limit` keys under `prefix` that sort after `after` (all of them when `None`),
+    /// in key order, and the revision of that snapshot: a page of a long range.
+    async fn range_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Range, StoreError> {
+        let mut r = self.range(prefix).await?;
+        r.kvs.retain(|kv| after.is_none_or(|a| kv.key.as_str() > a));
+        r.kvs.truncate(limit);
+        Ok(r)
+    }
+    /// How many keys start with `prefix`.
+    async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
+        Ok(self.range(prefix).await?.kvs.len() as u64)
+    }
     /// Applies `txn.success` if every compare holds, else `txn.failure`, atomically.
     async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError>;
     /// Changes under `prefix` with revision `from_revision` or later (0: from now on).

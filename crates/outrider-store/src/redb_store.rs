@@ -200,8 +200,10 @@ impl Inner {
             let next = current + 1;
             let mut events = Vec::with_capacity(ops.len());
             for op in ops {
+                let stamped = matches!(op, Op::PutStamped { .. });
                 match op {
-                    Op::Put { key, value } => {
+                    Op::Put { key, value } | Op::PutStamped { key, value } => {
+                        let key = if stamped { Op::stamp(&key, next) } else { key };
                         let create = match kv.get(key.as_str()).map_err(StoreError::backend)? {
                             Some(raw) => decode(&key, raw.value())?.create_revision,
                             None => next,
@@ -257,6 +259,44 @@ impl Inner {
         Ok(Range { kvs, revision })
     }
 
+    fn range_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Range, StoreError> {
+        self.with_db(|db| {
+            let r = db.begin_read().map_err(StoreError::backend)?;
+            let kv = r.open_table(KV).map_err(StoreError::backend)?;
+            let meta = r.open_table(META).map_err(StoreError::backend)?;
+            let revision = Self::read_revision(&meta)?;
+            let start = match after {
+                Some(a) if a >= prefix => std::ops::Bound::Excluded(a),
+                _ => std::ops::Bound::Included(prefix),
+            };
+            let mut kvs = Vec::new();
+            for item in kv.range::<&str>((start, std::ops::Bound::Unbounded)).map_err(StoreError::backend)? {
+                let (k, v) = item.map_err(StoreError::backend)?;
+                if kvs.len() >= limit || !k.value().starts_with(prefix) {
+                    break;
+                }
+                kvs.push(decode(k.value(), v.value())?);
+            }
+            Ok(Range { kvs, revision })
+        })
+    }
+
+    fn count(&self, prefix: &str) -> Result<u64, StoreError> {
+        self.with_db(|db| {
+            let r = db.begin_read().map_err(StoreError::backend)?;
+            let kv = r.open_table(KV).map_err(StoreError::backend)?;
+            let mut n = 0;
+            for item in kv.range(prefix..).map_err(StoreError::backend)? {
+                let (k, _) = item.map_err(StoreError::backend)?;
+                if !k.value().starts_with(prefix) {
+                    break;
+                }
+                n += 1;
+            }
+            Ok(n)
+        })
+    }
+
     fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         self.with_db(|db| {
             let r = db.begin_read().map_err(StoreError::backend)?;
@@ -284,6 +324,16 @@ impl Store for RedbStore {
     async fn range(&self, prefix: &str) -> Result<Range, StoreError> {
         let prefix = prefix.to_owned();
         self.blocking(move |i| i.range(&prefix)).await
+    }
+
+    async fn range_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Range, StoreError> {
+        let (prefix, after) = (prefix.to_owned(), after.map(str::to_owned));
+        self.blocking(move |i| i.range_page(&prefix, after.as_deref(), limit)).await
+    }
+
+    async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
+        let prefix = prefix.to_owned();
+        self.blocking(move |i| i.count(&prefix)).await
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {

@@ -56,6 +56,15 @@ pub enum Op {
         /// Value.
         value: Vec<u8>,
     },
+    /// Set the key `key` names once [`Op::REVISION`] in it is replaced by the revision this
+    /// transaction commits at (20 digits, zero-padded): keys that sort in commit order, such
+    /// as an append-only log's.
+    PutStamped {
+        /// Key, with [`Op::REVISION`] somewhere in it.
+        key: String,
+        /// Value.
+        value: Vec<u8>,
+    },
     /// Remove `key` (no-op when absent).
     Delete {
         /// Key.
@@ -64,6 +73,19 @@ pub enum Op {
 }
 
 impl Op {
+    /// The placeholder of a [`Op::PutStamped`] key for the commit revision.
+    pub const REVISION: &'static str = "{revision}";
+
+    /// The key of a [`Op::PutStamped`] once the transaction commits at `revision`.
+    pub fn stamp(key: &str, revision: u64) -> String {
+        key.replace(Self::REVISION, &format!("{revision:020}"))
+    }
+
+    /// A put at a key stamped with the commit revision (see [`Op::PutStamped`]).
+    pub fn put_stamped(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        Self::PutStamped { key: key.into(), value: value.into() }
+    }
+
     /// A put.
     pub fn put(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
         Self::Put { key: key.into(), value: value.into() }

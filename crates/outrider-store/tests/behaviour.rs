@@ -14,7 +14,7 @@ async fn redb_shows_the_behaviour_of_every_store() {
         async move { outrider_store::open(&url).await.unwrap() }
     })
     .await;
-    assert_eq!(n.load(Ordering::Relaxed), 5, "one fresh store per check");
+    assert_eq!(n.load(Ordering::Relaxed), 7, "one fresh store per check");
 }
 
 fn open(dir: &tempfile::TempDir) -> RedbStore {

@@ -29,9 +29,13 @@ pub fn status(e: &Error) -> StatusCode {
     }
 }
 
+/// The JSON body that answers `e`.
+pub fn body(e: &Error) -> serde_json::Value {
+    json!({"error": {"code": e.code(), "message": e.to_string()}})
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
-        (status(&self), Json(body)).into_response()
+        (status(&self), Json(body(&self))).into_response()
     }
 }

@@ -1,23 +1,39 @@
-//! The event log: `GET /events?since=N&plan=ID`, and `follow=true` for an NDJSON stream.
+//! The event log: `GET /events?since=N&from=TIME&plan=ID&limit=N`, and `follow=true` for an
+//! NDJSON stream. Reads go through the log's indexes (`event_log`), a page at a time. When
+//! retention has deleted events the cursor asks for, the answer says so in the
+//! `outrider-events-trimmed` header (the newest trimmed sequence number).
+
+use std::sync::Arc;
 
 use axum::{
     Json,
     body::Body,
     extract::State,
-    http::header,
+    http::{HeaderName, HeaderValue, header},
     response::{IntoResponse, Response},
 };
 use futures::StreamExt;
 use outrider_model::Event;
-use outrider_store::{KeyValue, StoreError, WatchEvent};
+use outrider_store::{Store, StoreError, WatchEvent, WatchStream};
 use serde::Deserialize;
+use time::OffsetDateTime;
 
 use super::{
     AppState,
     extract::{ApiPath, ApiQuery},
     require_tenant,
 };
-use crate::{Error, keys, repo::decode};
+use crate::{
+    Error,
+    event_log::{self, Query},
+};
+
+/// The answer header naming the newest sequence number retention deleted, when the cursor
+/// is older: events between the cursor and the log's start are gone.
+const TRIMMED: HeaderName = HeaderName::from_static("outrider-events-trimmed");
+
+/// Events read per page of a stream's backlog.
+const STREAM_PAGE: usize = 1_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,6 +41,9 @@ pub struct EventQuery {
     /// Only events after this sequence number.
     #[serde(default)]
     since: u64,
+    /// Only events from the first one at or after this time (RFC 3339).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    from: Option<OffsetDateTime>,
     /// Only events of this plan.
     plan: Option<String>,
     /// Keep the answer open and stream new events as NDJSON.
@@ -35,60 +54,113 @@ pub struct EventQuery {
     limit: Option<usize>,
 }
 
-fn to_event(kv: &KeyValue) -> Result<Event, Error> {
-    let mut e: Event = decode(&kv.key, &kv.value)?;
-    e.seq = kv.mod_revision;
-    Ok(e)
-}
-
 pub async fn list(
     State(s): State<AppState>,
     ApiPath(tenant): ApiPath<String>,
     ApiQuery(q): ApiQuery<EventQuery>,
 ) -> Result<Response, Error> {
     require_tenant(&s.repo, &tenant).await?;
-    let prefix = keys::events(&tenant);
-    let range = s.repo.store().range(&prefix).await?;
-    let wanted = |e: &Event| e.seq > q.since && q.plan.as_ref().is_none_or(|p| e.plan.as_ref() == Some(p));
-    let mut backlog: Vec<Event> = range.kvs.iter().map(to_event).collect::<Result<Vec<_>, _>>()?;
-    backlog.retain(wanted);
-    backlog.sort_by_key(|e| e.seq);
-    if !q.follow {
-        // Cut at the limit, but never inside one transaction's events (they share a seq),
-        // so that `since=<last seq>` resumes without losing any.
-        let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
-        if backlog.len() > limit {
-            let last = backlog[limit - 1].seq;
-            let end = backlog.iter().position(|e| e.seq > last).unwrap_or(backlog.len());
-            backlog.truncate(end);
-        }
-        return Ok(Json(backlog).into_response());
+    if let Some(plan) = &q.plan {
+        outrider_model::validate_name("plan", plan)?;
     }
-    let watch = s.repo.store().watch(&prefix, range.revision + 1).await?;
-    let plan = q.plan.clone();
-    let live = watch
-        .flat_map(|batch| {
-            let items: Vec<Result<Event, StoreError>> = match batch {
-                Err(e) => vec![Err(e)],
-                Ok(b) => b
-                    .events
-                    .into_iter()
-                    .filter_map(|e| match e {
-                        WatchEvent::Put(kv) => to_event(&kv).ok().map(Ok),
-                        WatchEvent::Delete { .. } => None,
-                    })
-                    .collect(),
-            };
-            futures::stream::iter(items)
-        })
-        .filter(move |e| futures::future::ready(e.as_ref().map_or(true, |e| plan.is_none() || e.plan == plan)));
-    let lines = futures::stream::iter(backlog.into_iter().map(Ok)).chain(live).map(|e| match e {
-        Ok(e) => {
-            let mut line = serde_json::to_vec(&e).unwrap_or_default();
-            line.push(b'\n');
-            Ok::<_, std::io::Error>(line)
+    let store = s.repo.store().clone();
+    let query = Query { since: q.since, from: q.from, plan: q.plan.clone() };
+    let prefix = event_log::prefix(&tenant, &query);
+    let after = event_log::start_after(store.as_ref(), &tenant, &query).await?;
+    let trimmed = event_log::trimmed(store.as_ref(), &tenant).await?.filter(|&t| t > q.since);
+    let mut resp = if q.follow {
+        let lines = follow(store, prefix, after).map(|batch| match batch {
+            Ok(events) => {
+                let mut chunk = Vec::new();
+                for e in &events {
+                    chunk.extend(serde_json::to_vec(e).unwrap_or_default());
+                    chunk.push(b'\n');
+                }
+                Ok::<_, std::io::Error>(chunk)
+            }
+            Err(err) => Err(std::io::Error::other(err.to_string())),
+        });
+        ([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines)).into_response()
+    } else {
+        let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+        Json(event_log::page(store.as_ref(), &prefix, &after, limit).await?.events).into_response()
+    };
+    if let Some(t) = trimmed {
+        resp.headers_mut().insert(TRIMMED, HeaderValue::from(t));
+    }
+    Ok(resp)
+}
+
+/// Where a stream is.
+enum Phase {
+    /// Reading the backlog, a page at a time, after this key.
+    Backlog(String),
+    /// The backlog is read (at this revision): watch from there.
+    Watch(u64),
+    /// Following new events.
+    Live(WatchStream),
+    Done,
+}
+
+/// The events of `prefix` after the key `after`, then new ones as they are committed, in
+/// batches. A watch that falls behind goes back to reading pages after the last event sent.
+fn follow(
+    store: Arc<dyn Store>,
+    prefix: String,
+    after: String,
+) -> impl futures::Stream<Item = Result<Vec<Event>, Error>> + Send {
+    let state = (Phase::Backlog(after.clone()), after);
+    futures::stream::unfold(state, move |(phase, mut last)| {
+        let (store, prefix) = (store.clone(), prefix.clone());
+        async move {
+            let mut phase = phase;
+            loop {
+                match phase {
+                    Phase::Done => return None,
+                    Phase::Backlog(after) => {
+                        let page = match event_log::page(store.as_ref(), &prefix, &after, STREAM_PAGE).await {
+                            Ok(p) => p,
+                            Err(e) => return Some((Err(e), (Phase::Done, last))),
+                        };
+                        let more = page.events.len() >= STREAM_PAGE;
+                        if let Some(next) = page.next {
+                            last = next;
+                        }
+                        let next = if more { Phase::Backlog(last.clone()) } else { Phase::Watch(page.revision) };
+                        if page.events.is_empty() {
+                            phase = next;
+                            continue;
+                        }
+                        return Some((Ok(page.events), (next, last)));
+                    }
+                    Phase::Watch(revision) => match store.watch(&prefix, revision + 1).await {
+                        Ok(w) => phase = Phase::Live(w),
+                        Err(StoreError::Compacted { .. }) => phase = Phase::Backlog(last.clone()),
+                        Err(e) => return Some((Err(e.into()), (Phase::Done, last))),
+                    },
+                    Phase::Live(mut w) => match w.next().await {
+                        None => return None,
+                        Some(Err(StoreError::Compacted { .. })) => phase = Phase::Backlog(last.clone()),
+                        Some(Err(e)) => return Some((Err(e.into()), (Phase::Done, last))),
+                        Some(Ok(batch)) => {
+                            let mut events = Vec::new();
+                            for e in batch.events {
+                                if let WatchEvent::Put(kv) = e
+                                    && kv.key > last
+                                    && let Some(event) = event_log::watched(&kv)
+                                {
+                                    last = kv.key;
+                                    events.push(event);
+                                }
+                            }
+                            if !events.is_empty() {
+                                return Some((Ok(events), (Phase::Live(w), last)));
+                            }
+                            phase = Phase::Live(w);
+                        }
+                    },
+                }
+            }
         }
-        Err(err) => Err(std::io::Error::other(err.to_string())),
-    });
-    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines)).into_response())
+    })
 }

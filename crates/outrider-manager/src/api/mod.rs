@@ -21,6 +21,8 @@ use axum::{
 };
 use outrider_model::validate_name;
 
+pub(crate) use error::body as error_body;
+
 pub use crate::state::AppState;
 use crate::{Error, keys, repo::Repo};
 

@@ -31,7 +31,7 @@ use crate::{
     Error,
     catalog::Catalog,
     fleet::Fleet,
-    keys,
+    keys, live_plans,
     metrics::Metrics,
     repo::{NewEvent, Repo, decode, encode},
 };
@@ -154,12 +154,12 @@ impl Executor {
         self.fleet.watch(services);
     }
 
-    /// Rereads every plan (decoding only those that changed); changed ones, or with `all`
-    /// every one, are due now.
+    /// Rereads the plans that are not done (decoding only those that changed; done plans
+    /// leave the map); changed ones, or with `all` every one, are due now.
     async fn reread(&self, plans: &mut HashMap<String, Tracked>, now: OffsetDateTime, all: bool) -> Result<(), Error> {
-        let range = self.repo.store().range(keys::PLANS).await?;
-        let mut seen = HashMap::with_capacity(range.kvs.len());
-        for kv in &range.kvs {
+        let live = live_plans::all(self.repo.store().as_ref()).await?;
+        let mut seen = HashMap::with_capacity(live.len());
+        for kv in &live {
             seen.insert(kv.key.as_str(), ());
             match plans.get_mut(&kv.key) {
                 Some(t) if t.revision == kv.mod_revision => {
@@ -248,6 +248,7 @@ impl Executor {
             ops.push(write_op(&t.tenant, w)?);
         }
         ops.push(Op::put(key, encode(&step.plan)?));
+        ops.push(live_plans::op(&t.tenant, &step.plan));
         let events =
             step.events.iter().map(|e| NewEvent::of_plan(&t.tenant, "executor", &t.plan.id, e.clone())).collect();
         let r = self.repo.commit(vec![Compare::unchanged(key, t.revision)], ops, events).await?;

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use crate::{
     Error,
     catalog::TenantCatalog,
-    keys,
+    keys, live_plans,
     repo::{NewEvent, encode},
     state::AppState,
 };
@@ -93,6 +93,7 @@ pub async fn act(
             e.detail = serde_json::json!({"action": action.to_string(), "to": to, "overrides_written": ops.len()});
             plan.updated_at = OffsetDateTime::now_utc();
             plan.recount();
+            ops.push(live_plans::op(tenant, plan));
             Ok((ops, vec![NewEvent::of_plan(tenant, actor, id, e)]))
         })
         .await?;

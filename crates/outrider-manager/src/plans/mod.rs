@@ -16,7 +16,7 @@ pub use actions::{Action, act};
 pub use recall::on_defective;
 
 use crate::{
-    Error, keys,
+    Error, keys, live_plans,
     repo::{NewEvent, encode},
     state::AppState,
 };
@@ -55,7 +55,7 @@ pub async fn create(s: &AppState, tenant: &str, actor: &str, spec: PlanSpec) -> 
     let planned = plan_spec(s, tenant, &spec)?;
     let now = OffsetDateTime::now_utc();
     let plan = Plan::new(new_id(now), spec, planned.feature_services, planned.phases, now);
-    let others: Vec<Plan> = s.repo.list(&keys::plans(tenant)).await?;
+    let others = live_plans::of_tenant(s.repo.store().as_ref(), tenant).await?;
     admission::no_overlap(&plan, &others)?;
     let key = keys::plan(tenant, &plan.id);
     let batches = plan.phases.iter().map(|p| p.batches.len()).sum::<usize>();
@@ -63,7 +63,8 @@ pub async fn create(s: &AppState, tenant: &str, actor: &str, spec: PlanSpec) -> 
         .plan(&plan.id)
         .reason(plan.name.clone())
         .detail(serde_json::json!({"instances": plan.counts.total, "batches": batches}));
-    let r = s.repo.commit(vec![Compare::absent(&key)], vec![Op::put(&key, encode(&plan)?)], vec![event]).await?;
+    let ops = vec![Op::put(&key, encode(&plan)?), live_plans::op(tenant, &plan)];
+    let r = s.repo.commit(vec![Compare::absent(&key)], ops, vec![event]).await?;
     if !r.succeeded {
         return Err(Error::conflict("plan id collision; retry"));
     }
@@ -113,7 +114,8 @@ pub async fn delete(s: &AppState, tenant: &str, id: &str, actor: &str) -> Result
         )));
     }
     let event = NewEvent::new(tenant, "plan.deleted", actor, format!("plan/{id}")).plan(id);
-    let r = s.repo.commit(vec![Compare::unchanged(&key, rev)], vec![Op::delete(&key)], vec![event]).await?;
+    let ops = vec![Op::delete(&key), Op::delete(keys::live_plan(tenant, id))];
+    let r = s.repo.commit(vec![Compare::unchanged(&key, rev)], ops, vec![event]).await?;
     if !r.succeeded {
         return Err(Error::conflict(format!("plan {id} changed meanwhile; retry")));
     }

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 
 use super::{new_id, plan_spec};
 use crate::{
-    Error, keys,
+    Error, keys, live_plans,
     repo::{NewEvent, encode},
     state::AppState,
 };
@@ -18,7 +18,7 @@ use crate::{
 /// running it to the newest healthy version.
 pub async fn on_defective(s: &AppState, tenant: &str, sidecar: &str, version: &str, actor: &str) -> Result<(), Error> {
     let reason = format!("{sidecar} {version} was marked defective");
-    for plan in s.repo.list::<Plan>(&keys::plans(tenant)).await? {
+    for plan in live_plans::of_tenant(s.repo.store().as_ref(), tenant).await? {
         if plan.sidecar != sidecar || plan.target_version != version || plan.state.is_terminal() {
             continue;
         }
@@ -83,6 +83,7 @@ pub async fn on_defective(s: &AppState, tenant: &str, sidecar: &str, version: &s
         .plan(&plan.id)
         .reason(format!("{} (draft: {} instances)", plan.name, plan.counts.total))
         .detail(serde_json::json!({"recall": version, "to": plan.target_version}));
-    s.repo.commit(vec![Compare::absent(&key)], vec![Op::put(&key, encode(&plan)?)], vec![event]).await?;
+    let ops = vec![Op::put(&key, encode(&plan)?), live_plans::op(tenant, &plan)];
+    s.repo.commit(vec![Compare::absent(&key)], ops, vec![event]).await?;
     Ok(())
 }

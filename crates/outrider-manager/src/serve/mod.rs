@@ -1,6 +1,8 @@
 //! The accept loop: REST and gRPC on one port, HTTP/1 and HTTP/2, with the timeouts and
 //! connection caps that keep stalled or hostile clients from holding the manager's fds.
 
+mod head_errors;
+
 use std::{
     collections::BTreeMap,
     convert::Infallible,
@@ -298,7 +300,8 @@ async fn connection(
             async move { Ok::<_, Infallible>(handle(&shared, &state, req).await) }
         })
     };
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    let io = TokioIo::new(head_errors::JsonHeadErrors::new(stream));
+    let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
     let period = (shared.limits.unauthenticated_idle / 2).clamp(Duration::from_millis(10), Duration::from_millis(250));
     let mut tick = tokio::time::interval(period);
