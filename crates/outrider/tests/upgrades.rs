@@ -325,22 +325,28 @@ async fn an_on_deploy_target_waits_for_the_next_deploy() {
     assert_ne!(s.pid, Some(old));
 }
 
+/// Binds `version` in warm mode and waits until the agent reports the warm upgrade failed
+/// with the sidecar running again; its status then.
+async fn failed_warm_upgrade(f: &Fleet, version: &str) -> Sidecar {
+    f.bind_mode(version, "warm").await;
+    let failed = format!("warm upgrade to {version} failed");
+    f.eventually(UPGRADE, "the failed warm upgrade to be reported", async || {
+        let s = f.demo(0).await?;
+        match &s.error {
+            Some(e) if e.contains(&failed) && s.state == "running" => Ok(s),
+            _ => Err(format!("{s:?}")),
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_warm_upgrade_to_a_version_that_never_gets_ready_goes_back_to_the_old_one() {
     let dir = tempfile::tempdir().expect("tempdir");
     let journal = dir.path().join("journal");
     let f = one_instance(warm_body(&journal, false), &[("1.9.0", "fail-health")]).await;
     let old = running(&f, "1.0.0").await.pid.expect("running");
-    f.bind_mode("1.9.0", "warm").await;
-    let s = f
-        .eventually(UPGRADE, "the failed warm upgrade to be reported", async || {
-            let s = f.demo(0).await?;
-            match &s.error {
-                Some(e) if e.contains("warm upgrade to 1.9.0 failed") && s.state == "running" => Ok(s),
-                _ => Err(format!("{s:?}")),
-            }
-        })
-        .await;
+    let s = failed_warm_upgrade(&f, "1.9.0").await;
     assert_eq!(s.version, "1.0.0", "back on the old version: {s:?}");
     assert_ne!(s.pid, Some(old), "the old version was started again");
     let text = std::fs::read_to_string(&journal).unwrap_or_default();
@@ -624,16 +630,7 @@ async fn a_warm_upgrade_to_a_version_that_exits_within_min_ready_goes_back_befor
     }
     let f = one_instance(body, &[("1.9.0", "exit-immediately")]).await;
     let old = running(&f, "1.0.0").await.pid.expect("running");
-    f.bind_mode("1.9.0", "warm").await;
-    let s = f
-        .eventually(UPGRADE, "the failed warm upgrade to be reported", async || {
-            let s = f.demo(0).await?;
-            match &s.error {
-                Some(e) if e.contains("warm upgrade to 1.9.0 failed") && s.state == "running" => Ok(s),
-                _ => Err(format!("{s:?}")),
-            }
-        })
-        .await;
+    let s = failed_warm_upgrade(&f, "1.9.0").await;
     assert!(s.error.as_deref().is_some_and(|e| e.contains("within min_ready")), "{s:?}");
     assert_eq!(s.version, "1.0.0", "back on the old version: {s:?}");
     assert_ne!(s.pid, Some(old), "the old version was started again");
