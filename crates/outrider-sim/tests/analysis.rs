@@ -85,9 +85,6 @@ impl Env {
             if done(&plan) {
                 return plan;
             }
-            if std::env::var_os("ANALYSIS_DEBUG").is_some() {
-                eprintln!("{}", serde_json::to_string(&plan).unwrap());
-            }
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "timed out waiting for {what}: {} ({}) {:#?}",
