@@ -288,6 +288,30 @@ pub struct PlanSpec {
     /// How batches are judged, over the sidecar's `analysis` (absent: the sidecar's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisSpec>,
+    /// Fix-forward: the id of a `blocked` plan of the same sidecar that this plan takes over
+    /// (that plan ends `aborted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supersedes: Option<String>,
+    /// What a failed verdict does (default `block`: wait for an operator).
+    #[serde(default, skip_serializing_if = "OnFail::is_block")]
+    pub on_fail: OnFail,
+}
+
+/// What a plan does when a batch's verdict is `fail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFail {
+    /// Block and wait for an operator to approve or roll back.
+    #[default]
+    Block,
+    /// Roll back by itself (unattended), as the operator's rollback would.
+    Rollback,
+}
+
+impl OnFail {
+    fn is_block(&self) -> bool {
+        *self == Self::Block
+    }
 }
 
 /// One `from_versions` entry, parsed.
@@ -434,6 +458,9 @@ impl PlanSpec {
         }
         if let Some(a) = &self.analysis {
             a.validate("analysis")?;
+        }
+        if let Some(id) = &self.supersedes {
+            validate_name("supersedes", id)?;
         }
         Ok(())
     }
@@ -708,6 +735,12 @@ pub struct Plan {
     /// runs its previous version again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rolling_back: bool,
+    /// The blocked plan this one took over (fix-forward).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supersedes: Option<String>,
+    /// The plan that took this one over (it ended `aborted` then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<String>,
     /// The body it was created from.
     pub spec: PlanSpec,
     /// Created.
@@ -748,6 +781,8 @@ impl Plan {
             cursor_phase: 0,
             accounted: BTreeMap::new(),
             rolling_back: false,
+            supersedes: spec.supersedes.clone(),
+            superseded_by: None,
             spec,
             created_at: now,
             updated_at: now,

@@ -151,6 +151,8 @@ fn case() -> impl Strategy<Value = Case> {
                     windows: Vec::new(),
                     phases,
                     analysis: None,
+                    supersedes: None,
+                    on_fail: Default::default(),
                 },
             },
         )

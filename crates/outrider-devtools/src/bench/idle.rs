@@ -115,6 +115,8 @@ fn plan_body(sidecar: &str, service: &str, window: &ChangeWindow) -> PlanSpec {
             ..PhaseSpec::new("all", UpgradeMode::Restart, Batching::Linear { size: 1 })
         }],
         analysis: None,
+        supersedes: None,
+        on_fail: Default::default(),
     }
 }
 

@@ -397,6 +397,8 @@ fn plan_bench(args: &PlanArgs) -> anyhow::Result<String> {
             windows: Vec::new(),
             phases: PhaseSpec::defaults(),
             analysis: None,
+            supersedes: None,
+            on_fail: Default::default(),
         },
         Some(path) => {
             let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;

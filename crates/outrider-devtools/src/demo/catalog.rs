@@ -115,6 +115,8 @@ pub(super) fn plan_spec(target: &str) -> PlanSpec {
             max_extensions: Some(MAX_EXTENSIONS),
             ..AnalysisSpec::default()
         }),
+        supersedes: None,
+        on_fail: Default::default(),
     }
 }
 

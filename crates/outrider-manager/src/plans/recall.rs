@@ -72,6 +72,8 @@ pub async fn on_defective(s: &AppState, tenant: &str, sidecar: &str, version: &s
             ..PhaseSpec::new("recall", mode, Batching::Exponential { start: 1, factor: 2 })
         }],
         analysis: None,
+        supersedes: None,
+        on_fail: Default::default(),
     };
     let planned = plan_spec(s, tenant, &spec)?;
     let now = OffsetDateTime::now_utc();

@@ -673,6 +673,7 @@ impl Stepper<'_> {
         let from: Vec<VersionMatch> = plan.spec.from_matches().unwrap_or_default();
         let stage = plan.phases[pi].stage.as_str();
         let mode = plan.phases[pi].mode;
+        let inherited = inherited_previous(self.view, plan);
         let mut writes = Vec::new();
         for cell in &plan.phases[pi].batches[bi].cells {
             let Some(service) = self.view.service(&cell.service) else { continue };
@@ -710,7 +711,8 @@ impl Stepper<'_> {
                     return;
                 }
                 let at = Placed { plan, phase: pi, batch: bi, mode, base: &binding.version };
-                writes.push(at.record(inst, st.version.clone(), st.exits));
+                let previous = inherited.get(&(inst.service.as_str(), inst.id.as_str())).copied().unwrap_or(&st.version);
+                writes.push(at.record(inst, previous.to_owned(), st.exits));
             });
         }
         let count = writes.iter().filter(|w| matches!(w, Write::Override { .. })).count();
@@ -755,6 +757,14 @@ impl Placed<'_> {
             },
         }
     }
+}
+
+/// For a fix-forward plan, what each instance the superseded plan moved ran before that plan,
+/// by (service, instance): the plan records it as the instance's `previous`, so that rolling
+/// the fix back never returns an instance to the version it replaces. Empty for other plans.
+fn inherited_previous<'v>(view: &'v dyn View, plan: &Plan) -> HashMap<(&'v str, &'v str), &'v str> {
+    let Some(old) = &plan.spec.supersedes else { return HashMap::new() };
+    view.overrides_of_plan(old).into_iter().map(|(svc, inst, o)| ((svc, inst), o.previous.as_str())).collect()
 }
 
 /// Whether an instance's agent is here to report (connected, not gone).

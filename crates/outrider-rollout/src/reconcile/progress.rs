@@ -56,6 +56,7 @@ impl Stepper<'_> {
         let from: Vec<VersionMatch> = plan.spec.from_matches().unwrap_or_default();
         let mut known: BTreeSet<(String, String)> =
             self.view.overrides_of_plan(&plan.id).into_iter().map(|(s, i, _)| (s.to_owned(), i.to_owned())).collect();
+        let inherited = super::inherited_previous(self.view, plan);
         let mut writes = Vec::new();
         for (pi, bi, cell) in applied_cells(plan) {
             let Some(service) = self.view.service(&cell.service) else { continue };
@@ -80,7 +81,8 @@ impl Stepper<'_> {
                 writes.push(if on_target {
                     at.record(i, binding.version.clone(), 0)
                 } else {
-                    at.record(i, st.version.clone(), st.exits)
+                    let previous = inherited.get(&(i.service.as_str(), i.id.as_str())).copied().unwrap_or(&st.version);
+                    at.record(i, previous.to_owned(), st.exits)
                 });
             });
         }

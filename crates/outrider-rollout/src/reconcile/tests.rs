@@ -834,3 +834,35 @@ fn a_business_deploy_during_the_bake_does_not_fail_the_batch() {
     assert_eq!(latency.verdict.canary.instances, 1, "the deployed canaries are left out");
     assert_eq!(latency.verdict.baseline.instances, 3, "and so are the deployed baselines");
 }
+
+#[test]
+fn a_fix_forward_records_what_instances_ran_before_the_plan_it_supersedes() {
+    // Plan p0 moved s0's instances from 1.0.0 to the bad 1.2.0, then was superseded.
+    let mut w = world(1, 2);
+    for i in &mut w.instances {
+        i.sidecars[0].version = "1.2.0".into();
+        let bad = Override {
+            plan: "p0".into(),
+            phase: 0,
+            batch: 0,
+            version: "1.2.0".into(),
+            mode: UpgradeMode::Hot,
+            previous: "1.0.0".into(),
+            base_version: "1.0.0".into(),
+            exits_before: 0,
+        };
+        w.overrides.insert((i.service.clone(), i.id.clone(), "mesh".into()), bad);
+    }
+    let previous = |w: &World| w.overrides.values().map(|o| (o.plan.clone(), o.previous.clone())).collect::<Vec<_>>();
+    let p1 = ("p1".to_owned(), "1.0.0".to_owned());
+    let mut body = one_phase("10m", json!({}));
+    body["supersedes"] = json!("p0");
+    let fix = new_plan(&w, body, FRIDAY);
+    let mut fixed = World { overrides: w.overrides.clone(), instances: w.instances.clone(), ..world(1, 2) };
+    step_at(&mut fixed, &fix, FRIDAY);
+    assert_eq!(previous(&fixed), [p1.clone(), p1], "a rollback of the fix returns to 1.0.0, not to 1.2.0");
+    // Without `supersedes`, a plan records what the instances run now.
+    let plain = new_plan(&w, one_phase("10m", json!({})), FRIDAY);
+    step_at(&mut w, &plain, FRIDAY);
+    assert!(previous(&w).iter().all(|(plan, prev)| plan == "p1" && prev == "1.2.0"), "{:?}", previous(&w));
+}
