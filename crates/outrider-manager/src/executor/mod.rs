@@ -10,6 +10,7 @@
 //! the catalog or the freezes), or — while a batch is in flight — new reports from its
 //! instances. A plan waiting on a window costs nothing until the window opens.
 
+mod on_fail;
 mod queries;
 mod view;
 
@@ -199,7 +200,7 @@ impl Executor {
     /// One step of the plan at `key`, committed.
     async fn step(&self, key: &str, t: &mut Tracked, now: OffsetDateTime) {
         let external = self.fetch_queries(t, now).await;
-        let step = {
+        let (mut step, rollback) = {
             let catalog = self.catalog.read().unwrap_or_else(|p| p.into_inner());
             // A step reads a view at least as new as the plan's last write (its overrides and
             // targets): until the catalog watch has applied it, the plan waits.
@@ -212,14 +213,30 @@ impl Executor {
                 return;
             };
             let view = TenantView { tenant: &t.tenant, catalog: tc, fleet: &self.fleet, external: external.as_ref() };
-            reconcile::reconcile(&t.plan, &view, now)
+            let mut step = reconcile::reconcile(&t.plan, &view, now);
+            let rollback = match on_fail::rolls_back_by_itself(&t.plan, &step.plan).cloned() {
+                Some(incident) => match on_fail::roll_back(tc, &t.tenant, &mut step, &incident) {
+                    Ok(ops) => ops,
+                    Err(e) => {
+                        tracing::warn!(plan = %t.plan.id, error = %e, "cannot roll back by itself; retrying");
+                        t.due = Some(now + RETRY);
+                        return;
+                    }
+                },
+                None => Vec::new(),
+            };
+            (step, rollback)
         };
+        if step.plan.rolling_back && !t.plan.rolling_back {
+            // Rolled back by itself: follow the rollback from the next step on.
+            step.next = Some(now);
+        }
         self.metrics.executor_steps.inc();
         if !step.changed {
             t.due = step.next;
             return;
         }
-        match self.commit(key, t, &step).await {
+        match self.commit(key, t, &step, rollback).await {
             Ok(Some(revision)) => {
                 self.metrics.executor_commits.inc();
                 t.revision = revision;
@@ -240,10 +257,12 @@ impl Executor {
         }
     }
 
-    /// Writes a step: the plan (if unchanged since read), its overrides and events, at once.
-    /// The new revision, or `None` when the plan changed meanwhile.
-    async fn commit(&self, key: &str, t: &Tracked, step: &Step) -> Result<Option<u64>, Error> {
-        let mut ops = Vec::with_capacity(step.writes.len() + 1);
+    /// Writes a step: the plan (if unchanged since read), its overrides and events, and
+    /// `extra` (a rollback by itself), at once. The new revision, or `None` when the plan
+    /// changed meanwhile.
+    async fn commit(&self, key: &str, t: &Tracked, step: &Step, extra: Vec<Op>) -> Result<Option<u64>, Error> {
+        let mut ops = extra;
+        ops.reserve(step.writes.len() + 2);
         for w in &step.writes {
             ops.push(write_op(&t.tenant, w)?);
         }

@@ -120,7 +120,8 @@ fn next_state(plan: &Plan, action: Action) -> Result<PlanState, Error> {
     Ok(to)
 }
 
-fn skip_pending(plan: &mut Plan) {
+/// Marks the plan's batches that have not started `skipped`.
+pub(super) fn skip_pending(plan: &mut Plan) {
     for b in plan.phases.iter_mut().flat_map(|p| &mut p.batches).filter(|b| b.state == BatchState::Pending) {
         b.state = BatchState::Skipped;
     }
@@ -130,7 +131,7 @@ fn skip_pending(plan: &mut Plan) {
 /// it applied back to the binding's version (so instances that join later start there too):
 /// all at once (hot where the sidecar supports it), so the rollback is as fast as the agents.
 /// The plan follows it until every changed instance is back.
-fn rollback(tc: &TenantCatalog, tenant: &str, plan: &mut Plan) -> Result<Vec<Op>, Error> {
+pub(crate) fn rollback(tc: &TenantCatalog, tenant: &str, plan: &mut Plan) -> Result<Vec<Op>, Error> {
     let mode = match tc.sidecar(&plan.sidecar) {
         Some(sc) if sc.upgrade_modes.contains(&UpgradeMode::Hot) => UpgradeMode::Hot,
         _ => UpgradeMode::Restart,

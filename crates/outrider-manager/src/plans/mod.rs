@@ -6,6 +6,7 @@
 mod actions;
 mod admission;
 mod recall;
+mod supersede;
 
 use outrider_model::{Freeze, Plan, PlanSpec, Simulation, validate_name};
 use outrider_rollout::{FleetView, InstanceView, Planned, SimAssumptions, Windows};
@@ -13,6 +14,7 @@ use outrider_store::{Compare, Op};
 use time::OffsetDateTime;
 
 pub use actions::{Action, act};
+pub(crate) use actions::rollback;
 pub use recall::on_defective;
 
 use crate::{
@@ -49,31 +51,47 @@ fn new_id(now: OffsetDateTime) -> String {
 }
 
 /// Creates a `pending` plan from `spec` for `actor`: validated, admitted, planned, and not
-/// overlapping another live plan of the same sidecar.
+/// overlapping another live plan of the same sidecar — but the blocked plan it `supersedes`,
+/// which ends `aborted` in the same commit.
 pub async fn create(s: &AppState, tenant: &str, actor: &str, spec: PlanSpec) -> Result<Plan, Error> {
     spec.validate()?;
+    let superseded = supersede::superseded(s, tenant, &spec).await?;
     let planned = plan_spec(s, tenant, &spec)?;
     let now = OffsetDateTime::now_utc();
     let plan = Plan::new(new_id(now), spec, planned.feature_services, planned.phases, now);
-    let others = live_plans::of_tenant(s.repo.store().as_ref(), tenant).await?;
+    let mut others = live_plans::of_tenant(s.repo.store().as_ref(), tenant).await?;
+    others.retain(|o| plan.supersedes.as_ref() != Some(&o.id));
     admission::no_overlap(&plan, &others)?;
     let key = keys::plan(tenant, &plan.id);
     let batches = plan.phases.iter().map(|p| p.batches.len()).sum::<usize>();
     let event = NewEvent::new(tenant, "plan.created", actor, format!("plan/{}", plan.id))
         .plan(&plan.id)
         .reason(plan.name.clone())
-        .detail(serde_json::json!({"instances": plan.counts.total, "batches": batches}));
-    let ops = vec![Op::put(&key, encode(&plan)?), live_plans::op(tenant, &plan)];
-    let r = s.repo.commit(vec![Compare::absent(&key)], ops, vec![event]).await?;
+        .detail(serde_json::json!({"instances": plan.counts.total, "batches": batches, "supersedes": plan.supersedes}));
+    let mut compare = vec![Compare::absent(&key)];
+    let mut ops = vec![Op::put(&key, encode(&plan)?), live_plans::op(tenant, &plan)];
+    let mut events = vec![event];
+    if let Some((mut old, rev)) = superseded {
+        let e = supersede::take_over(&mut old, &plan.id, now);
+        let old_key = keys::plan(tenant, &old.id);
+        compare.push(Compare::unchanged(&old_key, rev));
+        ops.extend([Op::put(&old_key, encode(&old)?), live_plans::op(tenant, &old)]);
+        events.push(NewEvent::of_plan(tenant, actor, &old.id, e));
+    }
+    let r = s.repo.commit(compare, ops, events).await?;
     if !r.succeeded {
-        return Err(Error::conflict("plan id collision; retry"));
+        return Err(match &plan.supersedes {
+            Some(old) => Error::conflict(format!("plan {old} changed meanwhile (superseded already?); retry")),
+            None => Error::conflict("plan id collision; retry"),
+        });
     }
     s.wake.notify_one();
     Ok(plan)
 }
 
 /// The predicted schedule of `spec` from now, with `deploys_per_day` deploys per instance and
-/// day for on-deploy phases (default 0.2); nothing changes.
+/// day for on-deploy phases (default 0.2); a plan it `supersedes` is checked as by
+/// [`create`]; nothing changes.
 pub async fn simulate(
     s: &AppState,
     tenant: &str,
@@ -81,6 +99,7 @@ pub async fn simulate(
     deploys_per_day: Option<f64>,
 ) -> Result<Simulation, Error> {
     spec.validate()?;
+    supersede::superseded(s, tenant, spec).await?;
     let mut assumptions = SimAssumptions::default();
     if let Some(rate) = deploys_per_day {
         if !(rate.is_finite() && (0.0..=1000.0).contains(&rate)) {
