@@ -674,7 +674,7 @@ impl Stepper<'_> {
         let stage = plan.phases[pi].stage.as_str();
         let mode = plan.phases[pi].mode;
         let inherited = inherited_previous(self.view, plan);
-        let mut writes = Vec::new();
+        let mut writes = taken_over_targets(self.view, plan, pi, bi);
         for cell in &plan.phases[pi].batches[bi].cells {
             let Some(service) = self.view.service(&cell.service) else { continue };
             let Some(binding) = self.view.binding(&cell.service, &plan.sidecar) else { continue };
@@ -765,6 +765,24 @@ impl Placed<'_> {
 fn inherited_previous<'v>(view: &'v dyn View, plan: &Plan) -> HashMap<(&'v str, &'v str), &'v str> {
     let Some(old) = &plan.spec.supersedes else { return HashMap::new() };
     view.overrides_of_plan(old).into_iter().map(|(svc, inst, o)| ((svc, inst), o.previous.as_str())).collect()
+}
+
+/// For a fix-forward plan applying batch `bi` of phase `pi` over every stage: the superseded
+/// plan's targets of narrower stages in the same cells are retired, so that instances that
+/// join later (or return after this plan's rollback) follow this plan, not the version it
+/// replaces. A target of the same stage is simply overwritten by this plan's.
+fn taken_over_targets(view: &dyn View, plan: &Plan, pi: usize, bi: usize) -> Vec<Write> {
+    let (Some(old), Some(phase)) = (&plan.spec.supersedes, plan.phases.get(pi)) else { return Vec::new() };
+    if phase.stage != "all" {
+        return Vec::new();
+    }
+    let Some(batch) = phase.batches.get(bi) else { return Vec::new() };
+    view.targets_of_plan(old)
+        .into_iter()
+        .filter(|(c, _)| c.stage != "all")
+        .filter(|(c, _)| batch.cells.iter().any(|b| b.service == c.service && b.region == c.region && b.env == c.env))
+        .map(|(cell, _)| Write::DeleteTarget { cell })
+        .collect()
 }
 
 /// Whether an instance's agent is here to report (connected, not gone).

@@ -853,14 +853,33 @@ fn a_fix_forward_records_what_instances_ran_before_the_plan_it_supersedes() {
         };
         w.overrides.insert((i.service.clone(), i.id.clone(), "mesh".into()), bad);
     }
+    let cell = |stage: &str| CellRef {
+        service: "s0".into(),
+        sidecar: "mesh".into(),
+        region: "r1".into(),
+        env: "prod".into(),
+        stage: stage.into(),
+    };
+    let bad = CellTarget {
+        plan: "p0".into(),
+        phase: 0,
+        batch: 0,
+        version: "1.2.0".into(),
+        mode: UpgradeMode::Hot,
+        base_version: "1.0.0".into(),
+    };
+    w.targets.insert(cell("full"), bad);
     let previous = |w: &World| w.overrides.values().map(|o| (o.plan.clone(), o.previous.clone())).collect::<Vec<_>>();
     let p1 = ("p1".to_owned(), "1.0.0".to_owned());
     let mut body = one_phase("10m", json!({}));
     body["supersedes"] = json!("p0");
     let fix = new_plan(&w, body, FRIDAY);
-    let mut fixed = World { overrides: w.overrides.clone(), instances: w.instances.clone(), ..world(1, 2) };
+    let mut fixed =
+        World { overrides: w.overrides.clone(), targets: w.targets.clone(), instances: w.instances.clone(), ..world(1, 2) };
     step_at(&mut fixed, &fix, FRIDAY);
     assert_eq!(previous(&fixed), [p1.clone(), p1], "a rollback of the fix returns to 1.0.0, not to 1.2.0");
+    let targets: Vec<_> = fixed.targets.iter().map(|(c, t)| (c.stage.as_str(), t.plan.as_str())).collect();
+    assert_eq!(targets, [("all", "p1")], "the superseded plan's target of the cell is retired");
     // Without `supersedes`, a plan records what the instances run now.
     let plain = new_plan(&w, one_phase("10m", json!({})), FRIDAY);
     step_at(&mut w, &plain, FRIDAY);
