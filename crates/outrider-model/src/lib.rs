@@ -39,8 +39,9 @@ pub use name::{validate_name, validate_text};
 pub use overrides::{CellTarget, Override};
 pub use placeholder::{PlaceholderContext, PlaceholderError, expand};
 pub use plan::{
-    Batch, BatchState, Batching, Caps, Cell, ChangeWindow, Counts, FeatureServices, Freeze, Incident, NewFreeze, OnFail, Phase,
-    PhaseSpec, Plan, PlanSpec, PlanState, Selector, Simulation, Verdict, VersionMatch, limits as plan_limits,
+    Batch, BatchState, Batching, Caps, Cell, ChangeWindow, Counts, FeatureServices, Freeze, Incident, NewFreeze,
+    OnFail, Phase, PhaseSpec, Plan, PlanSpec, PlanState, Selector, Simulation, Verdict, VersionMatch,
+    limits as plan_limits,
 };
 pub use scrape::{Derivation, MetricRef, Quantile, Ratio, Scrape, Series, limits as scrape_limits};
 pub use service::{Priority, ProtectedPeriod, Service, ServiceUpdate};

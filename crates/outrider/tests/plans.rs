@@ -561,3 +561,132 @@ async fn an_on_deploy_phase_waits_for_deploys_and_the_converge_phase_moves_the_r
     assert_eq!(env.running().await.get("1.1.0"), Some(&240));
     env.shutdown().await;
 }
+
+/// A plan to the bad 1.2.0 (crashes on http services), blocked by the crash.
+async fn blocked_plan(env: &Env) -> String {
+    let plan = env.post("/plans", plan_body_baking("1.2.0", "1500ms")).await;
+    let id = plan["id"].as_str().unwrap().to_owned();
+    env.wait_plan(&id, "the block", |p| p["state"] == "blocked").await;
+    id
+}
+
+/// A fix-forward to 1.1.0 that takes over `old`: any version but the target, `body` otherwise.
+fn fix_forward(mut body: Value, old: &str) -> Value {
+    body["from_versions"] = json!([]);
+    body["supersedes"] = json!(old);
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fix_forward_plan_supersedes_a_blocked_one_and_completes() {
+    let env = setup().await;
+    let bad = blocked_plan(&env).await;
+    let fix = fix_forward(plan_body("1.1.0"), &bad);
+    let mut plain = fix.clone();
+    plain.as_object_mut().unwrap().remove("supersedes");
+    let (s, v) = env.call(reqwest::Method::POST, "/plans", Some(plain)).await;
+    assert_eq!(s, 409, "without supersedes the blocked plan is in the way: {v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains(&bad), "{v}");
+    let sim = env.post("/plans/simulate", fix.clone()).await;
+    assert!(sim["days"].as_f64().is_some(), "simulate takes the field too: {sim}");
+    let plan = env.post("/plans", fix.clone()).await;
+    let id = plan["id"].as_str().unwrap().to_owned();
+    assert_eq!(plan["supersedes"], bad.as_str());
+    let old = env.get(&format!("/plans/{bad}")).await;
+    assert_eq!((old["state"].as_str(), old["superseded_by"].as_str()), (Some("aborted"), Some(id.as_str())));
+    assert_eq!(old["reason"], format!("superseded by plan {id}"));
+    let event = plan_events(&env, &bad).await.into_iter().find(|e| e["detail"]["superseded_by"] == id.as_str());
+    assert!(
+        event.is_some_and(|e| e["actor"] != "executor" && e["detail"]["to"] == "aborted"),
+        "recorded with its actor"
+    );
+    // The superseded plan can be taken over only once.
+    let (s, v) = env.call(reqwest::Method::POST, "/plans", Some(fix)).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("only a blocked plan"), "{v}");
+    let done = env.wait_plan(&id, "completion", |p| p["state"] == "completed").await;
+    assert_eq!(done["counts"]["done"], 240, "{done:#}");
+    assert_eq!(env.running().await, BTreeMap::from([("1.1.0".to_owned(), 240)]), "every instance runs the fix");
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_back_a_fix_forward_never_returns_instances_to_the_version_it_replaced() {
+    let env = setup().await;
+    let bad = blocked_plan(&env).await;
+    // One batch over every cell, baking long enough to be rolled back while it bakes.
+    let mut body = plan_body("1.1.0");
+    body["phases"] = json!([{"name": "all", "stage": "all", "mode": "hot",
+        "batching": {"strategy": "linear", "size": 1000}, "bake": "60s", "batch_timeout": "10s"}]);
+    let id = env.post("/plans", fix_forward(body, &bad)).await["id"].as_str().unwrap().to_owned();
+    env.wait_plan(&id, "the bake", |p| p["phases"][0]["batches"][0]["state"] == "baking").await;
+    assert_eq!(env.running().await, BTreeMap::from([("1.1.0".to_owned(), 240)]));
+    env.post(&format!("/plans/{id}/rollback"), json!({"reason": "test"})).await;
+    env.wait_plan(&id, "the rollback", |p| p["state"] == "rolled_back").await;
+    assert_eq!(env.running().await, BTreeMap::from([("1.0.0".to_owned(), 240)]), "back before the bad version");
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_of_one_sidecar_over_disjoint_services_run_side_by_side() {
+    let env = setup().await;
+    let services: Vec<String> = env.spec.services.iter().map(|s| s.name.clone()).collect();
+    let (left, right) = services.split_at(services.len() / 2);
+    let body = |svcs: &[String]| {
+        let mut b = plan_body_baking("1.1.0", "1s");
+        b["selector"] = json!({"services": svcs});
+        b["feature_services"] = json!({"per_trait_value": 0});
+        b
+    };
+    let a = env.post("/plans", body(left)).await["id"].as_str().unwrap().to_owned();
+    let b = env.post("/plans", body(right)).await["id"].as_str().unwrap().to_owned();
+    // Overlapping plans are still refused: one service in common, or every service.
+    for overlapping in [body(&[left[0].clone()]), plan_body("1.1.0")] {
+        let (s, v) = env.call(reqwest::Method::POST, "/plans", Some(overlapping)).await;
+        assert_eq!(s, 409, "{v}");
+    }
+    let moving = |p: &Value| {
+        p["state"] == "running"
+            && p["phases"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|ph| ph["batches"].as_array().unwrap())
+                .any(|b| b["state"] != "pending")
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (pa, pb) = (env.get(&format!("/plans/{a}")).await, env.get(&format!("/plans/{b}")).await);
+        if moving(&pa) && moving(&pb) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never both moving: {} / {}", pa["reason"], pb["reason"]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for id in [&a, &b] {
+        env.wait_plan(id, "completion", |p| p["state"] == "completed").await;
+    }
+    assert_eq!(env.running().await, BTreeMap::from([("1.1.0".to_owned(), 240)]));
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_with_on_fail_rollback_rolls_back_by_itself_on_a_failed_verdict() {
+    let env = setup().await;
+    let mut body = plan_body_baking("1.2.0", "1500ms");
+    body["on_fail"] = json!("rollback");
+    let id = env.post("/plans", body).await["id"].as_str().unwrap().to_owned();
+    let done = env.wait_plan(&id, "the rollback", |p| p["state"] == "rolled_back").await;
+    assert_eq!(done["spec"]["on_fail"], "rollback");
+    assert!(!done["incidents"].as_array().unwrap().is_empty(), "the failed verdict is on record");
+    assert_eq!(env.running().await, BTreeMap::from([("1.0.0".to_owned(), 240)]), "back on the previous version");
+    let events = plan_events(&env, &id).await;
+    let action: Vec<&Value> = events.iter().filter(|e| e["kind"] == "plan.action").collect();
+    assert_eq!(action.len(), 1, "{action:?}");
+    assert_eq!(
+        (action[0]["actor"].as_str(), action[0]["detail"]["action"].as_str()),
+        (Some("executor"), Some("rollback"))
+    );
+    assert!(action[0]["reason"].as_str().unwrap().contains("on_fail: rollback"), "{}", action[0]["reason"]);
+    env.shutdown().await;
+}

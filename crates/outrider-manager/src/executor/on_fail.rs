@@ -22,7 +22,12 @@ pub(super) fn rolls_back_by_itself<'p>(before: &Plan, after: &'p Plan) -> Option
 /// overrides and targets that take the changed instances back (to commit with the step), the
 /// plan `running` with `rolling_back`, and a `plan.action` event that names the incident.
 /// Records of instances the step took in are dropped: they follow their cell's target back.
-pub(super) fn roll_back(tc: &TenantCatalog, tenant: &str, step: &mut Step, incident: &Incident) -> Result<Vec<Op>, Error> {
+pub(super) fn roll_back(
+    tc: &TenantCatalog,
+    tenant: &str,
+    step: &mut Step,
+    incident: &Incident,
+) -> Result<Vec<Op>, Error> {
     let summary = format!("{} ({})", incident.summary, incident.metric);
     step.writes.retain(|w| !matches!(w, Write::Override { .. }));
     let ops = plans::rollback(tc, tenant, &mut step.plan)?;
@@ -55,7 +60,9 @@ mod tests {
         let mut after = before.clone();
         after.state = PlanState::Blocked;
         if incident {
-            after.incidents.push(Incident { metric: "crash_loop".into(), ..Incident::opened(OffsetDateTime::UNIX_EPOCH) });
+            after
+                .incidents
+                .push(Incident { metric: "crash_loop".into(), ..Incident::opened(OffsetDateTime::UNIX_EPOCH) });
         }
         after
     }

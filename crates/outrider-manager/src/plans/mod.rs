@@ -13,8 +13,8 @@ use outrider_rollout::{FleetView, InstanceView, Planned, SimAssumptions, Windows
 use outrider_store::{Compare, Op};
 use time::OffsetDateTime;
 
-pub use actions::{Action, act};
 pub(crate) use actions::rollback;
+pub use actions::{Action, act};
 pub use recall::on_defective;
 
 use crate::{

@@ -105,7 +105,8 @@ mod tests {
         assert_eq!(code(&blocked("1.3.0"), &fix), "invalid_argument", "same target");
         let other = Plan { sidecar: "log".into(), ..blocked("1.2.0") };
         assert_eq!(code(&other, &fix), "invalid_argument", "other sidecar");
-        let narrow = spec(serde_json::json!({"sidecar": "mesh", "target_version": "1.3.0", "from_versions": ["1.0.0"]}));
+        let narrow =
+            spec(serde_json::json!({"sidecar": "mesh", "target_version": "1.3.0", "from_versions": ["1.0.0"]}));
         assert_eq!(code(&blocked("1.2.0"), &narrow), "invalid_argument", "leaves out the bad version");
         let wide = spec(serde_json::json!({"sidecar": "mesh", "target_version": "1.3.0", "from_versions": ["<1.3.0"]}));
         check(&blocked("1.2.0"), &wide).unwrap();
@@ -117,6 +118,9 @@ mod tests {
         let e = take_over(&mut old, "p1", OffsetDateTime::UNIX_EPOCH);
         assert_eq!((old.state, old.reason.as_str()), (PlanState::Aborted, "superseded by plan p1"));
         assert_eq!(old.superseded_by.as_deref(), Some("p1"));
-        assert_eq!((e.reason.as_str(), &e.detail["superseded_by"]), ("superseded by plan p1", &serde_json::json!("p1")));
+        assert_eq!(
+            (e.reason.as_str(), &e.detail["superseded_by"]),
+            ("superseded by plan p1", &serde_json::json!("p1"))
+        );
     }
 }

@@ -711,7 +711,8 @@ impl Stepper<'_> {
                     return;
                 }
                 let at = Placed { plan, phase: pi, batch: bi, mode, base: &binding.version };
-                let previous = inherited.get(&(inst.service.as_str(), inst.id.as_str())).copied().unwrap_or(&st.version);
+                let previous =
+                    inherited.get(&(inst.service.as_str(), inst.id.as_str())).copied().unwrap_or(&st.version);
                 writes.push(at.record(inst, previous.to_owned(), st.exits));
             });
         }

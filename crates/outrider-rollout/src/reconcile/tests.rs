@@ -874,8 +874,12 @@ fn a_fix_forward_records_what_instances_ran_before_the_plan_it_supersedes() {
     let mut body = one_phase("10m", json!({}));
     body["supersedes"] = json!("p0");
     let fix = new_plan(&w, body, FRIDAY);
-    let mut fixed =
-        World { overrides: w.overrides.clone(), targets: w.targets.clone(), instances: w.instances.clone(), ..world(1, 2) };
+    let mut fixed = World {
+        overrides: w.overrides.clone(),
+        targets: w.targets.clone(),
+        instances: w.instances.clone(),
+        ..world(1, 2)
+    };
     step_at(&mut fixed, &fix, FRIDAY);
     assert_eq!(previous(&fixed), [p1.clone(), p1], "a rollback of the fix returns to 1.0.0, not to 1.2.0");
     let targets: Vec<_> = fixed.targets.iter().map(|(c, t)| (c.stage.as_str(), t.plan.as_str())).collect();
