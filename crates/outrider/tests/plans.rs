@@ -593,6 +593,18 @@ async fn a_fix_forward_plan_supersedes_a_blocked_one_and_completes() {
     let id = plan["id"].as_str().unwrap().to_owned();
     assert_eq!(plan["supersedes"], bad.as_str());
     let old = env.get(&format!("/plans/{bad}")).await;
+    // The same body shape plans the same order: the cells the bad plan changed come first.
+    let cells = |p: &Value, applied_only: bool| -> Vec<Value> {
+        let batches = p["phases"][0]["batches"].as_array().unwrap().iter();
+        let batches: Vec<&Value> =
+            batches.filter(|b| !applied_only || ["passed", "failed"].contains(&b["state"].as_str().unwrap())).collect();
+        batches
+            .iter()
+            .flat_map(|b| b["cells"].as_array().unwrap().iter().map(|c| json!([c["service"], c["region"]])))
+            .collect()
+    };
+    let changed = cells(&old, true);
+    assert_eq!(cells(&plan, false)[..changed.len()], changed[..], "the fix starts where the bad version runs");
     assert_eq!((old["state"].as_str(), old["superseded_by"].as_str()), (Some("aborted"), Some(id.as_str())));
     assert_eq!(old["reason"], format!("superseded by plan {id}"));
     let event = plan_events(&env, &bad).await.into_iter().find(|e| e["detail"]["superseded_by"] == id.as_str());
