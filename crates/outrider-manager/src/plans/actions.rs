@@ -107,6 +107,12 @@ fn next_state(plan: &Plan, action: Action) -> Result<PlanState, Error> {
     if plan.rolling_back {
         return Err(Error::precondition(format!("plan {} is rolling back: cannot {action} it", plan.id)));
     }
+    if let Some(by) = &plan.superseded_by {
+        return Err(Error::precondition(format!(
+            "plan {} was superseded by plan {by}, which owns its instances now: act on {by}",
+            plan.id
+        )));
+    }
     let to = match (action, plan.state) {
         (Action::Pause, PlanState::Pending | PlanState::Running | PlanState::Waiting) => PlanState::Paused,
         (Action::Resume, PlanState::Paused) => PlanState::Running,
@@ -159,4 +165,23 @@ pub(crate) fn rollback(tc: &TenantCatalog, tenant: &str, plan: &mut Plan) -> Res
         }
     }
     Ok(ops)
+}
+
+#[cfg(test)]
+mod tests {
+    use outrider_model::{Plan, PlanSpec, PlanState};
+    use time::OffsetDateTime;
+
+    use super::{Action, next_state};
+
+    #[test]
+    fn a_superseded_plan_cannot_be_rolled_back_over_the_plan_that_took_it_over() {
+        let spec: PlanSpec = serde_json::from_str(r#"{"sidecar":"mesh","target_version":"1.2.0"}"#).unwrap();
+        let mut plan = Plan::new("p0".into(), spec, Vec::new(), Vec::new(), OffsetDateTime::UNIX_EPOCH);
+        plan.state = PlanState::Aborted;
+        assert_eq!(next_state(&plan, Action::Rollback).unwrap(), PlanState::Running, "an aborted plan can roll back");
+        plan.superseded_by = Some("p1".into());
+        let e = next_state(&plan, Action::Rollback).unwrap_err();
+        assert!(e.to_string().contains("act on p1"), "{e}");
+    }
 }
