@@ -5,7 +5,9 @@
 
 mod actions;
 mod admission;
+mod last_good;
 mod recall;
+mod withdraw;
 
 use outrider_model::{Freeze, Plan, PlanSpec, Simulation, validate_name};
 use outrider_rollout::{FleetView, InstanceView, Planned, SimAssumptions, Windows};
@@ -13,7 +15,7 @@ use outrider_store::{Compare, Op};
 use time::OffsetDateTime;
 
 pub use actions::{Action, act};
-pub use recall::on_defective;
+pub use recall::mark_defective;
 
 use crate::{
     Error, keys, live_plans,
