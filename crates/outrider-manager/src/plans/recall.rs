@@ -82,12 +82,9 @@ pub async fn mark_defective(
             v.defect_reason = Some(reason.to_owned());
             v.recall_to = recall.as_ref().ok().cloned();
             v.recall_skipped = recall.as_ref().err().cloned();
-            let mut events =
-                vec![NewEvent::new(tenant, "version.defective", actor, &object).reason(reason).detail(detail.clone())];
-            if let Err(why) = &recall {
-                events.push(NewEvent::new(tenant, "recall.skipped", actor, &object).reason(why.clone()));
-            }
-            Ok((ops.clone(), events))
+            let event =
+                NewEvent::new(tenant, "version.defective", actor, &object).reason(reason).detail(detail.clone());
+            Ok((ops.clone(), vec![event]))
         })
         .await?;
     block_plans(s, tenant, sidecar, version, actor).await?;
