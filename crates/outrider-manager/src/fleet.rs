@@ -103,7 +103,8 @@ pub struct Fleet {
 }
 
 /// Desired sidecars of one instance. `on-deploy` bindings keep the version the instance was
-/// last told (or runs) until it deploys.
+/// last told (or runs) until it deploys; a defective version is replaced by its recall
+/// target unless the instance runs it already.
 fn instance_desired(
     tc: &TenantCatalog,
     service_desired: &[DesiredSidecar],
