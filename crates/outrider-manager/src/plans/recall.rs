@@ -29,7 +29,8 @@ use crate::{
 /// Marks `sidecar` `version` defective for `reason`, withdraws what would still deliver it,
 /// blocks the live plans that target it and drafts a paused recall plan towards the last
 /// known good version (none, and `recall_skipped` says why, when there is no such version).
-/// A version already defective is returned as it is: nothing is drafted twice.
+/// Marking a version already defective changes nothing and drafts nothing twice; it only
+/// finishes what a manager stopped between the mark and the draft left undone.
 pub async fn mark_defective(
     s: &AppState,
     tenant: &str,
@@ -43,6 +44,7 @@ pub async fn mark_defective(
     if let Some((v, _)) = s.repo.get::<Version>(&key).await?
         && v.state == VersionState::Defective
     {
+        follow_up(s, tenant, &v, actor).await?;
         return Ok(v);
     }
     let (records, targets) = pending(s, tenant, sidecar).await?;
@@ -87,15 +89,29 @@ pub async fn mark_defective(
             Ok((ops.clone(), vec![event]))
         })
         .await?;
-    block_plans(s, tenant, sidecar, version, actor).await?;
-    // A plan step committed between the read above and the blocks may have applied a batch:
-    // withdraw again what it wrote (the blocked plans write nothing more).
-    rewithdraw(s, tenant, sidecar, version, marked.recall_to.as_deref()).await?;
-    match &marked.recall_to {
-        Some(to) => draft_recall(s, tenant, sidecar, version, to, actor).await?,
-        None => tracing::warn!(%sidecar, %version, "no known good version to recall to"),
-    }
+    follow_up(s, tenant, &marked, actor).await?;
     Ok(marked)
+}
+
+/// What follows the mark of `v`, each part idempotent: its live plans blocked, the withdrawal
+/// redone (a plan step committed between the mark's read and the blocks may have applied a
+/// batch; the blocked plans write nothing more), and the recall plan drafted unless it was.
+async fn follow_up(s: &AppState, tenant: &str, v: &Version, actor: &str) -> Result<(), Error> {
+    let (sidecar, version) = (v.sidecar.as_str(), v.version.as_str());
+    block_plans(s, tenant, sidecar, version, actor).await?;
+    rewithdraw(s, tenant, sidecar, version, v.recall_to.as_deref()).await?;
+    let Some(to) = &v.recall_to else {
+        tracing::warn!(%sidecar, %version, "no known good version to recall to");
+        return Ok(());
+    };
+    let drafted = super::list(s, tenant)
+        .await?
+        .iter()
+        .any(|p| p.sidecar == sidecar && p.target_version == *to && p.spec.from_versions.as_slice() == [version]);
+    if !drafted {
+        draft_recall(s, tenant, sidecar, version, to, actor).await?;
+    }
+    Ok(())
 }
 
 /// Whether `instance` of `service` reports running `sidecar` at `version`.
@@ -171,18 +187,20 @@ async fn rewithdraw(
     Ok(())
 }
 
-/// Blocks every live plan of `tenant` that targets `sidecar` `version`.
+/// Blocks every live plan of `tenant` that targets `sidecar` `version` (one rolling back
+/// goes on doing so: that takes its instances off the version).
 async fn block_plans(s: &AppState, tenant: &str, sidecar: &str, version: &str, actor: &str) -> Result<(), Error> {
     let reason = format!("{sidecar} {version} was marked defective");
+    let blocks = |p: &Plan| !p.state.is_terminal() && p.state != PlanState::Blocked && !p.rolling_back;
     for plan in live_plans::of_tenant(s.repo.store().as_ref(), tenant).await? {
-        if plan.sidecar != sidecar || plan.target_version != version || plan.state.is_terminal() {
+        if plan.sidecar != sidecar || plan.target_version != version || !blocks(&plan) {
             continue;
         }
         let key = keys::plan(tenant, &plan.id);
         let r = s
             .repo
             .update(&key, &format!("plan {}", plan.id), |p: &mut Plan| {
-                if p.state.is_terminal() || p.state == PlanState::Blocked {
+                if !blocks(p) {
                     return Ok(Vec::new());
                 }
                 let e = transition(p, PlanState::Blocked, reason.clone());
