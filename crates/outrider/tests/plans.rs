@@ -613,6 +613,10 @@ async fn a_defective_version_reaches_no_new_instance_and_is_recalled_to_the_last
 
     let marked = env.post("/sidecars/mesh/versions/1.3.0/defective", json!({"reason": "corrupts headers"})).await;
     assert_eq!(marked["recall_to"], "1.1.0", "{marked:#}");
+    assert!(
+        env.get("/sidecars/mesh/versions/1.2.0").await["completed_plan"].is_null(),
+        "1.2.0 never went through gray"
+    );
     let blocked = env.get(&format!("/plans/{id}")).await;
     assert_eq!(blocked["state"], "blocked", "{blocked:#}");
     let (status, refused) = env.call(reqwest::Method::POST, &format!("/plans/{id}/approve"), Some(json!({}))).await;
