@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use outrider_model::{
-    Binding, CellTarget, DesiredSidecar, Freeze, InstanceLabels, Override, Service, Sidecar, Version,
+    Binding, CellTarget, DesiredSidecar, Freeze, InstanceLabels, Override, Service, Sidecar, Version, VersionState,
     desired_for_service,
 };
 use outrider_store::{KeyValue, WatchEvent};
@@ -80,6 +80,13 @@ impl TenantCatalog {
             env: v.env.clone(),
             ..base.clone()
         })
+    }
+
+    /// The version that replaces `sidecar` `version` for instances not running it: its
+    /// `recall_to` once it is defective.
+    pub fn recalled_to(&self, sidecar: &str, version: &str) -> Option<&str> {
+        let v = self.version(sidecar, version)?;
+        (v.state == VersionState::Defective).then_some(v.recall_to.as_deref()).flatten()
     }
 
     /// Whether any override or cell target exists for `service`.

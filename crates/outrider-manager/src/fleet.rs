@@ -103,7 +103,8 @@ pub struct Fleet {
 }
 
 /// Desired sidecars of one instance. `on-deploy` bindings keep the version the instance was
-/// last told (or runs) until it deploys.
+/// last told (or runs) until it deploys; a defective version is replaced by its recall
+/// target unless the instance runs it already.
 fn instance_desired(
     tc: &TenantCatalog,
     service_desired: &[DesiredSidecar],
@@ -128,17 +129,27 @@ fn instance_desired(
             *d = changed;
         }
     }
-    if deploy {
-        return out;
+    if !deploy {
+        for d in out.iter_mut().filter(|d| d.mode == UpgradeMode::OnDeploy) {
+            let told = previous.and_then(|p| p.sidecars.iter().find(|s| s.name == d.name)).map(|s| s.version.as_str());
+            let runs = record.sidecars.iter().find(|s| s.name == d.name).map(|s| s.version.as_str());
+            if let Some(keep) = told.or(runs)
+                && keep != d.version
+                && let Some(kept) = tc.desired_at_version(d, keep)
+            {
+                *d = kept;
+            }
+        }
     }
-    for d in out.iter_mut().filter(|d| d.mode == UpgradeMode::OnDeploy) {
-        let told = previous.and_then(|p| p.sidecars.iter().find(|s| s.name == d.name)).map(|s| s.version.as_str());
-        let runs = record.sidecars.iter().find(|s| s.name == d.name).map(|s| s.version.as_str());
-        if let Some(keep) = told.or(runs)
-            && keep != d.version
-            && let Some(kept) = tc.desired_at_version(d, keep)
+    // A defective version reaches no instance that does not run it already: its recall
+    // target stands in (those running it wait for the recall plan).
+    for d in &mut out {
+        let runs = record.sidecars.iter().any(|s| s.name == d.name && s.version == d.version);
+        if !runs
+            && let Some(to) = tc.recalled_to(&d.name, &d.version)
+            && let Some(recalled) = tc.desired_at_version(d, to)
         {
-            *d = kept;
+            *d = recalled;
         }
     }
     out
@@ -328,8 +339,10 @@ impl Fleet {
                 continue;
             };
             let service_desired = tc.desired_for_service(&svc.1);
-            let per_instance =
-                tc.has_overrides(&svc.1) || service_desired.iter().any(|d| d.mode == UpgradeMode::OnDeploy);
+            let per_instance = tc.has_overrides(&svc.1)
+                || service_desired
+                    .iter()
+                    .any(|d| d.mode == UpgradeMode::OnDeploy || tc.recalled_to(&d.name, &d.version).is_some());
             // Instances without an on-deploy adjustment share one snapshot, and most of them
             // share their previous one too: compare each distinct previous snapshot once.
             let shared = Arc::new(DesiredState { revision, sidecars: service_desired });

@@ -56,6 +56,16 @@ pub fn override_key(t: &str, svc: &str, instance: &str, s: &str) -> String {
     format!("catalog/{t}/overrides/{svc}/{instance}/{s}")
 }
 
+/// Prefix of a tenant's overrides.
+pub fn overrides(t: &str) -> String {
+    format!("catalog/{t}/overrides/")
+}
+
+/// Prefix of a tenant's cell targets.
+pub fn targets(t: &str) -> String {
+    format!("catalog/{t}/targets/")
+}
+
 /// `catalog/{tenant}/targets/{service}/{sidecar}/{region}/{env}/{stage}`: a plan's target for
 /// one cell (`stage` is the phase's stage filter, `all` included).
 pub fn target_key(t: &str, svc: &str, sidecar: &str, region: &str, env: &str, stage: &str) -> String {

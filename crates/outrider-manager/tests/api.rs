@@ -630,14 +630,22 @@ async fn absurd_or_hidden_input_is_refused_and_changes_nothing() {
     let (_, after) = api.call(Method::GET, "/tenants/default/events", None).await;
     assert_eq!(before, after, "nothing was recorded");
 
-    // Marking a version defective twice drafts one recall plan.
+    // Marking a version defective twice records it once. 1.0.0 is admitted but no instance
+    // ran it and no plan completed it: not known good, so no recall plan, and both the
+    // version and its event say why (tests/plans.rs drafts one recall for two marks).
     api.ok(Method::POST, "/tenants/default/sidecars/mesh/versions/1.0.0/admit", json!({})).await;
     for _ in 0..2 {
-        api.ok(Method::POST, "/tenants/default/sidecars/mesh/versions/1.1.0/defective", json!({"reason": "leaks"}))
+        let v = api
+            .ok(Method::POST, "/tenants/default/sidecars/mesh/versions/1.1.0/defective", json!({"reason": "leaks"}))
             .await;
+        assert!(v["recall_skipped"].as_str().unwrap().contains("no version to recall 1.1.0 to"), "{v}");
     }
     let (_, plans) = api.call(Method::GET, "/tenants/default/plans", None).await;
-    assert_eq!(plans.as_array().unwrap().len(), 1, "{plans}");
+    assert_eq!(plans.as_array().unwrap().len(), 0, "{plans}");
+    let (_, events) = api.call(Method::GET, "/tenants/default/events", None).await;
+    let marks: Vec<&Value> = events.as_array().unwrap().iter().filter(|e| e["kind"] == "version.defective").collect();
+    assert_eq!(marks.len(), 1, "{events}");
+    assert!(marks[0]["detail"]["recall_skipped"].is_string(), "{}", marks[0]);
     m.shutdown().await;
 }
 

@@ -111,6 +111,17 @@ pub struct Version {
     /// Why it was marked defective.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub defect_reason: Option<String>,
+    /// Once defective: the last known good version its recall goes to, which instances not
+    /// running it get instead wherever it would still be delivered (a binding naming it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recall_to: Option<String>,
+    /// Once defective without a version to recall to: why there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recall_skipped: Option<String>,
+    /// The last plan that targeted this version and completed: it went through gray and
+    /// reached every instance in scope (what makes a version known good).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_plan: Option<String>,
     /// When it was created.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -130,6 +141,9 @@ impl Version {
             admission_evidence: serde_json::Value::Null,
             state: VersionState::Active,
             defect_reason: None,
+            recall_to: None,
+            recall_skipped: None,
+            completed_plan: None,
             created_at: now,
         }
     }

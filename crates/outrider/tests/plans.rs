@@ -416,6 +416,8 @@ async fn marking_a_version_defective_blocks_its_plans_and_drafts_a_recall() {
         assert!(tokio::time::Instant::now() < deadline, "the first batch never landed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // 1.0.0, what the instances ran before, is admitted: it is the last known good version.
+    env.post("/sidecars/mesh/versions/1.0.0/admit", json!({"evidence": "test"})).await;
     env.post("/sidecars/mesh/versions/1.1.0/defective", json!({"reason": "leaks file descriptors"})).await;
     let blocked = env.get(&format!("/plans/{id}")).await;
     assert_eq!(blocked["state"], "blocked", "{blocked:#}");
@@ -425,10 +427,11 @@ async fn marking_a_version_defective_blocks_its_plans_and_drafts_a_recall() {
         env.call(reqwest::Method::POST, "/plans", Some(json!({"sidecar": "mesh", "target_version": "1.1.0"}))).await;
     assert_eq!(s, 409);
     assert!(v["error"]["message"].as_str().unwrap().contains("Defective"), "{v}");
-    // The recall plan is drafted (paused) for everything on 1.1.0, towards the newest healthy version.
+    // The recall plan is drafted (paused) for everything on 1.1.0, towards the version they
+    // ran before — not 1.2.0, newer but never grayed.
     let plans = env.get("/plans").await;
     let recall = plans.as_array().unwrap().iter().find(|p| p["id"] != id.as_str()).expect("a recall plan").clone();
-    assert_eq!((recall["state"].as_str(), recall["target_version"].as_str()), (Some("paused"), Some("1.2.0")));
+    assert_eq!((recall["state"].as_str(), recall["target_version"].as_str()), (Some("paused"), Some("1.0.0")));
     assert_eq!(recall["spec"]["from_versions"], json!(["1.1.0"]));
     let on_defective = env.running().await.get("1.1.0").copied().unwrap_or(0) as u64;
     assert_eq!(recall["counts"]["total"].as_u64().unwrap(), on_defective, "the recall covers every instance on 1.1.0");
@@ -700,5 +703,116 @@ async fn a_plan_with_on_fail_rollback_rolls_back_by_itself_on_a_failed_verdict()
         (Some("executor"), Some("rollback"))
     );
     assert!(action[0]["reason"].as_str().unwrap().contains("on_fail: rollback"), "{}", action[0]["reason"]);
+    env.shutdown().await;
+}
+
+/// Waits until the instance `id` is listed running mesh, and returns that version.
+async fn runs_mesh(env: &Env, id: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = instance(env, id).await;
+        if let Some(v) = listed.as_ref().and_then(mesh_version) {
+            return v.to_owned();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{id} never ran mesh: {listed:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_defective_version_reaches_no_new_instance_and_is_recalled_to_the_last_good_one() {
+    let env = setup().await;
+    // 1.1.0 goes through a whole plan: known good, and every binding names it.
+    let first = env.post("/plans", plan_body("1.1.0")).await;
+    let first = first["id"].as_str().unwrap().to_owned();
+    env.wait_plan(&first, "completed", |p| p["state"] == "completed").await;
+    assert_eq!(env.get("/sidecars/mesh/versions/1.1.0").await["completed_plan"], first.as_str());
+    // 1.2.0 is admitted but never grayed; 1.3.0 is grayed on the canaries, and waits for the
+    // other instances' deploys.
+    let client = outrider_client::Client::new(&env.base, Some(env.token.clone())).unwrap();
+    outrider_sim::ensure_version(&client, "default", "mesh", "1.3.0").await.unwrap();
+    env.post("/sidecars/mesh/versions/1.3.0/admit", json!({"evidence": "test"})).await;
+    let body = json!({
+        "sidecar": "mesh", "target_version": "1.3.0", "from_versions": ["1.1.0"],
+        "feature_services": {"per_trait_value": 0}, "analysis": {"metrics": []},
+        "phases": [
+            {"name": "gray", "stage": "canary", "mode": "hot",
+             "batching": {"strategy": "linear", "size": 1000}, "bake": "150ms", "batch_timeout": "10s"},
+            {"name": "full", "stage": "all", "mode": "on-deploy",
+             "batching": {"strategy": "linear", "size": 1000}, "bake": "150ms", "deadline": "10m"},
+            {"name": "converge", "stage": "all", "mode": "restart",
+             "batching": {"strategy": "linear", "size": 1000}, "bake": "150ms", "batch_timeout": "10s"}
+        ]
+    });
+    let plan = env.post("/plans", body).await;
+    let id = plan["id"].as_str().unwrap().to_owned();
+    let applying = env
+        .wait_plan(&id, "the on-deploy batch applying", |p| p["phases"][1]["batches"][0]["state"] == "applying")
+        .await;
+    let canaries = env.spec.instances.iter().filter(|i| i.labels.stage == "canary").count();
+    assert_eq!(env.running().await.get("1.3.0"), Some(&canaries), "{}", applying["reason"]);
+
+    let marked = env.post("/sidecars/mesh/versions/1.3.0/defective", json!({"reason": "corrupts headers"})).await;
+    assert_eq!(marked["recall_to"], "1.1.0", "{marked:#}");
+    assert!(
+        env.get("/sidecars/mesh/versions/1.2.0").await["completed_plan"].is_null(),
+        "1.2.0 never went through gray"
+    );
+    let blocked = env.get(&format!("/plans/{id}")).await;
+    assert_eq!(blocked["state"], "blocked", "{blocked:#}");
+    let (status, refused) = env.call(reqwest::Method::POST, &format!("/plans/{id}/approve"), Some(json!({}))).await;
+    assert!(status == 409 || status == 412, "a plan to a defective version does not go on: {status} {refused}");
+
+    // Pending on-deploy targets are withdrawn: instances deployed now stay on 1.1.0.
+    let deployed: Vec<usize> = env
+        .fleet
+        .agents()
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.instance().labels.stage != "canary")
+        .map(|(i, _)| i)
+        .take(5)
+        .collect();
+    for &i in &deployed {
+        env.fleet.deploy(i).await;
+    }
+    // A new canary in a cell grayed on 1.3.0, and a new instance elsewhere, start on 1.1.0.
+    let cell = &applying["phases"][0]["batches"][0]["cells"][0];
+    let (service, region, env_name) =
+        (cell["service"].as_str().unwrap(), cell["region"].as_str().unwrap(), cell["env"].as_str().unwrap());
+    let pods = [
+        SimInstance::new("new-canary", service, region, env_name, "canary"),
+        SimInstance::new("new-full", service, region, env_name, "full"),
+    ];
+    let options = SimFleetOptions { report_interval: Duration::from_millis(500), ..SimFleetOptions::default() };
+    let newcomers = SimFleet::start(&env.base, &env.token, "default", &pods, &options).unwrap();
+    for pod in &pods {
+        assert_eq!(runs_mesh(&env, &pod.id).await, "1.1.0", "{} starts on the last good version", pod.id);
+    }
+    // Instances already on 1.3.0 wait for the recall; no other instance ever gets it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while tokio::time::Instant::now() < deadline {
+        let running = env.running().await;
+        assert!(running.get("1.3.0").is_none_or(|n| *n <= canaries), "1.3.0 spread: {running:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let running = env.running().await;
+    assert_eq!(running.get("1.3.0"), Some(&canaries), "{running:?}");
+    assert_eq!(running.get("1.1.0"), Some(&(240 - canaries + pods.len())), "{running:?}");
+    for &i in &deployed {
+        let id = &env.fleet.agents()[i].instance().id;
+        assert_eq!(instance(&env, id).await.as_ref().and_then(mesh_version), Some("1.1.0"), "{id} after its deploy");
+    }
+
+    // One recall plan, drafted, to the last good version (never 1.2.0), even when marked twice.
+    env.post("/sidecars/mesh/versions/1.3.0/defective", json!({"reason": "corrupts headers"})).await;
+    let plans = env.get("/plans").await;
+    let recalls: Vec<&Value> =
+        plans.as_array().unwrap().iter().filter(|p| p["spec"]["from_versions"] == json!(["1.3.0"])).collect();
+    assert_eq!(recalls.len(), 1, "{plans:#}");
+    let recall = recalls[0];
+    assert_eq!((recall["state"].as_str(), recall["target_version"].as_str()), (Some("paused"), Some("1.1.0")));
+    assert_eq!(recall["counts"]["total"].as_u64(), Some(canaries as u64), "the recall covers every instance on 1.3.0");
+    newcomers.shutdown().await;
     env.shutdown().await;
 }

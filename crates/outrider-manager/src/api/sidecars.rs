@@ -153,32 +153,10 @@ pub async fn defective(
         return Err(Error::invalid("reason: say why the version is defective"));
     }
     validate_text("reason", &body.reason, MAX_REASON, false)?;
-    let key = version_key(&s, &tenant, &sidecar, &version).await?;
-    let what = format!("version {version} of sidecar {sidecar:?}");
+    // Checks the tenant and the names; a version that does not exist is a 404.
+    version_key(&s, &tenant, &sidecar, &version).await?;
     // Marking a defective version again changes nothing and drafts no second recall.
-    if let Some((v, _)) = s.repo.get::<Version>(&key).await?
-        && v.state == VersionState::Defective
-    {
-        return Ok(Json(v));
-    }
-    let v = s
-        .repo
-        .update(&key, &what, |v: &mut Version| {
-            if v.state == VersionState::Defective {
-                return Err(Error::conflict(format!("{what} was marked defective meanwhile")));
-            }
-            v.state = VersionState::Defective;
-            v.defect_reason = Some(body.reason.clone());
-            Ok(vec![event(
-                &tenant,
-                "version.defective",
-                &actor,
-                format!("sidecar/{sidecar}/version/{version}"),
-                body.reason.clone(),
-            )])
-        })
-        .await?;
-    crate::plans::on_defective(&s, &tenant, &sidecar, &version, &actor).await?;
+    let v = crate::plans::mark_defective(&s, &tenant, &sidecar, &version, &body.reason, &actor).await?;
     Ok(Json(v))
 }
 

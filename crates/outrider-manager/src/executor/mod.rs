@@ -20,7 +20,7 @@ use std::{
     time::Duration,
 };
 
-use outrider_model::Plan;
+use outrider_model::{Plan, PlanState, Version};
 use outrider_rollout::reconcile::{self, Step, Write};
 use outrider_store::{Compare, Op};
 use time::OffsetDateTime;
@@ -268,10 +268,25 @@ impl Executor {
         }
         ops.push(Op::put(key, encode(&step.plan)?));
         ops.push(live_plans::op(&t.tenant, &step.plan));
+        let mut compare = vec![Compare::unchanged(key, t.revision)];
+        if step.plan.state == PlanState::Completed && t.plan.state != PlanState::Completed {
+            compare.extend(self.mark_completed(&t.tenant, &step.plan, &mut ops).await?);
+        }
         let events =
             step.events.iter().map(|e| NewEvent::of_plan(&t.tenant, "executor", &t.plan.id, e.clone())).collect();
-        let r = self.repo.commit(vec![Compare::unchanged(key, t.revision)], ops, events).await?;
+        let r = self.repo.commit(compare, ops, events).await?;
         Ok(r.succeeded.then_some(r.revision))
+    }
+
+    /// Records on the target version that `plan` completed (it is known good from now on),
+    /// in the step's transaction: the version's write, and the compare that it is unchanged
+    /// since read (a version changed meanwhile makes the step retry).
+    async fn mark_completed(&self, tenant: &str, plan: &Plan, ops: &mut Vec<Op>) -> Result<Option<Compare>, Error> {
+        let key = keys::version(tenant, &plan.sidecar, &plan.target_version);
+        let Some((mut v, rev)) = self.repo.get::<Version>(&key).await? else { return Ok(None) };
+        v.completed_plan = Some(plan.id.clone());
+        ops.push(Op::put(&key, encode(&v)?));
+        Ok(Some(Compare::unchanged(&key, rev)))
     }
 }
 

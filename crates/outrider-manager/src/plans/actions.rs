@@ -4,7 +4,7 @@
 
 use std::{fmt, str::FromStr};
 
-use outrider_model::{BatchState, CellTarget, Override, Plan, PlanState, UpgradeMode};
+use outrider_model::{BatchState, CellTarget, Override, Plan, PlanState, UpgradeMode, VersionState};
 use outrider_rollout::reconcile::{approve, transition};
 use outrider_store::Op;
 use time::OffsetDateTime;
@@ -77,6 +77,9 @@ pub async fn act(
         .update_with(&key, &format!("plan {id:?}"), |plan: &mut Plan| {
             let mut ops = Vec::new();
             let to = next_state(plan, action)?;
+            if matches!(action, Action::Approve | Action::Resume) {
+                refuse_defective_target(s, tenant, plan, action)?;
+            }
             match action {
                 Action::Abort => skip_pending(plan),
                 // False alarm: the failed batch counts as passed; its verdict stays on record.
@@ -124,6 +127,20 @@ fn next_state(plan: &Plan, action: Action) -> Result<PlanState, Error> {
         }
     };
     Ok(to)
+}
+
+/// A plan whose target was marked defective may not go on (it would take newcomers of its
+/// cells to the target again): roll it back or abort it.
+fn refuse_defective_target(s: &AppState, tenant: &str, plan: &Plan, action: Action) -> Result<(), Error> {
+    let catalog = s.catalog.read().unwrap_or_else(|p| p.into_inner());
+    let v = catalog.tenant(tenant).and_then(|tc| tc.version(&plan.sidecar, &plan.target_version));
+    if v.is_some_and(|v| v.state == VersionState::Defective) {
+        return Err(Error::precondition(format!(
+            "plan {}: {} {} is defective: cannot {action} it (roll it back or abort it)",
+            plan.id, plan.sidecar, plan.target_version
+        )));
+    }
+    Ok(())
 }
 
 /// Marks the plan's batches that have not started `skipped`.

@@ -5,8 +5,10 @@
 
 mod actions;
 mod admission;
+mod last_good;
 mod recall;
 mod supersede;
+mod withdraw;
 
 use outrider_model::{Freeze, Plan, PlanSpec, Simulation, validate_name};
 use outrider_rollout::{FleetView, InstanceView, Planned, SimAssumptions, Windows};
@@ -15,7 +17,7 @@ use time::OffsetDateTime;
 
 pub(crate) use actions::rollback;
 pub use actions::{Action, act};
-pub use recall::on_defective;
+pub use recall::mark_defective;
 
 use crate::{
     Error, keys, live_plans,

@@ -146,8 +146,8 @@ pub enum VersionCommand {
         #[command(flatten)]
         conn: ConnectArgs,
     },
-    /// Mark a version defective: it may never again be a target, and its installations
-    /// should be recalled.
+    /// Mark a version defective: it may never again be a target, it reaches no instance
+    /// that does not run it, and a paused recall plan to the last known good version is drafted.
     Defective {
         /// Sidecar name.
         sidecar: String,

@@ -209,6 +209,8 @@ pub(super) fn version(v: &Version) -> Table {
         ("admitted", yes_no(v.admitted)),
         ("evidence", evidence),
         ("defect reason", v.defect_reason.clone().unwrap_or_else(|| "-".to_owned())),
+        ("recall to", v.recall_to.clone().or_else(|| v.recall_skipped.clone()).unwrap_or_else(|| "-".to_owned())),
+        ("completed plan", v.completed_plan.clone().unwrap_or_else(|| "-".to_owned())),
         ("artifact", v.artifact.url.clone()),
         ("sha256", v.artifact.sha256.clone()),
         ("command", command_line(&v.command)),
