@@ -29,6 +29,7 @@ mod serve;
 mod server;
 mod state;
 mod sync;
+pub mod webhooks;
 
 pub use error::{Error, StartError};
 pub use fleet::InstanceRetention;
