@@ -11,7 +11,7 @@ use std::{
 
 use axum::{body::Bytes, extract::State, http::HeaderMap, routing::post};
 use hmac::{Hmac, Mac};
-use outrider_manager::{ManagerConfig, RunningManager, Tuning, webhooks::Delivery};
+use outrider_manager::{ManagerConfig, RunningManager, Tuning, WebhookDelivery};
 use outrider_sim::{FleetParams, FleetSpec, SidecarRef, SimFleet, SimFleetOptions, SimRuntimeOptions};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -24,7 +24,7 @@ struct Env {
     base: String,
     token: String,
     fleet: SimFleet,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Env {
@@ -86,6 +86,23 @@ impl Env {
         (id, started.elapsed())
     }
 
+    /// Runs `outrider ARGS` against the manager; its standard output. Fails the test when it
+    /// fails.
+    async fn cli(&self, args: &[&str]) -> String {
+        let token = self.dir.path().join("admin.token");
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_outrider"))
+            .args(args)
+            .arg("--manager")
+            .arg(&self.base)
+            .arg("--token-file")
+            .arg(token)
+            .output()
+            .await
+            .expect("run outrider");
+        assert!(out.status.success(), "outrider {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     async fn shutdown(self) {
         self.fleet.shutdown().await;
         self.manager.shutdown().await;
@@ -114,7 +131,7 @@ fn plan_body(from: &str, target: &str, bake: &str) -> Value {
 async fn setup() -> Env {
     let dir = tempfile::tempdir().unwrap();
     let config = ManagerConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap());
-    let webhooks = Delivery {
+    let webhooks = WebhookDelivery {
         timeout: Duration::from_millis(300),
         backoff: Duration::from_millis(100),
         max_backoff: Duration::from_millis(400),
@@ -141,7 +158,7 @@ async fn setup() -> Env {
         ..SimFleetOptions::default()
     };
     let fleet = SimFleet::start(&base, &token, "default", &spec.instances, &options).unwrap();
-    let env = Env { manager, http: reqwest::Client::new(), base, token, fleet, _dir: dir };
+    let env = Env { manager, http: reqwest::Client::new(), base, token, fleet, dir };
     for v in ["1.1.0", "1.2.0", "1.3.0"] {
         env.post(&format!("/sidecars/mesh/versions/{v}/admit"), json!({"evidence": "test"})).await;
     }
@@ -340,5 +357,42 @@ async fn owners_get_signed_deliveries_and_receivers_down_or_slow_never_slow_plan
         .map(|e| (e["kind"].as_str().unwrap(), e["actor"].as_str().unwrap()))
         .collect();
     assert_eq!(webhook_events, [("webhook.created", "admin"), ("webhook.deleted", "admin")]);
+
+    // The CLI: create (secret from a file), list, get, delete.
+    let secret_file = env.dir.path().join("hook.secret");
+    std::fs::write(&secret_file, "cli-secret-key\n").unwrap();
+    let secret_file = secret_file.to_str().unwrap();
+    let created = env
+        .cli(&[
+            "webhook",
+            "create",
+            "--url",
+            &good.url,
+            "--event",
+            "plan.completed",
+            "--secret-file",
+            secret_file,
+            "-o",
+            "json",
+        ])
+        .await;
+    let created: Value = serde_json::from_str(&created).unwrap();
+    let cli_id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!((created["events"].clone(), created["secret_set"].clone()), (json!(["plan.completed"]), json!(true)));
+    let listed: Value = serde_json::from_str(&env.cli(&["webhook", "list", "-o", "json"]).await).unwrap();
+    assert!(listed.as_array().unwrap().iter().any(|w| w["id"] == cli_id.as_str()), "{listed}");
+    let shown = env.cli(&["webhook", "get", good_hook["id"].as_str().unwrap()]).await;
+    assert!(shown.contains("plan.completed") && shown.contains("ATTEMPT"), "{shown}");
+    let deleted = env.cli(&["webhook", "delete", &cli_id]).await;
+    assert!(deleted.contains("deleted"), "{deleted}");
+
+    // At most 100 webhooks per tenant.
+    for _ in 0..98 {
+        env.post("/webhooks", json!({"url": closed_url().await, "events": ["plan.waiting"], "secret": "s3cret-key"}))
+            .await;
+    }
+    let extra = json!({"url": good.url, "events": ["plan.waiting"], "secret": "s3cret-key"});
+    let (s, v) = env.call(reqwest::Method::POST, "/webhooks", Some(extra)).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("failed_precondition")), "{v}");
     env.shutdown().await;
 }

@@ -26,7 +26,6 @@ use outrider_model::{DeliveryAttempt, Webhook};
 use outrider_store::{KeyValue, Store, StoreError, WatchEvent};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-pub use worker::ATTEMPTS_KEPT;
 use worker::{Hook, Job};
 
 use crate::{Error, clock::Clock, codec::decode, event_log, keys, metrics::Metrics};

@@ -179,3 +179,102 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use outrider_model::Webhook;
+
+    use super::*;
+    use crate::{clock::SystemClock, metrics::Metrics, webhooks::Delivery};
+
+    fn shared(queue: usize) -> Arc<Shared> {
+        let delivery = Delivery {
+            timeout: Duration::from_millis(200),
+            backoff: Duration::from_secs(60),
+            max_backoff: Duration::from_secs(60),
+            attempts: 2,
+            queue,
+        };
+        Arc::new(Shared {
+            delivery,
+            metrics: Arc::new(Metrics::default()),
+            clock: Arc::new(SystemClock),
+            http: reqwest::Client::new(),
+        })
+    }
+
+    async fn closed_url() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        format!("http://{}/", listener.local_addr().unwrap())
+    }
+
+    fn config(url: String) -> StoredWebhook {
+        let webhook = Webhook {
+            id: "w1".into(),
+            url,
+            events: vec!["plan.blocked".into()],
+            secret_set: true,
+            created_by: "admin".into(),
+            created_at: time::OffsetDateTime::UNIX_EPOCH,
+        };
+        StoredWebhook { webhook, secret: "s3cret-key".into() }
+    }
+
+    fn job(n: u64) -> Job {
+        Job { delivery: format!("{n}-0"), seq: n, kind: "plan.blocked", body: Bytes::from_static(b"{}") }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_without_waiting_and_says_so() {
+        let shared = shared(1);
+        let cancel = CancellationToken::new();
+        let hook = Hook::spawn(config(closed_url().await), shared.clone(), &cancel);
+        // The worker is stuck in a minute's backoff after its first job; one more fits.
+        hook.offer(job(1), &shared);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while hook.attempts().is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the first attempt");
+        let started = std::time::Instant::now();
+        for n in 2..=5 {
+            hook.offer(job(n), &shared);
+        }
+        assert!(started.elapsed() < Duration::from_millis(100), "offering never waits");
+        let attempts = hook.attempts();
+        let dropped: Vec<u64> = attempts.iter().filter(|a| a.attempt == 0).map(|a| a.seq).collect();
+        assert_eq!(dropped, [3, 4, 5], "{attempts:?}");
+        assert!(attempts[0].error.is_some() && !attempts[0].ok && attempts[0].attempt == 1, "{attempts:?}");
+        let counted = shared.metrics.webhook_deliveries.get_or_create(&vec![("outcome", "dropped")]).get();
+        assert_eq!(counted, 3);
+        cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn only_the_latest_attempts_are_kept() {
+        let shared = shared(1);
+        let cancel = CancellationToken::new();
+        let hook = Hook::spawn(config(closed_url().await), shared.clone(), &cancel);
+        cancel.cancel();
+        for n in 0..(ATTEMPTS_KEPT as u64 + 10) {
+            hook.record(DeliveryAttempt {
+                delivery: format!("{n}-0"),
+                seq: n,
+                kind: "plan.blocked".into(),
+                attempt: 1,
+                time: time::OffsetDateTime::UNIX_EPOCH,
+                status: Some(200),
+                error: None,
+                duration_ms: 1,
+                ok: true,
+            });
+        }
+        let seqs: Vec<u64> = hook.attempts().iter().map(|a| a.seq).collect();
+        assert_eq!(seqs.len(), ATTEMPTS_KEPT);
+        assert_eq!((seqs[0], seqs[ATTEMPTS_KEPT - 1]), (10, ATTEMPTS_KEPT as u64 + 9));
+    }
+}
