@@ -396,3 +396,56 @@ async fn owners_get_signed_deliveries_and_receivers_down_or_slow_never_slow_plan
     assert_eq!((s, v["error"]["code"].as_str()), (409, Some("failed_precondition")), "{v}");
     env.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_survive_a_restart_and_deliver_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = || async {
+        let config = ManagerConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap());
+        let m = outrider_manager::start(config).await.unwrap();
+        let base = format!("http://{}", m.addr);
+        let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap().trim().to_owned();
+        (m, base, token)
+    };
+    let good = Receiver::start(Duration::ZERO).await;
+    let (m, base, token) = start().await;
+    let http = reqwest::Client::new();
+    let url = |base: &str, path: &str| format!("{base}/api/v1/tenants/default{path}");
+    let body = json!({"url": good.url, "events": ["version.defective"], "secret": GOOD_SECRET});
+    let created: Value =
+        http.post(url(&base, "/webhooks")).bearer_auth(&token).json(&body).send().await.unwrap().json().await.unwrap();
+    let client = outrider_client::Client::new(&base, Some(token.clone())).unwrap();
+    let spec = FleetSpec::generate(FleetParams { services: 1, instances: 1, seed: 1 }).unwrap();
+    let mesh = SidecarRef { name: "mesh".into(), version: "1.0.0".into() };
+    outrider_sim::seed_catalog(&client, "default", &spec, Some(&mesh)).await.unwrap();
+    outrider_sim::ensure_version(&client, "default", "mesh", "1.1.0").await.unwrap();
+    m.shutdown().await;
+
+    let (m, base, token) = start().await;
+    let listed: Value =
+        http.get(url(&base, "/webhooks")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed[0]["id"], created["id"], "{listed}");
+    let defect = json!({"reason": "found after the restart"});
+    let resp = http
+        .post(url(&base, "/sidecars/mesh/versions/1.1.0/defective"))
+        .bearer_auth(&token)
+        .json(&defect)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{:?}", resp.text().await);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let bodies = good.verified(GOOD_SECRET);
+        if let Some(b) = bodies.iter().find(|b| b["kind"] == "version.defective") {
+            assert_eq!(
+                (b["target"].as_str(), b["reason"].as_str()),
+                (Some("sidecar/mesh/version/1.1.0"), Some("found after the restart"))
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no delivery after the restart: {bodies:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    m.shutdown().await;
+}
