@@ -2,8 +2,8 @@ use std::{fmt, path::Path, pin::Pin, time::Duration};
 
 use futures::Stream;
 use outrider_model::{
-    Binding, Event, Freeze, Instance, NewFreeze, NewVersion, Plan, PlanSpec, Service, ServiceUpdate, Sidecar,
-    Simulation, Tenant, Version,
+    Binding, Event, Freeze, Instance, NewFreeze, NewVersion, NewWebhook, Plan, PlanSpec, Service, ServiceUpdate,
+    Sidecar, Simulation, Tenant, Version, Webhook, WebhookDetail,
 };
 use reqwest::{Method, RequestBuilder, Url};
 use serde::{Serialize, de::DeserializeOwned};
@@ -290,6 +290,33 @@ impl Client {
     /// `DELETE /tenants/{tenant}/freezes/{id}`.
     pub async fn delete_freeze(&self, tenant: &str, id: &str) -> Result<(), ClientError> {
         let url = self.tenant_url(tenant, &["freezes", id], &[])?;
+        let resp = self.authorized(Method::DELETE, url).timeout(REQUEST_TIMEOUT).send().await?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = resp.bytes().await?;
+        Err(ClientError::from_response(status.as_u16(), &body))
+    }
+
+    /// `POST /tenants/{tenant}/webhooks`.
+    pub async fn create_webhook(&self, tenant: &str, webhook: &NewWebhook) -> Result<Webhook, ClientError> {
+        self.send(Method::POST, self.tenant_url(tenant, &["webhooks"], &[])?, webhook).await
+    }
+
+    /// `GET /tenants/{tenant}/webhooks`.
+    pub async fn list_webhooks(&self, tenant: &str) -> Result<Vec<Webhook>, ClientError> {
+        self.get(self.tenant_url(tenant, &["webhooks"], &[])?).await
+    }
+
+    /// `GET /tenants/{tenant}/webhooks/{id}`: the webhook and its latest delivery attempts.
+    pub async fn get_webhook(&self, tenant: &str, id: &str) -> Result<WebhookDetail, ClientError> {
+        self.get(self.tenant_url(tenant, &["webhooks", id], &[])?).await
+    }
+
+    /// `DELETE /tenants/{tenant}/webhooks/{id}`.
+    pub async fn delete_webhook(&self, tenant: &str, id: &str) -> Result<(), ClientError> {
+        let url = self.tenant_url(tenant, &["webhooks", id], &[])?;
         let resp = self.authorized(Method::DELETE, url).timeout(REQUEST_TIMEOUT).send().await?;
         let status = resp.status();
         if status.is_success() {

@@ -117,6 +117,33 @@ pub fn freezes(t: &str) -> String {
     format!("freezes/{t}/")
 }
 
+/// `webhooks/{tenant}/{id}`
+pub fn webhook(t: &str, id: &str) -> String {
+    format!("webhooks/{t}/{id}")
+}
+
+/// Prefix of a tenant's webhooks.
+pub fn webhooks(t: &str) -> String {
+    format!("webhooks/{t}/")
+}
+
+/// Prefix of every webhook.
+pub const WEBHOOKS: &str = "webhooks/";
+
+/// The tenant and id of a webhook key.
+pub fn parse_webhook(key: &str) -> Option<(&str, &str)> {
+    key.strip_prefix(WEBHOOKS)?.split_once('/')
+}
+
+/// Prefix of every tenant's event log.
+pub const EVENTS: &str = "events/";
+
+/// The tenant and the `{seq}-{n}` suffix of a key of the event log by sequence.
+pub fn parse_event_by_seq(key: &str) -> Option<(&str, &str)> {
+    let (tenant, rest) = key.strip_prefix(EVENTS)?.split_once('/')?;
+    Some((tenant, rest.strip_prefix("seq/")?))
+}
+
 /// `instances/{tenant}/{id}`
 pub fn instance(t: &str, id: &str) -> String {
     format!("instances/{t}/{id}")
@@ -237,5 +264,9 @@ mod tests {
         );
         assert_eq!(parse_catalog("catalog/t/unknown/x"), None);
         assert_eq!(parse_freeze(&freeze("t", "f1")), Some(("t", "f1")));
+        assert_eq!(parse_webhook(&webhook("t", "w1")), Some(("t", "w1")));
+        let seq_key = format!("{}{:020}-{:010}", events_by_seq("t"), 7, 1);
+        assert_eq!(parse_event_by_seq(&seq_key), Some(("t", "00000000000000000007-0000000001")));
+        assert_eq!(parse_event_by_seq(&format!("{}x", events_by_plan("t", "p"))), None);
     }
 }

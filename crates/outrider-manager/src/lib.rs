@@ -29,9 +29,11 @@ mod serve;
 mod server;
 mod state;
 mod sync;
+mod webhooks;
 
 pub use error::{Error, StartError};
 pub use fleet::InstanceRetention;
 pub use retention::Retention;
 pub use serve::ServeLimits;
 pub use server::{ManagerConfig, RunningManager, Tuning, start, start_with, start_with_clock};
+pub use webhooks::Delivery as WebhookDelivery;

@@ -3,7 +3,7 @@
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::{
-    metrics::{counter::Counter, gauge::Gauge},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
@@ -26,6 +26,9 @@ pub struct Metrics {
     pub connections_open: Gauge,
     /// Connections closed at once because a connection cap was reached.
     pub connections_refused: Counter,
+    /// Webhook delivery attempts by `outcome`: `delivered`, `retried` (failed, tried again),
+    /// `failed` (the last attempt failed), `dropped` (the webhook's queue was full).
+    pub webhook_deliveries: Family<Vec<(&'static str, &'static str)>, Counter>,
     resident_memory: Gauge,
     cpu_seconds: Counter<f64, AtomicU64>,
 }
@@ -65,8 +68,15 @@ impl Default for Metrics {
             "Connections closed at once because a connection cap was reached",
             connections_refused.clone(),
         );
+        let webhook_deliveries = Family::default();
+        registry.register(
+            "outrider_webhook_deliveries",
+            "Webhook delivery attempts by outcome",
+            webhook_deliveries.clone(),
+        );
         Self {
             registry,
+            webhook_deliveries,
             agents_connected,
             desired_pushes,
             catalog_revision,

@@ -29,6 +29,7 @@ use crate::{
     retention::{self, Retention},
     serve::{self, ServeLimits},
     sync::SyncService,
+    webhooks::{self, Webhooks},
 };
 
 /// How long shutdown waits for open connections before closing them.
@@ -66,6 +67,8 @@ pub struct Tuning {
     pub serve: ServeLimits,
     /// The event log's retention.
     pub retention: Retention,
+    /// How webhooks are delivered.
+    pub webhooks: webhooks::Delivery,
 }
 
 /// A running manager.
@@ -263,6 +266,10 @@ pub async fn start_with(
     fleet.load(records.kvs.iter().map(|kv| decode::<StoredInstance>(&kv.key, &kv.value)).collect::<Result<_, _>>()?);
     let (catalog, watch_from) = load_catalog(store.as_ref()).await?;
     let wake = Arc::new(tokio::sync::Notify::new());
+    let cancel = CancellationToken::new();
+    let webhooks = Arc::new(Webhooks::new(tuning.webhooks, metrics.clone(), clock.clone(), cancel.clone())?);
+    // Loaded before the executor starts, so that no event of this run is missed.
+    let webhooks_from = webhooks.load(store.as_ref()).await?;
     let state = AppState {
         repo: repo.clone(),
         fleet: fleet.clone(),
@@ -270,10 +277,11 @@ pub async fn start_with(
         auth,
         metrics,
         wake: wake.clone(),
+        webhooks: webhooks.clone(),
     };
 
-    let cancel = CancellationToken::new();
     let background = vec![
+        tokio::spawn(webhooks.run(store.clone(), webhooks_from)),
         tokio::spawn(run_catalog_watch(state.clone(), watch_from, cancel.clone())),
         tokio::spawn(retention::run(repo.clone(), tuning.retention, cancel.clone())),
         tokio::spawn(fleet.clone().run_flusher(repo, cancel.clone())),

@@ -23,6 +23,7 @@ mod tenant;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod version;
+mod webhook;
 
 pub use analysis::{
     AnalysisSpec, BatchAnalysis, BatchVerdict, Center, Comparison, Direction, Effect, EffectFloor, Evidence, Judging,
@@ -48,6 +49,7 @@ pub use service::{Priority, ProtectedPeriod, Service, ServiceUpdate};
 pub use sidecar::{Probe, ProbeCheck, Sidecar, UpgradeMode};
 pub use tenant::Tenant;
 pub use version::{Artifact, NewVersion, Version, VersionState, validate_version};
+pub use webhook::{DeliveryAttempt, NewWebhook, WEBHOOK_EVENTS, Webhook, WebhookDetail, limits as webhook_limits};
 
 /// The tenant every fresh installation starts with.
 pub const DEFAULT_TENANT: &str = "default";

@@ -10,6 +10,7 @@ mod plans;
 mod services;
 mod sidecars;
 mod tenants;
+mod webhooks;
 
 use axum::{
     Router,
@@ -89,6 +90,8 @@ pub fn router(state: AppState) -> Router {
         .route(&format!("{t}/plans/{{plan}}/{{action}}"), post(plans::action))
         .route(&format!("{t}/freezes"), get(freezes::list).post(freezes::create))
         .route(&format!("{t}/freezes/{{freeze}}"), axum::routing::delete(freezes::delete))
+        .route(&format!("{t}/webhooks"), get(webhooks::list).post(webhooks::create))
+        .route(&format!("{t}/webhooks/{{webhook}}"), get(webhooks::get_one).delete(webhooks::delete))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))

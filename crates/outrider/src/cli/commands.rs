@@ -41,6 +41,10 @@ pub enum ResourceCommand {
     /// Change freezes: periods when no plan changes anything in scope.
     #[command(subcommand)]
     Freeze(Box<FreezeCommand>),
+    /// Webhooks: signed HTTP calls when plans block, wait, complete or roll back, incidents
+    /// open or versions are marked defective.
+    #[command(subcommand)]
+    Webhook(Box<WebhookCommand>),
     /// Wait until the manager, or an instance's sidecar, is ready (for scripts); fails after
     /// --timeout with what it saw last.
     #[command(subcommand)]
@@ -413,6 +417,48 @@ pub enum FreezeCommand {
     /// Delete a freeze.
     Delete {
         /// Freeze id.
+        id: String,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+}
+
+/// `outrider webhook …`
+#[derive(clap::Subcommand, Debug)]
+pub enum WebhookCommand {
+    /// Call a URL on these events, signed with a secret.
+    Create {
+        /// Where to POST (http://HOST[:PORT]/PATH).
+        #[arg(long, value_name = "URL")]
+        url: String,
+        /// An event kind to deliver (repeatable): plan.blocked, plan.waiting, plan.completed,
+        /// plan.rolled_back, incident.opened, version.defective.
+        #[arg(long = "event", value_name = "KIND", required = true)]
+        events: Vec<String>,
+        /// The signing secret (prefer --secret-file: arguments show in process lists).
+        #[arg(long, value_name = "TEXT", conflicts_with = "secret_file", required_unless_present = "secret_file")]
+        secret: Option<String>,
+        /// A file holding the signing secret (trailing whitespace ignored).
+        #[arg(long, value_name = "FILE")]
+        secret_file: Option<PathBuf>,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+    /// List the webhooks.
+    List {
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+    /// Show a webhook and its latest delivery attempts.
+    Get {
+        /// Webhook id.
+        id: String,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+    /// Delete a webhook.
+    Delete {
+        /// Webhook id.
         id: String,
         #[command(flatten)]
         conn: ConnectArgs,

@@ -16,11 +16,11 @@ use anyhow::Context;
 use futures::StreamExt;
 pub use outrider_client::{ConnectArgs, OutputFormat};
 use outrider_client::{EventQuery, InstanceFilter, PlanAction};
-use outrider_model::{Binding, NewFreeze, NewVersion, Service, ServiceUpdate, Sidecar};
+use outrider_model::{Binding, NewFreeze, NewVersion, NewWebhook, Service, ServiceUpdate, Sidecar};
 
 pub use commands::{
     BindingCommand, EventCommand, FreezeCommand, InstanceCommand, PlanActionArgs, PlanCommand, ResourceCommand,
-    ServiceCommand, SidecarCommand, TenantCommand, VersionCommand, WaitCommand,
+    ServiceCommand, SidecarCommand, TenantCommand, VersionCommand, WaitCommand, WebhookCommand,
 };
 use input::read_json;
 use render::{emit, emit_text, print_line};
@@ -37,6 +37,7 @@ pub async fn run(cmd: ResourceCommand) -> anyhow::Result<()> {
         ResourceCommand::Event(c) => event(*c).await,
         ResourceCommand::Plan(c) => plan(*c).await,
         ResourceCommand::Freeze(c) => freeze(*c).await,
+        ResourceCommand::Webhook(c) => webhook(*c).await,
         ResourceCommand::Wait(c) => wait(*c).await,
     }
 }
@@ -248,6 +249,39 @@ async fn freeze(cmd: FreezeCommand) -> anyhow::Result<()> {
             conn.client()?.delete_freeze(&conn.tenant, &id).await?;
             let done = serde_json::json!({ "id": id, "deleted": true });
             emit_text(conn.output, &done, |_| format!("freeze {id} deleted"))
+        }
+    }
+}
+
+async fn webhook(cmd: WebhookCommand) -> anyhow::Result<()> {
+    match cmd {
+        WebhookCommand::Create { url, events, secret, secret_file, conn } => {
+            let secret = match (secret, secret_file) {
+                (Some(s), _) => s,
+                (None, Some(file)) => tokio::fs::read_to_string(&file)
+                    .await
+                    .with_context(|| format!("cannot read {}", file.display()))?
+                    .trim_end()
+                    .to_owned(),
+                (None, None) => anyhow::bail!("give --secret or --secret-file"),
+            };
+            let body = NewWebhook { url, events, secret };
+            body.validate()?;
+            let created = conn.client()?.create_webhook(&conn.tenant, &body).await?;
+            emit(conn.output, &created, |w| render::webhooks(std::slice::from_ref(w)))
+        }
+        WebhookCommand::List { conn } => {
+            let webhooks = conn.client()?.list_webhooks(&conn.tenant).await?;
+            emit(conn.output, &webhooks, |w| render::webhooks(w))
+        }
+        WebhookCommand::Get { id, conn } => {
+            let webhook = conn.client()?.get_webhook(&conn.tenant, &id).await?;
+            emit_text(conn.output, &webhook, render::webhook)
+        }
+        WebhookCommand::Delete { id, conn } => {
+            conn.client()?.delete_webhook(&conn.tenant, &id).await?;
+            let done = serde_json::json!({ "id": id, "deleted": true });
+            emit_text(conn.output, &done, |_| format!("webhook {id} deleted"))
         }
     }
 }

@@ -264,6 +264,29 @@ fn freeze_verbs_parse() {
 }
 
 #[test]
+fn webhook_verbs_parse() {
+    let cmd = verb!(
+        "webhook create --url http://127.0.0.1:9/h --event plan.blocked --event incident.opened --secret-file s.txt",
+        Webhook
+    );
+    let WebhookCommand::Create { url, events, secret, secret_file, .. } = cmd else { panic!("parsed as {cmd:?}") };
+    assert_eq!(url, "http://127.0.0.1:9/h");
+    assert_eq!(events, ["plan.blocked", "incident.opened"]);
+    assert_eq!((secret, secret_file), (None, Some("s.txt".into())));
+    assert!(matches!(verb!("webhook list -o json", Webhook), WebhookCommand::List { .. }));
+    assert!(matches!(verb!("webhook get w-1", Webhook), WebhookCommand::Get { id, .. } if id == "w-1"));
+    assert!(matches!(verb!("webhook delete w-1", Webhook), WebhookCommand::Delete { id, .. } if id == "w-1"));
+    for line in [
+        "webhook create --url http://h/ --secret s3cret-key",
+        "webhook create --url http://h/ --event plan.blocked",
+        "webhook create --url http://h/ --event plan.blocked --secret a --secret-file f",
+        "webhook get",
+    ] {
+        assert!(parse(line).is_err(), "{line:?} accepted");
+    }
+}
+
+#[test]
 fn bad_plan_and_freeze_lines_are_refused() {
     for line in [
         "plan create",
