@@ -270,6 +270,7 @@ pub async fn start_with(
         auth,
         metrics,
         wake: wake.clone(),
+        clock: clock.clone(),
     };
 
     let cancel = CancellationToken::new();

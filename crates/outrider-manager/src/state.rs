@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use crate::{auth::Auth, catalog::Catalog, fleet::Fleet, metrics::Metrics, repo::Repo};
+use crate::{auth::Auth, catalog::Catalog, clock::Clock, fleet::Fleet, metrics::Metrics, repo::Repo};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -19,4 +19,6 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Pokes the executor to look at the plans now.
     pub wake: Arc<tokio::sync::Notify>,
+    /// The manager's clock (the executor's): what "now" is for freezes and protected periods.
+    pub clock: Arc<dyn Clock>,
 }
