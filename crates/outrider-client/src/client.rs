@@ -2,8 +2,8 @@ use std::{fmt, path::Path, pin::Pin, time::Duration};
 
 use futures::Stream;
 use outrider_model::{
-    Binding, BindingChange, Event, Freeze, Instance, NewFreeze, NewVersion, Plan, PlanSpec, Service, ServiceUpdate, Sidecar,
-    Simulation, Tenant, Version,
+    Binding, BindingChange, Event, Freeze, Instance, NewFreeze, NewVersion, Plan, PlanSpec, Service, ServiceUpdate,
+    Sidecar, Simulation, Tenant, Version,
 };
 use reqwest::{Method, RequestBuilder, Url};
 use serde::{Serialize, de::DeserializeOwned};

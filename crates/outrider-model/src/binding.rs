@@ -71,7 +71,14 @@ impl BindingChange {
 
 impl From<Binding> for BindingChange {
     fn from(b: Binding) -> Self {
-        Self { sidecar: b.sidecar, enabled: b.enabled, version: b.version, mode: b.mode, force: false, reason: String::new() }
+        Self {
+            sidecar: b.sidecar,
+            enabled: b.enabled,
+            version: b.version,
+            mode: b.mode,
+            force: false,
+            reason: String::new(),
+        }
     }
 }
 
