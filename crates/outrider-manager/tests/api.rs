@@ -272,7 +272,8 @@ async fn version_lifecycle_admit_and_defective() {
     assert_eq!(s, StatusCode::CONFLICT);
     let (_, events) = api.call(Method::GET, "/tenants/default/events", None).await;
     let kinds: Vec<&str> = events.as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    assert!(kinds.ends_with(&["version.admitted", "version.defective"]), "{kinds:?}");
+    // 1.0.0 is admitted and healthy: marking 1.1.0 defective drafts a recall towards it.
+    assert!(kinds.ends_with(&["version.admitted", "version.defective", "plan.created"]), "{kinds:?}");
     let seqs: Vec<u64> = events.as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "events ordered by seq: {seqs:?}");
     m.shutdown().await;
