@@ -144,7 +144,7 @@ pub async fn bind(
         let broken = binding_admission::violations(old_binding, &body, &ver, &svc, &freezes, s.clock.now());
         if !broken.is_empty() && !change.force {
             return Err(Error::precondition(format!(
-                "binding refused by admission: {}; to change it anyway send \"force\": true with a \"reason\"",
+                "binding refused by admission: {}; to change it anyway send \"force\": true with a \"reason\" (outrider binding set … --force --reason …)",
                 binding_admission::describe(&broken)
             )));
         }
