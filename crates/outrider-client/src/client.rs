@@ -2,8 +2,8 @@ use std::{fmt, path::Path, pin::Pin, time::Duration};
 
 use futures::Stream;
 use outrider_model::{
-    Binding, Event, Freeze, Instance, NewFreeze, NewVersion, NewWebhook, Plan, PlanSpec, Service, ServiceUpdate,
-    Sidecar, Simulation, Tenant, Version, Webhook, WebhookDetail,
+    Binding, BindingChange, Event, Freeze, Instance, NewFreeze, NewVersion, NewWebhook, Plan, PlanSpec, Service,
+    ServiceUpdate, Sidecar, Simulation, Tenant, Version, Webhook, WebhookDetail,
 };
 use reqwest::{Method, RequestBuilder, Url};
 use serde::{Serialize, de::DeserializeOwned};
@@ -202,8 +202,25 @@ impl Client {
     /// `PUT /tenants/{tenant}/services/{service}/sidecars/{binding.sidecar}`: enables (or
     /// disables) a sidecar for a service. The body is `{"enabled", "version", "mode"}`.
     pub async fn set_binding(&self, tenant: &str, service: &str, binding: &Binding) -> Result<Binding, ClientError> {
-        let url = self.tenant_url(tenant, &["services", service, "sidecars", &binding.sidecar], &[])?;
-        let body = json!({ "enabled": binding.enabled, "version": binding.version, "mode": binding.mode });
+        self.change_binding(tenant, service, &BindingChange::from(binding.clone())).await
+    }
+
+    /// Like [`Self::set_binding`], with `force` and `reason` (sent only when set): a forced
+    /// change is made despite binding admission, the reason kept in the event log.
+    pub async fn change_binding(
+        &self,
+        tenant: &str,
+        service: &str,
+        change: &BindingChange,
+    ) -> Result<Binding, ClientError> {
+        let url = self.tenant_url(tenant, &["services", service, "sidecars", &change.sidecar], &[])?;
+        let mut body = json!({ "enabled": change.enabled, "version": change.version, "mode": change.mode });
+        if change.force {
+            body["force"] = json!(true);
+        }
+        if !change.reason.is_empty() {
+            body["reason"] = json!(change.reason);
+        }
         self.send(Method::PUT, url, &body).await
     }
 

@@ -11,6 +11,7 @@
 
 pub mod api;
 mod auth;
+mod binding_admission;
 mod catalog;
 mod clock;
 mod codec;

@@ -278,6 +278,7 @@ pub async fn start_with(
         metrics,
         wake: wake.clone(),
         webhooks: webhooks.clone(),
+        clock: clock.clone(),
     };
 
     let background = vec![

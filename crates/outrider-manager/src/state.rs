@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, RwLock};
 
-use crate::{auth::Auth, catalog::Catalog, fleet::Fleet, metrics::Metrics, repo::Repo, webhooks::Webhooks};
+use crate::{auth::Auth, catalog::Catalog, clock::Clock, fleet::Fleet, metrics::Metrics, repo::Repo, webhooks::Webhooks};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -21,4 +21,6 @@ pub struct AppState {
     pub wake: Arc<tokio::sync::Notify>,
     /// The running webhooks (their delivery attempts).
     pub webhooks: Arc<Webhooks>,
+    /// The manager's clock (the executor's): what "now" is for freezes and protected periods.
+    pub clock: Arc<dyn Clock>,
 }

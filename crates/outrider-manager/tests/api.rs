@@ -59,7 +59,13 @@ async fn seed(api: &Api) {
     api.ok(Method::POST, "/tenants/default/sidecars/mesh/versions", version("1.0.0")).await;
     api.ok(Method::POST, "/tenants/default/sidecars/mesh/versions", version("1.1.0")).await;
     api.ok(Method::POST, "/tenants/default/services", json!({"name": "checkout", "priority": "P1"})).await;
+    admit(api, "1.0.0").await;
     api.ok(Method::PUT, "/tenants/default/services/checkout/sidecars/mesh", json!({"version": "1.0.0"})).await;
+}
+
+/// Admits version `v` of mesh (only admitted versions can be bound).
+async fn admit(api: &Api, v: &str) {
+    api.ok(Method::POST, &format!("/tenants/default/sidecars/mesh/versions/{v}/admit"), json!({})).await;
 }
 
 fn error_code(v: &Value) -> &str {
@@ -266,7 +272,8 @@ async fn version_lifecycle_admit_and_defective() {
     assert_eq!(s, StatusCode::CONFLICT);
     let (_, events) = api.call(Method::GET, "/tenants/default/events", None).await;
     let kinds: Vec<&str> = events.as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    assert!(kinds.ends_with(&["version.admitted", "version.defective"]), "{kinds:?}");
+    // 1.0.0 is admitted and healthy: marking 1.1.0 defective drafts a recall towards it.
+    assert!(kinds.ends_with(&["version.admitted", "version.defective", "plan.created"]), "{kinds:?}");
     let seqs: Vec<u64> = events.as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "events ordered by seq: {seqs:?}");
     m.shutdown().await;
@@ -324,6 +331,7 @@ async fn binding_change_is_pushed_to_connected_agents() {
     assert_eq!(first.sidecars[0].version, "1.0.0");
     tx.send(AgentMessage { body: Some(Body::Ack(v1::Ack { revision: first.revision })) }).await.unwrap();
 
+    admit(&api, "1.1.0").await;
     api.ok(Method::PUT, "/tenants/default/services/checkout/sidecars/mesh", json!({"version": "1.1.0"})).await;
     let second = next_desired(&mut stream).await;
     assert_eq!(second.sidecars[0].version, "1.1.0");
@@ -411,6 +419,7 @@ async fn on_deploy_target_applies_at_the_next_deploy_only() {
     seed(&api).await;
     let mut s1 = open_stream(&api, "i-1", "d1").await;
     assert_eq!(next_desired(&mut s1).await.sidecars[0].version, "1.0.0");
+    admit(&api, "1.1.0").await;
     api.ok(
         Method::PUT,
         "/tenants/default/services/checkout/sidecars/mesh",

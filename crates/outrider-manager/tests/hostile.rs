@@ -361,7 +361,9 @@ impl Server {
                 json!({"version": v, "artifact": {"url": "file:///bin/sh", "sha256": SHA}, "command": ["${artifact}"]});
             self.ok(Method::POST, "/sidecars/mesh/versions", body).await;
         }
-        self.ok(Method::POST, "/sidecars/mesh/versions/1.1.0/admit", json!({})).await;
+        for v in ["1.0.0", "1.1.0"] {
+            self.ok(Method::POST, &format!("/sidecars/mesh/versions/{v}/admit"), json!({})).await;
+        }
         self.ok(Method::POST, "/services", json!({"name": "checkout", "priority": "P1"})).await;
         self.ok(Method::PUT, "/services/checkout/sidecars/mesh", json!({"version": "1.0.0"})).await;
     }

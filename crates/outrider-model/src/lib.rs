@@ -29,7 +29,7 @@ pub use analysis::{
     AnalysisSpec, BatchAnalysis, BatchVerdict, Center, Comparison, Direction, Effect, EffectFloor, Evidence, Judging,
     MetricPolicy, MetricQuery, MetricVerdict, Minimums, Outcome, Policy, RSS_GROWTH, Side, Test, default_metrics,
 };
-pub use binding::Binding;
+pub use binding::{Binding, BindingChange};
 pub use desired::{DesiredSidecar, DesiredState, desired_for_service};
 pub use duration::HumanDuration;
 pub use error::ValidationError;

@@ -125,11 +125,12 @@ pub async fn ensure_sidecar(client: &Client, tenant: &str, name: &str) -> Result
     }
 }
 
-/// Creates version `version` of `sidecar` (see [`sim_version`]) unless it exists.
-pub async fn ensure_version(client: &Client, tenant: &str, sidecar: &str, version: &str) -> Result<(), SimError> {
+/// Creates version `version` of `sidecar` (see [`sim_version`]) unless it exists; whether
+/// this call created it.
+pub async fn ensure_version(client: &Client, tenant: &str, sidecar: &str, version: &str) -> Result<bool, SimError> {
     match client.create_version(tenant, sidecar, &sim_version(sidecar, version)).await {
-        Ok(_) => Ok(()),
-        Err(e) if already_exists(&e) => Ok(()),
+        Ok(_) => Ok(true),
+        Err(e) if already_exists(&e) => Ok(false),
         Err(e) => Err(api(format!("cannot create version {version} of sidecar {sidecar:?}"))(e)),
     }
 }
@@ -153,8 +154,9 @@ pub fn binding_mode(sidecar: &Sidecar) -> UpgradeMode {
 }
 
 /// Creates the services of `spec` in `tenant` (existing ones are left as they are) and, with
-/// `sidecar`, creates that sidecar and version if missing and binds every service of `spec`
-/// to it. Writes run [`SEED_PARALLELISM`] at a time.
+/// `sidecar`, creates that sidecar and version if missing (admitting a version it creates:
+/// a simulated version has no tests to pass; one that existed must be admitted already) and
+/// binds every service of `spec` to it. Writes run [`SEED_PARALLELISM`] at a time.
 pub async fn seed_catalog(
     client: &Client,
     tenant: &str,
@@ -164,7 +166,12 @@ pub async fn seed_catalog(
     let binding = match sidecar {
         Some(r) => {
             let sc = ensure_sidecar(client, tenant, &r.name).await?;
-            ensure_version(client, tenant, &r.name, &r.version).await?;
+            if ensure_version(client, tenant, &r.name, &r.version).await? {
+                client
+                    .admit_version(tenant, &r.name, &r.version, &"simulated: created by outrider sim".into())
+                    .await
+                    .map_err(api(format!("cannot admit version {} of sidecar {:?}", r.version, r.name)))?;
+            }
             Some(Binding {
                 sidecar: r.name.clone(),
                 enabled: true,

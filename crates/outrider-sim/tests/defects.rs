@@ -58,6 +58,7 @@ async fn a_defective_version_crashes_only_the_instances_it_selects() {
 
     // Everything moves to 1.3.0: the http services crash, the others run it.
     ensure_version(&client, TENANT, SIDECAR, "1.3.0").await.unwrap();
+    client.admit_version(TENANT, SIDECAR, "1.3.0", &serde_json::json!({"tests": "passed"})).await.unwrap();
     let binding =
         Binding { sidecar: SIDECAR.into(), enabled: true, version: "1.3.0".into(), mode: UpgradeMode::Restart };
     for s in &spec.services {

@@ -74,6 +74,7 @@ async fn a_simulated_fleet_registers_runs_and_follows_a_binding_change() {
     }
     let (target, &count) = sizes.iter().max_by_key(|(_, n)| **n).unwrap();
     ensure_version(&client, TENANT, SIDECAR, "1.1.0").await.unwrap();
+    client.admit_version(TENANT, SIDECAR, "1.1.0", &serde_json::json!({"tests": "passed"})).await.unwrap();
     let arrivals = fleet.watch_arrivals(SIDECAR, "1.1.0").await;
     let binding =
         Binding { sidecar: SIDECAR.into(), enabled: true, version: "1.1.0".into(), mode: UpgradeMode::Restart };
@@ -122,6 +123,7 @@ async fn arrivals_time_every_agent() {
     fleet.watch_arrivals(SIDECAR, "1.0.0").await.wait(Duration::from_secs(10)).await.unwrap();
 
     ensure_version(&client, TENANT, SIDECAR, "2.0.0").await.unwrap();
+    client.admit_version(TENANT, SIDECAR, "2.0.0", &serde_json::json!({"tests": "passed"})).await.unwrap();
     let arrivals = fleet.watch_arrivals(SIDECAR, "2.0.0").await;
     let binding = Binding { sidecar: SIDECAR.into(), enabled: true, version: "2.0.0".into(), mode: UpgradeMode::Hot };
     for svc in &spec.services {

@@ -43,6 +43,7 @@ async fn prometheus_shows_the_defective_instances_errors_above_the_others() {
         .await
         .unwrap();
     ensure_version(&client, TENANT, SIDECAR, "1.1.0").await.unwrap();
+    client.admit_version(TENANT, SIDECAR, "1.1.0", &serde_json::json!({"tests": "passed"})).await.unwrap();
     let options = SimFleetOptions {
         // Fresh figures for every scrape.
         report_interval: Duration::from_secs(1),

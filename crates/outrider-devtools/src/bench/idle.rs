@@ -134,8 +134,8 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<String> {
     ensure_sidecar(&client, tenant, &name).await?;
     for v in ["1.0.0", "1.0.1"] {
         ensure_version(&client, tenant, &name, v).await?;
+        client.admit_version(tenant, &name, v, &serde_json::json!({"bench": "idle"})).await?;
     }
-    client.admit_version(tenant, &name, "1.0.1", &serde_json::json!({"bench": "idle"})).await?;
     let services: Vec<String> = (0..n).map(|i| format!("{name}-{i:05}")).collect();
     let binding = Binding { sidecar: name.clone(), enabled: true, version: "1.0.0".into(), mode: UpgradeMode::Restart };
     futures::stream::iter(services.iter().map(|s| create_bound_service(&client, tenant, s, &binding)))

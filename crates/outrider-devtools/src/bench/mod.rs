@@ -142,13 +142,17 @@ async fn server_rss(http: &reqwest::Client, manager: &str) -> anyhow::Result<u64
         .with_context(|| format!("{url} has no process_resident_memory_bytes"))
 }
 
-/// Creates the benchmark's sidecar with `changes + 1` versions and its service bound to the
-/// first one; returns the versions.
+/// Creates the benchmark's sidecar with `changes + 1` admitted versions and its service bound
+/// to the first one; returns the versions.
 async fn prepare(client: &Client, tenant: &str, name: &str, changes: u32) -> anyhow::Result<Vec<String>> {
     ensure_sidecar(client, tenant, name).await?;
     let versions: Vec<String> = (0..=changes).map(|k| format!("1.0.{k}")).collect();
     for v in &versions {
         ensure_version(client, tenant, name, v).await?;
+        client
+            .admit_version(tenant, name, v, &serde_json::json!({"bench": "propagation"}))
+            .await
+            .with_context(|| format!("cannot admit version {v} of {name:?}"))?;
     }
     create_bound_service(client, tenant, name, &binding(name, &versions[0])).await?;
     Ok(versions)

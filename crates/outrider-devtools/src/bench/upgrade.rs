@@ -713,6 +713,10 @@ impl Bench {
                 .create_version(TENANT, name, &body)
                 .await
                 .with_context(|| format!("cannot create version {version} of {name}"))?;
+            client
+                .admit_version(TENANT, name, version, &serde_json::json!({"bench": "upgrade"}))
+                .await
+                .with_context(|| format!("cannot admit version {version} of {name}"))?;
         }
         Ok(())
     }

@@ -298,13 +298,16 @@ impl Fleet {
         self.api_ok(Method::POST, "/services", Some(json!({"name": "checkout"}))).await;
     }
 
-    /// Binds service `checkout` to demo `version` (restart mode).
+    /// Admits demo `version` and binds service `checkout` to it (restart mode).
     pub async fn bind(&self, version: &str) {
         self.bind_mode(version, "restart").await;
     }
 
-    /// Binds service `checkout` to demo `version` with upgrade `mode`.
+    /// Admits demo `version` (only admitted versions can be bound) and binds service
+    /// `checkout` to it with upgrade `mode`.
     pub async fn bind_mode(&self, version: &str, mode: &str) {
+        let admit = format!("/sidecars/demo/versions/{version}/admit");
+        self.api_ok(Method::POST, &admit, Some(json!({"evidence": "test harness"}))).await;
         let b = self
             .api_ok(Method::PUT, "/services/checkout/sidecars/demo", Some(json!({"version": version, "mode": mode})))
             .await;

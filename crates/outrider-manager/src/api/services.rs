@@ -1,6 +1,7 @@
 use axum::{Extension, Json, extract::State, http::StatusCode};
 use outrider_model::{
-    Binding, Service, ServiceUpdate, Sidecar, Version, VersionState, validate_name, validate_version,
+    Binding, BindingChange, Freeze, Service, ServiceUpdate, Sidecar, Version, VersionState, validate_name,
+    validate_version,
 };
 use outrider_store::{Compare, Op};
 
@@ -10,7 +11,7 @@ use super::{
     require_tenant,
 };
 use crate::{
-    Error, keys,
+    Error, binding_admission, keys,
     repo::{NewEvent, encode},
 };
 
@@ -84,24 +85,30 @@ pub async fn list_bindings(
     Ok(Json(s.repo.list(&keys::bindings(&tenant, &service)).await?))
 }
 
+/// `PUT /services/{service}/sidecars/{sidecar}`: sets the binding. A change that breaks
+/// binding admission (`binding_admission.rs`) is refused naming every broken check,
+/// unless the body says `"force": true` with a `"reason"`; the event records both. A version
+/// that is not active is never bound. Re-putting the stored binding changes nothing.
 pub async fn bind(
     State(s): State<AppState>,
     Extension(Actor(actor)): Extension<Actor>,
     ApiPath((tenant, service, sidecar)): ApiPath<(String, String, String)>,
-    ApiJson(mut body): ApiJson<Binding>,
+    ApiJson(change): ApiJson<BindingChange>,
 ) -> Result<Json<Binding>, Error> {
     let service_key = service_key(&s, &tenant, &service).await?;
     validate_name("sidecar", &sidecar)?;
-    if !body.sidecar.is_empty() && body.sidecar != sidecar {
-        return Err(Error::invalid(format!("sidecar: body names {:?} but the path names {sidecar:?}", body.sidecar)));
+    if !change.sidecar.is_empty() && change.sidecar != sidecar {
+        return Err(Error::invalid(format!("sidecar: body names {:?} but the path names {sidecar:?}", change.sidecar)));
     }
+    change.validate()?;
+    let mut body = change.binding();
     body.sidecar = sidecar.clone();
     validate_version(&body.version)?;
     let sidecar_key = keys::sidecar(&tenant, &sidecar);
     let version_key = keys::version(&tenant, &sidecar, &body.version);
     let binding_key = keys::binding(&tenant, &service, &sidecar);
     for _ in 0..5 {
-        let (_, svc_rev) = s
+        let (svc, svc_rev) = s
             .repo
             .get::<Service>(&service_key)
             .await?
@@ -118,7 +125,7 @@ pub async fn bind(
             .ok_or_else(|| Error::not_found(format!("version {} of sidecar {sidecar:?}", body.version)))?;
         if ver.state != VersionState::Active {
             return Err(Error::precondition(format!(
-                "version {} of sidecar {sidecar:?} is {:?} and cannot be bound",
+                "version {} of sidecar {sidecar:?} is {:?} and cannot be bound, not even with force",
                 body.version, ver.state
             )));
         }
@@ -132,9 +139,25 @@ pub async fn bind(
         if old.as_ref().is_some_and(|(b, _)| *b == body) {
             return Ok(Json(body));
         }
+        let freezes: Vec<Freeze> = s.repo.list(&keys::freezes(&tenant)).await?;
+        let old_binding = old.as_ref().map(|(b, _)| b);
+        let broken = binding_admission::violations(old_binding, &body, &ver, &svc, &freezes, s.clock.now());
+        if !broken.is_empty() && !change.force {
+            return Err(Error::precondition(format!(
+                "binding refused by admission: {}; to change it anyway send \"force\": true with a \"reason\" (outrider binding set … --force --reason …)",
+                binding_admission::describe(&broken)
+            )));
+        }
         let old_rev = old.as_ref().map_or(0, |(_, r)| *r);
         let ev = NewEvent::new(&tenant, "binding.updated", &actor, format!("service/{service}/sidecar/{sidecar}"))
-            .detail(serde_json::json!({"from": old.as_ref().map(|(b, _)| b), "to": &body}));
+            .reason(change.reason.clone())
+            .detail(serde_json::json!({
+                "from": old_binding,
+                "to": &body,
+                "forced": change.force,
+                "reason": &change.reason,
+                "overridden": &broken,
+            }));
         let compare = vec![
             Compare::unchanged(&service_key, svc_rev),
             Compare::unchanged(&sidecar_key, sc_rev),

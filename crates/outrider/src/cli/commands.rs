@@ -243,6 +243,13 @@ pub enum BindingCommand {
         /// Disable the sidecar for the service instead.
         #[arg(long)]
         disable: bool,
+        /// Make the change although admission refuses it (version not admitted, freeze,
+        /// protected period or service); needs --reason.
+        #[arg(long, requires = "reason")]
+        force: bool,
+        /// Why the change is made (kept in the event log).
+        #[arg(long)]
+        reason: Option<String>,
         #[command(flatten)]
         conn: ConnectArgs,
     },

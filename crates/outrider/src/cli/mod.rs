@@ -16,7 +16,7 @@ use anyhow::Context;
 use futures::StreamExt;
 pub use outrider_client::{ConnectArgs, OutputFormat};
 use outrider_client::{EventQuery, InstanceFilter, PlanAction};
-use outrider_model::{Binding, NewFreeze, NewVersion, NewWebhook, Service, ServiceUpdate, Sidecar};
+use outrider_model::{BindingChange, NewFreeze, NewVersion, NewWebhook, Service, ServiceUpdate, Sidecar};
 
 pub use commands::{
     BindingCommand, EventCommand, FreezeCommand, InstanceCommand, PlanActionArgs, PlanCommand, ResourceCommand,
@@ -137,9 +137,10 @@ async fn service(cmd: ServiceCommand) -> anyhow::Result<()> {
 
 async fn binding(cmd: BindingCommand) -> anyhow::Result<()> {
     match cmd {
-        BindingCommand::Set { service, sidecar, version, mode, disable, conn } => {
-            let body = Binding { sidecar, enabled: !disable, version, mode };
-            let set = conn.client()?.set_binding(&conn.tenant, &service, &body).await?;
+        BindingCommand::Set { service, sidecar, version, mode, disable, force, reason, conn } => {
+            let reason = reason.unwrap_or_default();
+            let body = BindingChange { sidecar, enabled: !disable, version, mode, force, reason };
+            let set = conn.client()?.change_binding(&conn.tenant, &service, &body).await?;
             emit(conn.output, &set, |b| render::bindings(std::slice::from_ref(b)))
         }
         BindingCommand::List { service, conn } => {

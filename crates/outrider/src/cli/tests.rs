@@ -35,15 +35,26 @@ fn command_definition_is_consistent() {
 
 #[test]
 fn binding_set_takes_flags_after_the_verb() {
-    let BindingCommand::Set { service, sidecar, version, mode, disable, conn } =
+    let BindingCommand::Set { service, sidecar, version, mode, disable, force, reason, conn } =
         verb!("binding set checkout mesh --version 1.2.0 --mode hot -o json", Binding)
     else {
         panic!("not binding set");
     };
     assert_eq!((service.as_str(), sidecar.as_str(), version.as_str()), ("checkout", "mesh", "1.2.0"));
     assert_eq!(mode, UpgradeMode::Hot);
-    assert!(!disable);
+    assert!(!disable && !force && reason.is_none());
     assert_eq!(conn.output, OutputFormat::Json);
+}
+
+#[test]
+fn binding_set_force_needs_a_reason() {
+    let BindingCommand::Set { force, reason, .. } =
+        verb!("binding set checkout mesh --version 1.2.0 --force --reason hotfix", Binding)
+    else {
+        panic!("not binding set");
+    };
+    assert!(force);
+    assert_eq!(reason.as_deref(), Some("hotfix"));
 }
 
 #[test]
@@ -75,6 +86,7 @@ fn connection_flags_have_defaults_and_overrides() {
 fn bad_values_are_refused() {
     for line in [
         "binding set checkout mesh --version 1.2.0 --mode sideways",
+        "binding set checkout mesh --version 1.2.0 --force",
         "binding set checkout mesh",
         "sidecar list -o yaml",
         "version defective mesh 1.0.0",
