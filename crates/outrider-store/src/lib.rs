@@ -4,12 +4,16 @@
 //! Architecture invariant: nothing outside this crate knows which engine holds the data.
 //! Callers open a store by URL ([`open`]); the embedded backend ([`RedbStore`], `redb:PATH`)
 //! keeps everything in one redb file in the data dir; a write is durable once [`Store::txn`]
-//! returns.
+//! returns. The etcd backend ([`EtcdStore`], `etcd://H:P[,H:P…][/prefix]`) keeps it in an
+//! etcd cluster, with etcd's own revisions.
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod error;
+mod etcd_store;
 mod redb_store;
+#[cfg(feature = "conformance")]
+pub mod test_etcd;
 mod types;
 mod url;
 mod watch_hub;
@@ -20,6 +24,7 @@ use async_trait::async_trait;
 use futures::Stream;
 
 pub use error::StoreError;
+pub use etcd_store::EtcdStore;
 pub use redb_store::RedbStore;
 pub use types::{Compare, KeyValue, Op, Range, Txn, TxnResult, WatchBatch, WatchEvent};
 pub use url::{embedded_url, open};

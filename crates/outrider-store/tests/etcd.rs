@@ -1,0 +1,119 @@
+//! The etcd backend on a real etcd (Debian's `etcd-server`, started on loopback and stopped
+//! afterwards): the behaviour suite every backend runs, compaction answered as "resync",
+//! key prefixes, and what an etcd outage looks like. Skipped with a note when etcd is not
+//! installed, unless `OUTRIDER_REQUIRE_ETCD` is set (as in CI).
+
+use std::{
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use outrider_store::{
+    Op, StoreError, Txn, conformance,
+    test_etcd::{TestEtcd, etcd_or_skip},
+};
+
+async fn etcd() -> Option<TestEtcd> {
+    let binary = etcd_or_skip()?;
+    Some(TestEtcd::start(&binary).await.unwrap())
+}
+
+#[tokio::test]
+async fn etcd_shows_the_behaviour_of_every_store() {
+    let Some(etcd) = etcd().await else { return };
+    // One etcd, checks one after another: each check's key prefix is new (revisions are
+    // etcd-wide, and nothing else writes meanwhile).
+    let n = AtomicU32::new(0);
+    conformance::check_all(|| {
+        let url = etcd.url(&format!("check{}", n.fetch_add(1, Ordering::Relaxed)));
+        async move { outrider_store::open(&url).await.unwrap() }
+    })
+    .await;
+    assert_eq!(n.load(Ordering::Relaxed), 7, "one fresh store per check");
+}
+
+#[tokio::test]
+async fn etcd_prefixes_keep_deployments_apart_and_long_ranges_come_whole() {
+    let Some(etcd) = etcd().await else { return };
+    let a = outrider_store::open(&etcd.url("team-a")).await.unwrap();
+    let b = outrider_store::open(&etcd.url("team-b")).await.unwrap();
+    conformance::put(a.as_ref(), "k", "a").await;
+    conformance::put(b.as_ref(), "k", "b").await;
+    assert_eq!(a.get("k").await.unwrap().unwrap().value, b"a");
+    assert_eq!(b.range("").await.unwrap().kvs.len(), 1);
+    // More keys than one etcd request reads: a range pages at one revision, a page stops at
+    // its limit.
+    // (etcd takes at most 128 operations per transaction by default.)
+    let mut rev = 0;
+    for chunk in 0..3 {
+        let ops = (0..100).map(|i| Op::put(format!("many/{:03}", chunk * 100 + i), "v")).collect();
+        rev = a.txn(Txn::ops(ops)).await.unwrap().revision;
+    }
+    let all = a.range("many/").await.unwrap();
+    assert_eq!((all.kvs.len(), all.revision), (300, rev));
+    assert!(all.kvs.windows(2).all(|w| w[0].key < w[1].key));
+    let page = a.range_page("many/", Some("many/099"), 150).await.unwrap();
+    assert_eq!((page.kvs.len(), page.kvs[0].key.as_str()), (150, "many/100"));
+    assert_eq!(a.count("").await.unwrap(), 301);
+}
+
+#[tokio::test]
+async fn etcd_watch_from_a_compacted_revision_is_told_to_resync() {
+    let Some(etcd) = etcd().await else { return };
+    let s = outrider_store::open(&etcd.url("")).await.unwrap();
+    let first = conformance::put(s.as_ref(), "w/1", "a").await;
+    conformance::put(s.as_ref(), "w/2", "b").await;
+    let last = conformance::put(s.as_ref(), "w/3", "c").await;
+    etcd.compact(last).await.unwrap();
+    match s.watch("w/", first).await {
+        Err(StoreError::Compacted { requested, oldest }) => assert_eq!((requested, oldest), (first, last)),
+        Err(e) => panic!("expected compacted, got {e}"),
+        Ok(_) => panic!("expected compacted, got a watch"),
+    }
+    // From the compaction revision on, the history is still there.
+    let mut w = s.watch("w/", last).await.unwrap();
+    let b = tokio::time::timeout(Duration::from_secs(5), w.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!((b.revision, b.events[0].key()), (last, "w/3"));
+}
+
+#[tokio::test]
+async fn etcd_outage_is_unavailable_quickly_and_the_store_recovers() {
+    let Some(mut etcd) = etcd().await else { return };
+    let s = outrider_store::open(&etcd.url("o")).await.unwrap();
+    let rev = conformance::put(s.as_ref(), "k", "1").await;
+    let mut w = s.watch("", 0).await.unwrap();
+
+    etcd.stop();
+    let started = Instant::now();
+    let write = s.txn(Txn::ops(vec![Op::put("k", "2")])).await;
+    assert!(matches!(write, Err(StoreError::Unavailable(_))), "{write:?}");
+    assert!(matches!(s.get("k").await, Err(StoreError::Unavailable(_))));
+    assert!(s.ready().await.is_err(), "not ready without etcd");
+    assert!(started.elapsed() < Duration::from_secs(12), "bounded: {:?}", started.elapsed());
+    let ended = tokio::time::timeout(Duration::from_secs(15), w.next()).await.unwrap();
+    assert!(matches!(ended, Some(Err(StoreError::Unavailable(_)))), "a watch ends: {ended:?}");
+
+    etcd.restart().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.ready().await.is_err() {
+        assert!(Instant::now() < deadline, "the store did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(s.get("k").await.unwrap().unwrap().value, b"1");
+    assert_eq!(conformance::put(s.as_ref(), "k", "3").await, rev + 1);
+}
+
+#[tokio::test]
+async fn etcd_unreachable_at_open_is_a_clear_error() {
+    if etcd_or_skip().is_none() {
+        return;
+    }
+    // A port nobody listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let started = Instant::now();
+    let err = outrider_store::open(&format!("etcd://127.0.0.1:{port}")).await.err().unwrap();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+    assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(8), "bounded: {:?}", started.elapsed());
+}
