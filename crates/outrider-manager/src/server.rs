@@ -199,14 +199,28 @@ async fn follow(
 /// When the watch falls behind, rereads the catalog and re-pushes every service.
 async fn run_catalog_watch(state: AppState, mut from: u64, cancel: CancellationToken) {
     let store = state.repo.store().clone();
+    // The watch was refused since the last one that started (logged once).
+    let mut refused = false;
     loop {
         match store.watch("", from).await {
             Ok(w) => {
+                refused = false;
                 if !follow(&state, w, &mut from, &cancel).await {
                     return;
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "catalog watch refused"),
+            Err(e @ StoreError::Compacted { .. }) => tracing::warn!(error = %e, "catalog watch refused"),
+            // The store is away: nothing changed meanwhile, so watch again from the same
+            // revision a moment later (reads may still answer, from the store's last state).
+            Err(e) => {
+                if !std::mem::replace(&mut refused, true) {
+                    tracing::warn!(error = %e, "catalog watch refused; trying again every 500 ms");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    () = cancel.cancelled() => return,
+                }
+            }
         }
         match load_catalog(store.as_ref()).await {
             Ok((fresh, next)) => {

@@ -6,18 +6,35 @@
 //! so the next operation after etcd returns succeeds. A watch ends with `Unavailable` when its
 //! connection breaks, and with [`StoreError::Compacted`] when etcd compacted the revisions it
 //! needs (resync with a range, as with the embedded store).
+//!
+//! While etcd is away, reads (`get`, `range`, `range_page`, `count`) are answered from the
+//! last state seen: a background task keeps every key under the root in memory, read in full
+//! and then followed by a watch (again after each reconnection). Writes, watches, `revision`
+//! and `ready` still fail, so the manager answers writes 503 and reports itself not ready.
 
-use std::{collections::VecDeque, future::Future, time::Duration};
+use std::{
+    collections::VecDeque,
+    future::Future,
+    sync::{
+        Arc, PoisonError, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use etcd_client::{
     Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions, GetResponse, KvClient,
     ResponseHeader, Txn as EtcdTxn, TxnOp, TxnOpResponse, WatchClient, WatchOptions, WatchResponse,
 };
-use tokio::sync::Mutex;
+use futures::StreamExt;
+use tokio::{sync::Mutex, task::JoinHandle};
 use tonic::Code;
 
-use crate::{Compare, KeyValue, Op, Range, Store, StoreError, Txn, TxnResult, WatchBatch, WatchEvent, WatchStream};
+use crate::{
+    Compare, KeyValue, Op, Range, Store, StoreError, Txn, TxnResult, WatchBatch, WatchEvent, WatchStream,
+    last_state::LastState,
+};
 
 /// How long connecting to an etcd member may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -31,6 +48,8 @@ const RANGE_PAGE: usize = 128;
 const MAX_MESSAGE: usize = 16 << 20;
 /// Tries of a stamped transaction while other writers keep moving the revision.
 const STAMP_ATTEMPTS: usize = 16;
+/// Pause of the last-state follower between two tries to reach etcd.
+const FOLLOW_RETRY: Duration = Duration::from_millis(500);
 
 /// The store on an etcd cluster (v3 API). Writes of one `EtcdStore` are serialized, as the
 /// embedded store's are.
@@ -40,20 +59,92 @@ const STAMP_ATTEMPTS: usize = 16;
 /// in one whose guard holds only if no key anywhere in etcd changed after `r`; when the guard
 /// fails it tries again. That guard scans every key in the cluster, and it cannot see a delete
 /// by another client: run one etcd keyspace per Outrider deployment.
+///
+/// The last state answered while etcd is away holds every key under the root in memory.
 pub struct EtcdStore {
+    conn: Arc<Conn>,
+    writer: Mutex<()>,
+    last: Arc<RwLock<LastState>>,
+    /// Reads are being answered from the last state (logged once per outage).
+    stale: AtomicBool,
+    follower: JoinHandle<()>,
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
+}
+
+/// The clients of one etcd cluster, and where the store's keys are in it.
+struct Conn {
     kv: KvClient,
     watch: WatchClient,
     /// Prepended to every key (empty, or ending in `/`).
     root: String,
     /// The members, for error messages.
     endpoints: String,
-    writer: Mutex<()>,
 }
 
 impl EtcdStore {
     /// Connects to the members `endpoints` (`host:port`) and checks that etcd answers within
     /// a few seconds; every key is kept under `root` (empty, or ending in `/`).
     pub async fn connect(endpoints: &[String], root: &str) -> Result<Self, StoreError> {
+        let conn = Arc::new(Conn::connect(endpoints, root).await?);
+        let last = Arc::new(RwLock::new(LastState::default()));
+        let follower = tokio::spawn(follow(conn.clone(), last.clone()));
+        Ok(Self { conn, writer: Mutex::new(()), last, stale: AtomicBool::new(false), follower })
+    }
+
+    /// `r`, or when etcd is unavailable, `read` of the last state (once there is one).
+    fn or_last<T>(&self, r: Result<T, StoreError>, read: impl FnOnce(&LastState) -> T) -> Result<T, StoreError> {
+        match r {
+            Err(StoreError::Unavailable(why)) => {
+                let last = self.last.read().unwrap_or_else(PoisonError::into_inner);
+                if !last.loaded() {
+                    return Err(StoreError::Unavailable(why));
+                }
+                if !self.stale.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(reason = %why, "etcd unavailable: reads are answered from the last state seen");
+                }
+                Ok(read(&last))
+            }
+            Ok(v) => {
+                if self.stale.swap(false, Ordering::Relaxed) {
+                    tracing::info!("etcd answers again");
+                }
+                Ok(v)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Keeps `last` equal to everything under the root: a full read, then a watch from its
+/// revision; again after every failure, until the store is dropped.
+async fn follow(conn: Arc<Conn>, last: Arc<RwLock<LastState>>) {
+    loop {
+        match conn.range("").await {
+            Ok(all) => {
+                let from = all.revision + 1;
+                last.write().unwrap_or_else(PoisonError::into_inner).reset(all);
+                match conn.watch("", from).await {
+                    Ok(mut changes) => {
+                        while let Some(Ok(batch)) = changes.next().await {
+                            last.write().unwrap_or_else(PoisonError::into_inner).apply(batch);
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "last-state watch refused"),
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot read the last state"),
+        }
+        tokio::time::sleep(FOLLOW_RETRY).await;
+    }
+}
+
+impl Conn {
+    async fn connect(endpoints: &[String], root: &str) -> Result<Self, StoreError> {
         let urls: Vec<String> = endpoints.iter().map(|e| format!("http://{e}")).collect();
         let options = ConnectOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
@@ -62,15 +153,14 @@ impl EtcdStore {
             .with_require_leader(true);
         let names = endpoints.join(",");
         let client = within(&names, Client::connect(&urls, Some(options))).await?;
-        let store = Self {
+        let conn = Self {
             kv: client.kv_client().max_decoding_message_size(MAX_MESSAGE),
             watch: client.watch_client().max_decoding_message_size(MAX_MESSAGE),
             root: root.to_owned(),
             endpoints: names,
-            writer: Mutex::new(()),
         };
-        store.revision().await?;
-        Ok(store)
+        conn.revision().await?;
+        Ok(conn)
     }
 
     async fn call<T>(&self, f: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, StoreError> {
@@ -149,7 +239,7 @@ impl EtcdStore {
             .collect()
     }
 
-    /// A transaction with stamped keys: see [`EtcdStore`].
+    /// A transaction with stamped keys: see [`EtcdStore`]. The caller holds the writer lock.
     async fn stamped_txn(&self, txn: &Txn) -> Result<TxnResult, StoreError> {
         for _ in 0..STAMP_ATTEMPTS {
             let current = self.revision().await?;
@@ -257,8 +347,7 @@ fn to_kv(root: &str, kv: &etcd_client::KeyValue) -> Result<KeyValue, StoreError>
     })
 }
 
-#[async_trait]
-impl Store for EtcdStore {
+impl Conn {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         let mut kv = self.kv.clone();
         let resp = self.call(kv.get(self.full(key), None)).await?;
@@ -290,7 +379,6 @@ impl Store for EtcdStore {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {
-        let _writer = self.writer.lock().await;
         if txn.success.iter().chain(&txn.failure).any(|op| matches!(op, Op::PutStamped { .. })) {
             return self.stamped_txn(&txn).await;
         }
@@ -343,6 +431,38 @@ impl Store for EtcdStore {
         let mut kv = self.kv.clone();
         let resp = self.call(kv.get(vec![0], Some(GetOptions::new().with_count_only()))).await?;
         Ok(revision_of(resp.header().map_or(0, ResponseHeader::revision)))
+    }
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        self.or_last(self.conn.get(key).await, |s| s.get(key))
+    }
+
+    async fn range(&self, prefix: &str) -> Result<Range, StoreError> {
+        self.or_last(self.conn.range(prefix).await, |s| s.range_page(prefix, None, None))
+    }
+
+    async fn range_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Range, StoreError> {
+        self.or_last(self.conn.range_page(prefix, after, limit).await, |s| s.range_page(prefix, after, Some(limit)))
+    }
+
+    async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
+        self.or_last(self.conn.count(prefix).await, |s| s.count(prefix))
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {
+        let _writer = self.writer.lock().await;
+        self.conn.txn(txn).await
+    }
+
+    async fn watch(&self, prefix: &str, from_revision: u64) -> Result<WatchStream, StoreError> {
+        self.conn.watch(prefix, from_revision).await
+    }
+
+    async fn revision(&self) -> Result<u64, StoreError> {
+        self.conn.revision().await
     }
 }
 

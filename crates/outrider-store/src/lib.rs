@@ -11,6 +11,7 @@
 pub mod conformance;
 mod error;
 mod etcd_store;
+mod last_state;
 mod redb_store;
 #[cfg(feature = "conformance")]
 pub mod test_etcd;

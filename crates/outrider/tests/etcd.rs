@@ -1,7 +1,7 @@
 //! `outrider server --store etcd://…` on a real etcd (Debian's `etcd-server`, started on
 //! loopback and stopped afterwards): what it wrote is there after a restart, an etcd outage
-//! is a 503 with a reason and a not-ready manager until etcd returns, and an unreachable etcd
-//! at start is a clear error. Skipped with a note when etcd is not installed, unless
+//! answers writes 503 with a reason, reads from the last state and /readyz not ready until
+//! etcd returns, and an unreachable etcd at start is a clear error. Skipped with a note when etcd is not installed, unless
 //! `OUTRIDER_REQUIRE_ETCD` is set (as in CI).
 
 use std::{
@@ -54,12 +54,15 @@ async fn a_manager_on_etcd_keeps_its_data_across_restarts_and_rides_out_an_outag
 
     let (_manager, client) = start_manager(dir.path(), &store).await;
     assert!(tenants(&client).await.contains(&"acme".to_owned()), "read back from etcd after a restart");
+    // The store's last state follows etcd from a watch of its own: give it a moment.
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
     etcd.stop();
     let err = client.create_tenant("beta").await.unwrap_err();
     assert_eq!((err.status(), err.code()), (Some(503), Some("unavailable")), "{err}");
     assert!(err.to_string().contains("etcd"), "the reason names etcd: {err}");
     assert!(client.readyz().await.is_err(), "not ready without etcd");
+    assert!(tenants(&client).await.contains(&"acme".to_owned()), "reads from the last state");
 
     etcd.restart().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
