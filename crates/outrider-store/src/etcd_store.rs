@@ -48,6 +48,10 @@ const RANGE_PAGE: usize = 128;
 const MAX_MESSAGE: usize = 16 << 20;
 /// Tries of a stamped transaction while other writers keep moving the revision.
 const STAMP_ATTEMPTS: usize = 16;
+/// A key every changing write of an `EtcdStore` also puts, outside every store's keys (and
+/// hidden from reads and watches): its mod revision is etcd's revision as long as only
+/// Outrider stores write, which makes the guard of a stamped write one compare.
+const FENCE: &[u8] = b"\0outrider/fence";
 /// Pause of the last-state follower between two tries to reach etcd.
 const FOLLOW_RETRY: Duration = Duration::from_millis(500);
 
@@ -56,9 +60,12 @@ const FOLLOW_RETRY: Duration = Duration::from_millis(500);
 ///
 /// A [`Op::PutStamped`] needs the revision its transaction will commit at before sending it:
 /// the store reads the current revision `r`, stamps `r + 1`, and sends the transaction nested
-/// in one whose guard holds only if no key anywhere in etcd changed after `r`; when the guard
-/// fails it tries again. That guard scans every key in the cluster, and it cannot see a delete
-/// by another client: run one etcd keyspace per Outrider deployment.
+/// in one whose guard holds only if nothing changed after `r`; when the guard fails it tries
+/// again. Every changing write of an `EtcdStore` also puts a fence key (a delete-only write
+/// only when one of its keys exists), so the guard is "the fence's mod revision is `r`". When
+/// some other client wrote last, the fence lags and the guard becomes "no key in etcd changed
+/// after `r`", which scans the keyspace and cannot see another client's delete: give Outrider
+/// an etcd keyspace of its own.
 ///
 /// The last state answered while etcd is away holds every key under the root in memory.
 pub struct EtcdStore {
@@ -198,7 +205,7 @@ impl Conn {
             if at == 0 {
                 at = page.header().map_or(0, ResponseHeader::revision);
             }
-            for item in page.kvs() {
+            for item in page.kvs().iter().filter(|kv| kv.key() != FENCE) {
                 kvs.push(to_kv(&self.root, item)?);
             }
             let full = cap.is_some_and(|c| kvs.len() >= c);
@@ -223,30 +230,58 @@ impl Conn {
                 Compare::Exists(key) => EtcdCompare::version(self.full(key), CompareOp::Greater, 0),
             })
             .collect();
-        EtcdTxn::new()
-            .when(compare)
-            .and_then(self.etcd_ops(&txn.success, next))
-            .or_else(self.etcd_ops(&txn.failure, next))
+        EtcdTxn::new().when(compare).and_then(self.branch(&txn.success, next)).or_else(self.branch(&txn.failure, next))
     }
 
-    fn etcd_ops(&self, ops: &[Op], next: u64) -> Vec<TxnOp> {
-        ops.iter()
-            .map(|op| match op {
-                Op::Put { key, value } => TxnOp::put(self.full(key), value.clone(), None),
-                Op::PutStamped { key, value } => TxnOp::put(self.full(&Op::stamp(key, next)), value.clone(), None),
-                Op::Delete { key } => TxnOp::delete(self.full(key), None),
+    /// The etcd operations of `ops`, with the fence put when they change something.
+    fn branch(&self, ops: &[Op], next: u64) -> Vec<TxnOp> {
+        let deleted: Vec<&str> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Delete { key } => Some(key.as_str()),
+                _ => None,
             })
-            .collect()
+            .collect();
+        let mut out = Vec::with_capacity(ops.len() + 1);
+        if !deleted.is_empty() && deleted.len() == ops.len() {
+            // Before the deletes: the fence only if one of the keys exists.
+            out.extend(self.fence_if_any_exists(&deleted).map(TxnOp::txn));
+        }
+        out.extend(ops.iter().map(|op| match op {
+            Op::Put { key, value } => TxnOp::put(self.full(key), value.clone(), None),
+            Op::PutStamped { key, value } => TxnOp::put(self.full(&Op::stamp(key, next)), value.clone(), None),
+            Op::Delete { key } => TxnOp::delete(self.full(key), None),
+        }));
+        if deleted.len() < ops.len() {
+            out.push(fence());
+        }
+        out
+    }
+
+    /// `if absent(k1) { if absent(k2) { … } else fence } else fence`: puts the fence once
+    /// if any of `keys` exists (etcd's compares only combine with "and").
+    fn fence_if_any_exists(&self, keys: &[&str]) -> Option<EtcdTxn> {
+        keys.iter().rev().fold(None, |inner, key| {
+            let absent = EtcdCompare::version(self.full(key), CompareOp::Equal, 0);
+            let then: Vec<TxnOp> = inner.map(TxnOp::txn).into_iter().collect();
+            Some(EtcdTxn::new().when([absent]).and_then(then).or_else([fence()]))
+        })
     }
 
     /// A transaction with stamped keys: see [`EtcdStore`]. The caller holds the writer lock.
     async fn stamped_txn(&self, txn: &Txn) -> Result<TxnResult, StoreError> {
         for _ in 0..STAMP_ATTEMPTS {
-            let current = self.revision().await?;
-            let next = current + 1;
-            let unchanged =
-                EtcdCompare::mod_revision(vec![0], CompareOp::Less, i64::try_from(next).unwrap_or(i64::MAX))
-                    .with_range(vec![0]);
+            let mut kv = self.kv.clone();
+            let read = self.call(kv.get(FENCE, None)).await?;
+            let current = read.header().map_or(0, ResponseHeader::revision);
+            let fenced = read.kvs().first().map_or(0, etcd_client::KeyValue::mod_revision);
+            let next = revision_of(current) + 1;
+            let unchanged = if fenced == current {
+                EtcdCompare::mod_revision(FENCE, CompareOp::Equal, current)
+            } else {
+                tracing::debug!(current, fenced, "another etcd client wrote last: guarding on every key");
+                EtcdCompare::mod_revision(vec![0], CompareOp::Less, current.saturating_add(1)).with_range(vec![0])
+            };
             let guarded = EtcdTxn::new().when([unchanged]).and_then([TxnOp::txn(self.etcd_txn(txn, next))]);
             let mut kv = self.kv.clone();
             let resp = self.call(kv.txn(guarded)).await?;
@@ -298,6 +333,10 @@ fn prefix_end(key: &[u8]) -> Vec<u8> {
         }
     }
     vec![0]
+}
+
+fn fence() -> TxnOp {
+    TxnOp::put(FENCE, Vec::new(), None)
 }
 
 fn revision_of(r: i64) -> u64 {
@@ -374,8 +413,14 @@ impl Conn {
     async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
         let (start, end) = self.span(prefix);
         let mut kv = self.kv.clone();
+        let counted = FENCE >= start.as_slice() && (end == [0] || FENCE < end.as_slice());
         let resp = self.call(kv.get(start, Some(GetOptions::new().with_range(end).with_count_only()))).await?;
-        Ok(u64::try_from(resp.count()).unwrap_or(0))
+        let mut n = u64::try_from(resp.count()).unwrap_or(0);
+        if counted && n > 0 {
+            let fence = self.call(kv.get(FENCE, Some(GetOptions::new().with_count_only()))).await?;
+            n = n.saturating_sub(u64::try_from(fence.count()).unwrap_or(0));
+        }
+        Ok(n)
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {
@@ -508,7 +553,7 @@ impl Follow {
     /// Queues the events of `r`, one batch per revision.
     fn queue(&mut self, r: &WatchResponse) -> Result<(), StoreError> {
         for event in r.events() {
-            let Some(kv) = event.kv() else { continue };
+            let Some(kv) = event.kv().filter(|kv| kv.key() != FENCE) else { continue };
             let revision = revision_of(kv.mod_revision());
             let change = match event.event_type() {
                 EventType::Put => WatchEvent::Put(to_kv(&self.root, kv)?),

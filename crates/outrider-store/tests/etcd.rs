@@ -65,6 +65,8 @@ async fn etcd_watch_from_a_compacted_revision_is_told_to_resync() {
     let first = conformance::put(s.as_ref(), "w/1", "a").await;
     conformance::put(s.as_ref(), "w/2", "b").await;
     let last = conformance::put(s.as_ref(), "w/3", "c").await;
+    // The store's own bookkeeping key stays out of sight, even with no prefix.
+    assert_eq!((s.count("").await.unwrap(), s.range("").await.unwrap().kvs.len()), (3, 3));
     etcd.compact(last).await.unwrap();
     match s.watch("w/", first).await {
         Err(StoreError::Compacted { requested, oldest }) => assert_eq!((requested, oldest), (first, last)),
@@ -127,4 +129,24 @@ async fn etcd_unreachable_at_open_is_a_clear_error() {
     assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
     assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
     assert!(started.elapsed() < Duration::from_secs(8), "bounded: {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn etcd_stamped_keys_stay_exact_after_another_client_wrote() {
+    let Some(etcd) = etcd().await else { return };
+    let s = outrider_store::open(&etcd.url("s")).await.unwrap();
+    conformance::put(s.as_ref(), "a", "1").await;
+    // A write and a delete by a client that is not an Outrider store.
+    let mut other = etcd_client::Client::connect([etcd.endpoint()], None).await.unwrap();
+    other.put("foreign", "x", None).await.unwrap();
+    other.delete("foreign", None).await.unwrap();
+    let key = format!("log/{}", Op::REVISION);
+    for value in ["after a foreign write", "after our own"] {
+        let r = s.txn(Txn::ops(vec![Op::put_stamped(&key, value)])).await.unwrap().revision;
+        assert_eq!(s.get(&Op::stamp(&key, r)).await.unwrap().unwrap().value, value.as_bytes());
+    }
+    // A delete-only transaction that deletes nothing is still no revision.
+    let r = s.revision().await.unwrap();
+    assert_eq!(s.txn(Txn::ops(vec![Op::delete("x"), Op::delete("y")])).await.unwrap().revision, r);
+    assert_eq!(s.txn(Txn::ops(vec![Op::delete("x"), Op::delete("a")])).await.unwrap().revision, r + 1);
 }
