@@ -52,6 +52,8 @@ const STAMP_ATTEMPTS: usize = 16;
 /// hidden from reads and watches): its mod revision is etcd's revision as long as only
 /// Outrider stores write, which makes the guard of a stamped write one compare.
 const FENCE: &[u8] = b"\0outrider/fence";
+/// Operations of one transaction branch: etcd's default `--max-txn-ops` (128) less the fence.
+const MAX_TXN_OPS: usize = 127;
 /// Pause of the last-state follower between two tries to reach etcd.
 const FOLLOW_RETRY: Duration = Duration::from_millis(500);
 
@@ -508,6 +510,10 @@ impl Store for EtcdStore {
 
     async fn revision(&self) -> Result<u64, StoreError> {
         self.conn.revision().await
+    }
+
+    fn max_txn_ops(&self) -> usize {
+        MAX_TXN_OPS
     }
 }
 

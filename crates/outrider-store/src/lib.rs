@@ -60,6 +60,12 @@ pub trait Store: Send + Sync + 'static {
     async fn watch(&self, prefix: &str, from_revision: u64) -> Result<WatchStream, StoreError>;
     /// The current revision.
     async fn revision(&self) -> Result<u64, StoreError>;
+    /// The most operations one branch of a transaction may hold (etcd refuses longer ones);
+    /// callers that write many keys in independent transactions split by it ([`Op::batches`]).
+    /// By default, no limit.
+    fn max_txn_ops(&self) -> usize {
+        usize::MAX
+    }
     /// Whether the store can take writes now (readiness); by default, whether it answers.
     async fn ready(&self) -> Result<(), StoreError> {
         self.revision().await.map(|_| ())
