@@ -52,8 +52,10 @@ const STAMP_ATTEMPTS: usize = 16;
 /// hidden from reads and watches): its mod revision is etcd's revision as long as only
 /// Outrider stores write, which makes the guard of a stamped write one compare.
 const FENCE: &[u8] = b"\0outrider/fence";
-/// Operations of one transaction branch: etcd's default `--max-txn-ops` (128) less the fence.
-const MAX_TXN_OPS: usize = 127;
+/// Operations of one transaction branch. etcd's default `--max-txn-ops` (128) counts a
+/// nested transaction's operations against its parents' budget: a stamped write nests once,
+/// and a delete-only branch nests one level per key (the fence), so 63 fits every shape.
+const MAX_TXN_OPS: usize = 63;
 /// Pause of the last-state follower between two tries to reach etcd.
 const FOLLOW_RETRY: Duration = Duration::from_millis(500);
 

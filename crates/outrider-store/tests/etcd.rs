@@ -10,7 +10,7 @@ use std::{
 
 use futures::StreamExt;
 use outrider_store::{
-    Op, StoreError, Txn, conformance,
+    Compare, Op, StoreError, Txn, conformance,
     test_etcd::{TestEtcd, etcd_or_skip},
 };
 
@@ -149,4 +149,27 @@ async fn etcd_stamped_keys_stay_exact_after_another_client_wrote() {
     let r = s.revision().await.unwrap();
     assert_eq!(s.txn(Txn::ops(vec![Op::delete("x"), Op::delete("y")])).await.unwrap().revision, r);
     assert_eq!(s.txn(Txn::ops(vec![Op::delete("x"), Op::delete("a")])).await.unwrap().revision, r + 1);
+}
+
+#[tokio::test]
+async fn etcd_takes_transactions_of_max_txn_ops_operations_of_every_shape() {
+    let Some(etcd) = etcd().await else { return };
+    let s = outrider_store::open(&etcd.url("big")).await.unwrap();
+    let n = s.max_txn_ops();
+    let puts = |p: &str| (0..n).map(|i| Op::put(format!("{p}/{i:03}"), "v")).collect::<Vec<_>>();
+    let deletes = |p: &str| (0..n).map(|i| Op::delete(format!("{p}/{i:03}"))).collect::<Vec<_>>();
+    let mut stamped = puts("s");
+    stamped[0] = Op::put_stamped(format!("log/{}", Op::REVISION), "e");
+    let compare = (0..n).map(|i| Compare::absent(format!("none/{i}"))).collect::<Vec<_>>();
+    for txn in [
+        Txn::ops(puts("a")),
+        Txn::ops(deletes("a")),
+        Txn::ops(stamped),
+        Txn::ops(puts("a")),
+        Txn { compare, success: deletes("a"), failure: deletes("a") },
+        Txn { compare: vec![Compare::Exists("none".into())], success: vec![], failure: deletes("s") },
+    ] {
+        s.txn(txn).await.unwrap();
+    }
+    assert_eq!(s.count("").await.unwrap(), 1, "only the stamped key is left");
 }
