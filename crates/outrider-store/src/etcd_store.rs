@@ -52,10 +52,8 @@ const STAMP_ATTEMPTS: usize = 16;
 /// hidden from reads and watches): its mod revision is etcd's revision as long as only
 /// Outrider stores write, which makes the guard of a stamped write one compare.
 const FENCE: &[u8] = b"\0outrider/fence";
-/// Operations of one transaction branch. etcd's default `--max-txn-ops` (128) counts a
-/// nested transaction's operations against its parents' budget: a stamped write nests once,
-/// and a delete-only branch nests one level per key (the fence), so 63 fits every shape.
-const MAX_TXN_OPS: usize = 63;
+/// etcd's default `--max-txn-ops`.
+pub const ETCD_MAX_TXN_OPS: usize = 128;
 /// Pause of the last-state follower between two tries to reach etcd.
 const FOLLOW_RETRY: Duration = Duration::from_millis(500);
 
@@ -74,6 +72,8 @@ const FOLLOW_RETRY: Duration = Duration::from_millis(500);
 /// The last state answered while etcd is away holds every key under the root in memory.
 pub struct EtcdStore {
     conn: Arc<Conn>,
+    /// Operations of one transaction branch (see [`EtcdStore::with_max_txn_ops`]).
+    max_txn_ops: usize,
     writer: Mutex<()>,
     last: Arc<RwLock<LastState>>,
     /// Reads are being answered from the last state (logged once per outage).
@@ -104,7 +104,14 @@ impl EtcdStore {
         let conn = Arc::new(Conn::connect(endpoints, root).await?);
         let last = Arc::new(RwLock::new(LastState::default()));
         let follower = tokio::spawn(follow(conn.clone(), last.clone()));
-        Ok(Self { conn, writer: Mutex::new(()), last, stale: AtomicBool::new(false), follower })
+        let max_txn_ops = txn_ops_within(ETCD_MAX_TXN_OPS);
+        Ok(Self { conn, max_txn_ops, writer: Mutex::new(()), last, stale: AtomicBool::new(false), follower })
+    }
+
+    /// For an etcd whose `--max-txn-ops` is `etcd_limit` (128 by default).
+    pub fn with_max_txn_ops(mut self, etcd_limit: usize) -> Self {
+        self.max_txn_ops = txn_ops_within(etcd_limit);
+        self
     }
 
     /// `r`, or when etcd is unavailable, `read` of the last state (once there is one).
@@ -339,6 +346,14 @@ fn prefix_end(key: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// The operations a branch may hold under etcd's `--max-txn-ops` of `etcd_limit`. etcd counts
+/// a nested transaction's operations against its parents' budget: a stamped write nests once,
+/// and a delete-only branch nests one level per key (the fence), so half of it fits every
+/// shape (63 of 128).
+fn txn_ops_within(etcd_limit: usize) -> usize {
+    (etcd_limit.saturating_sub(1) / 2).max(1)
+}
+
 fn fence() -> TxnOp {
     TxnOp::put(FENCE, Vec::new(), None)
 }
@@ -371,6 +386,10 @@ fn convert(endpoints: &str, e: etcd_client::Error) -> StoreError {
         {
             StoreError::Unavailable(format!("etcd at {endpoints}: {}", s.message()))
         }
+        E::GRpcStatus(s) if s.message().contains("too many operations") => StoreError::Backend(format!(
+            "etcd refused a transaction as too long ({}): raise its --max-txn-ops, and the store URL's max-txn-ops with it",
+            s.message()
+        )),
         e => StoreError::Backend(format!("etcd: {e}")),
     }
 }
@@ -515,7 +534,7 @@ impl Store for EtcdStore {
     }
 
     fn max_txn_ops(&self) -> usize {
-        MAX_TXN_OPS
+        self.max_txn_ops
     }
 }
 

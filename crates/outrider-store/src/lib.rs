@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use futures::Stream;
 
 pub use error::StoreError;
-pub use etcd_store::EtcdStore;
+pub use etcd_store::{ETCD_MAX_TXN_OPS, EtcdStore};
 pub use redb_store::RedbStore;
 pub use types::{Compare, KeyValue, Op, Range, Txn, TxnResult, WatchBatch, WatchEvent};
 pub use url::{embedded_url, open};

@@ -94,6 +94,8 @@ fn free_ports() -> Result<[u16; 2], TestEtcdError> {
 /// A running single-member etcd cluster. Dropping it kills the process and removes its data.
 pub struct TestEtcd {
     binary: PathBuf,
+    /// More flags of its command line.
+    extra: Vec<String>,
     client_port: u16,
     peer_port: u16,
     child: Option<Child>,
@@ -110,10 +112,16 @@ impl std::fmt::Debug for TestEtcd {
 impl TestEtcd {
     /// Starts `binary` on free ports of 127.0.0.1 and waits until it answers.
     pub async fn start(binary: &Path) -> Result<Self, TestEtcdError> {
+        Self::start_with(binary, &[]).await
+    }
+
+    /// Like [`TestEtcd::start`], with more flags (`--max-txn-ops=512`).
+    pub async fn start_with(binary: &Path, extra: &[&str]) -> Result<Self, TestEtcdError> {
         let dir =
             tempfile::Builder::new().prefix("outrider-etcd-").tempdir().map_err(io("cannot create its directory"))?;
         let [client_port, peer_port] = free_ports()?;
-        let mut etcd = Self { binary: binary.to_owned(), client_port, peer_port, child: None, dir };
+        let extra = extra.iter().map(|a| (*a).to_owned()).collect();
+        let mut etcd = Self { binary: binary.to_owned(), extra, client_port, peer_port, child: None, dir };
         etcd.restart().await?;
         Ok(etcd)
     }
@@ -155,6 +163,7 @@ impl TestEtcd {
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("test={peer}"), "--initial-cluster-state", "new"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)

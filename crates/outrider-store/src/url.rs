@@ -5,7 +5,7 @@ use std::{
     sync::Arc,
 };
 
-use crate::{EtcdStore, RedbStore, Store, StoreError};
+use crate::{ETCD_MAX_TXN_OPS, EtcdStore, RedbStore, Store, StoreError};
 
 /// The embedded store's file in a data dir.
 const EMBEDDED_FILE: &str = "outrider.redb";
@@ -18,14 +18,16 @@ pub fn embedded_url(data_dir: &Path) -> String {
 /// Opens the store `url` names:
 /// - `redb:PATH`, or a plain `PATH`: the embedded store in that file, created if absent
 ///   (its directory must exist);
-/// - `etcd://HOST:PORT[,HOST:PORT…][/PREFIX]`: an etcd cluster (v3 API, plain HTTP), every
-///   key under `PREFIX/` when given (several deployments can share one cluster's keyspace,
-///   not its revisions); fails with [`StoreError::Unavailable`] when etcd does not answer
-///   within a few seconds.
+/// - `etcd://HOST:PORT[,HOST:PORT…][/PREFIX][?max-txn-ops=N]`: an etcd cluster (v3 API,
+///   plain HTTP), every key under `PREFIX/` when given (several deployments can share one
+///   cluster's keyspace, not its revisions), `N` its `--max-txn-ops` (128 by default); fails
+///   with [`StoreError::Unavailable`] when etcd does not answer within a few seconds.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     match parse(url)? {
         Location::Embedded(path) => Ok(Arc::new(RedbStore::open(&path)?)),
-        Location::Etcd { endpoints, root } => Ok(Arc::new(EtcdStore::connect(&endpoints, &root).await?)),
+        Location::Etcd { endpoints, root, max_txn_ops } => {
+            Ok(Arc::new(EtcdStore::connect(&endpoints, &root).await?.with_max_txn_ops(max_txn_ops)))
+        }
     }
 }
 
@@ -34,8 +36,9 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
 enum Location {
     /// A file of the embedded store.
     Embedded(PathBuf),
-    /// An etcd cluster's members (`host:port`) and the root of the keys (empty or ending in `/`).
-    Etcd { endpoints: Vec<String>, root: String },
+    /// An etcd cluster's members (`host:port`), the root of the keys (empty or ending in `/`)
+    /// and its `--max-txn-ops`.
+    Etcd { endpoints: Vec<String>, root: String, max_txn_ops: usize },
 }
 
 /// Members an etcd URL may name.
@@ -60,8 +63,21 @@ fn parse(url: &str) -> Result<Location, StoreError> {
     Ok(Location::Embedded(PathBuf::from(path)))
 }
 
-/// `HOST:PORT[,HOST:PORT…][/PREFIX]`, the part after `etcd://`.
+/// The `max-txn-ops` an etcd URL may give.
+const MAX_TXN_OPS_RANGE: std::ops::RangeInclusive<usize> = 4..=100_000;
+
+/// `HOST:PORT[,HOST:PORT…][/PREFIX][?max-txn-ops=N]`, the part after `etcd://`.
 fn parse_etcd(rest: &str) -> Result<Location, String> {
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let max_txn_ops = match query.split_once('=') {
+        None if query.is_empty() => ETCD_MAX_TXN_OPS,
+        Some(("max-txn-ops", n)) => n
+            .parse()
+            .ok()
+            .filter(|n| MAX_TXN_OPS_RANGE.contains(n))
+            .ok_or_else(|| format!("max-txn-ops {n:?} is not a number from 4 to 100000"))?,
+        _ => return Err(format!("unknown option {query:?}; the one option is max-txn-ops=N")),
+    };
     let (members, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     let endpoints: Vec<String> = members.split(',').map(str::to_owned).collect();
     if endpoints.len() > MAX_ETCD_MEMBERS {
@@ -79,7 +95,7 @@ fn parse_etcd(rest: &str) -> Result<Location, String> {
         return Err(format!("key prefix {prefix:?} has an empty segment"));
     }
     let root = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
-    Ok(Location::Etcd { endpoints, root })
+    Ok(Location::Etcd { endpoints, root, max_txn_ops })
 }
 
 #[cfg(test)]
@@ -105,16 +121,27 @@ mod tests {
     #[test]
     fn etcd_urls_name_members_and_a_key_prefix() {
         let etcd = |endpoints: &[&str], root: &str| {
-            Some(Location::Etcd { endpoints: endpoints.iter().map(|e| (*e).to_owned()).collect(), root: root.into() })
+            let endpoints = endpoints.iter().map(|e| (*e).to_owned()).collect();
+            Some(Location::Etcd { endpoints, root: root.into(), max_txn_ops: ETCD_MAX_TXN_OPS })
         };
         assert_eq!(parse("etcd://127.0.0.1:2379").ok(), etcd(&["127.0.0.1:2379"], ""));
         assert_eq!(parse("etcd://127.0.0.1:2379/").ok(), etcd(&["127.0.0.1:2379"], ""));
         assert_eq!(parse("etcd://a:1,b:2,[::1]:3/outrider").ok(), etcd(&["a:1", "b:2", "[::1]:3"], "outrider/"));
         assert_eq!(parse("etcd://a:1/team/prod/").ok(), etcd(&["a:1"], "team/prod/"));
+        let limit = |url: &str| match parse(url) {
+            Ok(Location::Etcd { max_txn_ops, .. }) => max_txn_ops,
+            other => panic!("{url}: {other:?}"),
+        };
+        assert_eq!(limit("etcd://a:1/p?max-txn-ops=1024"), 1024);
+        assert_eq!(limit("etcd://a:1?max-txn-ops=256"), 256);
         let reason = |url: &str| match parse(url) {
             Err(StoreError::Url { reason, .. }) => reason,
             other => panic!("{url}: {other:?}"),
         };
+        assert!(reason("etcd://a:1?max-txn-ops=3").contains("from 4 to 100000"));
+        assert!(reason("etcd://a:1?max-txn-ops=lots").contains("from 4 to 100000"));
+        assert!(reason("etcd://a:1?tls=1").contains("unknown option"));
+        assert_eq!(limit("etcd://a:1?"), ETCD_MAX_TXN_OPS, "an empty query is no option");
         assert!(reason("etcd://").contains("is not HOST:PORT"));
         assert!(reason("etcd://host").contains("\"host\" is not HOST:PORT"));
         assert!(reason("etcd://host:0").contains("is not HOST:PORT"));

@@ -153,8 +153,16 @@ async fn etcd_stamped_keys_stay_exact_after_another_client_wrote() {
 
 #[tokio::test]
 async fn etcd_takes_transactions_of_max_txn_ops_operations_of_every_shape() {
-    let Some(etcd) = etcd().await else { return };
-    let s = outrider_store::open(&etcd.url("big")).await.unwrap();
+    let Some(binary) = etcd_or_skip() else { return };
+    let default = TestEtcd::start(&binary).await.unwrap();
+    every_shape_at_the_limit(outrider_store::open(&default.url("big")).await.unwrap()).await;
+    let raised = TestEtcd::start_with(&binary, &["--max-txn-ops=300"]).await.unwrap();
+    let s = outrider_store::open(&format!("{}?max-txn-ops=300", raised.url("big"))).await.unwrap();
+    assert_eq!(s.max_txn_ops(), 149);
+    every_shape_at_the_limit(s).await;
+}
+
+async fn every_shape_at_the_limit(s: std::sync::Arc<dyn outrider_store::Store>) {
     let n = s.max_txn_ops();
     let puts = |p: &str| (0..n).map(|i| Op::put(format!("{p}/{i:03}"), "v")).collect::<Vec<_>>();
     let deletes = |p: &str| (0..n).map(|i| Op::delete(format!("{p}/{i:03}"))).collect::<Vec<_>>();
