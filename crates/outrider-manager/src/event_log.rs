@@ -24,8 +24,13 @@ use crate::{
     keys,
 };
 
-/// Keys handled per transaction when trimming or migrating.
+/// Events handled per transaction when trimming or migrating…
 const CHUNK: usize = 500;
+
+/// …or fewer, so that their `ops_per_event` writes and one more fit the store's transactions.
+fn events_per_txn(store: &dyn Store, ops_per_event: usize) -> usize {
+    CHUNK.min(store.max_txn_ops().saturating_sub(1) / ops_per_event).max(1)
+}
 
 /// Most events of one transaction read to finish a page (a page never splits one).
 const TXN_TAIL: usize = 10_000;
@@ -157,7 +162,7 @@ pub async fn trim(store: &dyn Store, tenant: &str, keep: u64) -> Result<usize, E
     let mut over = store.count(&by_seq).await?.saturating_sub(keep);
     let mut deleted = 0;
     while over > 0 {
-        let chunk = usize::try_from(over).unwrap_or(usize::MAX).min(CHUNK);
+        let chunk = usize::try_from(over).unwrap_or(usize::MAX).min(events_per_txn(store, 3));
         let oldest = store.range_page(&by_seq, None, chunk).await?;
         let Some(last) = oldest.kvs.last() else { break };
         let newest_trimmed = seq_of(&last.key).unwrap_or_default();
@@ -186,7 +191,7 @@ pub async fn migrate(store: &dyn Store, tenant: &str) -> Result<usize, Error> {
     let root = keys::events(tenant);
     let mut moved = 0;
     loop {
-        let page = store.range_page(&root, None, CHUNK).await?;
+        let page = store.range_page(&root, None, events_per_txn(store, 4)).await?;
         // Old keys start with a digit; the indexes' with a letter, after them.
         let old: Vec<&KeyValue> =
             page.kvs.iter().take_while(|kv| kv.key[root.len()..].starts_with(|c: char| c.is_ascii_digit())).collect();

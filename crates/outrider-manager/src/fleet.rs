@@ -535,18 +535,20 @@ impl Fleet {
             (records, std::mem::take(&mut g.events), std::mem::take(&mut g.removed))
         };
         let (records, events, removed) = (records.0, records.1, records.2);
-        let mut ops = Vec::with_capacity(records.len() + events.len() + removed.len());
+        // One group per record, and per event (its log and index entries commit together).
+        let mut groups = Vec::with_capacity(records.len() + events.len() + removed.len());
         for (tenant, id) in &removed {
-            ops.push(Op::delete(keys::instance(tenant, id)));
+            groups.push(vec![Op::delete(keys::instance(tenant, id))]);
         }
         for stored in &records {
-            ops.push(Op::put(keys::instance(&stored.tenant, &stored.instance.id), encode(stored)?));
+            groups.push(vec![Op::put(keys::instance(&stored.tenant, &stored.instance.id), encode(stored)?)]);
         }
         for e in events.iter().cloned() {
-            ops.extend(repo.event_ops(e)?);
+            groups.push(repo.event_ops(e)?);
         }
-        for chunk in ops.chunks(2000) {
-            if let Err(e) = repo.commit(Vec::new(), chunk.to_vec(), Vec::new()).await {
+        let limit = repo.store().max_txn_ops().clamp(1, 2000);
+        for chunk in Op::batches(groups, limit) {
+            if let Err(e) = repo.commit(Vec::new(), chunk, Vec::new()).await {
                 // Put everything back so nothing is lost.
                 let mut g = self.lock();
                 for r in &records {

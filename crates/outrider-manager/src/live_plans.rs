@@ -62,7 +62,7 @@ pub async fn rebuild(store: &dyn Store) -> Result<usize, Error> {
     // Entries of done or deleted plans.
     ops.extend(index.kvs.iter().filter(|i| !live.contains(&i.key)).map(|i| Op::delete(&i.key)));
     let changed = ops.len();
-    for chunk in ops.chunks(500) {
+    for chunk in ops.chunks(store.max_txn_ops().clamp(1, 500)) {
         store.txn(outrider_store::Txn::ops(chunk.to_vec())).await?;
     }
     Ok(changed)

@@ -41,8 +41,12 @@ const PROMETHEUS_TIMEOUT: Duration = Duration::from_secs(10);
 /// How to run a manager.
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
-    /// Where the store and the admin token live.
+    /// Where the admin token lives, and the embedded store unless [`ManagerConfig::store`]
+    /// names another.
     pub data_dir: PathBuf,
+    /// The store's URL (`etcd://HOST:PORT[,HOST:PORT…][/PREFIX]`, `redb:PATH`); none: the
+    /// embedded store in the data dir.
+    pub store: Option<String>,
     /// Address for REST and gRPC.
     pub listen: SocketAddr,
     /// When instances whose agent went away are `gone`, and when they are removed.
@@ -56,7 +60,13 @@ impl ManagerConfig {
     /// A manager with its data in `data_dir`, listening on `listen`, with the default
     /// instance retention.
     pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
-        Self { data_dir: data_dir.into(), listen, instances: InstanceRetention::default(), prometheus: None }
+        Self {
+            data_dir: data_dir.into(),
+            store: None,
+            listen,
+            instances: InstanceRetention::default(),
+            prometheus: None,
+        }
     }
 }
 
@@ -192,14 +202,28 @@ async fn follow(
 /// When the watch falls behind, rereads the catalog and re-pushes every service.
 async fn run_catalog_watch(state: AppState, mut from: u64, cancel: CancellationToken) {
     let store = state.repo.store().clone();
+    // The watch was refused since the last one that started (logged once).
+    let mut refused = false;
     loop {
         match store.watch("", from).await {
             Ok(w) => {
+                refused = false;
                 if !follow(&state, w, &mut from, &cancel).await {
                     return;
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "catalog watch refused"),
+            Err(e @ StoreError::Compacted { .. }) => tracing::warn!(error = %e, "catalog watch refused"),
+            // The store is away: nothing changed meanwhile, so watch again from the same
+            // revision a moment later (reads may still answer, from the store's last state).
+            Err(e) => {
+                if !std::mem::replace(&mut refused, true) {
+                    tracing::warn!(error = %e, "catalog watch refused; trying again every 500 ms");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    () = cancel.cancelled() => return,
+                }
+            }
         }
         match load_catalog(store.as_ref()).await {
             Ok((fresh, next)) => {
@@ -219,7 +243,8 @@ async fn run_catalog_watch(state: AppState, mut from: u64, cancel: CancellationT
     }
 }
 
-/// Opens the store in `config.data_dir`, binds `config.listen`, and serves until cancelled.
+/// Opens the store (`config.store`, else the embedded one in `config.data_dir`), binds
+/// `config.listen`, and serves until cancelled.
 pub async fn start(config: ManagerConfig) -> Result<RunningManager, StartError> {
     start_with_clock(config, Arc::new(executor::SystemClock)).await
 }
@@ -242,7 +267,7 @@ pub async fn start_with(
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
     restrict(&config.data_dir, 0o700)?;
-    let url = outrider_store::embedded_url(&config.data_dir);
+    let url = config.store.clone().unwrap_or_else(|| outrider_store::embedded_url(&config.data_dir));
     let store = outrider_store::open(&url).await.map_err(|source| StartError::Store { url: url.clone(), source })?;
     let repo = Repo::new(store.clone());
     ensure_default_tenant(&repo).await?;

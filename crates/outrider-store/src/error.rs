@@ -22,6 +22,10 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The store's server cannot be reached or did not answer in time; a write that timed
+    /// out may still have been applied.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     /// The store is shutting down.
     #[error("store closed")]
     Closed,

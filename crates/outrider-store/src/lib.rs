@@ -4,12 +4,17 @@
 //! Architecture invariant: nothing outside this crate knows which engine holds the data.
 //! Callers open a store by URL ([`open`]); the embedded backend ([`RedbStore`], `redb:PATH`)
 //! keeps everything in one redb file in the data dir; a write is durable once [`Store::txn`]
-//! returns.
+//! returns. The etcd backend ([`EtcdStore`], `etcd://H:P[,H:P…][/prefix]`) keeps it in an
+//! etcd cluster, with etcd's own revisions.
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod error;
+mod etcd_store;
+mod last_state;
 mod redb_store;
+#[cfg(feature = "conformance")]
+pub mod test_etcd;
 mod types;
 mod url;
 mod watch_hub;
@@ -20,6 +25,7 @@ use async_trait::async_trait;
 use futures::Stream;
 
 pub use error::StoreError;
+pub use etcd_store::{ETCD_MAX_TXN_OPS, EtcdStore};
 pub use redb_store::RedbStore;
 pub use types::{Compare, KeyValue, Op, Range, Txn, TxnResult, WatchBatch, WatchEvent};
 pub use url::{embedded_url, open};
@@ -54,6 +60,12 @@ pub trait Store: Send + Sync + 'static {
     async fn watch(&self, prefix: &str, from_revision: u64) -> Result<WatchStream, StoreError>;
     /// The current revision.
     async fn revision(&self) -> Result<u64, StoreError>;
+    /// The most operations one branch of a transaction may hold (etcd refuses longer ones);
+    /// callers that write many keys in independent transactions split by it ([`Op::batches`]).
+    /// By default, no limit.
+    fn max_txn_ops(&self) -> usize {
+        usize::MAX
+    }
     /// Whether the store can take writes now (readiness); by default, whether it answers.
     async fn ready(&self) -> Result<(), StoreError> {
         self.revision().await.map(|_| ())

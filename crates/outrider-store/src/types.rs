@@ -86,6 +86,20 @@ impl Op {
         Self::PutStamped { key: key.into(), value: value.into() }
     }
 
+    /// `groups` packed in order into batches of at most `limit` operations, never splitting a
+    /// group (a group longer than `limit` is a batch of its own): writes that may go in
+    /// separate transactions, each group together.
+    pub fn batches(groups: Vec<Vec<Op>>, limit: usize) -> Vec<Vec<Op>> {
+        let mut out: Vec<Vec<Op>> = Vec::new();
+        for group in groups.into_iter().filter(|g| !g.is_empty()) {
+            match out.last_mut() {
+                Some(last) if last.len() + group.len() <= limit => last.extend(group),
+                _ => out.push(group),
+            }
+        }
+        out
+    }
+
     /// A put.
     pub fn put(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
         Self::Put { key: key.into(), value: value.into() }
@@ -160,4 +174,24 @@ pub struct WatchBatch {
     pub revision: u64,
     /// Its changes (filtered by the watch prefix).
     pub events: Vec<WatchEvent>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_keep_groups_whole_and_in_order() {
+        let group = |keys: &[&str]| keys.iter().map(|k| Op::delete(*k)).collect::<Vec<_>>();
+        fn keys(b: &[Op]) -> Vec<&str> {
+            b.iter().map(|op| if let Op::Delete { key } = op { key.as_str() } else { "" }).collect()
+        }
+        let out =
+            Op::batches(vec![group(&["a", "b"]), group(&["c"]), group(&[]), group(&["d", "e"]), group(&["f"])], 3);
+        let out: Vec<Vec<&str>> = out.iter().map(|b| keys(b)).collect();
+        assert_eq!(out, [vec!["a", "b", "c"], vec!["d", "e", "f"]]);
+        let long = Op::batches(vec![group(&["a"]), group(&["b", "c", "d"]), group(&["e"])], 2);
+        assert_eq!(long.iter().map(Vec::len).collect::<Vec<_>>(), [1, 3, 1], "a long group alone");
+        assert!(Op::batches(Vec::new(), 5).is_empty());
+    }
 }

@@ -8,9 +8,13 @@ use outrider_model::HumanDuration;
 /// Flags of `outrider server`.
 #[derive(clap::Args, Debug)]
 pub struct ServerArgs {
-    /// Directory of the embedded store and the admin token.
+    /// Directory of the admin token, and of the embedded store unless --store names another.
     #[arg(long, env = "OUTRIDER_DATA_DIR", default_value = "./outrider-data")]
     pub data_dir: PathBuf,
+    /// The store: `etcd://HOST:PORT[,HOST:PORT…][/PREFIX]` for an etcd cluster (keys under
+    /// PREFIX/); left out, the embedded store in the data dir.
+    #[arg(long, env = "OUTRIDER_STORE")]
+    pub store: Option<String>,
     /// Address for the REST API and agent sync (gRPC) on one port.
     #[arg(long, env = "OUTRIDER_LISTEN", default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
@@ -51,15 +55,16 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let config = ManagerConfig {
         instances,
         prometheus: args.prometheus.clone(),
+        store: args.store.clone(),
         ..ManagerConfig::new(args.data_dir.clone(), args.listen)
     };
     let retention = Retention { events_per_tenant: args.event_retention.max(1), ..Retention::default() };
     let tuning = Tuning { retention, ..Tuning::default() };
     let manager = outrider_manager::start_with(config, Arc::new(SystemClock), tuning).await?;
+    let store = args.store.unwrap_or_else(|| args.data_dir.display().to_string());
     eprintln!(
-        "outrider manager on http://{} (data in {}, admin token in {})",
+        "outrider manager on http://{} (data in {store}, admin token in {})",
         manager.addr,
-        args.data_dir.display(),
         args.data_dir.join("admin.token").display()
     );
     shutdown_signal().await;
