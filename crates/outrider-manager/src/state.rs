@@ -2,7 +2,9 @@
 
 use std::sync::{Arc, RwLock};
 
-use crate::{auth::Auth, catalog::Catalog, clock::Clock, fleet::Fleet, metrics::Metrics, repo::Repo, webhooks::Webhooks};
+use crate::{
+    auth::Auth, catalog::Catalog, clock::Clock, fleet::Fleet, metrics::Metrics, repo::Repo, webhooks::Webhooks,
+};
 
 /// What every handler can reach.
 #[derive(Clone)]
