@@ -4,6 +4,8 @@
 //! refused with the reason and changes nothing; forced with a reason it is made, and the event
 //! log keeps why and who.
 
+mod common;
+
 use std::time::Duration;
 
 use outrider_manager::{ManagerConfig, RunningManager};
@@ -13,37 +15,26 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
+use common::TenantApi;
+
 struct Env {
     manager: RunningManager,
-    http: reqwest::Client,
-    base: String,
-    token: String,
+    api: TenantApi,
     fleet: SimFleet,
     /// The service the tests change (the others are left alone).
     service: String,
     _dir: tempfile::TempDir,
 }
 
+impl std::ops::Deref for Env {
+    type Target = TenantApi;
+
+    fn deref(&self) -> &TenantApi {
+        &self.api
+    }
+}
+
 impl Env {
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req =
-            self.http.request(method, format!("{}/api/v1/tenants/default{path}", self.base)).bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
-    async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
-        let what = format!("{method} {path}");
-        let (s, v) = self.call(method, path, body).await;
-        assert!((200..300).contains(&s), "{what}: {s} {v}");
-        v
-    }
-
     fn binding_path(&self) -> String {
         format!("/services/{}/sidecars/mesh", self.service)
     }
@@ -55,13 +46,13 @@ impl Env {
 
     /// The service's stored mesh binding.
     async fn binding(&self) -> Value {
-        let list = self.ok(Method::GET, &format!("/services/{}/sidecars", self.service), None).await;
+        let list = self.get(&format!("/services/{}/sidecars", self.service)).await;
         list.as_array().unwrap().iter().find(|b| b["sidecar"] == "mesh").expect("a mesh binding").clone()
     }
 
     /// The mesh versions the service's instances run (one entry per instance).
     async fn running(&self) -> Vec<String> {
-        let list = self.ok(Method::GET, &format!("/instances?service={}", self.service), None).await;
+        let list = self.get(&format!("/instances?service={}", self.service)).await;
         let sidecars = list.as_array().unwrap().iter().flat_map(|i| i["sidecars"].as_array().unwrap().clone());
         sidecars.filter(|s| s["name"] == "mesh").map(|s| s["version"].as_str().unwrap().to_owned()).collect()
     }
@@ -82,7 +73,7 @@ impl Env {
     /// The `binding.updated` events of the service's mesh binding, in order.
     async fn binding_events(&self) -> Vec<Value> {
         let object = format!("service/{}/sidecar/mesh", self.service);
-        let events = self.ok(Method::GET, "/events?limit=10000", None).await;
+        let events = self.get("/events?limit=10000").await;
         events
             .as_array()
             .unwrap()
@@ -95,7 +86,7 @@ impl Env {
     /// Replaces the service with `edit` applied to it.
     async fn edit_service(&self, edit: impl FnOnce(&mut Value)) {
         let path = format!("/services/{}", self.service);
-        let mut svc = self.ok(Method::GET, &path, None).await;
+        let mut svc = self.get(&path).await;
         edit(&mut svc);
         self.ok(Method::PUT, &path, Some(svc)).await;
     }
@@ -130,7 +121,7 @@ async fn setup() -> Env {
     };
     let fleet = SimFleet::start(&base, &token, "default", &spec.instances, &options).unwrap();
     let service = spec.instances[0].service.clone();
-    let env = Env { manager, http: reqwest::Client::new(), base, token, fleet, service, _dir: dir };
+    let env = Env { manager, api: TenantApi::new(base, token), fleet, service, _dir: dir };
     env.wait_running("1.0.0").await;
     env
 }
@@ -146,7 +137,7 @@ async fn freeze_now(env: &Env, services: &[&str]) -> String {
     let (from, to) = now_period();
     let services = services.iter().map(|s| (*s).to_owned()).collect();
     let body = serde_json::to_value(NewFreeze { from, to, reason: "release week".into(), services }).unwrap();
-    env.ok(Method::POST, "/freezes", Some(body)).await["id"].as_str().unwrap().to_owned()
+    env.post("/freezes", body).await["id"].as_str().unwrap().to_owned()
 }
 
 /// Asserts a refusal: 409 `failed_precondition` whose message holds each of `needles`.
@@ -168,7 +159,7 @@ async fn refused_binding_changes_name_the_check_and_change_nothing() {
 
     // Not admitted.
     assert_refused(&env.bind(to_1_1.clone()).await, &["not_admitted", "1.1.0 of sidecar \"mesh\" is not admitted"]);
-    env.ok(Method::POST, "/sidecars/mesh/versions/1.1.0/admit", Some(json!({"evidence": "ci"}))).await;
+    env.post("/sidecars/mesh/versions/1.1.0/admit", json!({"evidence": "ci"})).await;
 
     // A freeze of this service, in force now (even a change of mode only is a change).
     let id = freeze_now(&env, &[&env.service]).await;

@@ -1,6 +1,8 @@
 //! Upgrade plans end to end: a real manager (in process, real sockets) and a simulated fleet
 //! speaking the real sync protocol, with an injected defect.
 
+mod common;
+
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use outrider_devtools::harness::{Child, free_ports, spawn_manager, wait_manager_ready};
@@ -8,41 +10,25 @@ use outrider_manager::{InstanceRetention, ManagerConfig, RunningManager};
 use outrider_sim::{FleetParams, FleetSpec, SidecarRef, SimFleet, SimFleetOptions, SimInstance, SimRuntimeOptions};
 use serde_json::{Value, json};
 
+use common::TenantApi;
+
 struct Env {
     manager: RunningManager,
-    http: reqwest::Client,
-    base: String,
-    token: String,
+    api: TenantApi,
     fleet: SimFleet,
     spec: FleetSpec,
     _dir: tempfile::TempDir,
 }
 
+impl std::ops::Deref for Env {
+    type Target = TenantApi;
+
+    fn deref(&self) -> &TenantApi {
+        &self.api
+    }
+}
+
 impl Env {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req =
-            self.http.request(method, format!("{}/api/v1/tenants/default{path}", self.base)).bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
-    async fn post(&self, path: &str, body: Value) -> Value {
-        let (s, v) = self.call(reqwest::Method::POST, path, Some(body)).await;
-        assert!((200..300).contains(&s), "POST {path}: {s} {v}");
-        v
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        let (s, v) = self.call(reqwest::Method::GET, path, None).await;
-        assert_eq!(s, 200, "GET {path}: {v}");
-        v
-    }
-
     /// Versions of `mesh` the instances (not gone) report running, with counts.
     async fn running(&self) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
@@ -102,7 +88,7 @@ async fn setup_with(instances: InstanceRetention) -> Env {
         ..SimFleetOptions::default()
     };
     let fleet = SimFleet::start(&base, &token, "default", &spec.instances, &options).unwrap();
-    let env = Env { manager, http: reqwest::Client::new(), base, token, fleet, spec, _dir: dir };
+    let env = Env { manager, api: TenantApi::new(base, token), fleet, spec, _dir: dir };
     for v in ["1.1.0", "1.2.0"] {
         env.post(&format!("/sidecars/mesh/versions/{v}/admit"), json!({"evidence": "test"})).await;
     }

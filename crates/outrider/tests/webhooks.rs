@@ -3,6 +3,8 @@
 //! that is too slow. Owners get signed deliveries of the kinds they asked for, and receivers
 //! that fail get retries while plans move on at their normal speed.
 
+mod common;
+
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
@@ -18,40 +20,24 @@ use sha2::Sha256;
 
 const GOOD_SECRET: &str = "good-receiver-secret";
 
+use common::TenantApi;
+
 struct Env {
     manager: RunningManager,
-    http: reqwest::Client,
-    base: String,
-    token: String,
+    api: TenantApi,
     fleet: SimFleet,
     dir: tempfile::TempDir,
 }
 
+impl std::ops::Deref for Env {
+    type Target = TenantApi;
+
+    fn deref(&self) -> &TenantApi {
+        &self.api
+    }
+}
+
 impl Env {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req =
-            self.http.request(method, format!("{}/api/v1/tenants/default{path}", self.base)).bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
-    async fn post(&self, path: &str, body: Value) -> Value {
-        let (s, v) = self.call(reqwest::Method::POST, path, Some(body)).await;
-        assert!((200..300).contains(&s), "POST {path}: {s} {v}");
-        v
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        let (s, v) = self.call(reqwest::Method::GET, path, None).await;
-        assert_eq!(s, 200, "GET {path}: {v}");
-        v
-    }
-
     /// Versions of `mesh` the instances report running, with counts.
     async fn running(&self) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
@@ -158,7 +144,7 @@ async fn setup() -> Env {
         ..SimFleetOptions::default()
     };
     let fleet = SimFleet::start(&base, &token, "default", &spec.instances, &options).unwrap();
-    let env = Env { manager, http: reqwest::Client::new(), base, token, fleet, dir };
+    let env = Env { manager, api: TenantApi::new(base, token), fleet, dir };
     for v in ["1.1.0", "1.2.0", "1.3.0"] {
         env.post(&format!("/sidecars/mesh/versions/{v}/admit"), json!({"evidence": "test"})).await;
     }
