@@ -19,13 +19,42 @@ use crate::{
     repo::{Repo, encode},
 };
 
+/// What a caller may do (PRODUCT.md §8: `viewer`, `operator`, `admin`, `agent`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads.
+    Viewer,
+    /// Reads, plans, freezes, bindings, actions.
+    Operator,
+    /// Everything, tokens included.
+    Admin,
+    /// The agent sync stream only, for instances of its tenant.
+    Agent,
+}
+
+/// An authenticated caller: who it is (the actor of its events), which tenant it is bound to
+/// (none: every tenant) and its role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Actor name recorded in events.
+    pub name: String,
+    /// The one tenant it may see; none: all of them.
+    pub tenant: Option<String>,
+    /// What it may do.
+    pub role: Role,
+}
+
 /// What a token is allowed to be.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenInfo {
     /// Actor name recorded in events.
     pub name: String,
-    /// Role (`admin`).
-    pub role: String,
+    /// The one tenant it may see; none: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// What it may do.
+    pub role: Role,
     /// Creation time.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
@@ -54,7 +83,12 @@ impl Auth {
             let mut raw = [0u8; 32];
             rand::rng().fill_bytes(&mut raw);
             let token = format!("otr_{}", hex::encode(raw));
-            let info = TokenInfo { name: "admin".into(), role: "admin".into(), created_at: OffsetDateTime::now_utc() };
+            let info = TokenInfo {
+                name: "admin".into(),
+                tenant: None,
+                role: Role::Admin,
+                created_at: OffsetDateTime::now_utc(),
+            };
             let path = data_dir.join("admin.token");
             let write = || {
                 let mut f =
@@ -72,8 +106,8 @@ impl Auth {
         Ok(Self { tokens: Arc::new(RwLock::new(tokens)) })
     }
 
-    /// The actor behind an `Authorization` header value.
-    pub fn check(&self, header: Option<&str>) -> Result<String, Error> {
+    /// The caller behind an `Authorization` header value.
+    pub fn check(&self, header: Option<&str>) -> Result<Principal, Error> {
         let header = header.ok_or_else(|| Error::unauthenticated("missing Authorization: Bearer <token>"))?;
         let token = header
             .strip_prefix("Bearer ")
@@ -82,6 +116,9 @@ impl Auth {
             .ok_or_else(|| Error::unauthenticated("Authorization must be \"Bearer <token>\""))?;
         let tokens = self.tokens.read().unwrap_or_else(|p| p.into_inner());
         // Comparing hashes by map lookup does not leak the token through timing.
-        tokens.get(&hash(token)).map(|i| i.name.clone()).ok_or_else(|| Error::unauthenticated("unknown token"))
+        tokens
+            .get(&hash(token))
+            .map(|i| Principal { name: i.name.clone(), tenant: i.tenant.clone(), role: i.role })
+            .ok_or_else(|| Error::unauthenticated("unknown token"))
     }
 }

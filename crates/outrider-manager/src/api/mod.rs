@@ -43,8 +43,9 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
         return Err(Error::unauthenticated("send one Authorization header"));
     }
     let header = req.headers().get(AUTHORIZATION).map(HeaderValue::to_str).transpose().ok().flatten();
-    let actor = state.auth.check(header)?;
-    req.extensions_mut().insert(Actor(actor));
+    let principal = state.auth.check(header)?;
+    req.extensions_mut().insert(Actor(principal.name.clone()));
+    req.extensions_mut().insert(principal);
     Ok(next.run(req).await)
 }
 
