@@ -74,6 +74,9 @@ pub struct Executor {
     pub metrics: Arc<Metrics>,
     /// Where the plans' analysis queries run (`--prometheus`).
     pub prometheus: Option<outrider_prometheus::Client>,
+    /// Holds while this manager leads: every step commits only with it (none: the manager is
+    /// alone on its store).
+    pub fence: Option<Compare>,
 }
 
 /// A plan the executor follows.
@@ -269,13 +272,23 @@ impl Executor {
         ops.push(Op::put(key, encode(&step.plan)?));
         ops.push(live_plans::op(&t.tenant, &step.plan));
         let mut compare = vec![Compare::unchanged(key, t.revision)];
+        compare.extend(self.fence.clone());
         if step.plan.state == PlanState::Completed && t.plan.state != PlanState::Completed {
             compare.extend(self.mark_completed(&t.tenant, &step.plan, &mut ops).await?);
         }
         let events =
             step.events.iter().map(|e| NewEvent::of_plan(&t.tenant, "executor", &t.plan.id, e.clone())).collect();
         let r = self.repo.commit(compare, ops, events).await?;
+        if !r.succeeded && !self.leads().await? {
+            return Err(Error::Unavailable("this manager no longer leads: the step is not committed".into()));
+        }
         Ok(r.succeeded.then_some(r.revision))
+    }
+
+    /// Whether the leadership behind the fence still holds (always, without a fence).
+    async fn leads(&self) -> Result<bool, Error> {
+        let Some(Compare::ModRevision { key, revision }) = &self.fence else { return Ok(true) };
+        Ok(self.repo.store().get(key).await?.is_some_and(|kv| kv.mod_revision == *revision))
     }
 
     /// Records on the target version that `plan` completed (it is known good from now on),
