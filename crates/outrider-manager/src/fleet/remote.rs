@@ -107,3 +107,114 @@ impl Fleet {
         self.set_watched(services.into_iter().collect(), false);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashSet, sync::Arc, time::Duration};
+
+    use futures::FutureExt;
+    use outrider_model::{Instance, InstanceFilter, InstanceLabels};
+    use outrider_store::KeyValue;
+    use time::OffsetDateTime;
+
+    use super::super::{InstanceRetention, Registration};
+    use crate::{catalog::Catalog, clock::SystemClock, fleet::Fleet, keys, metrics::Metrics};
+
+    fn labels() -> InstanceLabels {
+        InstanceLabels { region: "r1".into(), env: "prod".into(), stage: "canary".into(), ..InstanceLabels::default() }
+    }
+
+    fn catalog() -> Catalog {
+        let mut c = Catalog::default();
+        let kv = |key: String, value: serde_json::Value| KeyValue {
+            key,
+            value: serde_json::to_vec(&value).unwrap(),
+            create_revision: 1,
+            mod_revision: 1,
+        };
+        c.load(&kv(keys::tenant("t"), serde_json::json!({"name": "t", "created_at": "2026-01-01T00:00:00Z"})));
+        c.load(&kv(keys::service("t", "s"), serde_json::json!({"name": "s"})));
+        c
+    }
+
+    fn fleet(me: &str) -> Fleet {
+        Fleet::new(Arc::new(Metrics::default()), Arc::new(SystemClock), me.into(), true)
+    }
+
+    fn record(id: &str, last_seen: OffsetDateTime) -> Instance {
+        Instance {
+            id: id.into(),
+            service: "s".into(),
+            labels: labels(),
+            deploy_id: "d1".into(),
+            connected: true,
+            gone: false,
+            last_seen,
+            desired_revision: 1,
+            acked_revision: 1,
+            sidecars: Vec::new(),
+        }
+    }
+
+    fn stored(id: &str, owner: Option<&str>, last_seen: OffsetDateTime) -> super::StoredInstance {
+        let mut instance = record(id, last_seen);
+        instance.connected = owner.is_some();
+        super::StoredInstance { tenant: "t".into(), instance, owner: owner.map(str::to_owned) }
+    }
+
+    fn get(f: &Fleet, id: &str) -> Option<Instance> {
+        f.list("t", &InstanceFilter::default()).into_iter().find(|i| i.id == id)
+    }
+
+    fn live(names: &[&str]) -> HashSet<String> {
+        names.iter().map(|n| (*n).to_owned()).collect()
+    }
+
+    const RETENTION: InstanceRetention =
+        InstanceRetention { ttl: Duration::from_secs(60), keep_gone: Duration::from_secs(3600) };
+
+    #[test]
+    fn another_managers_agent_counts_as_connected_while_that_manager_lives() {
+        let f = fleet("m1");
+        let start = OffsetDateTime::now_utc() - time::Duration::hours(1);
+        f.merge_remote(stored("i-1", Some("m2"), start));
+        assert!(get(&f, "i-1").unwrap().connected, "seen through the other manager's record");
+        // Long after its record was written: still there while m2 lives.
+        let now = OffsetDateTime::now_utc();
+        assert_eq!(f.sweep(RETENTION, now, &live(&["m1", "m2"])), 0);
+        assert!(!get(&f, "i-1").unwrap().gone);
+        // m2 dies: its agent counts as away from then on, not from its old record's time.
+        assert_eq!(f.sweep(RETENTION, now, &live(&["m1"])), 0, "not gone at once");
+        assert!(!get(&f, "i-1").unwrap().connected);
+        assert_eq!(f.sweep(RETENTION, now + time::Duration::seconds(61), &live(&["m1"])), 1);
+        assert!(get(&f, "i-1").unwrap().gone, "gone a TTL after its manager died");
+    }
+
+    #[test]
+    fn an_agent_that_moved_to_another_manager_ends_its_stale_stream_here() {
+        let f = fleet("m1");
+        let reg = Registration {
+            tenant: "t".into(),
+            instance: "i-1".into(),
+            service: "s".into(),
+            labels: labels(),
+            deploy_id: "d1".into(),
+            sidecars: Vec::new(),
+        };
+        let mut conn = f.connect(reg, &catalog()).unwrap();
+        // Its own record coming back from the watch changes nothing.
+        f.merge_remote(stored("i-1", Some("m1"), OffsetDateTime::now_utc()));
+        assert!(conn.desired.has_changed().is_ok(), "the stream is open");
+        // A record without owner (a stream that ended elsewhere) does not end the live one.
+        f.merge_remote(stored("i-1", None, OffsetDateTime::now_utc()));
+        assert!(conn.desired.has_changed().is_ok(), "the stream is still open");
+        // The agent registered with m2: the stream here is stale and ends.
+        f.merge_remote(stored("i-1", Some("m2"), OffsetDateTime::now_utc()));
+        assert!(conn.desired.changed().now_or_never().is_some_and(|r| r.is_err()), "the stale stream ended");
+        assert!(get(&f, "i-1").unwrap().connected, "connected, through m2");
+        assert!(f.remove("t", "i-1", "test").is_err(), "a connected instance is not deleted");
+        // m2's agent record is deleted (the instance was removed there): forgotten here.
+        f.forget_remote("t", "i-1");
+        assert!(get(&f, "i-1").is_none());
+    }
+}
