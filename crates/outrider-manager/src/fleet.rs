@@ -111,6 +111,20 @@ struct Inner {
     watched: HashSet<ServiceRef>,
     /// The watched services changed and other managers must learn it.
     watched_dirty: bool,
+    /// A record the other managers' executor waits for changed (a connect, a disconnect, a
+    /// new version or state): write it within [`URGENT_FLUSH`].
+    urgent: bool,
+}
+
+/// Whether and how soon a change of an instance record is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// Not by itself.
+    No,
+    /// With the next status flush.
+    Later,
+    /// What it runs changed: with several managers, within [`URGENT_FLUSH`].
+    Soon,
 }
 
 /// The registry of instances.
@@ -298,6 +312,7 @@ impl Fleet {
             orphaned_at: None,
         };
         g.instances.entry(reg.tenant.clone()).or_default().insert(reg.instance.clone(), entry);
+        g.urgent |= self.shared;
         drop(g);
         // A reconnect that replaces a live stream keeps the count: the old stream's end is
         // ignored by `disconnect` (its id no longer matches).
@@ -314,7 +329,7 @@ impl Fleet {
         tenant: &str,
         id: &str,
         conn: u64,
-        f: impl FnOnce(&mut Instance, Option<&mut History>) -> bool,
+        f: impl FnOnce(&mut Instance, Option<&mut History>) -> Write,
     ) {
         let mut g = self.lock();
         let Some(e) = g.instances.get_mut(tenant).and_then(|m| m.get_mut(id)) else { return };
@@ -322,8 +337,10 @@ impl Fleet {
             return;
         }
         e.record.last_seen = OffsetDateTime::now_utc();
-        if f(&mut e.record, e.history.as_deref_mut()) {
+        let write = f(&mut e.record, e.history.as_deref_mut());
+        if write != Write::No {
             e.dirty = true;
+            g.urgent |= write == Write::Soon && self.shared;
             drop(g);
             self.flush.notify_one();
         }
@@ -334,7 +351,7 @@ impl Fleet {
     pub fn ack(&self, tenant: &str, id: &str, conn: u64, revision: u64) {
         self.with_conn(tenant, id, conn, |r, _| {
             r.acked_revision = revision;
-            false
+            Write::No
         });
     }
 
@@ -351,9 +368,15 @@ impl Fleet {
                 h.record(now, &sidecars);
             }
             observed = r.sidecars != sidecars;
-            let changed = sampled || material(&r.sidecars, &sidecars);
+            let write = if material(&r.sidecars, &sidecars) {
+                Write::Soon
+            } else if sampled {
+                Write::Later
+            } else {
+                Write::No
+            };
             r.sidecars = sidecars;
-            changed
+            write
         });
         if observed {
             self.observed.notify_one();
@@ -376,6 +399,7 @@ impl Fleet {
         e.conn = None;
         e.record.connected = false;
         e.dirty = true;
+        g.urgent |= self.shared;
         drop(g);
         self.metrics.agents_connected.dec();
         self.flush.notify_one();
@@ -569,7 +593,10 @@ impl Fleet {
             // wait longer so that writing them never competes with a push to thousands of agents.
             let mut stop = stop;
             if !stop {
-                let urgent = !self.lock().events.is_empty();
+                let urgent = {
+                    let g = self.lock();
+                    !g.events.is_empty() || g.urgent
+                };
                 tokio::select! {
                     () = tokio::time::sleep(if urgent { URGENT_FLUSH } else { STATUS_FLUSH }) => {}
                     // Shutting down: write what is pending now, then stop.
@@ -599,6 +626,7 @@ impl Fleet {
                 }
             }
             let watched = std::mem::take(&mut g.watched_dirty).then(|| remote::watched_list(&g.watched));
+            g.urgent = false;
             (records, std::mem::take(&mut g.events), std::mem::take(&mut g.removed), watched)
         };
         let (records, events, removed, watched) = (records.0, records.1, records.2, records.3);

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    executor::Executor,
+    executor::{self, Executor},
     fleet::InstanceRetention,
     keys,
     metrics::Metrics,
@@ -34,6 +34,8 @@ pub struct LeaderWork {
     pub retention: Retention,
     /// When instances are `gone` and removed.
     pub instances: InstanceRetention,
+    /// When the manager started.
+    pub started: tokio::time::Instant,
 }
 
 impl LeaderWork {
@@ -57,6 +59,7 @@ impl LeaderWork {
             wake: s.wake.clone(),
             metrics: s.metrics.clone(),
             prometheus: self.prometheus.clone(),
+            settle: executor::SETTLE.saturating_sub(self.started.elapsed()).max(executor::TAKEOVER_SETTLE),
             fence,
         };
         tasks.push(tokio::spawn(executor.run(term.clone())));

@@ -359,8 +359,13 @@ pub async fn start_with(
         clock,
     };
 
-    let work =
-        LeaderWork { state: state.clone(), prometheus, retention: tuning.retention, instances: config.instances };
+    let work = LeaderWork {
+        state: state.clone(),
+        prometheus,
+        retention: tuning.retention,
+        instances: config.instances,
+        started: tokio::time::Instant::now(),
+    };
     let background = vec![
         tokio::spawn(run_catalog_watch(state.clone(), watch_from, cancel.clone())),
         tokio::spawn(fleet.clone().run_flusher(repo, cancel.clone())),

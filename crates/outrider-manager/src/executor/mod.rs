@@ -45,6 +45,11 @@ pub use crate::clock::{Clock, SystemClock};
 /// out an instance whose stored record is behind.
 pub const SETTLE: Duration = Duration::from_secs(5);
 
+/// The wait of a manager that takes over the lead after following the store for [`SETTLE`]
+/// or more: its fleet is current but for the dead leader's agents, which reconnect to the
+/// managers left within a second or so and whose records are then written at once.
+pub const TAKEOVER_SETTLE: Duration = Duration::from_secs(2);
+
 /// Reports of a batch's instances are gathered this long before the judge looks again.
 const OBSERVE_COALESCE: Duration = Duration::from_millis(200);
 
@@ -77,6 +82,8 @@ pub struct Executor {
     /// Holds while this manager leads: every step commits only with it (none: the manager is
     /// alone on its store).
     pub fence: Option<Compare>,
+    /// How long to wait before acting on plans ([`SETTLE`] after a start).
+    pub settle: Duration,
 }
 
 /// A plan the executor follows.
@@ -111,7 +118,7 @@ impl Executor {
     /// Runs until `cancel`.
     pub async fn run(self, cancel: CancellationToken) {
         tokio::select! {
-            () = tokio::time::sleep(SETTLE) => {}
+            () = tokio::time::sleep(self.settle) => {}
             () = cancel.cancelled() => return,
         }
         let mut plans: HashMap<String, Tracked> = HashMap::new();
