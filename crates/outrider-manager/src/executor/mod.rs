@@ -2,9 +2,10 @@
 //! keeps every plan with the time it is next due, and for each due plan takes a snapshot view
 //! (catalog mirror, live fleet, freezes), asks the reconciler for the next step, and commits
 //! the step — the plan with compare-and-swap, together with its overrides and events, in one
-//! transaction. A manager that restarts reads where every plan was and continues: no batch is
-//! applied twice (its state is written in the same transaction as its overrides), and none
-//! is skipped.
+//! transaction, or, for a step longer than the store takes at once, as a chunked write whose
+//! plan and events come last (`crate::chunked`). A manager that restarts finishes a step it
+//! left midway, then reads where every plan was and continues: no batch is applied twice, and
+//! none is skipped.
 //!
 //! Between steps it sleeps until the earliest due time, a wake-up (an API action, a change of
 //! the catalog or the freezes), or — while a batch is in flight — new reports from its
@@ -31,6 +32,7 @@ use view::TenantView;
 use crate::{
     Error,
     catalog::Catalog,
+    chunked::{self, Chunked},
     fleet::Fleet,
     keys, live_plans,
     metrics::Metrics,
@@ -54,6 +56,10 @@ const RESYNC: Duration = Duration::from_secs(30);
 
 /// How long a plan waits for the catalog mirror to catch up with its last write.
 const CATALOG_LAG: Duration = Duration::from_millis(10);
+
+/// A plan another task of this manager is writing (a long operator action) is looked at
+/// again this much later.
+const UNDER_WAY: Duration = Duration::from_millis(100);
 
 /// After a failed commit, the plan is tried again this much later.
 const RETRY: Duration = Duration::from_secs(1);
@@ -156,8 +162,18 @@ impl Executor {
     }
 
     /// Rereads the plans that are not done (decoding only those that changed; done plans
-    /// leave the map); changed ones, or with `all` every one, are due now.
+    /// leave the map), after finishing long writes found under way; changed ones, or with
+    /// `all` every one, are due now.
     async fn reread(&self, plans: &mut HashMap<String, Tracked>, now: OffsetDateTime, all: bool) -> Result<(), Error> {
+        // A write longer than one transaction left midway (a manager stopped, a store
+        // outage) is finished first: the plan it writes moves on from there.
+        // One this process is writing (an operator's rollback) is left to its writer; its plan
+        // is looked at again a little later.
+        let busy = chunked::finish_found(&self.repo, &self.fence()).await?;
+        let due_at = |tenant: &str, plan: &Plan| {
+            let under_way = busy.contains(&keys::plan_write(tenant, &plan.id));
+            reconcile::is_live(plan.state).then_some(if under_way { now + UNDER_WAY } else { now })
+        };
         let live = live_plans::all(self.repo.store().as_ref()).await?;
         let mut seen = HashMap::with_capacity(live.len());
         for kv in &live {
@@ -165,7 +181,7 @@ impl Executor {
             match plans.get_mut(&kv.key) {
                 Some(t) if t.revision == kv.mod_revision => {
                     if all && reconcile::is_live(t.plan.state) {
-                        t.due = Some(now);
+                        t.due = due_at(&t.tenant, &t.plan);
                     }
                 }
                 _ => {
@@ -173,7 +189,7 @@ impl Executor {
                     let Some(tenant) = kv.key.strip_prefix(keys::PLANS).and_then(|r| r.split('/').next()) else {
                         continue;
                     };
-                    let due = reconcile::is_live(plan.state).then_some(now);
+                    let due = due_at(tenant, &plan);
                     let t = Tracked { tenant: tenant.to_owned(), revision: kv.mod_revision, plan, due };
                     plans.insert(kv.key.clone(), t);
                 }
@@ -258,24 +274,33 @@ impl Executor {
     }
 
     /// Writes a step: the plan (if unchanged since read), its overrides and events, and
-    /// `extra` (a rollback by itself), at once. The new revision, or `None` when the plan
-    /// changed meanwhile.
+    /// `extra` (a rollback by itself). The new revision, or `None` when the plan changed
+    /// meanwhile (or another write of it is under way). A step longer than one store
+    /// transaction is written in chunks (`chunked.rs`): its overrides, targets and bindings
+    /// first, the plan and its events last, so the plan never says a batch is done before
+    /// all of its writes landed; a manager stopped midway finishes the step when it starts.
     async fn commit(&self, key: &str, t: &Tracked, step: &Step, extra: Vec<Op>) -> Result<Option<u64>, Error> {
-        let mut ops = extra;
-        ops.reserve(step.writes.len() + 2);
+        let mut data = extra;
+        data.reserve(step.writes.len());
         for w in &step.writes {
-            ops.push(write_op(&t.tenant, w)?);
+            data.push(write_op(&t.tenant, w)?);
         }
-        ops.push(Op::put(key, encode(&step.plan)?));
-        ops.push(live_plans::op(&t.tenant, &step.plan));
-        let mut compare = vec![Compare::unchanged(key, t.revision)];
+        let mut record = vec![Op::put(key, encode(&step.plan)?), live_plans::op(&t.tenant, &step.plan)];
+        let mut guard = vec![Compare::unchanged(key, t.revision)];
         if step.plan.state == PlanState::Completed && t.plan.state != PlanState::Completed {
-            compare.extend(self.mark_completed(&t.tenant, &step.plan, &mut ops).await?);
+            guard.extend(self.mark_completed(&t.tenant, &step.plan, &mut record).await?);
         }
         let events =
             step.events.iter().map(|e| NewEvent::of_plan(&t.tenant, "executor", &t.plan.id, e.clone())).collect();
-        let r = self.repo.commit(compare, ops, events).await?;
-        Ok(r.succeeded.then_some(r.revision))
+        let intent = keys::plan_write(&t.tenant, &t.plan.id);
+        chunked::commit(&self.repo, &self.fence(), Chunked { intent, guard, data, record, events }).await
+    }
+
+    /// The compares every transaction the executor writes carries — a step's one transaction,
+    /// or each chunk of a long one, and the long writes it finishes — beside the compares of
+    /// the write itself. None yet: with several managers, the leader's fence goes here.
+    fn fence(&self) -> Vec<Compare> {
+        Vec::new()
     }
 
     /// Records on the target version that `plan` completed (it is known good from now on),
