@@ -1,21 +1,32 @@
 //! Operator actions on a plan — pause, resume, abort, approve, rollback — as a state machine,
 //! each committed with compare-and-swap together with its event (and, for a rollback, the
-//! overrides that take the changed instances back).
+//! overrides that take the changed instances back: in chunks when they are more than one
+//! store transaction takes, the plan last). No action interleaves with a step of the
+//! executor written in chunks: it waits for it.
 
-use std::{fmt, str::FromStr};
+use std::{fmt, str::FromStr, time::Duration};
 
 use outrider_model::{BatchState, CellTarget, Override, Plan, PlanState, UpgradeMode, VersionState};
 use outrider_rollout::reconcile::{approve, transition};
-use outrider_store::Op;
+use outrider_store::{Compare, Op};
 use time::OffsetDateTime;
 
 use crate::{
     Error,
     catalog::TenantCatalog,
+    chunked::{self, Chunked},
     keys, live_plans,
     repo::{NewEvent, encode},
     state::AppState,
 };
+
+/// Tries of an action on a plan that changed meanwhile.
+const CHANGED_TRIES: u32 = 5;
+
+/// Tries of an action on a plan while a long write of it is under way, and the pause between
+/// two (long writes take a few transactions).
+const UNDER_WAY_TRIES: u32 = 60;
+const UNDER_WAY_PAUSE: Duration = Duration::from_millis(50);
 
 /// An operator action (`POST /plans/{id}/{action}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,38 +81,70 @@ pub async fn act(
     reason: &str,
     actor: &str,
 ) -> Result<Plan, Error> {
-    let key = keys::plan(tenant, id);
     let reason = if reason.is_empty() { format!("{action} by {actor}") } else { reason.to_owned() };
-    let plan = s
-        .repo
-        .update_with(&key, &format!("plan {id:?}"), |plan: &mut Plan| {
-            let mut ops = Vec::new();
-            let to = next_state(plan, action)?;
-            if matches!(action, Action::Approve | Action::Resume) {
-                refuse_defective_target(s, tenant, plan, action)?;
+    let plan = update_plan(s, tenant, id, |plan: &mut Plan| {
+        let mut ops = Vec::new();
+        let to = next_state(plan, action)?;
+        if matches!(action, Action::Approve | Action::Resume) {
+            refuse_defective_target(s, tenant, plan, action)?;
+        }
+        match action {
+            Action::Abort => skip_pending(plan),
+            // False alarm: the failed batch counts as passed; its verdict stays on record.
+            Action::Approve => approve(plan, OffsetDateTime::now_utc()),
+            Action::Rollback => {
+                let catalog = s.catalog.read().unwrap_or_else(|p| p.into_inner());
+                let tc = catalog.tenant(tenant).ok_or_else(|| Error::not_found(format!("tenant {tenant:?}")))?;
+                ops = rollback(tc, tenant, plan)?;
             }
-            match action {
-                Action::Abort => skip_pending(plan),
-                // False alarm: the failed batch counts as passed; its verdict stays on record.
-                Action::Approve => approve(plan, OffsetDateTime::now_utc()),
-                Action::Rollback => {
-                    let catalog = s.catalog.read().unwrap_or_else(|p| p.into_inner());
-                    let tc = catalog.tenant(tenant).ok_or_else(|| Error::not_found(format!("tenant {tenant:?}")))?;
-                    ops = rollback(tc, tenant, plan)?;
-                }
-                Action::Pause | Action::Resume => {}
-            }
-            let mut e = transition(plan, to, reason.clone());
-            e.kind = "plan.action";
-            e.detail = serde_json::json!({"action": action.to_string(), "to": to, "overrides_written": ops.len()});
-            plan.updated_at = OffsetDateTime::now_utc();
-            plan.recount();
-            ops.push(live_plans::op(tenant, plan));
-            Ok((ops, vec![NewEvent::of_plan(tenant, actor, id, e)]))
-        })
-        .await?;
+            Action::Pause | Action::Resume => {}
+        }
+        let mut e = transition(plan, to, reason.clone());
+        e.kind = "plan.action";
+        e.detail = serde_json::json!({"action": action.to_string(), "to": to, "overrides_written": ops.len()});
+        plan.updated_at = OffsetDateTime::now_utc();
+        plan.recount();
+        Ok((ops, vec![NewEvent::of_plan(tenant, actor, id, e)]))
+    })
+    .await?;
     s.wake.notify_one();
     Ok(plan)
+}
+
+/// Read-modify-write of plan `id` of `tenant` with compare-and-swap: `f` changes the plan and
+/// returns the other writes and the events to commit with it — in chunks when they are longer
+/// than one store transaction, the plan last (`crate::chunked`). Retried a few times under
+/// contention, and for a while when a long write of the plan (an executor step) is under way.
+pub(super) async fn update_plan<F>(s: &AppState, tenant: &str, id: &str, mut f: F) -> Result<Plan, Error>
+where
+    F: FnMut(&mut Plan) -> Result<(Vec<Op>, Vec<NewEvent>), Error>,
+{
+    let key = keys::plan(tenant, id);
+    let intent = keys::plan_write(tenant, id);
+    let (mut changed, mut waited) = (0, 0);
+    loop {
+        let (mut plan, rev) =
+            s.repo.get::<Plan>(&key).await?.ok_or_else(|| Error::not_found(format!("plan {id:?}")))?;
+        let (data, events) = f(&mut plan)?;
+        let record = vec![Op::put(&key, encode(&plan)?), live_plans::op(tenant, &plan)];
+        let guard = vec![Compare::unchanged(&key, rev)];
+        let w = Chunked { intent: intent.clone(), guard, data, record, events };
+        if chunked::commit(&s.repo, &[], w).await?.is_some() {
+            return Ok(plan);
+        }
+        if chunked::under_way(&s.repo, &intent).await? {
+            waited += 1;
+            if waited == UNDER_WAY_TRIES {
+                return Err(Error::conflict(format!("plan {id} is being written by a step of the executor; retry")));
+            }
+            tokio::time::sleep(UNDER_WAY_PAUSE).await;
+        } else {
+            changed += 1;
+            if changed == CHANGED_TRIES {
+                return Err(Error::conflict(format!("plan {id:?} is being changed concurrently; retry")));
+            }
+        }
+    }
 }
 
 /// The state `action` moves `plan` to, or why it cannot. A rollback keeps the plan `running`
