@@ -333,3 +333,102 @@ fn write_op(tenant: &str, w: &Write) -> Result<Op, Error> {
 fn target_key(tenant: &str, c: &reconcile::CellRef) -> String {
     keys::target_key(tenant, &c.service, &c.sidecar, &c.region, &c.env, &c.stage)
 }
+
+#[cfg(test)]
+mod tests {
+    use outrider_model::{Override, PlanSpec, UpgradeMode};
+    use outrider_rollout::reconcile::PlanEvent;
+    use outrider_store::{Store, Txn};
+
+    use super::*;
+    use crate::test_store::TestStore;
+
+    const INSTANCES: usize = 40;
+
+    fn executor(store: Arc<TestStore>) -> Executor {
+        let metrics = Arc::new(Metrics::default());
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let fleet = Arc::new(Fleet::new(metrics.clone(), clock.clone()));
+        let repo = Repo::new(store);
+        Executor { repo, catalog: Arc::default(), fleet, clock, wake: Arc::default(), metrics, prometheus: None }
+    }
+
+    fn record(i: usize) -> String {
+        keys::override_key("t", "svc", &format!("i{i:02}"), "mesh")
+    }
+
+    /// A store taking 8 operations per transaction holding a running plan, the plan as the
+    /// executor tracks it, and a step that records 40 instances and says so.
+    async fn setup() -> (Arc<TestStore>, Tracked, Step) {
+        let store = Arc::new(TestStore::new().with_max_txn_ops(8));
+        let spec: PlanSpec = serde_json::from_str(r#"{"sidecar":"mesh","target_version":"1.1.0"}"#).unwrap();
+        let mut plan = Plan::new("p1".into(), spec, Vec::new(), Vec::new(), OffsetDateTime::UNIX_EPOCH);
+        plan.state = PlanState::Running;
+        let ops = vec![Op::put(keys::plan("t", "p1"), encode(&plan).unwrap()), live_plans::op("t", &plan)];
+        let revision = store.txn(Txn::ops(ops)).await.unwrap().revision;
+        let mut next = plan.clone();
+        next.reason = "batch 0 applied".into();
+        let writes = (0..INSTANCES)
+            .map(|i| Write::Override {
+                service: "svc".into(),
+                instance: format!("i{i:02}"),
+                sidecar: "mesh".into(),
+                value: Override {
+                    plan: "p1".into(),
+                    phase: 0,
+                    batch: 0,
+                    version: "1.1.0".into(),
+                    mode: UpgradeMode::Restart,
+                    previous: "1.0.0".into(),
+                    base_version: "1.0.0".into(),
+                    exits_before: 0,
+                },
+            })
+            .collect();
+        let event = PlanEvent { kind: "batch.state", reason: "applying".into(), detail: serde_json::Value::Null };
+        let step = Step { plan: next, changed: true, writes, events: vec![event], next: None };
+        (store, Tracked { tenant: "t".into(), revision, plan, due: None }, step)
+    }
+
+    #[tokio::test]
+    async fn a_step_stopped_between_chunks_is_finished_exactly_once_by_the_restarted_executor() {
+        let key = keys::plan("t", "p1");
+        let (store, t, step) = setup().await;
+        executor(store.clone()).commit(&key, &t, &step, Vec::new()).await.unwrap().expect("committed");
+        let transactions = store.committed().len() - 1;
+        assert!(transactions > 5, "a step of {INSTANCES} records takes chunks: {transactions}");
+        for stop in 0..transactions {
+            let (store, t, step) = setup().await;
+            store.fail_after(stop);
+            assert!(executor(store.clone()).commit(&key, &t, &step, Vec::new()).await.is_err());
+            // A restarted manager: its executor rereads the plans.
+            let mut plans = HashMap::new();
+            executor(store.clone()).reread(&mut plans, OffsetDateTime::now_utc(), true).await.unwrap();
+            let tracked = &plans[&key];
+            let written: Vec<usize> = (0..INSTANCES).map(|i| store.writes_of(&record(i))).collect();
+            let events = store.count(&keys::events_by_plan("t", "p1")).await.unwrap();
+            if tracked.plan.reason == "batch 0 applied" {
+                assert!(written.iter().all(|w| *w == 1), "stopped at {stop}: each record once: {written:?}");
+                assert_eq!(events, 1, "stopped at {stop}: the event once");
+                assert_eq!(store.get(&key).await.unwrap().unwrap().mod_revision, tracked.revision);
+            } else {
+                assert!(written.iter().all(|w| *w == 0), "stopped at {stop}, undecided: nothing written");
+                assert_eq!((events, tracked.revision), (0, t.revision), "stopped at {stop}: the plan as it was");
+            }
+            assert_eq!(store.count(keys::WRITES).await.unwrap(), 0, "stopped at {stop}: no intent left");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_step_computed_while_another_write_of_the_plan_is_under_way_is_refused() {
+        let key = keys::plan("t", "p1");
+        let (store, t, step) = setup().await;
+        // Stopped after the intent was stored.
+        store.fail_after(4);
+        assert!(executor(store.clone()).commit(&key, &t, &step, Vec::new()).await.is_err());
+        assert_eq!(store.count(keys::WRITES).await.unwrap(), 1);
+        // A step computed from the same plan, short enough for one transaction.
+        let short = Step { writes: Vec::new(), ..step.clone() };
+        assert_eq!(executor(store.clone()).commit(&key, &t, &short, Vec::new()).await.unwrap(), None);
+    }
+}
