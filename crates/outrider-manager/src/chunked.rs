@@ -28,7 +28,7 @@
 
 use std::collections::BTreeSet;
 
-use outrider_store::{Compare, Op, Txn, TxnResult};
+use outrider_store::{Compare, KeyValue, Op, Txn, TxnResult};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -163,26 +163,35 @@ pub async fn under_way(repo: &Repo, key: &str) -> Result<bool, Error> {
 }
 
 /// Finishes every long write found in the store — applies a ready one, removes one whose
-/// writer stopped before it was ready — but those this process is applying itself: their
-/// intent keys are returned.
+/// writer stopped before it was ready — but those this process is applying itself, and
+/// those that could not be finished now (logged): their intent keys are returned.
 pub async fn finish_found(repo: &Repo, fence: &[Compare]) -> Result<BTreeSet<String>, Error> {
     let found = repo.store().range(keys::WRITES).await?;
-    let mut busy = BTreeSet::new();
+    let mut left = BTreeSet::new();
     for kv in &found.kvs {
         let Some(_claim) = repo.claim(&kv.key) else {
-            busy.insert(kv.key.clone());
+            left.insert(kv.key.clone());
             continue;
         };
-        let intent: Intent = decode(&kv.key, &kv.value)?;
-        if intent.ready {
-            tracing::info!(intent = %kv.key, parts = intent.parts, "finishing a long write found under way");
-            apply(repo, fence, &kv.key, &intent, kv.mod_revision).await?;
-        } else {
-            tracing::info!(intent = %kv.key, "removing a long write left before it was decided (none of it applied)");
-            discard(repo, &kv.key, kv.mod_revision, &intent.nonce).await?;
+        if let Err(e) = finish(repo, fence, kv).await {
+            tracing::warn!(intent = %kv.key, error = %e, "cannot finish a long write found under way; retrying later");
+            left.insert(kv.key.clone());
         }
     }
-    Ok(busy)
+    Ok(left)
+}
+
+/// Finishes the long write whose header `kv` holds (see [`finish_found`]).
+async fn finish(repo: &Repo, fence: &[Compare], kv: &KeyValue) -> Result<(), Error> {
+    let intent: Intent = decode(&kv.key, &kv.value)?;
+    if intent.ready {
+        tracing::info!(intent = %kv.key, parts = intent.parts, "finishing a long write found under way");
+        apply(repo, fence, &kv.key, &intent, kv.mod_revision).await?;
+    } else {
+        tracing::info!(intent = %kv.key, "removing a long write left before it was decided (none of it applied)");
+        discard(repo, &kv.key, kv.mod_revision, &intent.nonce).await?;
+    }
+    Ok(())
 }
 
 /// The parts of a long write (each fits a transaction beside the removal of its part) and its

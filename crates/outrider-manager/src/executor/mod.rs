@@ -57,10 +57,6 @@ const RESYNC: Duration = Duration::from_secs(30);
 /// How long a plan waits for the catalog mirror to catch up with its last write.
 const CATALOG_LAG: Duration = Duration::from_millis(10);
 
-/// A plan another task of this manager is writing (a long operator action) is looked at
-/// again this much later.
-const UNDER_WAY: Duration = Duration::from_millis(100);
-
 /// After a failed commit, the plan is tried again this much later.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -167,12 +163,13 @@ impl Executor {
     async fn reread(&self, plans: &mut HashMap<String, Tracked>, now: OffsetDateTime, all: bool) -> Result<(), Error> {
         // A write longer than one transaction left midway (a manager stopped, a store
         // outage) is finished first: the plan it writes moves on from there.
-        // One this process is writing (an operator's rollback) is left to its writer; its plan
-        // is looked at again a little later.
+        // One this process is writing (an operator's rollback) is left to its writer, one that
+        // cannot be finished now is tried again: their plans are looked at a little later (the
+        // writer of an operator action wakes the executor when done).
         let busy = chunked::finish_found(&self.repo, &self.fence()).await?;
         let due_at = |tenant: &str, plan: &Plan| {
             let under_way = busy.contains(&keys::plan_write(tenant, &plan.id));
-            reconcile::is_live(plan.state).then_some(if under_way { now + UNDER_WAY } else { now })
+            reconcile::is_live(plan.state).then_some(if under_way { now + RETRY } else { now })
         };
         let live = live_plans::all(self.repo.store().as_ref()).await?;
         let mut seen = HashMap::with_capacity(live.len());
