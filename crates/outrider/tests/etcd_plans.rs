@@ -2,7 +2,8 @@
 //! `--max-txn-ops`): a manager on a real etcd (Debian's `etcd-server`, started on loopback and
 //! stopped afterwards) and a simulated fleet of 300 services. Applying the one batch writes a
 //! cell target per cell and a record per instance, completing writes a binding per service and
-//! deletes those — far over the limit, so each such step is written in chunks. Skipped with a
+//! deletes those; a defective mark rewrites every cell target naming it, a rollback every
+//! record and target — far over the limit, so each such write is written in chunks. Skipped with a
 //! note when etcd is not installed, unless `OUTRIDER_REQUIRE_ETCD` is set (as in CI).
 
 mod common;
@@ -110,7 +111,7 @@ fn one_batch(from: &str, target: &str, bake: &str) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plan_over_300_services_completes_and_a_rollback_that_large_works_on_etcd() {
+async fn a_plan_over_300_services_completes_and_a_defective_mark_and_rollback_that_large_work_on_etcd() {
     let Some(binary) = etcd_or_skip() else { return };
     let env = setup(TestEtcd::start(&binary).await.unwrap()).await;
 
@@ -137,10 +138,17 @@ async fn a_plan_over_300_services_completes_and_a_rollback_that_large_works_on_e
         assert_eq!(mesh.map(|b| &b["version"]), Some(&json!("1.1.0")), "{name}: {bindings}");
     }
 
-    // A rollback of a batch that large.
+    // A defective mark that withdraws a target per cell, then a rollback of a batch that large.
     let plan = env.api.post("/plans", one_batch("1.1.0", "1.2.0", "10m")).await;
     let id = plan["id"].as_str().unwrap().to_owned();
     env.wait_running("1.2.0").await;
+    let marked = env.api.post("/sidecars/mesh/versions/1.2.0/defective", json!({"reason": "test"})).await;
+    assert_eq!((&marked["state"], &marked["recall_to"]), (&json!("defective"), &json!("1.1.0")), "{marked:#}");
+    let all = env.api.get("/events?limit=10000").await;
+    let mark = all.as_array().unwrap().iter().find(|e| e["kind"] == "version.defective").expect("the mark's event");
+    let withdrawn = mark["detail"]["withdrawn"]["targets"].as_u64().unwrap();
+    assert!(withdrawn >= SERVICES as u64, "every cell target withdrawn with the mark: {mark}");
+    env.wait_plan(&id, "blocked").await;
     env.api.post(&format!("/plans/{id}/rollback"), json!({"reason": "test"})).await;
     env.wait_plan(&id, "rolled_back").await;
     env.wait_running("1.1.0").await;
