@@ -162,10 +162,10 @@ impl Executor {
     /// `all` every one, are due now.
     async fn reread(&self, plans: &mut HashMap<String, Tracked>, now: OffsetDateTime, all: bool) -> Result<(), Error> {
         // A write longer than one transaction left midway (a manager stopped, a store
-        // outage) is finished first: the plan it writes moves on from there.
-        // One this process is writing (an operator's rollback) is left to its writer, one that
-        // cannot be finished now is tried again: their plans are looked at a little later (the
-        // writer of an operator action wakes the executor when done).
+        // outage) is finished first: the plan it writes moves on from there. One this process
+        // is writing (an operator's rollback) is left to its writer, and one that cannot be
+        // finished now is tried again: their plans are looked at a little later (the writer
+        // of an operator action wakes the executor when done).
         let busy = chunked::finish_found(&self.repo, &self.fence()).await?;
         let due_at = |tenant: &str, plan: &Plan| {
             let under_way = busy.contains(&keys::plan_write(tenant, &plan.id));

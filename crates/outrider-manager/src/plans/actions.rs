@@ -135,7 +135,9 @@ where
         if chunked::under_way(&s.repo, &intent).await? {
             waited += 1;
             if waited == UNDER_WAY_TRIES {
-                return Err(Error::conflict(format!("plan {id} is being written by a step of the executor; retry")));
+                return Err(Error::conflict(format!(
+                    "plan {id}: a long write of it (a step or a rollback) is under way; retry"
+                )));
             }
             tokio::time::sleep(UNDER_WAY_PAUSE).await;
         } else {
