@@ -16,7 +16,7 @@ use crate::{
     catalog::TenantCatalog,
     chunked::{self, Chunked},
     keys, live_plans,
-    repo::{NewEvent, encode},
+    repo::{NewEvent, Repo, encode},
     state::AppState,
 };
 
@@ -82,7 +82,7 @@ pub async fn act(
     actor: &str,
 ) -> Result<Plan, Error> {
     let reason = if reason.is_empty() { format!("{action} by {actor}") } else { reason.to_owned() };
-    let plan = update_plan(s, tenant, id, |plan: &mut Plan| {
+    let plan = update_plan(&s.repo, tenant, id, |plan: &mut Plan| {
         let mut ops = Vec::new();
         let to = next_state(plan, action)?;
         if matches!(action, Action::Approve | Action::Resume) {
@@ -115,7 +115,7 @@ pub async fn act(
 /// returns the other writes and the events to commit with it — in chunks when they are longer
 /// than one store transaction, the plan last (`crate::chunked`). Retried a few times under
 /// contention, and for a while when a long write of the plan (an executor step) is under way.
-pub(super) async fn update_plan<F>(s: &AppState, tenant: &str, id: &str, mut f: F) -> Result<Plan, Error>
+pub(super) async fn update_plan<F>(repo: &Repo, tenant: &str, id: &str, mut f: F) -> Result<Plan, Error>
 where
     F: FnMut(&mut Plan) -> Result<(Vec<Op>, Vec<NewEvent>), Error>,
 {
@@ -123,16 +123,15 @@ where
     let intent = keys::plan_write(tenant, id);
     let (mut changed, mut waited) = (0, 0);
     loop {
-        let (mut plan, rev) =
-            s.repo.get::<Plan>(&key).await?.ok_or_else(|| Error::not_found(format!("plan {id:?}")))?;
+        let (mut plan, rev) = repo.get::<Plan>(&key).await?.ok_or_else(|| Error::not_found(format!("plan {id:?}")))?;
         let (data, events) = f(&mut plan)?;
         let record = vec![Op::put(&key, encode(&plan)?), live_plans::op(tenant, &plan)];
         let guard = vec![Compare::unchanged(&key, rev)];
         let w = Chunked { intent: intent.clone(), guard, data, record, events };
-        if chunked::commit(&s.repo, &[], w).await?.is_some() {
+        if chunked::commit(repo, &[], w).await?.is_some() {
             return Ok(plan);
         }
-        if chunked::under_way(&s.repo, &intent).await? {
+        if chunked::under_way(repo, &intent).await? {
             waited += 1;
             if waited == UNDER_WAY_TRIES {
                 return Err(Error::conflict(format!(
@@ -231,10 +230,81 @@ pub(crate) fn rollback(tc: &TenantCatalog, tenant: &str, plan: &mut Plan) -> Res
 
 #[cfg(test)]
 mod tests {
+    use std::{sync::Arc, time::Duration};
+
     use outrider_model::{Plan, PlanSpec, PlanState};
+    use outrider_store::{Compare, Op, Store, Txn};
     use time::OffsetDateTime;
 
-    use super::{Action, next_state};
+    use super::{Action, next_state, update_plan};
+    use crate::{
+        Error,
+        chunked::{self, Chunked},
+        keys,
+        repo::{Repo, encode},
+        test_store::TestStore,
+    };
+
+    /// A store of 8 operations per transaction holding plan `p1`, and a long write of it (a
+    /// step that records 40 instances and sets the plan's reason) stopped once its intent was
+    /// stored.
+    async fn step_under_way() -> (Arc<TestStore>, Repo) {
+        let store = Arc::new(TestStore::new().with_max_txn_ops(8));
+        let repo = Repo::new(store.clone());
+        let spec: PlanSpec = serde_json::from_str(r#"{"sidecar":"mesh","target_version":"1.1.0"}"#).unwrap();
+        let mut plan = Plan::new("p1".into(), spec, Vec::new(), Vec::new(), OffsetDateTime::UNIX_EPOCH);
+        plan.state = PlanState::Running;
+        let key = keys::plan("t", "p1");
+        let rev = store.txn(Txn::ops(vec![Op::put(&key, encode(&plan).unwrap())])).await.unwrap().revision;
+        plan.reason = "the step".into();
+        let data = (0..40).map(|i| Op::put(keys::override_key("t", "svc", &format!("i{i}"), "mesh"), "{}")).collect();
+        let step = Chunked {
+            intent: keys::plan_write("t", "p1"),
+            guard: vec![Compare::unchanged(&key, rev)],
+            data,
+            record: vec![Op::put(&key, encode(&plan).unwrap())],
+            events: Vec::new(),
+        };
+        store.fail_after(3);
+        assert!(chunked::commit(&repo, &[], step).await.is_err());
+        assert!(chunked::under_way(&repo, &keys::plan_write("t", "p1")).await.unwrap());
+        (store, repo)
+    }
+
+    fn pause(p: &mut Plan) -> Result<(Vec<Op>, Vec<crate::repo::NewEvent>), Error> {
+        p.state = PlanState::Paused;
+        Ok((Vec::new(), Vec::new()))
+    }
+
+    #[tokio::test]
+    async fn an_action_waits_for_a_long_step_under_way_and_applies_on_top_of_it() {
+        let (store, repo) = step_under_way().await;
+        // A restarted executor finishes the step a moment later.
+        let finisher = {
+            let repo = Repo::new(store.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                chunked::finish_found(&repo, &[]).await.unwrap();
+            })
+        };
+        let paused = update_plan(&repo, "t", "p1", pause).await.unwrap();
+        finisher.await.unwrap();
+        assert_eq!(
+            (paused.state, paused.reason.as_str()),
+            (PlanState::Paused, "the step"),
+            "after the step, not over it"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_action_on_a_plan_whose_long_step_never_finishes_is_a_conflict_that_changes_nothing() {
+        let (store, repo) = step_under_way().await;
+        let e = update_plan(&repo, "t", "p1", pause).await.unwrap_err();
+        assert_eq!(e.code(), "conflict", "{e}");
+        let stored: Plan =
+            serde_json::from_slice(&store.get(&keys::plan("t", "p1")).await.unwrap().unwrap().value).unwrap();
+        assert_eq!(stored.state, PlanState::Running);
+    }
 
     #[test]
     fn a_superseded_plan_cannot_be_rolled_back_over_the_plan_that_took_it_over() {

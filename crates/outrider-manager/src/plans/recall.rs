@@ -215,7 +215,7 @@ async fn block_plans(s: &AppState, tenant: &str, sidecar: &str, version: &str, a
         if plan.sidecar != sidecar || plan.target_version != version || !blocks(&plan) {
             continue;
         }
-        let r = update_plan(s, tenant, &plan.id, |p: &mut Plan| {
+        let r = update_plan(&s.repo, tenant, &plan.id, |p: &mut Plan| {
             if !blocks(p) {
                 return Ok((Vec::new(), Vec::new()));
             }
