@@ -15,12 +15,13 @@
 //!    applied twice, even by two finishers at once.
 //! 4. The record, the events and the intent's removal come last, in one transaction, so that
 //!    nothing reports the write done before all of its data landed (events that do not fit
-//!    beside the record go in the part just before it).
+//!    beside the record go in the last parts, after the data).
 //!
 //! Every transaction compares the guard and the header's revision; other writers of the same
 //! record compare its intent key absent, so none interleaves with a long write. An intent
-//! found not ready (its writer stopped while storing parts) is removed with its parts: none
-//! of it was applied. A guard found broken abandons the write the same way (what it applied
+//! found not ready (its writer stopped while storing parts — or, in another manager, is still
+//! storing them: its next transaction is refused and it starts again) is removed with its
+//! parts: none of it was applied. A guard found broken abandons the write the same way (what it applied
 //! stays; the caller computes again from the store).
 //!
 //! Every transaction of a write goes through one function (`send`), which adds the caller's
