@@ -14,6 +14,7 @@ pub mod analysis;
 mod failover;
 mod idle;
 mod upgrade;
+mod writes;
 
 /// Benchmarks.
 #[derive(clap::Subcommand, Debug)]
@@ -41,6 +42,9 @@ pub enum BenchCommand {
     /// manager leads and moves the plan, and proof from the events that no batch ran twice
     /// and none was skipped.
     Failover(failover::FailoverArgs),
+    /// API write throughput of one manager: services created by concurrent clients (each a
+    /// store transaction with its event) — the embedded store against etcd, say.
+    Writes(writes::WritesArgs),
 }
 
 /// Flags of `outrider bench propagation`.
@@ -61,6 +65,10 @@ pub struct PropagationArgs {
     /// Simulated time an agent takes to apply a change (± 40 %); its status reports follow.
     #[arg(long, default_value = "50ms")]
     pub apply_delay: HumanDuration,
+    /// The managers the agents sync with, `URL,URL,…` (several managers of one store: the
+    /// agents are spread over them); default: --manager. The memory figures are --manager's.
+    #[arg(long, value_name = "URLS")]
+    pub sync: Option<String>,
     #[command(flatten)]
     pub conn: ConnectArgs,
 }
@@ -74,6 +82,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<String> {
         BenchCommand::Idle(args) => idle::run(args).await,
         BenchCommand::Analysis(args) => analysis::run(args).await,
         BenchCommand::Failover(args) => failover::run(args).await,
+        BenchCommand::Writes(args) => writes::run(args).await,
     }
 }
 
@@ -229,7 +238,8 @@ async fn propagation(args: PropagationArgs) -> anyhow::Result<String> {
         ..SimFleetOptions::default()
     };
     let started = Instant::now();
-    let fleet = SimFleet::start(client.base_url(), &token, tenant, &instances, &options)?;
+    let managers = args.sync.as_deref().unwrap_or(client.base_url());
+    let fleet = SimFleet::start(managers, &token, tenant, &instances, &options)?;
     let connections = fleet.connections();
     eprintln!("starting {agents} agents over {connections} connections…");
     let connect_timeout = Duration::from_secs(60) + Duration::from_millis(10) * args.agents;
