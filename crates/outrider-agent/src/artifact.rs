@@ -36,14 +36,8 @@ pub enum ArtifactError {
         /// What is wrong with it.
         reason: String,
     },
-    /// An `https://` URL in a build without TLS.
-    #[error("artifact URL {url:?}: https:// is not supported in this build (no TLS); use http:// or file://")]
-    HttpsUnsupported {
-        /// The URL.
-        url: String,
-    },
     /// A URL scheme other than `file://`, `http://`, `https://`.
-    #[error("artifact URL {url:?}: unsupported scheme; use file:// or http://")]
+    #[error("artifact URL {url:?}: unsupported scheme; use file://, http:// or https://")]
     UnsupportedScheme {
         /// The URL.
         url: String,
@@ -212,8 +206,7 @@ impl Source {
             "file" => {
                 parsed.to_file_path().map(Source::File).map_err(|()| invalid("not an absolute local file path".into()))
             }
-            "http" => Ok(Source::Http(parsed)),
-            "https" => Err(ArtifactError::HttpsUnsupported { url: url.to_owned() }),
+            "http" | "https" => Ok(Source::Http(parsed)),
             _ => Err(ArtifactError::UnsupportedScheme { url: url.to_owned() }),
         }
     }
@@ -397,8 +390,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = cache(dir.path());
         let sha = "a".repeat(64);
-        let https = Artifact { url: "https://example.com/x".into(), sha256: sha.clone() };
-        assert!(c.fetch(&https).await.unwrap_err().to_string().contains("https:// is not supported in this build"));
         let ftp = Artifact { url: "ftp://example.com/x".into(), sha256: sha.clone() };
         assert!(matches!(c.fetch(&ftp).await.unwrap_err(), ArtifactError::UnsupportedScheme { .. }));
         let traversal = Artifact { url: "file:///bin/sh".into(), sha256: "../../etc/passwd".into() };

@@ -217,7 +217,7 @@ impl SimFleet {
             );
             let (tx, rx) = watch::channel(SyncStatus::default());
             let mut config = SyncConfig::new(
-                token.to_owned(),
+                Some(token.to_owned()),
                 tenant.to_owned(),
                 instance.id.clone(),
                 instance.service.clone(),
