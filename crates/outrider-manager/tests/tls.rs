@@ -266,5 +266,113 @@ async fn unusable_tls_files_stop_the_start_with_a_clear_error() {
         assert!(matches!(err, StartError::Tls(_)), "{what}: {err:?}");
         assert!(err.to_string().contains(says), "{what}: {err}");
     }
+    let config = ManagerConfig { tls: None, webhook_ca: Some(garbage), ..good.clone() };
+    let err = start_with(config, Arc::new(SystemClock), Tuning::default()).await.err().expect("a garbage webhook CA");
+    assert!(err.to_string().contains("garbage.pem"), "{err}");
     assert!(!dir.path().join("data").exists(), "nothing is written before the TLS files are read");
+}
+
+/// An HTTPS receiver on loopback with `server`'s certificate: answers every request 204 and
+/// sends its head and body on the returned channel.
+async fn https_receiver(server: &Pem) -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let certs = CertificateDer::pem_slice_iter(server.cert.as_bytes()).collect::<Result<_, _>>().unwrap();
+    let key = PrivateKeyDer::from_pem_slice(server.key.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let Ok(mut s) = acceptor.accept(tcp).await else { return };
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                // The head, then as much body as Content-Length says.
+                loop {
+                    let text = String::from_utf8_lossy(&got).to_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if got.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) if got.len() + n < 1 << 20 => got.extend_from_slice(&buf[..n]),
+                        Ok(_) => return,
+                    }
+                }
+                let _ = tx.send(String::from_utf8_lossy(&got).into_owned());
+                let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n").await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (port, rx)
+}
+
+#[tokio::test]
+async fn webhooks_deliver_to_https_receivers_of_the_webhook_ca_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let config = ManagerConfig {
+        webhook_ca: Some(write(dir.path(), "hooks-ca.pem", &ca.pem)),
+        ..ManagerConfig::new(dir.path().join("data"), "127.0.0.1:0".parse().unwrap())
+    };
+    let manager = start_with(config, Arc::new(SystemClock), Tuning::default()).await.unwrap();
+    let token = std::fs::read_to_string(dir.path().join("data/admin.token")).unwrap().trim().to_owned();
+    let base = format!("http://{}/api/v1/tenants/default", manager.addr);
+    let http = reqwest::Client::new();
+    let call = async |path: &str, body: serde_json::Value| {
+        let resp = http.post(format!("{base}{path}")).bearer_auth(&token).json(&body).send().await.unwrap();
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert!(status.is_success(), "{path}: {status} {body}");
+        body
+    };
+
+    let (trusted, mut delivered) = https_receiver(&ca.server()).await;
+    let (untrusted, mut never) = https_receiver(&Ca::new().server()).await;
+    let mut hooks = Vec::new();
+    for port in [trusted, untrusted] {
+        let body = serde_json::json!({
+            "url": format!("https://127.0.0.1:{port}/hook"),
+            "events": ["version.defective"],
+            "secret": "s3cret-key",
+        });
+        hooks.push(call("/webhooks", body).await["id"].as_str().unwrap().to_owned());
+    }
+    call("/sidecars", serde_json::json!({"name": "mesh", "upgrade_modes": ["restart"]})).await;
+    let version =
+        serde_json::json!({"version": "1.0.0", "artifact": {"url": "file:///bin/sh", "sha256": "0".repeat(64)}});
+    call("/sidecars/mesh/versions", version).await;
+    call("/sidecars/mesh/versions/1.0.0/defective", serde_json::json!({"reason": "leaks"})).await;
+
+    let got = tokio::time::timeout(Duration::from_secs(10), delivered.recv()).await.expect("a delivery").unwrap();
+    assert!(got.starts_with("POST /hook "), "{got}");
+    assert!(got.contains("version.defective"), "{got}");
+    // The other receiver's certificate is not of the webhook CA: the attempt fails at TLS.
+    let detail = loop {
+        let resp = http.get(format!("{base}/webhooks/{}", hooks[1])).bearer_auth(&token).send().await.unwrap();
+        let detail: serde_json::Value = resp.json().await.unwrap();
+        if detail["attempts"].as_array().is_some_and(|a| !a.is_empty()) {
+            break detail;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(detail["attempts"][0]["ok"], false, "{detail}");
+    assert!(never.try_recv().is_err(), "an untrusted receiver got the delivery");
+    manager.shutdown().await;
 }
