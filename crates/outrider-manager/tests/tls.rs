@@ -206,6 +206,14 @@ async fn agents_sync_with_their_certificate_and_every_other_is_refused() {
     assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied}");
     assert!(denied.message().contains("payments"), "{denied}");
 
+    // Signed by the CA but naming no agent: let in by TLS, refused by sync.
+    let mut params = CertificateParams::new(vec!["web-1".to_owned()]).unwrap();
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let unnamed = t.ca.sign(params, (-1, 30));
+    let err = t.sync(Some(&unnamed), Some(&t.token), "default").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    assert!(err.message().contains("outrider://tenant/"), "{err}");
+
     // Refused at the handshake: another CA's certificate and an expired one, for REST too.
     let stranger = Ca::new().agent("default", "web-1");
     let expired = t.ca.agent_valid("default", "web-1", (-10, -1));

@@ -153,6 +153,32 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    #[derive(clap::Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    fn parse(extra: &[&str]) -> Result<AgentArgs, clap::Error> {
+        use clap::Parser;
+        let base = ["agent", "--data-dir", "d", "--service", "s", "--instance", "i", "--region", "boe"];
+        let args = base.iter().chain(&["--env", "prod", "--stage", "canary"]).chain(extra);
+        Wrapper::try_parse_from(args).map(|w| w.agent)
+    }
+
+    #[test]
+    fn a_client_certificate_replaces_the_token() {
+        let a = parse(&["--cert", "c.pem", "--key", "k.pem", "--ca-file", "ca.pem"]).unwrap();
+        assert_eq!(a.token_file, None);
+        assert_eq!(a.cert.as_deref(), Some(std::path::Path::new("c.pem")));
+        assert!(parse(&["--token-file", "t"]).unwrap().cert.is_none());
+        for bad in
+            [&[][..], &["--cert", "c.pem", "--token-file", "t"][..], &["--key", "k.pem", "--token-file", "t"][..]]
+        {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
     #[test]
     fn report_interval_is_bounded() {
         assert_eq!(report_interval("1s"), Ok(HumanDuration::from_secs(1)));
