@@ -18,7 +18,8 @@ use crate::{
 /// Everything `outrider agent` needs.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// Manager URL (`http://host:port` or `https://host:port`).
+    /// Manager URL (`http://host:port` or `https://host:port`), or several managers of one
+    /// store, comma-separated.
     pub manager: String,
     /// Bearer token (none: the client certificate authenticates the agent).
     pub token: Option<String>,
@@ -142,16 +143,23 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> Result<(), A
         });
     }
 
-    let mut endpoint = Endpoint::from_shared(config.manager.clone())
-        .map_err(|error| AgentError::ManagerUrl { url: config.manager.clone(), error })?;
-    if config.manager.starts_with("https://") {
-        endpoint = endpoint.tls_config(client_tls(&config.tls)).map_err(AgentError::Tls)?;
-    }
-    let channel = endpoint
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .http2_keep_alive_interval(std::time::Duration::from_secs(20))
-        .keep_alive_while_idle(true)
-        .connect_lazy();
+    let channels = config
+        .manager
+        .split(',')
+        .map(|url| {
+            let url = url.trim();
+            let mut endpoint = Endpoint::from_shared(url.to_owned())
+                .map_err(|error| AgentError::ManagerUrl { url: url.to_owned(), error })?;
+            if url.starts_with("https://") {
+                endpoint = endpoint.tls_config(client_tls(&config.tls)).map_err(AgentError::Tls)?;
+            }
+            Ok(endpoint
+                .connect_timeout(std::time::Duration::from_secs(5))
+                .http2_keep_alive_interval(std::time::Duration::from_secs(20))
+                .keep_alive_while_idle(true)
+                .connect_lazy())
+        })
+        .collect::<Result<Vec<_>, AgentError>>()?;
     let mut sync_config = SyncConfig::new(
         config.token.clone(),
         config.tenant.clone(),
@@ -162,7 +170,7 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> Result<(), A
     sync_config.deploy_id = config.deploy_id.clone();
     sync_config.state_dir = Some(config.data_dir.clone());
     sync_config.report_interval = config.report_interval;
-    sync::run(sync_config, channel, runtime, status_tx, cancel).await;
+    sync::run(sync_config, channels, runtime, status_tx, cancel).await;
     Ok(())
 }
 

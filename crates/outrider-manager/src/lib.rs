@@ -13,6 +13,7 @@ pub mod api;
 mod auth;
 mod binding_admission;
 mod catalog;
+mod chunked;
 mod clock;
 mod codec;
 mod error;
@@ -21,6 +22,7 @@ pub mod executor;
 pub mod fleet;
 mod history;
 mod keys;
+mod leadership;
 mod live_plans;
 pub mod metrics;
 mod plans;
@@ -30,6 +32,8 @@ mod serve;
 mod server;
 mod state;
 mod sync;
+#[cfg(test)]
+mod test_store;
 mod webhooks;
 
 pub use error::{Error, StartError};
