@@ -103,8 +103,8 @@ fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
 /// Runs the agent until SIGINT or SIGTERM; sidecars keep running after it exits.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
-        args.cert.is_none() || args.manager.starts_with("https://"),
-        "a client certificate (--cert) needs an https:// manager URL, not {}",
+        args.cert.is_none() || args.manager.split(',').all(|url| url.trim().starts_with("https://")),
+        "a client certificate (--cert) needs https:// manager URLs, not {}",
         args.manager
     );
     let token = args.token_file.as_deref().map(read_token).transpose()?;
