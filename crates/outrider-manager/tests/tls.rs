@@ -174,6 +174,31 @@ async fn rest_over_tls_with_a_token_and_plain_http_is_closed() {
 }
 
 #[tokio::test]
+async fn a_malformed_request_head_over_tls_gets_a_json_error() {
+    use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
+    let dir = tempfile::tempdir().unwrap();
+    let t = boot(dir.path()).await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(t.ca.pem.as_bytes()).unwrap()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", t.port)).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let mut s = connector.connect(ServerName::try_from("127.0.0.1").unwrap(), tcp).await.unwrap();
+    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nBad\x01Header: y\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.expect("answered and closed");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains(r#""error":{"code":"#), "not the API's JSON error: {text}");
+    t.manager.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_stalled_handshake_is_closed_within_the_handshake_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let t = boot(dir.path()).await;
