@@ -50,13 +50,14 @@ impl ConnectArgs {
 
     /// A client of the manager sending `token`, with the CA of `--ca-file`.
     pub fn client_with(&self, token: Option<String>) -> Result<Client, ClientError> {
-        let ca =
-            match &self.ca_file {
-                Some(path) => Some(std::fs::read(path).map_err(|e| {
-                    ClientError::InvalidInput(format!("cannot read the CA file {}: {e}", path.display()))
-                })?),
-                None => None,
-            };
-        Client::with_ca(&self.manager, token, ca.as_deref())
+        Client::with_ca(&self.manager, token, self.ca()?.as_deref())
+    }
+
+    /// The content of `--ca-file`, if given.
+    pub fn ca(&self) -> Result<Option<Vec<u8>>, ClientError> {
+        let Some(path) = &self.ca_file else { return Ok(None) };
+        let pem = std::fs::read(path)
+            .map_err(|e| ClientError::InvalidInput(format!("cannot read the CA file {}: {e}", path.display())))?;
+        Ok(Some(pem))
     }
 }

@@ -253,3 +253,37 @@ async fn agents_with_lab_certificates_sync_over_tls_and_fetch_https_artifacts() 
     server.stop(Duration::from_secs(5)).await;
     kill_leftover_sidecars(root.path(), &dirs).await;
 }
+
+#[tokio::test]
+async fn simulated_agents_with_tokens_sync_over_tls_without_a_client_ca() {
+    let root = tempfile::Builder::new().prefix("outrider-tls-sim-").tempdir().unwrap();
+    let pki = root.path().join("pki");
+    let p = |sub: &str| pki.join(sub).display().to_string();
+    outrider(&["cert", "ca", "--out", &p("ca")]);
+    outrider(&["cert", "server", "--ca", &p("ca"), "--out", &p("server")]);
+    let port = free_ports(1).unwrap()[0];
+    let data = root.path().join("server");
+    let args: Vec<OsString> = [
+        "server",
+        "--data-dir",
+        &data.display().to_string(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--tls-cert",
+        &p("server/server.pem"),
+        "--tls-key",
+        &p("server/server-key.pem"),
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    let mut server = Child::spawn("server", Path::new(OUTRIDER), args, root.path().join("server.log")).unwrap();
+    let (url, token) = (format!("https://127.0.0.1:{port}"), data.join("admin.token").display().to_string());
+    let conn = ["--manager", url.as_str(), "--ca-file", &p("ca/ca.pem"), "--token-file", &token];
+    outrider(&[&["wait", "manager"][..], &conn].concat());
+    let out =
+        outrider(&[&["bench", "propagation", "--agents", "20", "--changes", "1", "-o", "json"][..], &conn].concat());
+    let figures: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(figures.to_string().contains("p50_ms"), "{figures}");
+    server.stop(Duration::from_secs(5)).await;
+}
