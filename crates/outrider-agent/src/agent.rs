@@ -7,7 +7,7 @@ use outrider_model::InstanceLabels;
 use thiserror::Error;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::{
     Runtime,
@@ -18,10 +18,13 @@ use crate::{
 /// Everything `outrider agent` needs.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// Manager URL (`http://host:port`), or several managers of one store, comma-separated.
+    /// Manager URL (`http://host:port` or `https://host:port`), or several managers of one
+    /// store, comma-separated.
     pub manager: String,
-    /// Bearer token.
-    pub token: String,
+    /// Bearer token (none: the client certificate authenticates the agent).
+    pub token: Option<String>,
+    /// TLS to the manager and to `https://` artifacts.
+    pub tls: AgentTls,
     /// Data dir: desired state, sidecar records, artifacts, logs.
     pub data_dir: PathBuf,
     /// Tenant.
@@ -38,6 +41,21 @@ pub struct AgentConfig {
     pub listen: Option<SocketAddr>,
     /// Status reports on change and at least this often (`outrider agent` defaults to 5 s).
     pub report_interval: std::time::Duration,
+}
+
+/// The agent's TLS material, in PEM.
+#[derive(Clone, Default)]
+pub struct AgentTls {
+    /// A CA trusted besides the system's roots, for the manager and `https://` artifacts.
+    pub ca: Option<Vec<u8>>,
+    /// The agent's client certificate chain and its key (mTLS to the manager).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for AgentTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentTls").field("ca", &self.ca.is_some()).field("identity", &self.identity.is_some()).finish()
+    }
 }
 
 /// Why the agent could not start.
@@ -65,6 +83,12 @@ pub enum AgentError {
         /// The underlying error.
         error: io::Error,
     },
+    /// The CA file holds no usable certificate.
+    #[error("CA certificate: {0}")]
+    Ca(String),
+    /// The TLS settings of the manager connection are refused.
+    #[error("TLS to the manager: {0}")]
+    Tls(tonic::transport::Error),
     /// The manager URL is not one.
     #[error("invalid manager URL {url:?}: {error}")]
     ManagerUrl {
@@ -80,7 +104,15 @@ pub enum AgentError {
 pub async fn run(config: AgentConfig, cancel: CancellationToken) -> Result<(), AgentError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|error| AgentError::DataDir { path: config.data_dir.clone(), error })?;
-    let http = reqwest::Client::builder().build().map_err(AgentError::HttpClient)?;
+    let roots = match &config.tls.ca {
+        Some(pem) => match reqwest::Certificate::from_pem_bundle(pem) {
+            Ok(certs) if !certs.is_empty() => certs,
+            Ok(_) => return Err(AgentError::Ca("no PEM certificate in the CA file".into())),
+            Err(e) => return Err(AgentError::Ca(e.to_string())),
+        },
+        None => Vec::new(),
+    };
+    let http = reqwest::Client::builder().tls_certs_merge(roots).build().map_err(AgentError::HttpClient)?;
     let supervisor = Supervisor::start(SupervisorConfig::new(
         config.data_dir.clone(),
         config.instance.clone(),
@@ -115,8 +147,13 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> Result<(), A
         .manager
         .split(',')
         .map(|url| {
-            Ok(Endpoint::from_shared(url.trim().to_owned())
-                .map_err(|error| AgentError::ManagerUrl { url: url.to_owned(), error })?
+            let url = url.trim();
+            let mut endpoint = Endpoint::from_shared(url.to_owned())
+                .map_err(|error| AgentError::ManagerUrl { url: url.to_owned(), error })?;
+            if url.starts_with("https://") {
+                endpoint = endpoint.tls_config(client_tls(&config.tls)).map_err(AgentError::Tls)?;
+            }
+            Ok(endpoint
                 .connect_timeout(std::time::Duration::from_secs(5))
                 .http2_keep_alive_interval(std::time::Duration::from_secs(20))
                 .keep_alive_while_idle(true)
@@ -135,4 +172,17 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> Result<(), A
     sync_config.report_interval = config.report_interval;
     sync::run(sync_config, channels, runtime, status_tx, cancel).await;
     Ok(())
+}
+
+/// The TLS side of the manager connection: the system's roots and the CA, and the client
+/// certificate if there is one.
+fn client_tls(tls: &AgentTls) -> ClientTlsConfig {
+    let mut config = ClientTlsConfig::new().with_native_roots();
+    if let Some(ca) = &tls.ca {
+        config = config.ca_certificate(Certificate::from_pem(ca));
+    }
+    if let Some((cert, key)) = &tls.identity {
+        config = config.identity(Identity::from_pem(cert, key));
+    }
+    config
 }

@@ -36,14 +36,8 @@ pub enum ArtifactError {
         /// What is wrong with it.
         reason: String,
     },
-    /// An `https://` URL in a build without TLS.
-    #[error("artifact URL {url:?}: https:// is not supported in this build (no TLS); use http:// or file://")]
-    HttpsUnsupported {
-        /// The URL.
-        url: String,
-    },
     /// A URL scheme other than `file://`, `http://`, `https://`.
-    #[error("artifact URL {url:?}: unsupported scheme; use file:// or http://")]
+    #[error("artifact URL {url:?}: unsupported scheme; use file://, http:// or https://")]
     UnsupportedScheme {
         /// The URL.
         url: String,
@@ -212,8 +206,7 @@ impl Source {
             "file" => {
                 parsed.to_file_path().map(Source::File).map_err(|()| invalid("not an absolute local file path".into()))
             }
-            "http" => Ok(Source::Http(parsed)),
-            "https" => Err(ArtifactError::HttpsUnsupported { url: url.to_owned() }),
+            "http" | "https" => Ok(Source::Http(parsed)),
             _ => Err(ArtifactError::UnsupportedScheme { url: url.to_owned() }),
         }
     }
@@ -397,8 +390,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = cache(dir.path());
         let sha = "a".repeat(64);
-        let https = Artifact { url: "https://example.com/x".into(), sha256: sha.clone() };
-        assert!(c.fetch(&https).await.unwrap_err().to_string().contains("https:// is not supported in this build"));
         let ftp = Artifact { url: "ftp://example.com/x".into(), sha256: sha.clone() };
         assert!(matches!(c.fetch(&ftp).await.unwrap_err(), ArtifactError::UnsupportedScheme { .. }));
         let traversal = Artifact { url: "file:///bin/sh".into(), sha256: "../../etc/passwd".into() };
@@ -469,6 +460,56 @@ mod tests {
 
         let bad = Artifact { url: format!("{base}/tool"), sha256: sha256_hex(b"other") };
         assert!(matches!(c.fetch(&bad).await.unwrap_err(), ArtifactError::HashMismatch { .. }));
+    }
+
+    /// Serves one fixed HTTP response over TLS to every connection, with a self-signed
+    /// certificate for 127.0.0.1; returns the base URL and that certificate (PEM).
+    async fn serve_fixed_tls(response: Vec<u8>) -> (String, String) {
+        use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        let issued = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.signing_key.serialize_der()));
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![issued.cert.der().clone()], key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, response) = (acceptor.clone(), response.clone());
+                tokio::spawn(async move {
+                    let Ok(mut conn) = acceptor.accept(tcp).await else { return };
+                    let mut buf = [0u8; 4096];
+                    let _ = conn.read(&mut buf).await;
+                    let _ = conn.write_all(&response).await;
+                    let _ = conn.shutdown().await;
+                });
+            }
+        });
+        (format!("https://{addr}"), issued.cert.pem())
+    }
+
+    #[tokio::test]
+    async fn https_fetch_trusts_the_given_ca_and_still_checks_the_hash() {
+        let body = b"#!/bin/sh\nexit 0\n".repeat(100);
+        let (base, ca) = serve_fixed_tls(http_response("200 OK", &body)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let roots = reqwest::Certificate::from_pem_bundle(ca.as_bytes()).unwrap();
+        let http = reqwest::Client::builder().no_proxy().tls_certs_merge(roots).build().unwrap();
+        let c = ArtifactCache::new(dir.path().join("artifacts"), http);
+        let good = Artifact { url: format!("{base}/tool"), sha256: sha256_hex(&body) };
+        assert_eq!(std::fs::read(c.fetch(&good).await.unwrap()).unwrap(), body);
+        let bad = Artifact { url: format!("{base}/other"), sha256: sha256_hex(b"other") };
+        assert!(matches!(c.fetch(&bad).await.unwrap_err(), ArtifactError::HashMismatch { .. }));
+
+        // Without the CA the server is not trusted.
+        let untrusting = cache(&dir.path().join("second"));
+        let err = untrusting.fetch(&good).await.unwrap_err();
+        assert!(matches!(err, ArtifactError::Download { .. }), "{err}");
     }
 
     #[tokio::test]

@@ -32,8 +32,8 @@ pub const DESIRED_FILE: &str = "desired.json";
 /// Who this agent is and how it reaches the manager.
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
-    /// Bearer token.
-    pub token: String,
+    /// Bearer token (none: the channel's client certificate authenticates the agent).
+    pub token: Option<String>,
     /// Tenant of the instance.
     pub tenant: String,
     /// Instance id.
@@ -54,7 +54,13 @@ pub struct SyncConfig {
 
 impl SyncConfig {
     /// A configuration with default backoff (250 ms doubling to 30 s) and reports every 10 s.
-    pub fn new(token: String, tenant: String, instance: String, service: String, labels: InstanceLabels) -> Self {
+    pub fn new(
+        token: Option<String>,
+        tenant: String,
+        instance: String,
+        service: String,
+        labels: InstanceLabels,
+    ) -> Self {
         Self {
             token,
             tenant,
@@ -138,19 +144,23 @@ pub async fn run(
     let mut attempt: u32 = 0;
     let mut current = 0;
     let mut applied = status.borrow().desired.as_ref().map_or(0, |d| d.revision);
-    let auth: tonic::metadata::MetadataValue<_> = match format!("Bearer {}", config.token).parse() {
-        Ok(v) => v,
-        Err(_) => {
-            status.send_modify(|s| s.last_error = Some("the token is not a valid header value".into()));
-            return;
-        }
-    };
+    let auth: Option<tonic::metadata::MetadataValue<_>> =
+        match config.token.as_ref().map(|t| format!("Bearer {t}").parse()) {
+            None => None,
+            Some(Ok(v)) => Some(v),
+            Some(Err(_)) => {
+                status.send_modify(|s| s.last_error = Some("the token is not a valid header value".into()));
+                return;
+            }
+        };
     loop {
         let (tx, rx) = mpsc::channel(16);
         // Cannot fail: the receiver is alive and the channel empty.
         let _ = tx.try_send(register_message(&config, runtime.as_ref(), applied));
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
-        request.metadata_mut().insert("authorization", auth.clone());
+        if let Some(auth) = &auth {
+            request.metadata_mut().insert("authorization", auth.clone());
+        }
         let mut client = AgentSyncClient::new(managers[current].clone());
         let result = tokio::select! {
             r = client.sync(request) => r,

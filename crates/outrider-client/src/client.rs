@@ -44,14 +44,20 @@ impl fmt::Debug for Client {
 }
 
 impl Client {
-    /// A client of the manager at `base_url` (`http://host:port`, optionally with a path
-    /// prefix), sending `token` as `Authorization: Bearer <token>` when given. Only plain
-    /// `http://` is supported.
+    /// A client of the manager at `base_url` (`http://host:port` or `https://host:port`,
+    /// optionally with a path prefix), sending `token` as `Authorization: Bearer <token>` when
+    /// given. `https://` managers are verified against the system's roots.
     pub fn new(base_url: &str, token: Option<String>) -> Result<Self, ClientError> {
+        Self::with_ca(base_url, token, None)
+    }
+
+    /// Like [`Client::new`], also trusting the CA certificates in `ca_pem` (PEM) for an
+    /// `https://` manager (a lab CA from `outrider cert ca`).
+    pub fn with_ca(base_url: &str, token: Option<String>, ca_pem: Option<&[u8]>) -> Result<Self, ClientError> {
         let bad = |why: &str| ClientError::InvalidInput(format!("manager URL {base_url:?} {why}"));
         let url = Url::parse(base_url.trim()).map_err(|e| bad(&format!("is not a URL: {e}")))?;
-        if url.scheme() != "http" {
-            return Err(bad("must start with http://"));
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad("must start with http:// or https://"));
         }
         if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
             return Err(bad("must not carry credentials, a query or a fragment"));
@@ -61,7 +67,16 @@ impl Client {
         {
             return Err(ClientError::InvalidInput("the token must be non-empty printable ASCII without spaces".into()));
         }
+        let roots = match ca_pem {
+            Some(pem) => match reqwest::Certificate::from_pem_bundle(pem) {
+                Ok(certs) if !certs.is_empty() => certs,
+                Ok(_) => return Err(ClientError::InvalidInput("the CA file holds no PEM certificate".into())),
+                Err(e) => return Err(ClientError::InvalidInput(format!("the CA file is unusable: {e}"))),
+            },
+            None => Vec::new(),
+        };
         let http = reqwest::Client::builder()
+            .tls_certs_merge(roots)
             .connect_timeout(CONNECT_TIMEOUT)
             // Notices a manager that vanished under a long-lived event stream.
             .tcp_keepalive(TCP_KEEPALIVE)
@@ -451,7 +466,10 @@ mod tests {
     fn base_urls_are_checked() {
         assert_eq!(Client::new("http://127.0.0.1:7070/", None).unwrap().base_url(), "http://127.0.0.1:7070");
         assert_eq!(Client::new("http://h/prefix/", None).unwrap().base_url(), "http://h/prefix");
-        for bad in ["127.0.0.1:7070", "localhost:7070", "https://h", "ftp://h", "http://u:p@h", "http://h/?q=1", ""] {
+        assert_eq!(Client::new("https://h:7070", None).unwrap().base_url(), "https://h:7070");
+        let garbage = Client::with_ca("https://h", None, Some(b"not a certificate"));
+        assert!(matches!(garbage, Err(ClientError::InvalidInput(_))));
+        for bad in ["127.0.0.1:7070", "localhost:7070", "ftp://h", "http://u:p@h", "http://h/?q=1", ""] {
             assert!(matches!(Client::new(bad, None), Err(ClientError::InvalidInput(_))), "{bad:?} accepted");
         }
         assert!(matches!(Client::new("http://h", Some("a b".into())), Err(ClientError::InvalidInput(_))));

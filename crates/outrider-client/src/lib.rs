@@ -17,7 +17,7 @@
 //! ```
 //!
 //! Architecture invariant: this crate knows the REST API's paths and shapes and nothing of the
-//! manager's internals; plain HTTP only (no TLS is compiled in).
+//! manager's internals; `http://` or `https://` (rustls, with an optional extra CA).
 
 mod client;
 #[cfg(feature = "clap")]

@@ -188,6 +188,9 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// The TLS files are unusable.
+    #[error(transparent)]
+    Tls(#[from] crate::serve::tls::TlsError),
     /// Reading or writing what the manager starts from failed.
     #[error(transparent)]
     Load(#[from] Error),

@@ -39,6 +39,9 @@ mod webhooks;
 pub use error::{Error, StartError};
 pub use fleet::InstanceRetention;
 pub use retention::Retention;
-pub use serve::ServeLimits;
+pub use serve::{
+    ServeLimits,
+    tls::{TlsError, TlsFiles, agent_uri},
+};
 pub use server::{ManagerConfig, RunningManager, Tuning, start, start_with, start_with_clock};
 pub use webhooks::Delivery as WebhookDelivery;

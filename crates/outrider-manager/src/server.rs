@@ -29,7 +29,10 @@ use crate::{
     metrics::Metrics,
     repo::{NewEvent, Repo, decode, encode},
     retention::{self, Retention},
-    serve::{self, ServeLimits},
+    serve::{
+        self, ServeLimits,
+        tls::{self, Tls, TlsFiles},
+    },
     sync::SyncService,
     webhooks::{self, Webhooks},
 };
@@ -56,6 +59,10 @@ pub struct ManagerConfig {
     /// The Prometheus server the plans' analysis queries run on (none: plans with queries
     /// cannot pass their batches).
     pub prometheus: Option<String>,
+    /// TLS on the port, with mTLS for agents when it names a client CA (none: plain HTTP).
+    pub tls: Option<TlsFiles>,
+    /// A CA (PEM) that `https://` webhook receivers may be signed by, besides the system's.
+    pub webhook_ca: Option<PathBuf>,
     /// This manager's name among the managers sharing the store (none: host name and pid).
     pub name: Option<String>,
     /// How long a dead manager keeps its leadership and presence (with several managers on
@@ -84,6 +91,8 @@ impl ManagerConfig {
             listen,
             instances: InstanceRetention::default(),
             prometheus: None,
+            tls: None,
+            webhook_ca: None,
             name: None,
             leader_lease: LEADER_LEASE,
         }
@@ -315,6 +324,12 @@ pub async fn start_with(
     clock: Arc<dyn executor::Clock>,
     tuning: Tuning,
 ) -> Result<RunningManager, StartError> {
+    // Read first: bad files are refused before anything is opened or written.
+    let tls = config.tls.as_ref().map(Tls::load).transpose()?;
+    let webhook_roots = match &config.webhook_ca {
+        Some(path) => tls::ca_bundle(path)?,
+        None => Vec::new(),
+    };
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| StartError::DataDir { path: config.data_dir.clone(), source })?;
     restrict(&config.data_dir, 0o700)?;
@@ -347,7 +362,8 @@ pub async fn start_with(
     let (catalog, watch_from) = load_catalog(store.as_ref()).await?;
     let wake = Arc::new(tokio::sync::Notify::new());
     let cancel = CancellationToken::new();
-    let webhooks = Arc::new(Webhooks::new(tuning.webhooks, metrics.clone(), clock.clone(), cancel.clone())?);
+    let webhooks =
+        Arc::new(Webhooks::new(tuning.webhooks, webhook_roots, metrics.clone(), clock.clone(), cancel.clone())?);
     let state = AppState {
         repo: repo.clone(),
         fleet: fleet.clone(),
@@ -386,8 +402,8 @@ pub async fn start_with(
     let listen = |source| StartError::Listen { addr: config.listen, source };
     let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(listen)?;
     let addr = listener.local_addr().map_err(listen)?;
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "manager listening");
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), tls = tls.is_some(), "manager listening");
     let stop = cancel.clone();
-    let task = tokio::spawn(serve::serve(listener, app, auth, metrics, tuning.serve, grpc_prefix, stop));
+    let task = tokio::spawn(serve::serve(listener, app, auth, metrics, tuning.serve, grpc_prefix, tls, stop));
     Ok(RunningManager { addr, cancel, fleet, task, background })
 }

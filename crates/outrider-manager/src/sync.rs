@@ -10,7 +10,7 @@ use outrider_proto::v1::{
 use tokio_stream::wrappers::WatchStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use crate::{Error, fleet::Registration, state::AppState};
+use crate::{Error, auth::Principal, fleet::Registration, serve::tls::ClientCert, state::AppState};
 
 /// How long an agent may take to send `Register` after opening the stream.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,6 +53,35 @@ fn grpc_status(e: &Error) -> Status {
     Status::new(code, format!("{}: {e}", e.code()))
 }
 
+/// Who opens a sync stream: on a port with a client CA, the agent named by its verified
+/// client certificate (a token alone is refused); otherwise the token's holder.
+fn caller<T>(state: &AppState, request: &Request<T>) -> Result<Principal, Status> {
+    match request.extensions().get::<ClientCert>() {
+        Some(ClientCert::Agent(p)) => Ok(p.clone()),
+        Some(ClientCert::Missing) => {
+            Err(Status::unauthenticated("this manager requires an agent client certificate for sync (--cert, --key)"))
+        }
+        Some(ClientCert::Unnamed) => Err(Status::unauthenticated(
+            "the client certificate names no agent (a SAN URI outrider://tenant/<T>/agent/<NAME>)",
+        )),
+        None => {
+            let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+            state.auth.check(header).map_err(|e| grpc_status(&e))
+        }
+    }
+}
+
+/// Refuses a registration in a tenant other than the one `principal` is bound to.
+fn may_register(principal: &Principal, tenant: &str) -> Result<(), Status> {
+    match &principal.tenant {
+        Some(own) if own != tenant => Err(Status::permission_denied(format!(
+            "{} may register instances of tenant {own:?} only, not {tenant:?}",
+            principal.name
+        ))),
+        _ => Ok(()),
+    }
+}
+
 type DesiredStream = Pin<Box<dyn Stream<Item = Result<ManagerMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -60,8 +89,7 @@ impl AgentSync for SyncService {
     type SyncStream = DesiredStream;
 
     async fn sync(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<DesiredStream>, Status> {
-        let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
-        self.state.auth.check(header).map_err(|e| grpc_status(&e))?;
+        let principal = caller(&self.state, &request)?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.message())
             .await
@@ -69,6 +97,7 @@ impl AgentSync for SyncService {
         let Some(AgentMessage { body: Some(Body::Register(reg)) }) = first else {
             return Err(Status::invalid_argument("the first message must be Register"));
         };
+        may_register(&principal, &reg.tenant)?;
         let registration = Registration {
             labels: reg.instance_labels(),
             tenant: reg.tenant,

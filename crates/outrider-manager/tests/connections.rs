@@ -26,6 +26,7 @@ fn short() -> ServeLimits {
         request: Duration::from_millis(800),
         idle: Duration::from_millis(800),
         unauthenticated_idle: Duration::from_millis(500),
+        tls_handshake: Duration::from_millis(500),
         max_connections: Some(64),
         max_unauthenticated: Some(4),
     }

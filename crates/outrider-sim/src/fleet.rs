@@ -18,7 +18,7 @@ use tokio::{
     task::{JoinHandle, JoinSet},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::{Defect, Profile, SimError, SimInstance, SimRuntime, SimRuntimeOptions};
 
@@ -48,6 +48,8 @@ pub struct SimFleetOptions {
     pub seed: u64,
     /// The time of day on the fleet's daily load curve when it starts (0: midnight).
     pub time_of_day: Duration,
+    /// A CA (PEM) trusted besides the system's roots for `https://` managers.
+    pub ca: Option<Vec<u8>>,
 }
 
 impl Default for SimFleetOptions {
@@ -64,6 +66,7 @@ impl Default for SimFleetOptions {
             deploy_rate: 0.0,
             seed: 1,
             time_of_day: Duration::ZERO,
+            ca: None,
         }
     }
 }
@@ -192,8 +195,16 @@ impl SimFleet {
         let endpoints = manager_url
             .split(',')
             .map(|url| {
-                Ok(Endpoint::from_shared(url.trim().to_owned())
-                    .map_err(|source| SimError::ManagerUrl { url: url.to_owned(), source })?
+                let bad = |source| SimError::ManagerUrl { url: url.to_owned(), source };
+                let mut endpoint = Endpoint::from_shared(url.trim().to_owned()).map_err(bad)?;
+                if url.trim().starts_with("https://") {
+                    let mut tls = ClientTlsConfig::new().with_native_roots();
+                    if let Some(ca) = &options.ca {
+                        tls = tls.ca_certificate(Certificate::from_pem(ca));
+                    }
+                    endpoint = endpoint.tls_config(tls).map_err(bad)?;
+                }
+                Ok(endpoint
                     .connect_timeout(options.connect_timeout)
                     .http2_keep_alive_interval(Duration::from_secs(20))
                     .keep_alive_while_idle(true)
@@ -227,7 +238,7 @@ impl SimFleet {
             );
             let (tx, rx) = watch::channel(SyncStatus::default());
             let mut config = SyncConfig::new(
-                token.to_owned(),
+                Some(token.to_owned()),
                 tenant.to_owned(),
                 instance.id.clone(),
                 instance.service.clone(),

@@ -22,6 +22,9 @@ enum Command {
     Server(cmd::server::ServerArgs),
     /// Runs on every instance: registers it and supervises its sidecars.
     Agent(Box<cmd::agent::AgentArgs>),
+    /// A lab CA and the server and agent certificates it signs, for TLS and mTLS.
+    #[command(subcommand)]
+    Cert(cmd::cert::CertCommand),
     /// A simulated fleet: N in-process agents speaking the real protocol to a real server.
     Sim(cmd::sim::SimArgs),
     /// The whole loop on one machine: server, local agents, the demo sidecar, an upgrade.
@@ -40,6 +43,8 @@ fn init_tracing() {
 }
 
 fn main() -> ExitCode {
+    // The one crypto provider of every TLS path (server, agent, CLI, artifacts, webhooks).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     init_tracing();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -54,6 +59,7 @@ fn main() -> ExitCode {
             Command::Server(args) => cmd::server::run(args).await,
             Command::Agent(args) => cmd::agent::run(*args).await,
             Command::Sim(args) => cmd::sim::run(args).await,
+            Command::Cert(c) => cmd::cert::run(c),
             Command::Demo(args) => outrider_devtools::demo::run(args).await,
             Command::Bench(b) => cmd::print_stdout(&outrider_devtools::bench::run(b).await?),
             Command::Resource(r) => cli::run(r).await,

@@ -1,13 +1,14 @@
-//! The README's quick start runs as pasted.
+//! The README's quick starts run as pasted.
 //!
-//! The fenced `sh` block under "## Quick start" in README.md runs with `bash -e -o pipefail` (so
+//! The fenced `sh` block under "## Quick start" (and the one under "## Quick start with TLS")
+//! in README.md runs with `bash -e -o pipefail` (so
 //! every step must succeed, not only the last) in a fresh directory, changed mechanically:
 //!
 //! - the `cargo build --release` line becomes a no-op, and `./target/release` in that directory
 //!   is a link to the directory of the binaries under test, so `PATH` and every
 //!   `target/release/…` path find this build's `outrider` and `outrider-demo-sidecar`;
-//! - the fixed ports (7070 the manager, 18081 the sidecar, 19081 the agent) become free
-//!   loopback ports;
+//! - the fixed ports (7070 the manager, 18081 the sidecar, 19081 the agent; 7443, 18082 and
+//!   19082 with TLS) become free loopback ports;
 //! - the block's last line, the commented clean-up, runs too: nothing may be left running after
 //!   it.
 //!
@@ -31,20 +32,22 @@ const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
 const EXIT_GRACE: Duration = Duration::from_secs(10);
 /// What the `cargo build --release` line becomes.
 const NO_BUILD: &str = "true  # cargo build --release: the binaries under test are used instead";
-/// The ports the block uses, replaced by free ones.
+/// The ports the quick start uses, replaced by free ones.
 const PORTS: [&str; 3] = ["7070", "18081", "19081"];
+/// The ports the quick start with TLS uses.
+const TLS_PORTS: [&str; 3] = ["7443", "18082", "19082"];
 
-/// The lines of the fenced `sh` block under "## Quick start" in `readme`.
-fn quick_start(readme: &str) -> Vec<&str> {
-    let mut lines = readme.lines().skip_while(|l| l.trim() != "## Quick start").skip(1);
-    assert!(lines.any(|l| l.trim() == "```sh"), "README.md has no ```sh block under \"## Quick start\"");
+/// The lines of the fenced `sh` block under `heading` in `readme`.
+fn quick_start<'a>(readme: &'a str, heading: &str) -> Vec<&'a str> {
+    let mut lines = readme.lines().skip_while(|l| l.trim() != heading).skip(1);
+    assert!(lines.any(|l| l.trim() == "```sh"), "README.md has no ```sh block under {heading:?}");
     let block: Vec<&str> = lines.take_while(|l| l.trim() != "```").collect();
     assert!(!block.is_empty(), "the quick start block of README.md is empty");
     block
 }
 
 /// `block` made into the script this test runs (see the module documentation).
-fn script(block: &[&str], ports: &[u16]) -> String {
+fn script(block: &[&str], fixed: &[&str], ports: &[u16]) -> String {
     let build = block.iter().filter(|l| l.trim() == "cargo build --release").count();
     assert_eq!(build, 1, "the quick start must build with one `cargo build --release` line");
     let cleanup = block.last().and_then(|l| l.strip_prefix("# ")).filter(|l| l.contains("kill"));
@@ -57,7 +60,7 @@ fn script(block: &[&str], ports: &[u16]) -> String {
     }
     text.push_str(cleanup);
     text.push('\n');
-    for (old, new) in PORTS.iter().zip(ports) {
+    for (old, new) in fixed.iter().zip(ports) {
         assert!(text.contains(old), "the quick start no longer uses port {old}: update this test");
         text = text.replace(old, &new.to_string());
     }
@@ -144,8 +147,17 @@ impl Drop for Run {
     }
 }
 
-#[test]
-fn the_readme_quick_start_runs_as_pasted() {
+/// A finished run of a quick start: the run (its session), its stdout, a report for failures,
+/// the ports it used.
+struct Ran {
+    run: Run,
+    out: String,
+    report: String,
+    ports: Vec<u16>,
+}
+
+/// Runs the block under `heading` with its `fixed` ports replaced; panics unless it succeeds.
+fn run_quick_start(heading: &str, fixed: &[&str]) -> Ran {
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_outrider")).parent().expect("the binary's directory");
     let sidecar = bin_dir.join("outrider-demo-sidecar");
     assert!(
@@ -154,8 +166,8 @@ fn the_readme_quick_start_runs_as_pasted() {
         sidecar.display()
     );
     let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).expect("read README.md");
-    let ports = free_ports(PORTS.len());
-    let text = script(&quick_start(&readme), &ports);
+    let ports = free_ports(fixed.len());
+    let text = script(&quick_start(&readme, heading), fixed, &ports);
 
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let dir = std::env::temp_dir().join(format!("outrider-quickstart-{}-{stamp}", std::process::id()));
@@ -177,6 +189,9 @@ fn the_readme_quick_start_runs_as_pasted() {
         "OUTRIDER_TENANT",
         "OUTRIDER_DATA_DIR",
         "OUTRIDER_LISTEN",
+        "OUTRIDER_CA_FILE",
+        "OUTRIDER_CERT",
+        "OUTRIDER_KEY",
     ] {
         command.env_remove(var);
     }
@@ -190,8 +205,26 @@ fn the_readme_quick_start_runs_as_pasted() {
     let report = format!("script:\n{text}\n--- stdout (tail):\n{out}\n--- stderr (tail):\n{err}");
     let status = status.unwrap_or_else(|| panic!("the quick start did not finish within {SCRIPT_TIMEOUT:?}\n{report}"));
     assert!(status.success(), "the quick start failed ({status}) after {took:?}\n{report}");
-
+    eprintln!("the quick start ran in {took:?}");
     let out = fs::read_to_string(run.dir.join("stdout.txt")).expect("read stdout.txt");
+    Ran { run, out, report, ports }
+}
+
+/// The clean-up line stopped everything; the manager may take a moment to exit.
+fn nothing_left(ran: &Ran) {
+    let deadline = Instant::now() + EXIT_GRACE;
+    let mut left = ran.run.leftovers();
+    while !left.is_empty() && Instant::now() < deadline {
+        sleep(Duration::from_millis(100));
+        left = ran.run.leftovers();
+    }
+    assert!(left.is_empty(), "still running after the clean-up line:\n{}\n{}", Run::describe(&left), ran.report);
+}
+
+#[test]
+fn the_readme_quick_start_runs_as_pasted() {
+    let ran = run_quick_start("## Quick start", &PORTS);
+    let (out, report, ports) = (&ran.out, &ran.report, &ran.ports);
     let manager = format!("the manager at http://127.0.0.1:{} is ready", ports[0]);
     for want in [
         manager.as_str(),
@@ -206,14 +239,24 @@ fn the_readme_quick_start_runs_as_pasted() {
     let listed =
         out.lines().any(|l| l.starts_with("i-1 ") && l.contains("checkout") && l.contains("demo@1.0.0 running"));
     assert!(listed, "`instance list` does not show i-1 running demo@1.0.0\n{report}");
+    nothing_left(&ran);
+}
 
-    // The clean-up line stopped everything; the manager may take a moment to exit.
-    let deadline = Instant::now() + EXIT_GRACE;
-    let mut left = run.leftovers();
-    while !left.is_empty() && Instant::now() < deadline {
-        sleep(Duration::from_millis(100));
-        left = run.leftovers();
+#[test]
+fn the_readme_quick_start_with_tls_runs_as_pasted() {
+    let ran = run_quick_start("## Quick start with TLS", &TLS_PORTS);
+    let (out, report) = (&ran.out, &ran.report);
+    let manager = format!("the manager at https://127.0.0.1:{} is ready", ran.ports[0]);
+    for want in [
+        manager.as_str(),
+        "plain HTTP is refused",
+        "instance i-1: demo@1.0.0 running",
+        r#""version":"1.0.0","instance":"i-1""#,
+    ] {
+        assert!(out.contains(want), "{want:?} missing from the output\n{report}");
     }
-    assert!(left.is_empty(), "still running after the clean-up line:\n{}\n{report}", Run::describe(&left));
-    eprintln!("the quick start ran in {took:?}");
+    let listed =
+        out.lines().any(|l| l.starts_with("i-1 ") && l.contains("checkout") && l.contains("demo@1.0.0 running"));
+    assert!(listed, "`instance list` does not show i-1 running demo@1.0.0\n{report}");
+    nothing_left(&ran);
 }

@@ -220,7 +220,12 @@ async fn propagation(args: PropagationArgs) -> anyhow::Result<String> {
     let client = args.conn.client()?;
     let token = args.conn.token()?.context("agents need a token: give --token-file FILE (or set OUTRIDER_TOKEN)")?;
     let tenant = &args.conn.tenant;
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let ca = args.conn.ca()?;
+    let roots = match &ca {
+        Some(pem) => reqwest::Certificate::from_pem_bundle(pem).context("the CA file")?,
+        None => Vec::new(),
+    };
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).tls_certs_merge(roots).build()?;
     let (agents, changes) = (args.agents as usize, args.changes as usize);
     // Unique per run: the manager has no delete, so every run leaves its service behind.
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
@@ -235,6 +240,7 @@ async fn propagation(args: PropagationArgs) -> anyhow::Result<String> {
     let options = SimFleetOptions {
         agents_per_connection: usize::from(args.agents_per_connection),
         runtime: SimRuntimeOptions { apply_delay: args.apply_delay.0, jitter: args.apply_delay.0 * 2 / 5 },
+        ca,
         ..SimFleetOptions::default()
     };
     let started = Instant::now();

@@ -1,7 +1,9 @@
-//! The accept loop: REST and gRPC on one port, HTTP/1 and HTTP/2, with the timeouts and
-//! connection caps that keep stalled or hostile clients from holding the manager's fds.
+//! The accept loop: REST and gRPC on one port, HTTP/1 and HTTP/2, plain or TLS (`tls.rs`),
+//! with the timeouts and connection caps that keep stalled or hostile clients from holding
+//! the manager's fds.
 
 mod head_errors;
+pub mod tls;
 
 use std::{
     collections::BTreeMap,
@@ -20,10 +22,15 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto::Builder,
 };
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use self::tls::{ClientCert, Tls};
 use crate::{Error, auth::Auth, metrics::Metrics};
 
 /// Timeouts and caps of the listener.
@@ -37,6 +44,8 @@ pub struct ServeLimits {
     pub idle: Duration,
     /// A connection that has not authenticated yet is closed after this long.
     pub unauthenticated_idle: Duration,
+    /// Time a client has to complete the TLS handshake.
+    pub tls_handshake: Duration,
     /// Open connections at most (`None`: derived from the fd limit).
     pub max_connections: Option<usize>,
     /// Open connections that have not sent a valid token yet, at most (`None`: a quarter of
@@ -52,6 +61,7 @@ impl Default for ServeLimits {
             request: Duration::from_secs(30),
             idle: Duration::from_secs(120),
             unauthenticated_idle: Duration::from_secs(15),
+            tls_handshake: Duration::from_secs(10),
             max_connections: None,
             max_unauthenticated: None,
         }
@@ -172,6 +182,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     limits: ServeLimits,
     grpc_prefix: String,
+    /// TLS on the port (none: plain HTTP).
+    tls: Option<Tls>,
     /// Connections without a valid token yet, oldest first.
     unauthenticated: Mutex<BTreeMap<u64, CancellationToken>>,
     max_unauthenticated: usize,
@@ -198,6 +210,13 @@ impl Shared {
         u.insert(id, evicted);
     }
 
+    /// Marks `state`'s connection authenticated: no longer subject to the unauthenticated
+    /// limits.
+    fn authenticated(&self, state: &ConnState) {
+        state.authenticated.store(true, Ordering::SeqCst);
+        self.unauthenticated().remove(&state.id);
+    }
+
     /// Counts a refused connection; logs at most once every 10 s.
     fn refuse(&self, why: &'static str) {
         self.metrics.connections_refused.inc();
@@ -211,14 +230,17 @@ impl Shared {
     }
 }
 
-/// Serves `app` on `listener` until `cancel`, then waits for open connections to close.
-pub async fn serve(
+/// Serves `app` on `listener` (TLS only, with `tls`) until `cancel`, then waits for open
+/// connections to close.
+#[allow(clippy::too_many_arguments, reason = "the listener's parts, passed once at start")]
+pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     auth: Auth,
     metrics: Arc<Metrics>,
     limits: ServeLimits,
     grpc_prefix: String,
+    tls: Option<Tls>,
     cancel: CancellationToken,
 ) {
     let max = limits.max_connections.unwrap_or_else(|| default_max_connections(raise_fd_limit()));
@@ -230,6 +252,7 @@ pub async fn serve(
         metrics,
         limits,
         grpc_prefix,
+        tls,
         unauthenticated: Mutex::new(BTreeMap::new()),
         max_unauthenticated,
         last_refusal_log: AtomicU64::new(0),
@@ -276,7 +299,15 @@ pub async fn serve(
         let (shared, builder, cancel) = (shared.clone(), builder.clone(), cancel.clone());
         tokio::spawn(async move {
             shared.metrics.connections_open.inc();
-            connection(&shared, &builder, stream, state, &cancel).await;
+            match &shared.tls {
+                None => connection(&shared, &builder, stream, state.clone(), None, &cancel).await,
+                Some(tls) => {
+                    if let Some((stream, peer)) = handshake(&shared, tls, stream, &state, &cancel).await {
+                        connection(&shared, &builder, stream, state.clone(), peer, &cancel).await;
+                    }
+                }
+            }
+            shared.unauthenticated().remove(&state.id);
             shared.metrics.connections_open.dec();
             drop(permit);
         });
@@ -285,18 +316,60 @@ pub async fn serve(
     let _ = permits.acquire_many(u32::try_from(max).unwrap_or(u32::MAX)).await;
 }
 
-/// Serves one connection until it ends, idles out, or the manager stops.
-async fn connection(
+/// Runs the TLS handshake of a new connection within the handshake timeout; returns the
+/// stream and, on a port with a client CA, what the client's certificate says. A client that
+/// fails it (plain HTTP, a certificate the CA did not sign, an expired one) or stalls is
+/// closed.
+async fn handshake(
+    shared: &Shared,
+    tls: &Tls,
+    stream: TcpStream,
+    state: &ConnState,
+    cancel: &CancellationToken,
+) -> Option<(tokio_rustls::server::TlsStream<TcpStream>, Option<ClientCert>)> {
+    let accepted = tokio::select! {
+        r = tokio::time::timeout(shared.limits.tls_handshake, tls.acceptor.accept(stream)) => r,
+        () = state.evicted.cancelled() => return None,
+        () = cancel.cancelled() => return None,
+    };
+    let stream = match accepted {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            return None;
+        }
+    };
+    let peer = tls.client_ca.then(|| ClientCert::of(stream.get_ref().1.peer_certificates()));
+    if matches!(peer, Some(ClientCert::Agent(_))) {
+        // A verified agent certificate authenticates the connection like a valid token.
+        shared.authenticated(state);
+    }
+    Some((stream, peer))
+}
+
+/// Serves one connection until it ends, idles out, or the manager stops. Each request
+/// carries `peer` (what the client certificate says) in its extensions.
+async fn connection<IO>(
     shared: &Arc<Shared>,
     builder: &Builder<TokioExecutor>,
-    stream: tokio::net::TcpStream,
+    stream: IO,
     state: Arc<ConnState>,
+    peer: Option<ClientCert>,
     cancel: &CancellationToken,
-) {
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let svc = {
         let (shared, state) = (shared.clone(), state.clone());
-        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
             let (shared, state) = (shared.clone(), state.clone());
+            if let Some(peer) = &peer {
+                req.extensions_mut().insert(peer.clone());
+            }
             async move { Ok::<_, Infallible>(handle(&shared, &state, req).await) }
         })
     };
@@ -324,7 +397,6 @@ async fn connection(
             }
         }
     }
-    shared.unauthenticated().remove(&state.id);
 }
 
 /// Answers one request: marks the connection authenticated on a valid token, bounds REST
@@ -338,8 +410,7 @@ async fn handle(
     if !state.authenticated.load(Ordering::SeqCst) {
         let header = req.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         if header.is_some_and(|h| shared.auth.check(Some(h)).is_ok()) {
-            state.authenticated.store(true, Ordering::SeqCst);
-            shared.unauthenticated().remove(&state.id);
+            shared.authenticated(state);
         }
     }
     if let Some(e) = oversized(&req) {

@@ -57,9 +57,11 @@ pub struct Webhooks {
 }
 
 impl Webhooks {
-    /// No webhooks yet; workers stop with `cancel`.
+    /// No webhooks yet; workers stop with `cancel`. `https://` receivers are verified against
+    /// the system's roots and `extra_roots`.
     pub fn new(
         delivery: Delivery,
+        extra_roots: Vec<reqwest::Certificate>,
         metrics: Arc<Metrics>,
         clock: Arc<dyn Clock>,
         cancel: CancellationToken,
@@ -67,6 +69,7 @@ impl Webhooks {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(delivery.timeout)
+            .tls_certs_merge(extra_roots)
             .build()
             .map_err(|e| Error::internal(format!("webhook client: {e}")))?;
         let shared = Arc::new(Shared { delivery, metrics, clock, http });

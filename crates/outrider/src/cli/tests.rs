@@ -766,7 +766,13 @@ async fn fake_answers(path: &'static str, answers: Vec<(&'static str, String)>) 
 }
 
 fn conn_to(manager: &str, token_file: Option<std::path::PathBuf>) -> ConnectArgs {
-    ConnectArgs { manager: manager.to_owned(), token_file, tenant: "default".into(), output: OutputFormat::Table }
+    ConnectArgs {
+        manager: manager.to_owned(),
+        ca_file: None,
+        token_file,
+        tenant: "default".into(),
+        output: OutputFormat::Table,
+    }
 }
 
 const NOT_READY: &str = r#"{"error": {"code": "not_ready", "message": "store opening"}}"#;

@@ -50,7 +50,7 @@ where
 /// Waits until the manager of `conn` answers `/readyz` and, with `--token-file`, the token
 /// file can be read (the manager writes it on first start).
 pub(super) async fn manager(conn: &ConnectArgs, timeout: Duration) -> anyhow::Result<()> {
-    let probe = Client::new(&conn.manager, None)?;
+    let probe = conn.client_with(None)?;
     let not_ready = format!("the manager at {} was not ready", conn.manager);
     until(timeout, &not_ready, || async {
         if let Err(e) = probe.readyz().await {

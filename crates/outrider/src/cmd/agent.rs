@@ -3,20 +3,29 @@
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
-use outrider_agent::agent::AgentConfig;
+use outrider_agent::agent::{AgentConfig, AgentTls};
 use outrider_model::{HumanDuration, InstanceLabels};
 use tokio_util::sync::CancellationToken;
 
 /// Flags of `outrider agent` (PRODUCT.md §4).
 #[derive(clap::Args, Debug)]
 pub struct AgentArgs {
-    /// Manager URL; several managers of one store as `URL,URL,…` (the agent moves to the
-    /// next when one fails).
+    /// Manager URL (`https://…` for a manager with TLS); several managers of one store as
+    /// `URL,URL,…` (the agent moves to the next when one fails).
     #[arg(long, env = "OUTRIDER_MANAGER", default_value = "http://127.0.0.1:7070")]
     pub manager: String,
-    /// File holding the token.
-    #[arg(long, env = "OUTRIDER_TOKEN_FILE")]
-    pub token_file: PathBuf,
+    /// File holding the token; not needed with a client certificate (--cert, --key).
+    #[arg(long, env = "OUTRIDER_TOKEN_FILE", required_unless_present = "cert")]
+    pub token_file: Option<PathBuf>,
+    /// A CA (PEM) trusted besides the system's, for the manager and `https://` artifacts.
+    #[arg(long, env = "OUTRIDER_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// The agent's client certificate (PEM; `outrider cert agent` makes one).
+    #[arg(long, env = "OUTRIDER_CERT", value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "OUTRIDER_KEY", value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
     /// Data dir: last desired state, sidecar records, artifact cache, sidecar logs.
     #[arg(long)]
     pub data_dir: PathBuf,
@@ -81,13 +90,34 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     Ok((k.to_owned(), v.to_owned()))
 }
 
-/// Runs the agent until SIGINT or SIGTERM; sidecars keep running after it exits.
-pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
-    let token = std::fs::read_to_string(&args.token_file)
-        .with_context(|| format!("cannot read the token file {}", args.token_file.display()))?
+/// The token in `path`, which must not be empty.
+fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the token file {}", path.display()))?
         .trim()
         .to_owned();
-    anyhow::ensure!(!token.is_empty(), "the token file {} is empty", args.token_file.display());
+    anyhow::ensure!(!token.is_empty(), "the token file {} is empty", path.display());
+    Ok(token)
+}
+
+/// Runs the agent until SIGINT or SIGTERM; sidecars keep running after it exits.
+pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.cert.is_none() || args.manager.split(',').all(|url| url.trim().starts_with("https://")),
+        "a client certificate (--cert) needs https:// manager URLs, not {}",
+        args.manager
+    );
+    let token = args.token_file.as_deref().map(read_token).transpose()?;
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("cannot read the {what} {}", path.display()))
+    };
+    let tls = AgentTls {
+        ca: args.ca_file.as_deref().map(|p| read("CA file", p)).transpose()?,
+        identity: match (&args.cert, &args.key) {
+            (Some(cert), Some(key)) => Some((read("certificate", cert)?, read("key", key)?)),
+            _ => None,
+        },
+    };
     let labels = InstanceLabels {
         region: args.region,
         env: args.env,
@@ -101,6 +131,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let config = AgentConfig {
         manager: args.manager,
         token,
+        tls,
         data_dir: args.data_dir,
         tenant: args.tenant,
         service: args.service,
@@ -122,6 +153,32 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    fn parse(extra: &[&str]) -> Result<AgentArgs, clap::Error> {
+        use clap::Parser;
+        let base = ["agent", "--data-dir", "d", "--service", "s", "--instance", "i", "--region", "boe"];
+        let args = base.iter().chain(&["--env", "prod", "--stage", "canary"]).chain(extra);
+        Wrapper::try_parse_from(args).map(|w| w.agent)
+    }
+
+    #[test]
+    fn a_client_certificate_replaces_the_token() {
+        let a = parse(&["--cert", "c.pem", "--key", "k.pem", "--ca-file", "ca.pem"]).unwrap();
+        assert_eq!(a.token_file, None);
+        assert_eq!(a.cert.as_deref(), Some(std::path::Path::new("c.pem")));
+        assert!(parse(&["--token-file", "t"]).unwrap().cert.is_none());
+        for bad in
+            [&[][..], &["--cert", "c.pem", "--token-file", "t"][..], &["--key", "k.pem", "--token-file", "t"][..]]
+        {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn report_interval_is_bounded() {

@@ -6,6 +6,7 @@ use std::io::Write;
 use anyhow::Context;
 
 pub mod agent;
+pub mod cert;
 pub mod server;
 pub mod sim;
 

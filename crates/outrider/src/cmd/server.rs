@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
-use outrider_manager::{InstanceRetention, ManagerConfig, Retention, Tuning, executor::SystemClock};
+use outrider_manager::{InstanceRetention, ManagerConfig, Retention, TlsFiles, Tuning, executor::SystemClock};
 use outrider_model::HumanDuration;
 
 /// Flags of `outrider server`.
@@ -31,6 +31,19 @@ pub struct ServerArgs {
     /// The Prometheus server (`http://host:9090`) that plans' analysis queries run on.
     #[arg(long, env = "OUTRIDER_PROMETHEUS")]
     pub prometheus: Option<String>,
+    /// The server's certificate chain (PEM): the port then speaks TLS only.
+    #[arg(long, env = "OUTRIDER_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The server certificate's private key (PEM).
+    #[arg(long, env = "OUTRIDER_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA (PEM) of agents' client certificates: agents must then sync with a certificate
+    /// it signed (operators keep using tokens).
+    #[arg(long, env = "OUTRIDER_CLIENT_CA", value_name = "FILE", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+    /// A CA (PEM) that `https://` webhook receivers may be signed by, besides the system's.
+    #[arg(long, env = "OUTRIDER_WEBHOOK_CA", value_name = "FILE")]
+    pub webhook_ca: Option<PathBuf>,
     /// This manager's name among several on one etcd (default: host name and process id).
     #[arg(long, env = "OUTRIDER_NAME", value_parser = manager_name)]
     pub name: Option<String>,
@@ -75,7 +88,14 @@ pub async fn shutdown_signal() {
 /// Runs the manager.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let instances = InstanceRetention { ttl: args.instance_ttl.0, keep_gone: args.instance_retention.0 };
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key, client_ca: args.client_ca }),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let config = ManagerConfig {
+        tls,
+        webhook_ca: args.webhook_ca,
         instances,
         prometheus: args.prometheus.clone(),
         store: args.store.clone(),
@@ -88,7 +108,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let manager = outrider_manager::start_with(config, Arc::new(SystemClock), tuning).await?;
     let store = args.store.unwrap_or_else(|| args.data_dir.display().to_string());
     eprintln!(
-        "outrider manager on http://{} (data in {store}, admin token in {})",
+        "outrider manager on {scheme}://{} (data in {store}, admin token in {})",
         manager.addr,
         args.data_dir.join("admin.token").display()
     );

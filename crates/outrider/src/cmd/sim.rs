@@ -167,6 +167,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
         service_traits: spec.service_traits(),
         deploy_rate: args.deploy_rate,
         seed: args.seed,
+        ca: args.conn.ca()?,
         ..SimFleetOptions::default()
     };
     for (defect, selected) in selected_by_defect(&spec, &options) {
