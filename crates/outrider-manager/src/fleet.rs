@@ -46,6 +46,13 @@ pub struct Registration {
     pub deploy_id: String,
     /// What it runs now.
     pub sidecars: Vec<SidecarStatus>,
+    /// The SHA-256 of the agent's instance claim (none: an agent that sends none).
+    pub claim: Option<String>,
+    /// The claim hash the store holds for an instance this manager has not seen (another
+    /// manager's record).
+    pub stored_claim: Option<String>,
+    /// Who opened the stream (the token's name): its revocation ends the stream.
+    pub opened_by: String,
 }
 
 /// A live sync stream of one instance.
@@ -70,11 +77,40 @@ struct Entry {
     deployed_at: Option<OffsetDateTime>,
     /// Its recent samples, while a live plan watches its service.
     history: Option<Box<History>>,
+    /// The SHA-256 of the claim of the agent that holds it (persisted with the record).
+    claim: Option<String>,
+    /// Who opened the live stream (a token's name).
+    opened_by: Option<String>,
 }
 
 impl Entry {
-    fn new(record: Instance) -> Self {
-        Self { record, conn: None, last_told: None, dirty: false, deployed_at: None, history: None }
+    fn new(record: Instance, claim: Option<String>) -> Self {
+        Self {
+            record,
+            conn: None,
+            last_told: None,
+            dirty: false,
+            deployed_at: None,
+            history: None,
+            claim,
+            opened_by: None,
+        }
+    }
+}
+
+/// Whether a new stream may take instance `id` over from what holds it: a live stream or a
+/// recorded claim yields only to the same claim (an agent restarted on its data dir, or a
+/// reconnect after a half-open connection).
+fn may_take_over(id: &str, live: bool, held: Option<&str>, given: Option<&str>) -> Result<(), Error> {
+    match (held, given) {
+        (Some(h), Some(g)) if h == g => Ok(()),
+        (None, _) if !live => Ok(()),
+        _ => Err(Error::forbidden(format!(
+            "instance {id:?} is held by another agent{}; an agent keeps its claim in its data dir. If the \
+             old agent is gone for good, delete the instance (`outrider instance delete {id}` once it is \
+             disconnected) to free its id",
+            if live { " that is connected" } else { "" }
+        ))),
     }
 }
 
@@ -176,10 +212,10 @@ impl Fleet {
     /// Loads persisted instance records (all disconnected until their agents come back).
     pub fn load(&self, records: Vec<StoredInstance>) {
         let mut g = self.lock();
-        for StoredInstance { tenant, instance: mut record } in records {
+        for StoredInstance { tenant, instance: mut record, claim } in records {
             record.connected = false;
             g.by_service.entry((tenant.clone(), record.service.clone())).or_default().insert(record.id.clone());
-            g.instances.entry(tenant).or_default().insert(record.id.clone(), Entry::new(record));
+            g.instances.entry(tenant).or_default().insert(record.id.clone(), Entry::new(record, claim));
         }
     }
 
@@ -193,6 +229,12 @@ impl Fleet {
         }
         let now = OffsetDateTime::now_utc();
         let mut g = self.lock();
+        match g.instances.get(&reg.tenant).and_then(|m| m.get(&reg.instance)) {
+            Some(held) => {
+                may_take_over(&reg.instance, held.conn.is_some(), held.claim.as_deref(), reg.claim.as_deref())?
+            }
+            None => may_take_over(&reg.instance, false, reg.stored_claim.as_deref(), reg.claim.as_deref())?,
+        }
         g.next_conn += 1;
         let conn_id = g.next_conn;
         let previous = g.instances.get_mut(&reg.tenant).and_then(|m| m.remove(&reg.instance));
@@ -204,6 +246,7 @@ impl Fleet {
             ids.remove(&reg.instance);
         }
         let last_told = previous.as_ref().and_then(|p| p.last_told.clone());
+        let claim = previous.as_ref().and_then(|p| p.claim.clone());
         let replaced = previous.as_ref().is_some_and(|p| p.conn.is_some());
         let record = Instance {
             id: reg.instance.clone(),
@@ -244,8 +287,16 @@ impl Fleet {
             _ => (Some(self.clock.now()), None),
         };
         let history = history.or_else(|| watched.then(Box::default));
-        let entry =
-            Entry { record, conn: Some((conn_id, tx)), last_told: Some(desired), dirty: true, deployed_at, history };
+        let entry = Entry {
+            record,
+            conn: Some((conn_id, tx)),
+            last_told: Some(desired),
+            dirty: true,
+            deployed_at,
+            history,
+            claim: reg.claim.or(claim),
+            opened_by: Some(reg.opened_by),
+        };
         g.instances.entry(reg.tenant.clone()).or_default().insert(reg.instance.clone(), entry);
         drop(g);
         // A reconnect that replaces a live stream keeps the count: the old stream's end is
@@ -325,6 +376,33 @@ impl Fleet {
         self.metrics.agents_connected.dec();
         self.flush.notify_one();
         self.observed.notify_one();
+    }
+
+    /// Whether this manager has a record of `id` in `tenant`.
+    pub fn knows(&self, tenant: &str, id: &str) -> bool {
+        self.lock().instances.get(tenant).is_some_and(|m| m.contains_key(id))
+    }
+
+    /// Ends every sync stream opened by `name` (a revoked token); returns how many.
+    pub fn close_opened_by(&self, name: &str) -> usize {
+        let mut g = self.lock();
+        let mut closed = 0;
+        for e in g.instances.values_mut().flat_map(HashMap::values_mut) {
+            if e.conn.is_some() && e.opened_by.as_deref() == Some(name) {
+                e.conn = None;
+                e.opened_by = None;
+                e.record.connected = false;
+                e.dirty = true;
+                closed += 1;
+            }
+        }
+        drop(g);
+        if closed > 0 {
+            self.metrics.agents_connected.dec_by(closed as i64);
+            self.flush.notify_one();
+            self.observed.notify_one();
+        }
+        closed
     }
 
     /// Recomputes and pushes the desired state of every connected instance of `touched`.
@@ -529,7 +607,11 @@ impl Fleet {
             for (tenant, entries) in &mut g.instances {
                 for e in entries.values_mut().filter(|e| e.dirty) {
                     e.dirty = false;
-                    records.push(StoredInstance { tenant: tenant.clone(), instance: e.record.clone() });
+                    records.push(StoredInstance {
+                        tenant: tenant.clone(),
+                        instance: e.record.clone(),
+                        claim: e.claim.clone(),
+                    });
                 }
             }
             (records, std::mem::take(&mut g.events), std::mem::take(&mut g.removed))
@@ -679,4 +761,7 @@ pub struct StoredInstance {
     /// The instance.
     #[serde(flatten)]
     pub instance: Instance,
+    /// The SHA-256 of the claim of the agent that holds it (none: an agent that sent none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
 }

@@ -187,6 +187,11 @@ pub fn token(hash: &str) -> String {
 /// Prefix of the token hashes.
 pub const TOKENS: &str = "auth/tokens/";
 
+/// `auth/token-names/{name}` → the hash of the token of that name (names are unique).
+pub fn token_name(name: &str) -> String {
+    format!("auth/token-names/{name}")
+}
+
 /// A parsed catalog key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CatalogKey<'a> {

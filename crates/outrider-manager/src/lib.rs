@@ -30,6 +30,7 @@ mod serve;
 mod server;
 mod state;
 mod sync;
+mod tokens;
 mod webhooks;
 
 pub use error::{Error, StartError};

@@ -10,10 +10,18 @@ use outrider_proto::v1::{
 use tokio_stream::wrappers::WatchStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use crate::{Error, fleet::Registration, state::AppState};
+use crate::{
+    Error, auth,
+    fleet::{Registration, StoredInstance},
+    keys,
+    state::AppState,
+};
 
 /// How long an agent may take to send `Register` after opening the stream.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest instance claim an agent may send, in bytes.
+const MAX_CLAIM: usize = 256;
 
 /// The `AgentSync` service.
 pub struct SyncService {
@@ -24,6 +32,14 @@ impl SyncService {
     /// A service over the manager's state.
     pub fn new(state: AppState) -> Self {
         Self { state }
+    }
+
+    /// The claim hash recorded in the store for an instance (by any manager).
+    async fn stored_claim(&self, tenant: &str, instance: &str) -> Result<Option<String>, Error> {
+        outrider_model::validate_name("tenant", tenant)?;
+        outrider_model::validate_name("instance", instance)?;
+        let stored = self.state.repo.get::<StoredInstance>(&keys::instance(tenant, instance)).await?;
+        Ok(stored.and_then(|(s, _)| s.claim))
     }
 }
 
@@ -46,6 +62,7 @@ fn grpc_status(e: &Error) -> Status {
         Error::Conflict(_) => Code::Aborted,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::Unauthenticated(_) => Code::Unauthenticated,
+        Error::Forbidden(_) => Code::PermissionDenied,
         Error::Unavailable(_) => Code::Unavailable,
         Error::RequestTimeout(_) => Code::DeadlineExceeded,
         Error::Internal(_) => Code::Internal,
@@ -61,13 +78,27 @@ impl AgentSync for SyncService {
 
     async fn sync(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<DesiredStream>, Status> {
         let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
-        self.state.auth.check(header).map_err(|e| grpc_status(&e))?;
+        let principal = self.state.auth.check(header).map_err(|e| grpc_status(&e))?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.message())
             .await
             .map_err(|_| Status::deadline_exceeded("no Register message in time"))??;
         let Some(AgentMessage { body: Some(Body::Register(reg)) }) = first else {
             return Err(Status::invalid_argument("the first message must be Register"));
+        };
+        principal.may_register(&reg.tenant).map_err(|e| grpc_status(&e))?;
+        let claim = match reg.claim.as_deref() {
+            None => None,
+            Some(c) if c.is_empty() || c.len() > MAX_CLAIM => {
+                return Err(Status::invalid_argument(format!("the claim must be 1 to {MAX_CLAIM} bytes long")));
+            }
+            Some(c) => Some(auth::hash(c)),
+        };
+        // An instance this manager has not seen may be held through another manager.
+        let stored_claim = if self.state.fleet.knows(&reg.tenant, &reg.instance_id) {
+            None
+        } else {
+            self.stored_claim(&reg.tenant, &reg.instance_id).await.map_err(|e| grpc_status(&e))?
         };
         let registration = Registration {
             labels: reg.instance_labels(),
@@ -76,6 +107,9 @@ impl AgentSync for SyncService {
             service: reg.service,
             deploy_id: reg.deploy_id,
             sidecars: statuses(reg.sidecars)?,
+            claim,
+            stored_claim,
+            opened_by: principal.name,
         };
         let (tenant, instance) = (registration.tenant.clone(), registration.instance.clone());
         let conn = {
