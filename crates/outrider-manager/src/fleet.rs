@@ -740,6 +740,14 @@ impl Fleet {
         Ok(e.record)
     }
 
+    /// Like [`Fleet::remove`], and deletes the stored record before answering, so the id is
+    /// free at once on every manager (a new agent may register it with a claim of its own).
+    pub async fn delete(&self, repo: &Repo, tenant: &str, id: &str, actor: &str) -> Result<Instance, Error> {
+        let removed = self.remove(tenant, id, actor)?;
+        repo.commit(Vec::new(), vec![Op::delete(keys::instance(tenant, id))], Vec::new()).await?;
+        Ok(removed)
+    }
+
     /// Sweeps every `r.ttl / 10` (at least each second, at most every 30 s) until `cancel`.
     pub async fn run_sweeper(self: Arc<Self>, r: InstanceRetention, cancel: CancellationToken) {
         let every = (r.ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(30));

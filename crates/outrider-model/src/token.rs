@@ -74,8 +74,9 @@ impl FromStr for Role {
 pub struct NewToken {
     /// Unique name; the actor of the events its holder causes.
     pub name: String,
-    /// The one tenant it may see; none: every tenant.
-    #[serde(default)]
+    /// The one tenant it may see; `null`: every tenant. Required, so that leaving it out
+    /// never makes an all-tenant token.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub tenant: Option<String>,
     /// What it may do.
     pub role: Role,
@@ -154,8 +155,11 @@ mod tests {
     fn a_new_token_refuses_unknown_fields_and_bad_names() {
         let ok: NewToken = serde_json::from_str(r#"{"name":"ci","tenant":null,"role":"viewer"}"#).unwrap();
         assert!(ok.validate().is_ok());
-        assert!(serde_json::from_str::<NewToken>(r#"{"name":"ci","role":"viewer","x":1}"#).is_err());
-        assert!(serde_json::from_str::<NewToken>(r#"{"name":"ci","role":"root"}"#).is_err());
+        let scoped: NewToken = serde_json::from_str(r#"{"name":"ci","tenant":"a","role":"viewer"}"#).unwrap();
+        assert_eq!(scoped.tenant.as_deref(), Some("a"));
+        assert!(serde_json::from_str::<NewToken>(r#"{"name":"ci","role":"viewer"}"#).is_err(), "tenant left out");
+        assert!(serde_json::from_str::<NewToken>(r#"{"name":"ci","tenant":null,"role":"viewer","x":1}"#).is_err());
+        assert!(serde_json::from_str::<NewToken>(r#"{"name":"ci","tenant":null,"role":"root"}"#).is_err());
         let bad = NewToken { name: "Bad Name".into(), tenant: None, role: Role::Admin };
         assert!(bad.validate().is_err());
     }

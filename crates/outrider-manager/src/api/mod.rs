@@ -140,3 +140,18 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(wrong_method)
         .with_state(state)
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every REST route goes through `api_routes!`, so none exists without an authorization
+    /// rule: the only other routes of this file are the cluster-level ones outside `/api/v1`.
+    #[test]
+    fn routes_are_registered_only_through_the_authorization_table() {
+        let code = include_str!("mod.rs").split("#[cfg(test)]").next().unwrap_or_default();
+        let (_, after_macro) = code.split_once("router$(.route(").expect("the macro registers routes");
+        for line in after_macro.lines().filter(|l| l.contains(".route")) {
+            let cluster = ["\"/healthz\"", "\"/readyz\"", "\"/metrics\""].iter().any(|p| line.contains(p));
+            assert!(cluster, "a route outside api_routes!: {line}");
+        }
+    }
+}
