@@ -248,6 +248,12 @@ async fn tenant_matrix_every_route_every_role() {
     assert_eq!(s, 403);
     let (s, _) = operator.call(Method::POST, "/tenants/nope/plans", Some(json!({}))).await;
     assert_eq!(s, 403);
+    // The event stream too: a viewer follows its tenant's, not another's.
+    for (t, status) in [("a", 200), ("b", 403)] {
+        let url = format!("{}/api/v1/tenants/{t}/events?follow=true", viewer.base);
+        let resp = viewer.http.get(url).bearer_auth(&viewer.token).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "follow the events of {t}");
+    }
     let tenants = viewer.ok(Method::GET, "/tenants", None).await;
     assert_eq!(tenants.as_array().unwrap().iter().map(|t| &t["name"]).collect::<Vec<_>>(), ["a"]);
     tokio::time::sleep(Duration::from_millis(300)).await;
