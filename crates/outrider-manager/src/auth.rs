@@ -185,6 +185,14 @@ impl Auth {
         Ok(gone)
     }
 
+    /// When the token named `name` was issued, while it is valid (a long-lived answer opened
+    /// with it ends once this changes: the token was revoked, or replaced by another of the
+    /// same name).
+    pub fn issued_at(&self, name: &str) -> Option<OffsetDateTime> {
+        let tokens = self.tokens.read().unwrap_or_else(|p| p.into_inner());
+        tokens.values().find(|i| i.name == name).map(|i| i.created_at)
+    }
+
     /// Records a token this manager just stored (its watch will bring it too).
     pub(crate) fn insert(&self, hash: String, info: TokenInfo) {
         self.tokens.write().unwrap_or_else(|p| p.into_inner()).insert(hash, info);

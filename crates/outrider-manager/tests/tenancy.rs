@@ -350,6 +350,35 @@ async fn tokens_are_shown_once_listed_by_scope_and_revoked_at_once() {
 }
 
 #[tokio::test]
+async fn a_revoked_token_s_event_stream_gets_nothing_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, admin) = boot(dir.path(), None).await;
+    let viewer = admin.with(&admin.token("viewer", Some("default"), "viewer").await);
+    let url = format!("{}/api/v1/tenants/default/events?follow=true", viewer.base);
+    let mut resp = viewer.http.get(url).bearer_auth(&viewer.token).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let freeze = |reason: &str| json!({"from": "2099-01-01T00:00:00Z", "to": "2099-01-02T00:00:00Z", "reason": reason});
+    admin.ok(Method::POST, "/tenants/default/freezes", Some(freeze("seen"))).await;
+    let mut seen = String::new();
+    while !seen.contains("\"seen\"") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), resp.chunk()).await.unwrap().unwrap().unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    admin.ok(Method::DELETE, "/tokens/viewer", None).await;
+    admin.ok(Method::POST, "/tenants/default/freezes", Some(freeze("secret"))).await;
+    let mut rest = String::new();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(chunk)) = resp.chunk().await {
+            rest.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream ends");
+    assert!(!rest.contains("secret"), "nothing after the revocation: {rest}");
+    m.shutdown().await;
+}
+
+#[tokio::test]
 async fn agents_register_only_in_their_tenant_and_a_revoked_agent_is_cut_off() {
     let dir = tempfile::tempdir().unwrap();
     let (m, admin) = boot(dir.path(), None).await;
