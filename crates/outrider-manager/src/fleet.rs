@@ -773,3 +773,33 @@ pub struct StoredInstance {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<String>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::may_take_over;
+
+    #[test]
+    fn only_the_holder_s_claim_takes_a_held_instance() {
+        // (live stream, recorded claim, claim shown) → accepted
+        let cases = [
+            (false, None, None, true),
+            (false, None, Some("c"), true),
+            (true, None, None, false),
+            (true, None, Some("c"), false),
+            (true, Some("c"), Some("c"), true),
+            (true, Some("c"), Some("d"), false),
+            (true, Some("c"), None, false),
+            (false, Some("c"), Some("c"), true),
+            (false, Some("c"), Some("d"), false),
+            (false, Some("c"), None, false),
+        ];
+        for (live, held, given, accepted) in cases {
+            let r = may_take_over("i-1", live, held, given);
+            assert_eq!(r.is_ok(), accepted, "live {live}, held {held:?}, given {given:?}");
+            if let Err(e) = r {
+                assert_eq!(e.code(), "forbidden");
+                assert!(e.to_string().contains("outrider instance delete i-1"), "{e}");
+            }
+        }
+    }
+}
