@@ -79,6 +79,7 @@ impl AgentSync for SyncService {
     async fn sync(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<DesiredStream>, Status> {
         let header = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
         let principal = self.state.auth.check(header).map_err(|e| grpc_status(&e))?;
+        let issued = self.state.auth.issued_at(&principal.name);
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.message())
             .await
@@ -109,13 +110,18 @@ impl AgentSync for SyncService {
             sidecars: statuses(reg.sidecars)?,
             claim,
             stored_claim,
-            opened_by: principal.name,
+            opened_by: principal.name.clone(),
         };
         let (tenant, instance) = (registration.tenant.clone(), registration.instance.clone());
         let conn = {
             let catalog = self.state.catalog.read().unwrap_or_else(|p| p.into_inner());
             self.state.fleet.connect(registration, &catalog).map_err(|e| grpc_status(&e))?
         };
+        // Revoked while registering: its revocation closed the streams it knew of, not this one.
+        if self.state.auth.issued_at(&principal.name) != issued {
+            self.state.fleet.close_opened_by(&principal.name);
+            return Err(Status::unauthenticated("unauthenticated: the token was revoked"));
+        }
         tracing::debug!(%tenant, %instance, deploy = conn.deploy, "agent connected");
         let fleet = self.state.fleet.clone();
         let conn_id = conn.id;
