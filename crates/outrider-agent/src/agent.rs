@@ -18,7 +18,7 @@ use crate::{
 /// Everything `outrider agent` needs.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// Manager URL (`http://host:port`).
+    /// Manager URL (`http://host:port`), or several managers of one store, comma-separated.
     pub manager: String,
     /// Bearer token.
     pub token: String,
@@ -119,12 +119,18 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> Result<(), A
         });
     }
 
-    let channel = Endpoint::from_shared(config.manager.clone())
-        .map_err(|error| AgentError::ManagerUrl { url: config.manager.clone(), error })?
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .http2_keep_alive_interval(std::time::Duration::from_secs(20))
-        .keep_alive_while_idle(true)
-        .connect_lazy();
+    let channels = config
+        .manager
+        .split(',')
+        .map(|url| {
+            Ok(Endpoint::from_shared(url.trim().to_owned())
+                .map_err(|error| AgentError::ManagerUrl { url: url.to_owned(), error })?
+                .connect_timeout(std::time::Duration::from_secs(5))
+                .http2_keep_alive_interval(std::time::Duration::from_secs(20))
+                .keep_alive_while_idle(true)
+                .connect_lazy())
+        })
+        .collect::<Result<Vec<_>, AgentError>>()?;
     let mut sync_config = SyncConfig::new(
         config.token.clone(),
         config.tenant.clone(),
@@ -139,6 +145,6 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> Result<(), A
             .map_err(|error| AgentError::Claim { path: config.data_dir.clone(), error })?,
     );
     sync_config.report_interval = config.report_interval;
-    sync::run(sync_config, channel, runtime, status_tx, cancel).await;
+    sync::run(sync_config, channels, runtime, status_tx, cancel).await;
     Ok(())
 }

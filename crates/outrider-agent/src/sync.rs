@@ -123,16 +123,24 @@ fn report_message(runtime: &dyn Runtime) -> AgentMessage {
     }
 }
 
-/// Runs the sync loop until `cancel`. `channel` may be shared by many agents (HTTP/2
-/// multiplexes their streams). Status changes are published on `status`.
+/// Runs the sync loop until `cancel`, with one of `managers` at a time: it stays with a
+/// manager while its stream lasts and moves to the next one when the stream is refused or
+/// lost (several managers share one store: any of them serves the same desired state, so the
+/// sidecars never notice). A channel may be shared by many agents (HTTP/2 multiplexes their
+/// streams). Status changes are published on `status`.
 pub async fn run(
     config: SyncConfig,
-    channel: Channel,
+    managers: Vec<Channel>,
     runtime: Arc<dyn Runtime>,
     status: watch::Sender<SyncStatus>,
     cancel: CancellationToken,
 ) {
+    if managers.is_empty() {
+        status.send_modify(|s| s.last_error = Some("no manager to sync with".into()));
+        return;
+    }
     let mut attempt: u32 = 0;
+    let mut current = 0;
     let mut applied = status.borrow().desired.as_ref().map_or(0, |d| d.revision);
     let auth: tonic::metadata::MetadataValue<_> = match format!("Bearer {}", config.token).parse() {
         Ok(v) => v,
@@ -147,7 +155,7 @@ pub async fn run(
         let _ = tx.try_send(register_message(&config, runtime.as_ref(), applied));
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
         request.metadata_mut().insert("authorization", auth.clone());
-        let mut client = AgentSyncClient::new(channel.clone());
+        let mut client = AgentSyncClient::new(managers[current].clone());
         let result = tokio::select! {
             r = client.sync(request) => r,
             () = cancel.cancelled() => return,
@@ -175,7 +183,12 @@ pub async fn run(
                 }
             }
         }
-        let delay = Backoff::jittered(config.backoff.delay(attempt), &mut rand::rng());
+        // The next manager; the backoff grows once every manager failed in a row.
+        current = (current + 1) % managers.len();
+        let delay = Backoff::jittered(
+            config.backoff.delay(attempt / u32::try_from(managers.len()).unwrap_or(u32::MAX)),
+            &mut rand::rng(),
+        );
         attempt = attempt.saturating_add(1);
         tokio::select! {
             () = tokio::time::sleep(delay) => {}

@@ -182,6 +182,12 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// Another live manager sharing the store has this manager's name.
+    #[error("a live manager named {name:?} already shares this store: give each manager its own --name")]
+    NameTaken {
+        /// The name.
+        name: String,
+    },
     /// The listen address cannot be bound.
     #[error("cannot listen on {addr}")]
     Listen {

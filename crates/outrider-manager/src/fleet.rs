@@ -1,6 +1,12 @@
 //! The live fleet: every registered instance, its connection, what it reports, and the
 //! desired state last pushed to it. Instance records are persisted write-behind, in batches,
 //! so thousands of agents reporting at once cost a few store transactions, not thousands.
+//!
+//! When several managers share the store, each holds the streams of its own agents and
+//! writes their records; the records of the others' agents come in from the store's watch
+//! ([`remote`]), so every manager — the leader's executor above all — sees the whole fleet.
+
+mod remote;
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet},
@@ -11,7 +17,7 @@ use std::{
 use outrider_model::{
     DesiredSidecar, DesiredState, Instance, InstanceFilter, InstanceLabels, SidecarStatus, UpgradeMode, validate_name,
 };
-use outrider_store::Op;
+use outrider_store::{Op, Store};
 use time::OffsetDateTime;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -81,6 +87,10 @@ struct Entry {
     claim: Option<String>,
     /// Who opened the live stream (a token's name).
     opened_by: Option<String>,
+    /// The other manager that holds its stream, from the record that manager wrote.
+    owner: Option<String>,
+    /// Since when its owner is known to be dead (its agent counts as away from then on).
+    orphaned_at: Option<OffsetDateTime>,
 }
 
 impl Entry {
@@ -94,6 +104,8 @@ impl Entry {
             history: None,
             claim,
             opened_by: None,
+            owner: None,
+            orphaned_at: None,
         }
     }
 }
@@ -126,6 +138,22 @@ struct Inner {
     next_conn: u64,
     /// Services whose instances keep a history of samples (a live plan judges them).
     watched: HashSet<ServiceRef>,
+    /// The watched services changed and other managers must learn it.
+    watched_dirty: bool,
+    /// A record the other managers' executor waits for changed (a connect, a disconnect, a
+    /// new version or state): write it within [`URGENT_FLUSH`].
+    urgent: bool,
+}
+
+/// Whether and how soon a change of an instance record is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// Not by itself.
+    No,
+    /// With the next status flush.
+    Later,
+    /// What it runs changed: with several managers, within [`URGENT_FLUSH`].
+    Soon,
 }
 
 /// The registry of instances.
@@ -136,6 +164,10 @@ pub struct Fleet {
     observed: Notify,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
+    /// This manager's name in the records it writes.
+    me: String,
+    /// Other managers share the store (their agents' records come from its watch).
+    shared: bool,
 }
 
 /// Desired sidecars of one instance. `on-deploy` bindings keep the version the instance was
@@ -200,22 +232,40 @@ fn material(a: &[SidecarStatus], b: &[SidecarStatus]) -> bool {
 }
 
 impl Fleet {
-    /// An empty fleet whose samples are stamped by `clock`.
-    pub fn new(metrics: Arc<Metrics>, clock: Arc<dyn Clock>) -> Self {
-        Self { inner: Mutex::new(Inner::default()), flush: Notify::new(), observed: Notify::new(), metrics, clock }
+    /// An empty fleet of the manager named `me`, whose samples are stamped by `clock`;
+    /// `shared`: other managers share the store.
+    pub fn new(metrics: Arc<Metrics>, clock: Arc<dyn Clock>, me: String, shared: bool) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            flush: Notify::new(),
+            observed: Notify::new(),
+            metrics,
+            clock,
+            me,
+            shared,
+        }
+    }
+
+    /// Whether other managers share the store.
+    pub fn is_shared(&self) -> bool {
+        self.shared
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Loads persisted instance records (all disconnected until their agents come back).
+    /// Loads persisted instance records: disconnected until their agents come back, unless
+    /// another manager that shares the store holds their stream.
     pub fn load(&self, records: Vec<StoredInstance>) {
         let mut g = self.lock();
-        for StoredInstance { tenant, instance: mut record, claim } in records {
-            record.connected = false;
+        for StoredInstance { tenant, instance: mut record, owner, claim } in records {
+            let owner = owner.filter(|o| self.shared && *o != self.me);
+            record.connected = owner.is_some() && record.connected;
             g.by_service.entry((tenant.clone(), record.service.clone())).or_default().insert(record.id.clone());
-            g.instances.entry(tenant).or_default().insert(record.id.clone(), Entry::new(record, claim));
+            let mut entry = Entry::new(record, claim);
+            entry.owner = owner;
+            g.instances.entry(tenant).or_default().insert(entry.record.id.clone(), entry);
         }
     }
 
@@ -231,7 +281,10 @@ impl Fleet {
         let mut g = self.lock();
         match g.instances.get(&reg.tenant).and_then(|m| m.get(&reg.instance)) {
             Some(held) => {
-                may_take_over(&reg.instance, held.conn.is_some(), held.claim.as_deref(), reg.claim.as_deref())?
+                // Held here, or by another manager that is alive.
+                let live = held.conn.is_some()
+                    || (held.owner.is_some() && held.orphaned_at.is_none() && held.record.connected);
+                may_take_over(&reg.instance, live, held.claim.as_deref(), reg.claim.as_deref())?
             }
             None => may_take_over(&reg.instance, false, reg.stored_claim.as_deref(), reg.claim.as_deref())?,
         }
@@ -296,8 +349,11 @@ impl Fleet {
             history,
             claim: reg.claim.or(claim),
             opened_by: Some(reg.opened_by),
+            owner: None,
+            orphaned_at: None,
         };
         g.instances.entry(reg.tenant.clone()).or_default().insert(reg.instance.clone(), entry);
+        g.urgent |= self.shared;
         drop(g);
         // A reconnect that replaces a live stream keeps the count: the old stream's end is
         // ignored by `disconnect` (its id no longer matches).
@@ -314,7 +370,7 @@ impl Fleet {
         tenant: &str,
         id: &str,
         conn: u64,
-        f: impl FnOnce(&mut Instance, Option<&mut History>) -> bool,
+        f: impl FnOnce(&mut Instance, Option<&mut History>) -> Write,
     ) {
         let mut g = self.lock();
         let Some(e) = g.instances.get_mut(tenant).and_then(|m| m.get_mut(id)) else { return };
@@ -322,8 +378,10 @@ impl Fleet {
             return;
         }
         e.record.last_seen = OffsetDateTime::now_utc();
-        if f(&mut e.record, e.history.as_deref_mut()) {
+        let write = f(&mut e.record, e.history.as_deref_mut());
+        if write != Write::No {
             e.dirty = true;
+            g.urgent |= write == Write::Soon && self.shared;
             drop(g);
             self.flush.notify_one();
         }
@@ -334,7 +392,7 @@ impl Fleet {
     pub fn ack(&self, tenant: &str, id: &str, conn: u64, revision: u64) {
         self.with_conn(tenant, id, conn, |r, _| {
             r.acked_revision = revision;
-            false
+            Write::No
         });
     }
 
@@ -342,14 +400,24 @@ impl Fleet {
     pub fn report(&self, tenant: &str, id: &str, conn: u64, sidecars: Vec<SidecarStatus>) {
         let mut observed = false;
         let now = self.clock.now();
+        let shared = self.shared;
         self.with_conn(tenant, id, conn, |r, history| {
+            // With several managers, the leader judges from the records: a watched
+            // instance's every sample is written (batched like the rest).
+            let sampled = history.is_some() && shared;
             if let Some(h) = history {
                 h.record(now, &sidecars);
             }
             observed = r.sidecars != sidecars;
-            let changed = material(&r.sidecars, &sidecars);
+            let write = if material(&r.sidecars, &sidecars) {
+                Write::Soon
+            } else if sampled {
+                Write::Later
+            } else {
+                Write::No
+            };
             r.sidecars = sidecars;
-            changed
+            write
         });
         if observed {
             self.observed.notify_one();
@@ -372,6 +440,7 @@ impl Fleet {
         e.conn = None;
         e.record.connected = false;
         e.dirty = true;
+        g.urgent |= self.shared;
         drop(g);
         self.metrics.agents_connected.dec();
         self.flush.notify_one();
@@ -478,6 +547,11 @@ impl Fleet {
     /// Keeps a history of samples for the instances of `services`, and drops it for the others
     /// (the executor calls it with the services its live plans judge).
     pub fn watch(&self, services: HashSet<ServiceRef>) {
+        self.set_watched(services, self.shared);
+    }
+
+    /// Sets the watched services; `tell`: write them for the other managers.
+    fn set_watched(&self, services: HashSet<ServiceRef>, tell: bool) {
         let mut g = self.lock();
         let inner = &mut *g;
         if inner.watched == services {
@@ -497,6 +571,11 @@ impl Fleet {
             }
         }
         inner.watched = services;
+        if tell {
+            inner.watched_dirty = true;
+            drop(g);
+            self.flush.notify_one();
+        }
     }
 
     /// Calls `f` with the history of `instance`, if it keeps one.
@@ -582,7 +661,10 @@ impl Fleet {
             // wait longer so that writing them never competes with a push to thousands of agents.
             let mut stop = stop;
             if !stop {
-                let urgent = !self.lock().events.is_empty();
+                let urgent = {
+                    let g = self.lock();
+                    !g.events.is_empty() || g.urgent
+                };
                 tokio::select! {
                     () = tokio::time::sleep(if urgent { URGENT_FLUSH } else { STATUS_FLUSH }) => {}
                     // Shutting down: write what is pending now, then stop.
@@ -607,16 +689,20 @@ impl Fleet {
             for (tenant, entries) in &mut g.instances {
                 for e in entries.values_mut().filter(|e| e.dirty) {
                     e.dirty = false;
+                    let owner = e.conn.is_some().then(|| self.me.clone());
                     records.push(StoredInstance {
                         tenant: tenant.clone(),
                         instance: e.record.clone(),
+                        owner,
                         claim: e.claim.clone(),
                     });
                 }
             }
-            (records, std::mem::take(&mut g.events), std::mem::take(&mut g.removed))
+            let watched = std::mem::take(&mut g.watched_dirty).then(|| remote::watched_list(&g.watched));
+            g.urgent = false;
+            (records, std::mem::take(&mut g.events), std::mem::take(&mut g.removed), watched)
         };
-        let (records, events, removed) = (records.0, records.1, records.2);
+        let (records, events, removed, watched) = (records.0, records.1, records.2, records.3);
         // One group per record, and per event (its log and index entries commit together).
         let mut groups = Vec::with_capacity(records.len() + events.len() + removed.len());
         for (tenant, id) in &removed {
@@ -627,6 +713,9 @@ impl Fleet {
         }
         for e in events.iter().cloned() {
             groups.push(repo.event_ops(e)?);
+        }
+        if let Some(list) = &watched {
+            groups.push(vec![Op::put(keys::WATCHED, encode(list)?)]);
         }
         let limit = repo.store().max_txn_ops().clamp(1, 2000);
         for chunk in Op::batches(groups, limit) {
@@ -640,6 +729,7 @@ impl Fleet {
                 }
                 g.events.extend(events);
                 g.removed.extend(removed);
+                g.watched_dirty |= watched.is_some();
                 return Err(e);
             }
         }
@@ -664,8 +754,10 @@ impl Default for InstanceRetention {
 
 impl Fleet {
     /// Marks `gone` the instances disconnected longer than `r.ttl` and removes those gone
-    /// longer than `r.keep_gone` more, at `now`; returns how many changed.
-    pub fn sweep(&self, r: InstanceRetention, now: OffsetDateTime) -> usize {
+    /// longer than `r.keep_gone` more, at `now`; returns how many changed. An instance whose
+    /// stream another manager holds counts as connected while that manager is in `live`;
+    /// once it is not, as away since then.
+    pub fn sweep(&self, r: InstanceRetention, now: OffsetDateTime, live: &HashSet<String>) -> usize {
         let ttl = time::Duration::try_from(r.ttl).unwrap_or(time::Duration::MAX);
         let remove_after = ttl.saturating_add(time::Duration::try_from(r.keep_gone).unwrap_or(time::Duration::MAX));
         let mut changed = 0;
@@ -677,11 +769,21 @@ impl Fleet {
                 if e.conn.is_some() {
                     continue;
                 }
-                let away = now - e.record.last_seen;
+                let mut since = e.record.last_seen;
+                if let Some(owner) = &e.owner {
+                    if live.contains(owner) {
+                        continue;
+                    }
+                    // Its manager died: its agent is away from now on, unless it comes back.
+                    since = since.max(*e.orphaned_at.get_or_insert(now));
+                    e.record.connected = false;
+                }
+                let away = now - since;
                 if away > remove_after {
                     expired.push(id.clone());
                 } else if away > ttl && !e.record.gone {
                     e.record.gone = true;
+                    e.owner = None;
                     e.dirty = true;
                     changed += 1;
                     let event = NewEvent::new(tenant, "instance.gone", "manager", format!("instance/{id}"))
@@ -719,7 +821,7 @@ impl Fleet {
         let entries = inner.instances.get_mut(tenant).ok_or_else(|| Error::not_found(format!("instance {id:?}")))?;
         match entries.get(id) {
             None => return Err(Error::not_found(format!("instance {id:?}"))),
-            Some(e) if e.conn.is_some() => {
+            Some(e) if e.conn.is_some() || (e.owner.is_some() && e.record.connected) => {
                 return Err(Error::precondition(format!(
                     "instance {id} is connected: stop its agent first (a connected agent would register it again)"
                 )));
@@ -748,15 +850,21 @@ impl Fleet {
         Ok(removed)
     }
 
-    /// Sweeps every `r.ttl / 10` (at least each second, at most every 30 s) until `cancel`.
-    pub async fn run_sweeper(self: Arc<Self>, r: InstanceRetention, cancel: CancellationToken) {
+    /// Sweeps every `r.ttl / 10` (at least each second, at most every 30 s) until `cancel`,
+    /// with the managers alive in `store` (a sweep waits while they cannot be read).
+    pub async fn run_sweeper(self: Arc<Self>, r: InstanceRetention, store: Arc<dyn Store>, cancel: CancellationToken) {
         let every = (r.ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(30));
         loop {
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
                 () = cancel.cancelled() => return,
             }
-            self.sweep(r, OffsetDateTime::now_utc());
+            match remote::live_managers(store.as_ref()).await {
+                Ok(live) => {
+                    self.sweep(r, OffsetDateTime::now_utc(), &live);
+                }
+                Err(e) => tracing::debug!(error = %e, "managers not readable; sweep postponed"),
+            }
         }
     }
 }
@@ -769,6 +877,9 @@ pub struct StoredInstance {
     /// The instance.
     #[serde(flatten)]
     pub instance: Instance,
+    /// The manager that holds its stream (none while no agent is connected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// The SHA-256 of the claim of the agent that holds it (none: an agent that sent none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<String>,

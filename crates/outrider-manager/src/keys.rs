@@ -152,6 +152,11 @@ pub fn instance(t: &str, id: &str) -> String {
 /// Prefix of every instance record.
 pub const INSTANCES: &str = "instances/";
 
+/// The tenant and id of an instance record's key.
+pub fn parse_instance(key: &str) -> Option<(&str, &str)> {
+    key.strip_prefix(INSTANCES)?.split_once('/')
+}
+
 /// Prefix of a tenant's event log (its indexes and, from older versions, events keyed by
 /// time directly under it).
 pub fn events(t: &str) -> String {
@@ -191,6 +196,20 @@ pub const TOKENS: &str = "auth/tokens/";
 pub fn token_name(name: &str) -> String {
     format!("auth/token-names/{name}")
 }
+
+/// `managers/{name}`: present while that manager lives (held with a lease).
+pub fn manager(name: &str) -> String {
+    format!("{MANAGERS}{name}")
+}
+
+/// Prefix of the live managers.
+pub const MANAGERS: &str = "managers/";
+
+/// The leader's election key: held by the manager whose executor runs.
+pub const LEADER: &str = "election/leader";
+
+/// The services the leader's live plans judge (their agents' managers write every sample).
+pub const WATCHED: &str = "fleet/watched";
 
 /// A parsed catalog key.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,6 +21,7 @@ pub mod executor;
 pub mod fleet;
 mod history;
 mod keys;
+mod leadership;
 mod live_plans;
 pub mod metrics;
 mod plans;

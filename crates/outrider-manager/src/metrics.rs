@@ -29,6 +29,10 @@ pub struct Metrics {
     /// Webhook delivery attempts by `outcome`: `delivered`, `retried` (failed, tried again),
     /// `failed` (the last attempt failed), `dropped` (the webhook's queue was full).
     pub webhook_deliveries: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// 1 while this manager leads (its executor runs), else 0.
+    pub leader: Gauge,
+    /// Leaderships this manager took.
+    pub leader_terms: Counter,
     resident_memory: Gauge,
     cpu_seconds: Counter<f64, AtomicU64>,
 }
@@ -74,9 +78,15 @@ impl Default for Metrics {
             "Webhook delivery attempts by outcome",
             webhook_deliveries.clone(),
         );
+        let leader = Gauge::default();
+        let leader_terms = Counter::default();
+        registry.register("outrider_leader", "1 while this manager leads (its executor runs)", leader.clone());
+        registry.register("outrider_leader_terms", "Leaderships this manager took", leader_terms.clone());
         Self {
             registry,
             webhook_deliveries,
+            leader,
+            leader_terms,
             agents_connected,
             desired_pushes,
             catalog_revision,

@@ -11,7 +11,7 @@ use std::{
 use futures::StreamExt;
 use outrider_model::{DEFAULT_TENANT, Tenant};
 use outrider_proto::v1::agent_sync_server::AgentSyncServer;
-use outrider_store::{Op, Store, StoreError};
+use outrider_store::{Op, Store, StoreError, WatchEvent};
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +23,9 @@ use crate::{
     catalog::Catalog,
     executor,
     fleet::{Fleet, InstanceRetention, StoredInstance},
-    keys, live_plans,
+    keys,
+    leadership::{self, LeaderWork},
+    live_plans,
     metrics::Metrics,
     repo::{NewEvent, Repo, decode, encode},
     retention::{self, Retention},
@@ -54,6 +56,22 @@ pub struct ManagerConfig {
     /// The Prometheus server the plans' analysis queries run on (none: plans with queries
     /// cannot pass their batches).
     pub prometheus: Option<String>,
+    /// This manager's name among the managers sharing the store (none: host name and pid).
+    pub name: Option<String>,
+    /// How long a dead manager keeps its leadership and presence (with several managers on
+    /// etcd: the longest pause of the executor when the leader dies).
+    pub leader_lease: Duration,
+}
+
+/// The default [`ManagerConfig::leader_lease`].
+pub const LEADER_LEASE: Duration = Duration::from_secs(5);
+
+/// A name for this manager: the host's and the process id.
+fn default_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = host.trim();
+    let host: String = host.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '.').collect();
+    format!("{}-{}", if host.is_empty() { "manager" } else { &host }, std::process::id())
 }
 
 impl ManagerConfig {
@@ -66,6 +84,8 @@ impl ManagerConfig {
             listen,
             instances: InstanceRetention::default(),
             prometheus: None,
+            name: None,
+            leader_lease: LEADER_LEASE,
         }
     }
 }
@@ -186,6 +206,11 @@ async fn follow(
             } else if key.starts_with(keys::TOKENS) {
                 // Tokens created or revoked through any manager count here at once.
                 apply_token(state, e);
+            } else if key.starts_with(keys::LIVE_PLANS) {
+                // A plan created or acted on through another manager.
+                plan_inputs = true;
+            } else {
+                shared_fleet(state, e);
             }
         }
         if plan_inputs {
@@ -216,6 +241,32 @@ async fn reload_tokens(state: &AppState) -> Result<(), Error> {
         tracing::info!(token = %name, closed, "token revoked");
     }
     Ok(())
+}
+
+/// Takes in what other managers sharing the store wrote of the fleet: their agents' records
+/// and the services the leader watches.
+fn shared_fleet(state: &AppState, e: &WatchEvent) {
+    if !state.fleet.is_shared() {
+        return;
+    }
+    match e {
+        WatchEvent::Put(kv) if kv.key.starts_with(keys::INSTANCES) => {
+            match decode::<StoredInstance>(&kv.key, &kv.value) {
+                Ok(stored) => state.fleet.merge_remote(stored),
+                Err(e) => tracing::warn!(error = %e, "unreadable instance record ignored"),
+            }
+        }
+        WatchEvent::Delete { key, .. } if key.starts_with(keys::INSTANCES) => {
+            if let Some((tenant, id)) = keys::parse_instance(key) {
+                state.fleet.forget_remote(tenant, id);
+            }
+        }
+        WatchEvent::Put(kv) if kv.key == keys::WATCHED => match decode(&kv.key, &kv.value) {
+            Ok(services) => state.fleet.follow_watched(services),
+            Err(e) => tracing::warn!(error = %e, "unreadable watched services ignored"),
+        },
+        _ => {}
+    }
 }
 
 /// Follows the store and keeps the catalog mirror and the agents' desired state current.
@@ -308,45 +359,47 @@ pub async fn start_with(
         ),
         None => None,
     };
+    let name = config.name.clone().unwrap_or_else(default_name);
+    let presence = leadership::join(store.as_ref(), &name, config.leader_lease)
+        .await?
+        .ok_or_else(|| StartError::NameTaken { name: name.clone() })?;
     let metrics = Arc::new(Metrics::default());
-    let fleet = Arc::new(Fleet::new(metrics.clone(), clock.clone()));
+    let fleet = Arc::new(Fleet::new(metrics.clone(), clock.clone(), name.clone(), leadership::shared(&presence)));
     let records = store.range(keys::INSTANCES).await?;
     fleet.load(records.kvs.iter().map(|kv| decode::<StoredInstance>(&kv.key, &kv.value)).collect::<Result<_, _>>()?);
     let (catalog, watch_from) = load_catalog(store.as_ref()).await?;
     let wake = Arc::new(tokio::sync::Notify::new());
     let cancel = CancellationToken::new();
     let webhooks = Arc::new(Webhooks::new(tuning.webhooks, metrics.clone(), clock.clone(), cancel.clone())?);
-    // Loaded before the executor starts, so that no event of this run is missed.
-    let webhooks_from = webhooks.load(store.as_ref()).await?;
     let state = AppState {
         repo: repo.clone(),
         fleet: fleet.clone(),
         catalog: Arc::new(RwLock::new(catalog)),
         auth,
         metrics,
-        wake: wake.clone(),
-        webhooks: webhooks.clone(),
-        clock: clock.clone(),
+        wake,
+        webhooks,
+        clock,
     };
 
+    let work = LeaderWork {
+        state: state.clone(),
+        prometheus,
+        retention: tuning.retention,
+        instances: config.instances,
+        started: tokio::time::Instant::now(),
+    };
     let background = vec![
-        tokio::spawn(webhooks.run(store.clone(), webhooks_from)),
         tokio::spawn(run_catalog_watch(state.clone(), watch_from, cancel.clone())),
-        tokio::spawn(retention::run(repo.clone(), tuning.retention, cancel.clone())),
         tokio::spawn(fleet.clone().run_flusher(repo, cancel.clone())),
-        tokio::spawn(fleet.clone().run_sweeper(config.instances, cancel.clone())),
-        tokio::spawn(
-            executor::Executor {
-                repo: state.repo.clone(),
-                catalog: state.catalog.clone(),
-                fleet: state.fleet.clone(),
-                clock,
-                wake,
-                metrics: state.metrics.clone(),
-                prometheus,
-            }
-            .run(cancel.clone()),
-        ),
+        tokio::spawn(leadership::stay_present(
+            store.clone(),
+            name.clone(),
+            config.leader_lease,
+            presence,
+            cancel.clone(),
+        )),
+        tokio::spawn(leadership::lead(work, name, config.leader_lease, cancel.clone())),
     ];
     // Only the gRPC service's own path speaks gRPC; every other path is the REST router's.
     let grpc = AgentSyncServer::new(SyncService::new(state.clone()));

@@ -51,6 +51,8 @@ impl Caller {
 
 async fn boot(dir: &Path, store: Option<String>) -> (RunningManager, Caller) {
     let mut config = ManagerConfig::new(dir.to_owned(), "127.0.0.1:0".parse().unwrap());
+    // Managers sharing one store need names of their own (the default is the host's).
+    config.name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
     config.store = store;
     let m = start(config).await.unwrap();
     let token = std::fs::read_to_string(dir.join("admin.token")).map(|t| t.trim().to_owned()).unwrap_or_default();
@@ -469,7 +471,16 @@ async fn claims_and_tokens_hold_across_managers_sharing_one_store() {
     let mut held =
         sync(&one.base, &agent, register("default", "i-1", "canary", Some("claim-one-0123456"))).await.unwrap();
     held.first().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Its record (with the claim's hash) reaches the other manager through the store.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let instances = two.ok(Method::GET, "/tenants/default/instances", None).await;
+        if instances.as_array().unwrap().iter().any(|i| i["id"] == "i-1" && i["connected"] == true) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the record never reached the second manager");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let err = sync(&two.base, &agent, register("default", "i-1", "canary", Some("claim-two-0123456"))).await;
     assert_eq!(err.unwrap_err().code(), tonic::Code::PermissionDenied);
     // Revoked on the first, refused on the second at once (its watch), its streams closed.

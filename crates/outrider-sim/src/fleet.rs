@@ -93,7 +93,8 @@ pub struct SimAgent {
 #[derive(Debug)]
 struct AgentRun {
     config: SyncConfig,
-    channel: Channel,
+    /// The managers, the one it starts with first.
+    channels: Vec<Channel>,
     status: watch::Sender<SyncStatus>,
     cancel: CancellationToken,
     task: Option<JoinHandle<()>>,
@@ -106,7 +107,7 @@ impl AgentRun {
         self.cancel = parent.child_token();
         let runtime: Arc<dyn Runtime> = runtime;
         let run =
-            sync::run(self.config.clone(), self.channel.clone(), runtime, self.status.clone(), self.cancel.clone());
+            sync::run(self.config.clone(), self.channels.clone(), runtime, self.status.clone(), self.cancel.clone());
         self.task = Some(tasks.spawn(run));
     }
 }
@@ -175,8 +176,9 @@ pub struct SimFleet {
 }
 
 impl SimFleet {
-    /// Starts one agent per instance against the manager at `manager_url`, with `token`, in
-    /// `tenant`; each instance's runtime gets the defects that select it and the
+    /// Starts one agent per instance against the manager at `manager_url` (or several
+    /// managers of one store, comma-separated: the agents are spread over them and move to the
+    /// next when one fails), with `token`, in `tenant`; each instance's runtime gets the defects that select it and the
     /// [`Profile::of_service`] of its service. Connections are opened lazily by the agents'
     /// first requests. Must be called
     /// inside a Tokio runtime.
@@ -187,28 +189,36 @@ impl SimFleet {
         instances: &[SimInstance],
         options: &SimFleetOptions,
     ) -> Result<Self, SimError> {
-        let endpoint = Endpoint::from_shared(manager_url.to_owned())
-            .map_err(|source| SimError::ManagerUrl { url: manager_url.to_owned(), source })?
-            .connect_timeout(options.connect_timeout)
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_while_idle(true)
-            .tcp_nodelay(true);
+        let endpoints = manager_url
+            .split(',')
+            .map(|url| {
+                Ok(Endpoint::from_shared(url.trim().to_owned())
+                    .map_err(|source| SimError::ManagerUrl { url: url.to_owned(), source })?
+                    .connect_timeout(options.connect_timeout)
+                    .http2_keep_alive_interval(Duration::from_secs(20))
+                    .keep_alive_while_idle(true)
+                    .tcp_nodelay(true))
+            })
+            .collect::<Result<Vec<_>, SimError>>()?;
         let per_connection = options.agents_per_connection.max(1);
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
         let mut agents = Vec::with_capacity(instances.len());
-        let mut channel: Option<Channel> = None;
+        let mut channels: Option<Vec<Channel>> = None;
         let mut connections = 0;
         // The fleet's day is the same for every instance.
         let midnight =
             Profile::midnight_for(tokio::time::Instant::now(), options.time_of_day, Duration::from_secs(24 * 3600));
         for (index, instance) in instances.iter().enumerate() {
             if index % per_connection == 0 {
-                channel = None;
+                channels = None;
             }
-            let channel = channel.get_or_insert_with(|| {
+            // Each group of agents starts with the next manager; its connections to the
+            // others open only when it moves there.
+            let channels = channels.get_or_insert_with(|| {
+                let first = connections % endpoints.len();
                 connections += 1;
-                endpoint.connect_lazy()
+                (0..endpoints.len()).map(|i| endpoints[(first + i) % endpoints.len()].connect_lazy()).collect()
             });
             let runtime = Arc::new(
                 SimRuntime::new(options.runtime, index as u64)
@@ -230,7 +240,7 @@ impl SimFleet {
             config.claim = Some(format!("outrider-sim/{tenant}/{}", instance.id));
             let mut run = AgentRun {
                 config,
-                channel: channel.clone(),
+                channels: channels.clone(),
                 status: tx,
                 cancel: cancel.child_token(),
                 task: None,

@@ -25,14 +25,14 @@ use std::{
 use async_trait::async_trait;
 use etcd_client::{
     Client, Compare as EtcdCompare, CompareOp, ConnectOptions, EventType, GetOptions, GetResponse, KvClient,
-    ResponseHeader, Txn as EtcdTxn, TxnOp, TxnOpResponse, WatchClient, WatchOptions, WatchResponse,
+    LeaseClient, ResponseHeader, Txn as EtcdTxn, TxnOp, TxnOpResponse, WatchClient, WatchOptions, WatchResponse,
 };
 use futures::StreamExt;
 use tokio::{sync::Mutex, task::JoinHandle};
 use tonic::Code;
 
 use crate::{
-    Compare, KeyValue, Op, Range, Store, StoreError, Txn, TxnResult, WatchBatch, WatchEvent, WatchStream,
+    Compare, Held, KeyValue, Op, Range, Store, StoreError, Txn, TxnResult, WatchBatch, WatchEvent, WatchStream,
     last_state::LastState,
 };
 
@@ -88,13 +88,14 @@ impl Drop for EtcdStore {
 }
 
 /// The clients of one etcd cluster, and where the store's keys are in it.
-struct Conn {
-    kv: KvClient,
+pub(crate) struct Conn {
+    pub(crate) kv: KvClient,
     watch: WatchClient,
+    pub(crate) lease: LeaseClient,
     /// Prepended to every key (empty, or ending in `/`).
     root: String,
     /// The members, for error messages.
-    endpoints: String,
+    pub(crate) endpoints: String,
 }
 
 impl EtcdStore {
@@ -174,6 +175,7 @@ impl Conn {
         let conn = Self {
             kv: client.kv_client().max_decoding_message_size(MAX_MESSAGE),
             watch: client.watch_client().max_decoding_message_size(MAX_MESSAGE),
+            lease: client.lease_client(),
             root: root.to_owned(),
             endpoints: names,
         };
@@ -181,11 +183,14 @@ impl Conn {
         Ok(conn)
     }
 
-    async fn call<T>(&self, f: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, StoreError> {
+    pub(crate) async fn call<T>(
+        &self,
+        f: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, StoreError> {
         within(&self.endpoints, f).await
     }
 
-    fn full(&self, key: &str) -> String {
+    pub(crate) fn full(&self, key: &str) -> String {
         format!("{}{key}", self.root)
     }
 
@@ -354,11 +359,11 @@ fn txn_ops_within(etcd_limit: usize) -> usize {
     (etcd_limit.saturating_sub(1) / 2).max(1)
 }
 
-fn fence() -> TxnOp {
+pub(crate) fn fence() -> TxnOp {
     TxnOp::put(FENCE, Vec::new(), None)
 }
 
-fn revision_of(r: i64) -> u64 {
+pub(crate) fn revision_of(r: i64) -> u64 {
     u64::try_from(r).unwrap_or(0)
 }
 
@@ -367,7 +372,10 @@ fn late(endpoints: &str) -> StoreError {
 }
 
 /// Runs one request with the request timeout.
-async fn within<T>(endpoints: &str, f: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T, StoreError> {
+pub(crate) async fn within<T>(
+    endpoints: &str,
+    f: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, StoreError> {
     match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
         Ok(r) => r.map_err(|e| convert(endpoints, e)),
         Err(_) => Err(late(endpoints)),
@@ -535,6 +543,10 @@ impl Store for EtcdStore {
 
     fn max_txn_ops(&self) -> usize {
         self.max_txn_ops
+    }
+
+    async fn hold(&self, key: &str, value: &[u8], ttl: Duration) -> Result<Option<Held>, StoreError> {
+        self.conn.hold(key, value, ttl).await
     }
 }
 

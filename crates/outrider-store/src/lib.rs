@@ -10,7 +10,9 @@
 #[cfg(feature = "conformance")]
 pub mod conformance;
 mod error;
+mod etcd_lease;
 mod etcd_store;
+mod held;
 mod last_state;
 mod redb_store;
 #[cfg(feature = "conformance")]
@@ -19,13 +21,14 @@ mod types;
 mod url;
 mod watch_hub;
 
-use std::pin::Pin;
+use std::{pin::Pin, time::Duration};
 
 use async_trait::async_trait;
 use futures::Stream;
 
 pub use error::StoreError;
 pub use etcd_store::{ETCD_MAX_TXN_OPS, EtcdStore};
+pub use held::{Held, campaign};
 pub use redb_store::RedbStore;
 pub use types::{Compare, KeyValue, Op, Range, Txn, TxnResult, WatchBatch, WatchEvent};
 pub use url::{embedded_url, open};
@@ -65,6 +68,15 @@ pub trait Store: Send + Sync + 'static {
     /// By default, no limit.
     fn max_txn_ops(&self) -> usize {
         usize::MAX
+    }
+    /// Puts `key` = `value` unless `key` exists, for as long as this process lives and keeps
+    /// the returned [`Held`] (a lease of `ttl` kept alive in the background: when the process
+    /// dies the key goes within `ttl`); `None` when the key exists. Several processes that
+    /// share a store elect a leader with it ([`campaign`]) and show they are alive. By default
+    /// (a store that only one process opens) nothing is written and the hold always succeeds.
+    async fn hold(&self, key: &str, value: &[u8], ttl: Duration) -> Result<Option<Held>, StoreError> {
+        let _ = (value, ttl);
+        Ok(Some(Held::sole(key)))
     }
     /// Whether the store can take writes now (readiness); by default, whether it answers.
     async fn ready(&self) -> Result<(), StoreError> {

@@ -1,6 +1,7 @@
-//! A real etcd server for tests (the `conformance` feature): Debian's `etcd` on free loopback
-//! ports, its data in a temporary directory, killed when dropped and able to stop and come
-//! back on the same ports and data (an etcd outage).
+//! A real etcd server for tests and benchmarks (the `conformance` feature): Debian's `etcd` on
+//! free loopback ports — one member, or a cluster of several — its data in a temporary
+//! directory, killed when dropped and able to stop and come back on the same ports and data
+//! (an etcd outage).
 
 use std::{
     collections::BTreeSet,
@@ -91,21 +92,27 @@ fn free_ports() -> Result<[u16; 2], TestEtcdError> {
     Ok([ports[0], ports[1]])
 }
 
-/// A running single-member etcd cluster. Dropping it kills the process and removes its data.
+/// One member's ports and process.
+struct Member {
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+/// A running etcd cluster on loopback (one member unless started with
+/// [`TestEtcd::start_cluster`]). Dropping it kills the processes and removes their data.
 pub struct TestEtcd {
     binary: PathBuf,
     /// More flags of its command line.
     extra: Vec<String>,
-    client_port: u16,
-    peer_port: u16,
-    child: Option<Child>,
-    /// Removed after the process is gone (field order).
+    members: Vec<Member>,
+    /// Removed after the processes are gone (field order).
     dir: TempDir,
 }
 
 impl std::fmt::Debug for TestEtcd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestEtcd").field("endpoint", &self.endpoint()).field("dir", &self.dir.path()).finish()
+        f.debug_struct("TestEtcd").field("endpoints", &self.endpoints()).field("dir", &self.dir.path()).finish()
     }
 }
 
@@ -117,73 +124,105 @@ impl TestEtcd {
 
     /// Like [`TestEtcd::start`], with more flags (`--max-txn-ops=512`).
     pub async fn start_with(binary: &Path, extra: &[&str]) -> Result<Self, TestEtcdError> {
+        Self::start_members(binary, 1, extra).await
+    }
+
+    /// A cluster of `members` members (three: it survives the loss of one).
+    pub async fn start_cluster(binary: &Path, members: usize) -> Result<Self, TestEtcdError> {
+        Self::start_members(binary, members.max(1), &[]).await
+    }
+
+    async fn start_members(binary: &Path, members: usize, extra: &[&str]) -> Result<Self, TestEtcdError> {
         let dir =
             tempfile::Builder::new().prefix("outrider-etcd-").tempdir().map_err(io("cannot create its directory"))?;
-        let [client_port, peer_port] = free_ports()?;
+        let members = (0..members)
+            .map(|_| free_ports().map(|[client_port, peer_port]| Member { client_port, peer_port, child: None }))
+            .collect::<Result<_, _>>()?;
         let extra = extra.iter().map(|a| (*a).to_owned()).collect();
-        let mut etcd = Self { binary: binary.to_owned(), extra, client_port, peer_port, child: None, dir };
+        let mut etcd = Self { binary: binary.to_owned(), extra, members, dir };
         etcd.restart().await?;
         Ok(etcd)
     }
 
-    /// `127.0.0.1:PORT`, its client address.
+    /// `127.0.0.1:PORT`, the client address of its first member.
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+        self.endpoints().swap_remove(0)
     }
 
-    /// The store URL of keys under `prefix` (none when empty) in it.
+    /// The client addresses of every member.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| format!("127.0.0.1:{}", m.client_port)).collect()
+    }
+
+    /// The store URL of keys under `prefix` (none when empty) in it, naming every member.
     pub fn url(&self, prefix: &str) -> String {
-        format!("etcd://{}/{prefix}", self.endpoint())
+        format!("etcd://{}/{prefix}", self.endpoints().join(","))
     }
 
-    /// Its output.
+    /// The output of its first member.
     pub fn log(&self) -> PathBuf {
-        self.dir.path().join("etcd.log")
+        self.member_log(0)
+    }
+
+    fn member_log(&self, i: usize) -> PathBuf {
+        if i == 0 { self.dir.path().join("etcd.log") } else { self.dir.path().join(format!("etcd-{i}.log")) }
     }
 
     /// Kills it (an outage); its data stays for [`TestEtcd::restart`].
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // Already gone is fine.
-            let _ = child.kill();
-            let _ = child.wait();
+        for m in &mut self.members {
+            if let Some(mut child) = m.child.take() {
+                // Already gone is fine.
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
     }
 
     /// Starts it again on the same ports and data and waits until it answers.
     pub async fn restart(&mut self) -> Result<(), TestEtcdError> {
         self.stop();
-        let client = format!("http://{}", self.endpoint());
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let log = File::options().create(true).append(true).open(self.log()).map_err(io("cannot open its log"))?;
-        let err = log.try_clone().map_err(io("cannot duplicate its log handle"))?;
-        let child = Command::new(&self.binary)
-            .args(["--name", "test", "--data-dir"])
-            .arg(self.dir.path().join("data"))
-            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("test={peer}"), "--initial-cluster-state", "new"])
-            .args(&self.extra)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .spawn()
-            .map_err(io(format!("cannot run {}", self.binary.display())))?;
-        self.child = Some(child);
+        let peer = |m: &Member| format!("http://127.0.0.1:{}", m.peer_port);
+        let cluster: Vec<String> = self.members.iter().enumerate().map(|(i, m)| format!("m{i}={}", peer(m))).collect();
+        let cluster = cluster.join(",");
+        for i in 0..self.members.len() {
+            let client = format!("http://127.0.0.1:{}", self.members[i].client_port);
+            let peer = peer(&self.members[i]);
+            let log = File::options()
+                .create(true)
+                .append(true)
+                .open(self.member_log(i))
+                .map_err(io("cannot open its log"))?;
+            let err = log.try_clone().map_err(io("cannot duplicate its log handle"))?;
+            let child = Command::new(&self.binary)
+                .args(["--name", &format!("m{i}"), "--data-dir"])
+                .arg(self.dir.path().join(format!("data-{i}")))
+                .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+                .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+                .args(["--initial-cluster", &cluster, "--initial-cluster-state", "new"])
+                .args(&self.extra)
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(err)
+                .spawn()
+                .map_err(io(format!("cannot run {}", self.binary.display())))?;
+            self.members[i].child = Some(child);
+        }
         self.wait_ready().await
     }
 
     async fn wait_ready(&mut self) -> Result<(), TestEtcdError> {
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
-            let last = match EtcdStore::connect(&[self.endpoint()], "").await {
+            let last = match EtcdStore::connect(&self.endpoints(), "").await {
                 Ok(store) => match store.revision().await {
                     Ok(_) => return Ok(()),
                     Err(e) => e.to_string(),
                 },
                 Err(e) => e.to_string(),
             };
-            let exited = self.child.as_mut().is_none_or(|c| c.try_wait().ok().flatten().is_some());
+            let exited =
+                self.members.iter_mut().any(|m| m.child.as_mut().is_none_or(|c| c.try_wait().ok().flatten().is_some()));
             if exited || tokio::time::Instant::now() > deadline {
                 let last = if exited { format!("it exited; {last}") } else { last };
                 return Err(TestEtcdError::Late { last, log: self.log() });

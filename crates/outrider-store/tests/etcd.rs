@@ -181,3 +181,46 @@ async fn every_shape_at_the_limit(s: std::sync::Arc<dyn outrider_store::Store>) 
     }
     assert_eq!(s.count("").await.unwrap(), 1, "only the stamped key is left");
 }
+
+#[tokio::test]
+async fn one_process_holds_a_key_until_it_lets_go_and_the_next_campaigner_takes_over() {
+    let Some(etcd) = etcd().await else { return };
+    let a = outrider_store::open(&etcd.url("ha")).await.unwrap();
+    let b = outrider_store::open(&etcd.url("ha")).await.unwrap();
+    let ttl = Duration::from_secs(2);
+    let first = a.hold("election/x", b"a", ttl).await.unwrap().expect("the key was free");
+    assert!(b.hold("election/x", b"b", ttl).await.unwrap().is_none(), "a held key is not given twice");
+    assert_eq!(b.get("election/x").await.unwrap().unwrap().value, b"a");
+    // The holder's fence admits its writes; another process's campaign waits.
+    let fence = first.fence().expect("a shared store fences");
+    assert!(a.txn(Txn::when(vec![fence.clone()], vec![Op::put("work", "1")])).await.unwrap().succeeded);
+    let waiting = tokio::spawn(async move {
+        let held = outrider_store::campaign(b.as_ref(), "election/x", b"b", ttl).await.unwrap();
+        (held, b)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the campaign waits while the key is held");
+    let started = Instant::now();
+    drop(first);
+    let (second, b) = tokio::time::timeout(Duration::from_secs(5), waiting).await.unwrap().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1), "letting go hands over at once, not at the lease's end");
+    assert_eq!(b.get("election/x").await.unwrap().unwrap().value, b"b");
+    // The deposed holder's fence no longer admits anything.
+    let late = a.txn(Txn::when(vec![fence], vec![Op::put("work", "2")])).await.unwrap();
+    assert!(!late.succeeded, "a deposed holder cannot write behind its fence");
+    assert_eq!(a.get("work").await.unwrap().unwrap().value, b"1");
+    assert!(!second.is_lost());
+}
+
+#[tokio::test]
+async fn a_hold_is_lost_when_its_lease_cannot_be_renewed() {
+    let Some(mut etcd) = etcd().await else { return };
+    let store = outrider_store::open(&etcd.url("lease")).await.unwrap();
+    let held = store.hold("election/y", b"me", Duration::from_secs(2)).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!held.is_lost(), "renewals keep the hold past its TTL");
+    etcd.stop();
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), held.lost()).await.expect("the hold is given up without etcd");
+    assert!(started.elapsed() < Duration::from_secs(2), "given up before the lease could expire and pass on");
+}

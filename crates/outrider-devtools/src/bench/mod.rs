@@ -11,6 +11,7 @@ use outrider_sim::{
 use serde::Serialize;
 
 pub mod analysis;
+mod failover;
 mod idle;
 mod upgrade;
 
@@ -35,6 +36,11 @@ pub enum BenchCommand {
     /// clock; recall, detection delay and blast radius per effect and magnitude, and the
     /// false-block rate over healthy batches.
     Analysis(analysis::AnalysisArgs),
+    /// Several managers on an etcd cluster started here, a simulated fleet spread over them,
+    /// and plans moving while the leader is killed again and again: time until another
+    /// manager leads and moves the plan, and proof from the events that no batch ran twice
+    /// and none was skipped.
+    Failover(failover::FailoverArgs),
 }
 
 /// Flags of `outrider bench propagation`.
@@ -67,6 +73,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<String> {
         BenchCommand::Upgrade(args) => upgrade::run(args).await,
         BenchCommand::Idle(args) => idle::run(args).await,
         BenchCommand::Analysis(args) => analysis::run(args).await,
+        BenchCommand::Failover(args) => failover::run(args).await,
     }
 }
 

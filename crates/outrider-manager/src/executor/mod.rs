@@ -45,6 +45,11 @@ pub use crate::clock::{Clock, SystemClock};
 /// out an instance whose stored record is behind.
 pub const SETTLE: Duration = Duration::from_secs(5);
 
+/// The wait of a manager that takes over the lead after following the store for [`SETTLE`]
+/// or more: its fleet is current but for the dead leader's agents, which reconnect to the
+/// managers left within a second or so and whose records are then written at once.
+pub const TAKEOVER_SETTLE: Duration = Duration::from_secs(2);
+
 /// Reports of a batch's instances are gathered this long before the judge looks again.
 const OBSERVE_COALESCE: Duration = Duration::from_millis(200);
 
@@ -74,6 +79,11 @@ pub struct Executor {
     pub metrics: Arc<Metrics>,
     /// Where the plans' analysis queries run (`--prometheus`).
     pub prometheus: Option<outrider_prometheus::Client>,
+    /// Holds while this manager leads: every step commits only with it (none: the manager is
+    /// alone on its store).
+    pub fence: Option<Compare>,
+    /// How long to wait before acting on plans ([`SETTLE`] after a start).
+    pub settle: Duration,
 }
 
 /// A plan the executor follows.
@@ -108,7 +118,7 @@ impl Executor {
     /// Runs until `cancel`.
     pub async fn run(self, cancel: CancellationToken) {
         tokio::select! {
-            () = tokio::time::sleep(SETTLE) => {}
+            () = tokio::time::sleep(self.settle) => {}
             () = cancel.cancelled() => return,
         }
         let mut plans: HashMap<String, Tracked> = HashMap::new();
@@ -269,13 +279,23 @@ impl Executor {
         ops.push(Op::put(key, encode(&step.plan)?));
         ops.push(live_plans::op(&t.tenant, &step.plan));
         let mut compare = vec![Compare::unchanged(key, t.revision)];
+        compare.extend(self.fence.clone());
         if step.plan.state == PlanState::Completed && t.plan.state != PlanState::Completed {
             compare.extend(self.mark_completed(&t.tenant, &step.plan, &mut ops).await?);
         }
         let events =
             step.events.iter().map(|e| NewEvent::of_plan(&t.tenant, "executor", &t.plan.id, e.clone())).collect();
         let r = self.repo.commit(compare, ops, events).await?;
+        if !r.succeeded && !self.leads().await? {
+            return Err(Error::Unavailable("this manager no longer leads: the step is not committed".into()));
+        }
         Ok(r.succeeded.then_some(r.revision))
+    }
+
+    /// Whether the leadership behind the fence still holds (always, without a fence).
+    async fn leads(&self) -> Result<bool, Error> {
+        let Some(Compare::ModRevision { key, revision }) = &self.fence else { return Ok(true) };
+        Ok(self.repo.store().get(key).await?.is_some_and(|kv| kv.mod_revision == *revision))
     }
 
     /// Records on the target version that `plan` completed (it is known good from now on),

@@ -52,7 +52,8 @@ pub struct Shared {
 pub struct Webhooks {
     shared: Arc<Shared>,
     hooks: Mutex<HashMap<(String, String), Arc<Hook>>>,
-    cancel: CancellationToken,
+    /// Ends the current delivery term (the manager's leadership, or its life).
+    cancel: Mutex<CancellationToken>,
 }
 
 impl Webhooks {
@@ -69,11 +70,13 @@ impl Webhooks {
             .build()
             .map_err(|e| Error::internal(format!("webhook client: {e}")))?;
         let shared = Arc::new(Shared { delivery, metrics, clock, http });
-        Ok(Self { shared, hooks: Mutex::new(HashMap::new()), cancel })
+        Ok(Self { shared, hooks: Mutex::new(HashMap::new()), cancel: Mutex::new(cancel) })
     }
 
-    /// Starts the workers of every stored webhook; returns the revision to follow from.
-    pub async fn load(&self, store: &dyn Store) -> Result<u64, Error> {
+    /// Starts the workers of every stored webhook, to deliver until `term` ends (the manager
+    /// delivers while it leads); returns the revision to follow from.
+    pub async fn load(&self, store: &dyn Store, term: CancellationToken) -> Result<u64, Error> {
+        *self.cancel.lock().unwrap_or_else(|p| p.into_inner()) = term;
         let range = store.range(keys::WEBHOOKS).await?;
         for kv in &range.kvs {
             self.put(kv);
@@ -101,7 +104,7 @@ impl Webhooks {
         if hooks.get(&key).is_some_and(|h| h.config == config) {
             return;
         }
-        let hook = Hook::spawn(config, self.shared.clone(), &self.cancel);
+        let hook = Hook::spawn(config, self.shared.clone(), &self.term());
         if let Some(old) = hooks.insert(key, hook) {
             old.stop();
         }
@@ -135,10 +138,26 @@ impl Webhooks {
         }
     }
 
-    /// Follows the store from `from` until cancelled: webhook changes start and stop
-    /// workers, logged events are offered to them. A watch that falls behind starts again
-    /// from the current revision (the events in between are not delivered; a warning says so).
-    pub async fn run(self: Arc<Self>, store: Arc<dyn Store>, mut from: u64) {
+    /// Follows the store from `from` until the term ends, then stops every worker: webhook
+    /// changes start and stop workers, logged events are offered to them. A watch that falls
+    /// behind starts again from the current revision (the events in between are not
+    /// delivered; a warning says so).
+    pub async fn run(self: Arc<Self>, store: Arc<dyn Store>, from: u64) {
+        self.follow(store, from).await;
+        // The term is over: no worker delivers any more.
+        let hooks = std::mem::take(&mut *self.hooks.lock().unwrap_or_else(|p| p.into_inner()));
+        for h in hooks.values() {
+            h.stop();
+        }
+    }
+
+    /// The current delivery term.
+    fn term(&self) -> CancellationToken {
+        self.cancel.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    async fn follow(&self, store: Arc<dyn Store>, mut from: u64) {
+        let term = self.term();
         loop {
             let mut watch = match store.watch("", from).await {
                 Ok(w) => w,
@@ -154,7 +173,7 @@ impl Webhooks {
             loop {
                 let batch = tokio::select! {
                     b = watch.next() => b,
-                    () = self.cancel.cancelled() => return,
+                    () = term.cancelled() => return,
                 };
                 match batch {
                     None => return,
@@ -211,9 +230,10 @@ impl Webhooks {
 
     /// Waits a moment before trying again; `false` when cancelled meanwhile.
     async fn pause(&self) -> bool {
+        let term = self.term();
         tokio::select! {
             () = tokio::time::sleep(std::time::Duration::from_millis(500)) => true,
-            () = self.cancel.cancelled() => false,
+            () = term.cancelled() => false,
         }
     }
 }

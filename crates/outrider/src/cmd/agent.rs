@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 /// Flags of `outrider agent` (PRODUCT.md §4).
 #[derive(clap::Args, Debug)]
 pub struct AgentArgs {
-    /// Manager URL.
+    /// Manager URL; several managers of one store as `URL,URL,…` (the agent moves to the
+    /// next when one fails).
     #[arg(long, env = "OUTRIDER_MANAGER", default_value = "http://127.0.0.1:7070")]
     pub manager: String,
     /// File holding the token.

@@ -31,6 +31,29 @@ pub struct ServerArgs {
     /// The Prometheus server (`http://host:9090`) that plans' analysis queries run on.
     #[arg(long, env = "OUTRIDER_PROMETHEUS")]
     pub prometheus: Option<String>,
+    /// This manager's name among several on one etcd (default: host name and process id).
+    #[arg(long, env = "OUTRIDER_NAME", value_parser = manager_name)]
+    pub name: Option<String>,
+    /// With several managers on etcd: how long a dead manager keeps its leadership (the
+    /// executor's longest pause when the leader dies), 2s to 5m.
+    #[arg(long, default_value = "5s", value_parser = leader_lease)]
+    pub leader_lease: HumanDuration,
+}
+
+/// A `--name`: 1 to 63 letters, digits, `-`, `_` or `.`.
+fn manager_name(s: &str) -> Result<String, String> {
+    let ok = (1..=63).contains(&s.len()) && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok { Ok(s.to_owned()) } else { Err("1 to 63 letters, digits, '-', '_' or '.'".into()) }
+}
+
+/// A `--leader-lease` within what etcd grants and what keeps a dead leader's pause short.
+fn leader_lease(s: &str) -> Result<HumanDuration, String> {
+    let d: HumanDuration = s.parse()?;
+    let (min, max) = (std::time::Duration::from_secs(2), std::time::Duration::from_secs(300));
+    if d.0 < min || d.0 > max {
+        return Err(format!("{s} is outside 2s..5m"));
+    }
+    Ok(d)
 }
 
 /// Completes on the first SIGINT or SIGTERM.
@@ -56,6 +79,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         instances,
         prometheus: args.prometheus.clone(),
         store: args.store.clone(),
+        name: args.name.clone(),
+        leader_lease: args.leader_lease.0,
         ..ManagerConfig::new(args.data_dir.clone(), args.listen)
     };
     let retention = Retention { events_per_tenant: args.event_retention.max(1), ..Retention::default() };

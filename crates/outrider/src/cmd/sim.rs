@@ -59,6 +59,10 @@ pub struct SimArgs {
     /// report, refreshed every --report-interval.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// The managers the agents sync with, `URL,URL,…` (several managers of one store: the
+    /// agents are spread over them and move to the next when one fails); default: --manager.
+    #[arg(long, value_name = "URLS")]
+    pub sync: Option<String>,
     #[command(flatten)]
     pub conn: ConnectArgs,
 }
@@ -173,7 +177,8 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
             eprintln!("defect {defect}: {selected} {instances} once they run {}", defect.version);
         }
     }
-    let fleet = SimFleet::start(client.base_url(), &token, tenant, &spec.instances, &options)?;
+    let managers = args.sync.as_deref().unwrap_or(client.base_url());
+    let fleet = SimFleet::start(managers, &token, tenant, &spec.instances, &options)?;
     eprintln!("starting {} agents over {} connections…", fleet.agents().len(), fleet.connections());
     if let Some(addr) = args.metrics_listen {
         let bound = fleet.serve_metrics(addr).await?;
