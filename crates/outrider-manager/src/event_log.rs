@@ -218,60 +218,12 @@ pub async fn migrate(store: &dyn Store, tenant: &str) -> Result<usize, Error> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    };
+    use std::sync::{Arc, atomic::Ordering};
 
-    use async_trait::async_trait;
-    use outrider_store::{RedbStore, TxnResult};
+    use outrider_store::RedbStore;
 
     use super::*;
-
-    /// A store that counts the keys its reads return.
-    struct Counting {
-        inner: RedbStore,
-        read: AtomicUsize,
-    }
-
-    #[async_trait]
-    impl Store for Counting {
-        async fn get(&self, key: &str) -> Result<Option<KeyValue>, outrider_store::StoreError> {
-            self.read.fetch_add(1, Ordering::SeqCst);
-            self.inner.get(key).await
-        }
-        async fn range(&self, prefix: &str) -> Result<Range, outrider_store::StoreError> {
-            let r = self.inner.range(prefix).await?;
-            self.read.fetch_add(r.kvs.len(), Ordering::SeqCst);
-            Ok(r)
-        }
-        async fn range_page(
-            &self,
-            prefix: &str,
-            after: Option<&str>,
-            limit: usize,
-        ) -> Result<Range, outrider_store::StoreError> {
-            let r = self.inner.range_page(prefix, after, limit).await?;
-            self.read.fetch_add(r.kvs.len(), Ordering::SeqCst);
-            Ok(r)
-        }
-        async fn count(&self, prefix: &str) -> Result<u64, outrider_store::StoreError> {
-            self.inner.count(prefix).await
-        }
-        async fn txn(&self, txn: Txn) -> Result<TxnResult, outrider_store::StoreError> {
-            self.inner.txn(txn).await
-        }
-        async fn watch(
-            &self,
-            prefix: &str,
-            from: u64,
-        ) -> Result<outrider_store::WatchStream, outrider_store::StoreError> {
-            self.inner.watch(prefix, from).await
-        }
-        async fn revision(&self) -> Result<u64, outrider_store::StoreError> {
-            self.inner.revision().await
-        }
-    }
+    use crate::test_store::TestStore;
 
     fn event(plan: Option<&str>, at: OffsetDateTime) -> Event {
         Event {
@@ -288,9 +240,8 @@ mod tests {
     }
 
     /// `count` transactions of two events each (the second of plan `p`), a second apart.
-    async fn log(count: u32) -> (tempfile::TempDir, Arc<Counting>, OffsetDateTime) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Counting { inner: RedbStore::open(&dir.path().join("s.redb")).unwrap(), read: 0.into() });
+    async fn log(count: u32) -> (Arc<TestStore>, OffsetDateTime) {
+        let store = Arc::new(TestStore::new());
         let t0 = time::macros::datetime!(2026-03-01 00:00 UTC);
         let mut ops = Vec::new();
         for i in 0..count {
@@ -300,12 +251,12 @@ mod tests {
             ops.extend(append_ops(&event(Some("p"), at), 2 * i + 1).unwrap());
             store.txn(Txn::ops(ops.clone())).await.unwrap();
         }
-        (dir, store, t0)
+        (store, t0)
     }
 
     #[tokio::test]
     async fn reads_go_through_the_indexes_and_never_split_a_transaction() {
-        let (_dir, store, t0) = log(300).await;
+        let (store, t0) = log(300).await;
         let q = |since, from, plan: Option<&str>| Query { since, from, plan: plan.map(str::to_owned) };
         let read = |q: Query, limit: usize| {
             let store = store.clone();
@@ -333,7 +284,7 @@ mod tests {
 
     #[tokio::test]
     async fn trimming_deletes_the_oldest_with_their_index_keys_and_says_how_far() {
-        let (_dir, store, _) = log(100).await;
+        let (store, _) = log(100).await;
         assert_eq!(trim(store.as_ref(), "t", 50).await.unwrap(), 150);
         assert_eq!(store.count(&keys::events_by_seq("t")).await.unwrap(), 50);
         assert_eq!(store.count(&keys::events_by_plan("t", "p")).await.unwrap(), 25);

@@ -99,6 +99,33 @@ pub fn live_plans(t: &str) -> String {
 /// Prefix of the whole live-plan index.
 pub const LIVE_PLANS: &str = "plans-live/";
 
+/// `writes/{tenant}/plans/{id}`: the intent of a write of plan `id` longer than one store
+/// transaction (a step, a rollback), while it is being applied (see `chunked.rs`). Writers of
+/// the plan compare it absent.
+pub fn plan_write(t: &str, id: &str) -> String {
+    format!("writes/{t}/plans/{id}")
+}
+
+/// `writes/{tenant}/versions/{sidecar}/{version}`: the intent of a long write of a version (a
+/// defective mark with its withdrawal).
+pub fn version_write(t: &str, s: &str, v: &str) -> String {
+    format!("writes/{t}/versions/{s}/{v}")
+}
+
+/// Prefix of every intent of a long write.
+pub const WRITES: &str = "writes/";
+
+/// `write-parts/{nonce}/{index:06}`: one transaction's worth of the data of the long write
+/// whose intent names `nonce`.
+pub fn write_part(nonce: &str, index: usize) -> String {
+    format!("write-parts/{nonce}/{index:06}")
+}
+
+/// Prefix of the parts of the long write whose intent names `nonce`.
+pub fn write_parts(nonce: &str) -> String {
+    format!("write-parts/{nonce}/")
+}
+
 /// `freezes/{tenant}/{id}`
 pub fn freeze(t: &str, id: &str) -> String {
     format!("freezes/{t}/{id}")

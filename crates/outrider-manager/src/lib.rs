@@ -13,6 +13,7 @@ pub mod api;
 mod auth;
 mod binding_admission;
 mod catalog;
+mod chunked;
 mod clock;
 mod codec;
 mod error;
@@ -31,6 +32,8 @@ mod serve;
 mod server;
 mod state;
 mod sync;
+#[cfg(test)]
+mod test_store;
 mod tokens;
 mod webhooks;
 

@@ -1,9 +1,12 @@
 //! Typed access to the store: JSON values, create-if-absent, compare-and-swap updates, and
 //! event-log entries written in the same transaction as the change they record.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU32, Ordering},
+use std::{
+    collections::BTreeSet,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU32, Ordering},
+    },
 };
 
 use outrider_model::Event;
@@ -78,12 +81,33 @@ impl NewEvent {
 pub struct Repo {
     store: Arc<dyn Store>,
     counter: Arc<AtomicU32>,
+    /// Intent keys of the long writes this process is applying (see [`Repo::claim`]).
+    claimed: Arc<Mutex<BTreeSet<String>>>,
+}
+
+/// A long write's intent key claimed by this process until dropped (see [`Repo::claim`]).
+pub struct Claim {
+    key: String,
+    claimed: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.claimed.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.key);
+    }
 }
 
 impl Repo {
     /// A repository over `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store, counter: Arc::new(AtomicU32::new(0)) }
+        Self { store, counter: Arc::new(AtomicU32::new(0)), claimed: Arc::default() }
+    }
+
+    /// Claims the intent key of a long write for this process (`None`: a task of this process
+    /// is applying it), so that another task finishing found intents leaves it to its writer.
+    pub fn claim(&self, key: &str) -> Option<Claim> {
+        let fresh = self.claimed.lock().unwrap_or_else(PoisonError::into_inner).insert(key.to_owned());
+        fresh.then(|| Claim { key: key.to_owned(), claimed: self.claimed.clone() })
     }
 
     /// The underlying store.

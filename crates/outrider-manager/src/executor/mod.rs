@@ -2,9 +2,10 @@
 //! keeps every plan with the time it is next due, and for each due plan takes a snapshot view
 //! (catalog mirror, live fleet, freezes), asks the reconciler for the next step, and commits
 //! the step — the plan with compare-and-swap, together with its overrides and events, in one
-//! transaction. A manager that restarts reads where every plan was and continues: no batch is
-//! applied twice (its state is written in the same transaction as its overrides), and none
-//! is skipped.
+//! transaction, or, for a step longer than the store takes at once, as a chunked write whose
+//! plan and events come last (`crate::chunked`). A manager that restarts finishes a step it
+//! left midway, then reads where every plan was and continues: no batch is applied twice, and
+//! none is skipped.
 //!
 //! Between steps it sleeps until the earliest due time, a wake-up (an API action, a change of
 //! the catalog or the freezes), or — while a batch is in flight — new reports from its
@@ -31,6 +32,7 @@ use view::TenantView;
 use crate::{
     Error,
     catalog::Catalog,
+    chunked::{self, Chunked},
     fleet::Fleet,
     keys, live_plans,
     metrics::Metrics,
@@ -166,8 +168,19 @@ impl Executor {
     }
 
     /// Rereads the plans that are not done (decoding only those that changed; done plans
-    /// leave the map); changed ones, or with `all` every one, are due now.
+    /// leave the map), after finishing long writes found under way; changed ones, or with
+    /// `all` every one, are due now.
     async fn reread(&self, plans: &mut HashMap<String, Tracked>, now: OffsetDateTime, all: bool) -> Result<(), Error> {
+        // A write longer than one transaction left midway (a manager stopped, a store
+        // outage) is finished first: the plan it writes moves on from there. One this process
+        // is writing (an operator's rollback) is left to its writer, and one that cannot be
+        // finished now is tried again: their plans are looked at a little later (the writer
+        // of an operator action wakes the executor when done).
+        let busy = chunked::finish_found(&self.repo, &self.fence()).await?;
+        let due_at = |tenant: &str, plan: &Plan| {
+            let under_way = busy.contains(&keys::plan_write(tenant, &plan.id));
+            reconcile::is_live(plan.state).then_some(if under_way { now + RETRY } else { now })
+        };
         let live = live_plans::all(self.repo.store().as_ref()).await?;
         let mut seen = HashMap::with_capacity(live.len());
         for kv in &live {
@@ -175,7 +188,7 @@ impl Executor {
             match plans.get_mut(&kv.key) {
                 Some(t) if t.revision == kv.mod_revision => {
                     if all && reconcile::is_live(t.plan.state) {
-                        t.due = Some(now);
+                        t.due = due_at(&t.tenant, &t.plan);
                     }
                 }
                 _ => {
@@ -183,7 +196,7 @@ impl Executor {
                     let Some(tenant) = kv.key.strip_prefix(keys::PLANS).and_then(|r| r.split('/').next()) else {
                         continue;
                     };
-                    let due = reconcile::is_live(plan.state).then_some(now);
+                    let due = due_at(tenant, &plan);
                     let t = Tracked { tenant: tenant.to_owned(), revision: kv.mod_revision, plan, due };
                     plans.insert(kv.key.clone(), t);
                 }
@@ -268,28 +281,37 @@ impl Executor {
     }
 
     /// Writes a step: the plan (if unchanged since read), its overrides and events, and
-    /// `extra` (a rollback by itself), at once. The new revision, or `None` when the plan
-    /// changed meanwhile.
+    /// `extra` (a rollback by itself). The new revision, or `None` when the plan changed
+    /// meanwhile (or another write of it is under way). A step longer than one store
+    /// transaction is written in chunks (`chunked.rs`): its overrides, targets and bindings
+    /// first, the plan and its events last, so the plan never says a batch is done before
+    /// all of its writes landed; a manager stopped midway finishes the step when it starts.
     async fn commit(&self, key: &str, t: &Tracked, step: &Step, extra: Vec<Op>) -> Result<Option<u64>, Error> {
-        let mut ops = extra;
-        ops.reserve(step.writes.len() + 2);
+        let mut data = extra;
+        data.reserve(step.writes.len());
         for w in &step.writes {
-            ops.push(write_op(&t.tenant, w)?);
+            data.push(write_op(&t.tenant, w)?);
         }
-        ops.push(Op::put(key, encode(&step.plan)?));
-        ops.push(live_plans::op(&t.tenant, &step.plan));
-        let mut compare = vec![Compare::unchanged(key, t.revision)];
-        compare.extend(self.fence.clone());
+        let mut record = vec![Op::put(key, encode(&step.plan)?), live_plans::op(&t.tenant, &step.plan)];
+        let mut guard = vec![Compare::unchanged(key, t.revision)];
         if step.plan.state == PlanState::Completed && t.plan.state != PlanState::Completed {
-            compare.extend(self.mark_completed(&t.tenant, &step.plan, &mut ops).await?);
+            guard.extend(self.mark_completed(&t.tenant, &step.plan, &mut record).await?);
         }
         let events =
             step.events.iter().map(|e| NewEvent::of_plan(&t.tenant, "executor", &t.plan.id, e.clone())).collect();
-        let r = self.repo.commit(compare, ops, events).await?;
-        if !r.succeeded && !self.leads().await? {
+        let intent = keys::plan_write(&t.tenant, &t.plan.id);
+        let r = chunked::commit(&self.repo, &self.fence(), Chunked { intent, guard, data, record, events }).await?;
+        if r.is_none() && !self.leads().await? {
             return Err(Error::Unavailable("this manager no longer leads: the step is not committed".into()));
         }
-        Ok(r.succeeded.then_some(r.revision))
+        Ok(r)
+    }
+
+    /// The compares every transaction the executor writes carries — a step's one transaction,
+    /// or each chunk of a long one, and the long writes it finishes — beside the compares of
+    /// the write itself: the leadership's fence, with several managers.
+    fn fence(&self) -> Vec<Compare> {
+        self.fence.iter().cloned().collect()
     }
 
     /// Whether the leadership behind the fence still holds (always, without a fence).
@@ -327,4 +349,113 @@ fn write_op(tenant: &str, w: &Write) -> Result<Op, Error> {
 
 fn target_key(tenant: &str, c: &reconcile::CellRef) -> String {
     keys::target_key(tenant, &c.service, &c.sidecar, &c.region, &c.env, &c.stage)
+}
+
+#[cfg(test)]
+mod tests {
+    use outrider_model::{Override, PlanSpec, UpgradeMode};
+    use outrider_rollout::reconcile::PlanEvent;
+    use outrider_store::{Store, Txn};
+
+    use super::*;
+    use crate::test_store::TestStore;
+
+    const INSTANCES: usize = 40;
+
+    fn executor(store: Arc<TestStore>) -> Executor {
+        let metrics = Arc::new(Metrics::default());
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let fleet = Arc::new(Fleet::new(metrics.clone(), clock.clone(), "test".into(), false));
+        let repo = Repo::new(store);
+        Executor {
+            repo,
+            catalog: Arc::default(),
+            fleet,
+            clock,
+            wake: Arc::default(),
+            metrics,
+            prometheus: None,
+            fence: None,
+            settle: SETTLE,
+        }
+    }
+
+    fn record(i: usize) -> String {
+        keys::override_key("t", "svc", &format!("i{i:02}"), "mesh")
+    }
+
+    /// A store taking 8 operations per transaction holding a running plan, the plan as the
+    /// executor tracks it, and a step that records 40 instances and says so.
+    async fn setup() -> (Arc<TestStore>, Tracked, Step) {
+        let store = Arc::new(TestStore::new().with_max_txn_ops(8));
+        let spec: PlanSpec = serde_json::from_str(r#"{"sidecar":"mesh","target_version":"1.1.0"}"#).unwrap();
+        let mut plan = Plan::new("p1".into(), spec, Vec::new(), Vec::new(), OffsetDateTime::UNIX_EPOCH);
+        plan.state = PlanState::Running;
+        let ops = vec![Op::put(keys::plan("t", "p1"), encode(&plan).unwrap()), live_plans::op("t", &plan)];
+        let revision = store.txn(Txn::ops(ops)).await.unwrap().revision;
+        let mut next = plan.clone();
+        next.reason = "batch 0 applied".into();
+        let writes = (0..INSTANCES)
+            .map(|i| Write::Override {
+                service: "svc".into(),
+                instance: format!("i{i:02}"),
+                sidecar: "mesh".into(),
+                value: Override {
+                    plan: "p1".into(),
+                    phase: 0,
+                    batch: 0,
+                    version: "1.1.0".into(),
+                    mode: UpgradeMode::Restart,
+                    previous: "1.0.0".into(),
+                    base_version: "1.0.0".into(),
+                    exits_before: 0,
+                },
+            })
+            .collect();
+        let event = PlanEvent { kind: "batch.state", reason: "applying".into(), detail: serde_json::Value::Null };
+        let step = Step { plan: next, changed: true, writes, events: vec![event], next: None };
+        (store, Tracked { tenant: "t".into(), revision, plan, due: None }, step)
+    }
+
+    #[tokio::test]
+    async fn a_step_stopped_between_chunks_is_finished_exactly_once_by_the_restarted_executor() {
+        let key = keys::plan("t", "p1");
+        let (store, t, step) = setup().await;
+        executor(store.clone()).commit(&key, &t, &step, Vec::new()).await.unwrap().expect("committed");
+        let transactions = store.committed().len() - 1;
+        assert!(transactions > 5, "a step of {INSTANCES} records takes chunks: {transactions}");
+        for stop in 0..transactions {
+            let (store, t, step) = setup().await;
+            store.fail_after(stop);
+            assert!(executor(store.clone()).commit(&key, &t, &step, Vec::new()).await.is_err());
+            // A restarted manager: its executor rereads the plans.
+            let mut plans = HashMap::new();
+            executor(store.clone()).reread(&mut plans, OffsetDateTime::now_utc(), true).await.unwrap();
+            let tracked = &plans[&key];
+            let written: Vec<usize> = (0..INSTANCES).map(|i| store.writes_of(&record(i))).collect();
+            let events = store.count(&keys::events_by_plan("t", "p1")).await.unwrap();
+            if tracked.plan.reason == "batch 0 applied" {
+                assert!(written.iter().all(|w| *w == 1), "stopped at {stop}: each record once: {written:?}");
+                assert_eq!(events, 1, "stopped at {stop}: the event once");
+                assert_eq!(store.get(&key).await.unwrap().unwrap().mod_revision, tracked.revision);
+            } else {
+                assert!(written.iter().all(|w| *w == 0), "stopped at {stop}, undecided: nothing written");
+                assert_eq!((events, tracked.revision), (0, t.revision), "stopped at {stop}: the plan as it was");
+            }
+            assert_eq!(store.count(keys::WRITES).await.unwrap(), 0, "stopped at {stop}: no intent left");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_step_computed_while_another_write_of_the_plan_is_under_way_is_refused() {
+        let key = keys::plan("t", "p1");
+        let (store, t, step) = setup().await;
+        // Stopped after the intent was stored.
+        store.fail_after(4);
+        assert!(executor(store.clone()).commit(&key, &t, &step, Vec::new()).await.is_err());
+        assert_eq!(store.count(keys::WRITES).await.unwrap(), 1);
+        // A step computed from the same plan, short enough for one transaction.
+        let short = Step { writes: Vec::new(), ..step.clone() };
+        assert_eq!(executor(store.clone()).commit(&key, &t, &short, Vec::new()).await.unwrap(), None);
+    }
 }

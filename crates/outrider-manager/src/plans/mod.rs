@@ -76,7 +76,7 @@ pub async fn create(s: &AppState, tenant: &str, actor: &str, spec: PlanSpec) -> 
     if let Some((mut old, rev)) = superseded {
         let e = supersede::take_over(&mut old, &plan.id, now);
         let old_key = keys::plan(tenant, &old.id);
-        compare.push(Compare::unchanged(&old_key, rev));
+        compare.extend([Compare::unchanged(&old_key, rev), Compare::absent(keys::plan_write(tenant, &old.id))]);
         ops.extend([Op::put(&old_key, encode(&old)?), live_plans::op(tenant, &old)]);
         events.push(NewEvent::of_plan(tenant, actor, &old.id, e));
     }
@@ -136,7 +136,8 @@ pub async fn delete(s: &AppState, tenant: &str, id: &str, actor: &str) -> Result
     }
     let event = NewEvent::new(tenant, "plan.deleted", actor, format!("plan/{id}")).plan(id);
     let ops = vec![Op::delete(&key), Op::delete(keys::live_plan(tenant, id))];
-    let r = s.repo.commit(vec![Compare::unchanged(&key, rev)], ops, vec![event]).await?;
+    let compare = vec![Compare::unchanged(&key, rev), Compare::absent(keys::plan_write(tenant, id))];
+    let r = s.repo.commit(compare, ops, vec![event]).await?;
     if !r.succeeded {
         return Err(Error::conflict(format!("plan {id} changed meanwhile; retry")));
     }

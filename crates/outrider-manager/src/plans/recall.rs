@@ -1,6 +1,7 @@
-//! Marking a version defective, and what follows: in the same transaction as the mark, every
-//! pending plan record and cell target naming it is withdrawn (`withdraw.rs`) and the last
-//! known good version (`last_good.rs`) is stored as its `recall_to`; then the live plans that
+//! Marking a version defective, and what follows: in the same transaction as the mark (or,
+//! when they are more than one store transaction takes, in chunks before it: `crate::chunked`),
+//! every pending plan record and cell target naming it is withdrawn (`withdraw.rs`) and the
+//! last known good version (`last_good.rs`) is stored as its `recall_to`; then the live plans that
 //! target it are blocked, the withdrawal is redone for what a plan step committed meanwhile,
 //! and a recall plan is drafted.
 
@@ -13,6 +14,7 @@ use outrider_store::{Compare, Op};
 use time::OffsetDateTime;
 
 use super::{
+    actions::update_plan,
     last_good::recall_target,
     new_id, plan_spec,
     withdraw::{Record, Target, Withdrawal, withdraw},
@@ -20,11 +22,15 @@ use super::{
 use crate::{
     Error,
     catalog::CellKey,
+    chunked::{self, Chunked},
     keys::{self, CatalogKey},
     live_plans,
     repo::{NewEvent, decode, encode},
     state::AppState,
 };
+
+/// Tries of a mark on a version that changed meanwhile.
+const MARK_TRIES: u32 = 5;
 
 /// Marks `sidecar` `version` defective for `reason`, withdraws what would still deliver it,
 /// blocks the live plans that target it and drafts a paused recall plan towards the last
@@ -74,21 +80,30 @@ pub async fn mark_defective(
                       "pinned": withdrawal.pinned},
     });
     let object = format!("sidecar/{sidecar}/version/{version}");
-    let marked = s
-        .repo
-        .update_with(&key, &what, |v: &mut Version| {
-            if v.state == VersionState::Defective {
-                return Err(Error::conflict(format!("{what} was marked defective meanwhile")));
-            }
-            v.state = VersionState::Defective;
-            v.defect_reason = Some(reason.to_owned());
-            v.recall_to = recall.as_ref().ok().cloned();
-            v.recall_skipped = recall.as_ref().err().cloned();
-            let event =
-                NewEvent::new(tenant, "version.defective", actor, &object).reason(reason).detail(detail.clone());
-            Ok((ops.clone(), vec![event]))
-        })
-        .await?;
+    // The withdrawal may be longer than one store transaction: in chunks then, the mark last.
+    let intent = keys::version_write(tenant, sidecar, version);
+    let mut tries = 0;
+    let marked = loop {
+        let (mut v, rev) = s.repo.get::<Version>(&key).await?.ok_or_else(|| Error::not_found(&what))?;
+        if v.state == VersionState::Defective {
+            return Err(Error::conflict(format!("{what} was marked defective meanwhile")));
+        }
+        v.state = VersionState::Defective;
+        v.defect_reason = Some(reason.to_owned());
+        v.recall_to = recall.as_ref().ok().cloned();
+        v.recall_skipped = recall.as_ref().err().cloned();
+        let event = NewEvent::new(tenant, "version.defective", actor, &object).reason(reason).detail(detail.clone());
+        let record = vec![Op::put(&key, encode(&v)?)];
+        let guard = vec![Compare::unchanged(&key, rev)];
+        let w = Chunked { intent: intent.clone(), guard, data: ops.clone(), record, events: vec![event] };
+        if chunked::commit(&s.repo, &[], w).await?.is_some() {
+            break v;
+        }
+        tries += 1;
+        if tries == MARK_TRIES {
+            return Err(Error::conflict(format!("{what} is being changed concurrently; retry")));
+        }
+    };
     follow_up(s, tenant, &marked, actor).await?;
     Ok(marked)
 }
@@ -182,7 +197,11 @@ async fn rewithdraw(
     if !withdrawal.is_empty() {
         tracing::info!(%sidecar, %version, records = withdrawal.records.len(), targets = withdrawal.targets.len(),
             "withdrew what a plan step wrote while the version was marked defective");
-        s.repo.commit(Vec::new(), withdrawal_ops(tenant, sidecar, &withdrawal)?, Vec::new()).await?;
+        // Each write stands alone (rewriting twice changes nothing more): split as the store takes them.
+        let ops = withdrawal_ops(tenant, sidecar, &withdrawal)?.into_iter().map(|op| vec![op]).collect();
+        for chunk in Op::batches(ops, s.repo.store().max_txn_ops()) {
+            s.repo.commit(Vec::new(), chunk, Vec::new()).await?;
+        }
     }
     Ok(())
 }
@@ -196,17 +215,14 @@ async fn block_plans(s: &AppState, tenant: &str, sidecar: &str, version: &str, a
         if plan.sidecar != sidecar || plan.target_version != version || !blocks(&plan) {
             continue;
         }
-        let key = keys::plan(tenant, &plan.id);
-        let r = s
-            .repo
-            .update(&key, &format!("plan {}", plan.id), |p: &mut Plan| {
-                if !blocks(p) {
-                    return Ok(Vec::new());
-                }
-                let e = transition(p, PlanState::Blocked, reason.clone());
-                Ok(vec![NewEvent::of_plan(tenant, actor, &p.id, e)])
-            })
-            .await;
+        let r = update_plan(&s.repo, tenant, &plan.id, |p: &mut Plan| {
+            if !blocks(p) {
+                return Ok((Vec::new(), Vec::new()));
+            }
+            let e = transition(p, PlanState::Blocked, reason.clone());
+            Ok((Vec::new(), vec![NewEvent::of_plan(tenant, actor, &p.id, e)]))
+        })
+        .await;
         if let Err(e) = r {
             tracing::warn!(plan = %plan.id, error = %e, "could not block a plan targeting a defective version");
         }
