@@ -69,6 +69,14 @@ pub enum AgentError {
         /// The underlying error.
         error: io::Error,
     },
+    /// The instance claim cannot be read or written.
+    #[error("cannot keep the instance claim in {}: {error}", path.display())]
+    Claim {
+        /// The data dir.
+        path: PathBuf,
+        /// The underlying error.
+        error: io::Error,
+    },
     /// The HTTP client for artifacts cannot be built.
     #[error("http client: {0}")]
     HttpClient(reqwest::Error),
@@ -169,6 +177,10 @@ pub async fn run(config: AgentConfig, cancel: CancellationToken) -> Result<(), A
     );
     sync_config.deploy_id = config.deploy_id.clone();
     sync_config.state_dir = Some(config.data_dir.clone());
+    sync_config.claim = Some(
+        crate::claim::load_or_create(&config.data_dir)
+            .map_err(|error| AgentError::Claim { path: config.data_dir.clone(), error })?,
+    );
     sync_config.report_interval = config.report_interval;
     sync::run(sync_config, channels, runtime, status_tx, cancel).await;
     Ok(())

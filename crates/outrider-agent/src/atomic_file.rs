@@ -15,9 +15,19 @@ use std::{
 ///
 /// Blocking (it fsyncs): call it from `spawn_blocking` in async code that must not stall.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_mode(path, bytes, 0o666)
+}
+
+/// Like [`write_atomic`], for a file only its owner may read or write (mode 0600 from its
+/// creation on: the content is never readable by others, not even for a moment).
+pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_mode(path, bytes, 0o600)
+}
+
+fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let dir = parent_dir(path);
     let tmp = temp_path(path);
-    let result = write_and_rename(&tmp, path, bytes);
+    let result = write_and_rename(&tmp, path, bytes, mode);
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
         return result;
@@ -25,8 +35,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     sync_dir(dir)
 }
 
-fn write_and_rename(tmp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new().write(true).create_new(true).open(tmp)?;
+fn write_and_rename(tmp: &Path, path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     drop(file);
@@ -69,6 +80,15 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"two, longer");
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("state.json")], "no temp file left behind");
+    }
+
+    #[test]
+    fn a_private_file_is_for_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        write_atomic_private(&path, b"s").unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     }
 
     #[test]

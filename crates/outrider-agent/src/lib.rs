@@ -9,6 +9,7 @@ pub mod agent;
 pub mod artifact;
 pub mod atomic_file;
 pub mod backoff;
+pub mod claim;
 pub mod http;
 pub mod probe;
 pub mod runtime;

@@ -46,6 +46,8 @@ pub struct SyncConfig {
     pub deploy_id: String,
     /// Where to persist the last desired state (None: not persisted, as in `outrider sim`).
     pub state_dir: Option<PathBuf>,
+    /// The instance claim sent in `Register` (see [`crate::claim`]; none: `outrider sim`).
+    pub claim: Option<String>,
     /// Reconnect backoff.
     pub backoff: Backoff,
     /// Status reports are sent on change and at least this often.
@@ -69,6 +71,7 @@ impl SyncConfig {
             labels,
             deploy_id: String::new(),
             state_dir: None,
+            claim: None,
             backoff: Backoff::new(Duration::from_millis(250), Duration::from_secs(30), 2),
             report_interval: Duration::from_secs(10),
         }
@@ -115,6 +118,7 @@ fn register_message(config: &SyncConfig, runtime: &dyn Runtime, applied: u64) ->
             applied_revision: applied,
             sidecars: runtime.status().iter().map(Into::into).collect(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            claim: config.claim.clone(),
         })),
     }
 }

@@ -2,8 +2,8 @@ use std::{fmt, path::Path, pin::Pin, time::Duration};
 
 use futures::Stream;
 use outrider_model::{
-    Binding, BindingChange, Event, Freeze, Instance, NewFreeze, NewVersion, NewWebhook, Plan, PlanSpec, Service,
-    ServiceUpdate, Sidecar, Simulation, Tenant, Version, Webhook, WebhookDetail,
+    Binding, BindingChange, Event, Freeze, Instance, IssuedToken, NewFreeze, NewToken, NewVersion, NewWebhook, Plan,
+    PlanSpec, Service, ServiceUpdate, Sidecar, Simulation, Tenant, Token, Version, Webhook, WebhookDetail,
 };
 use reqwest::{Method, RequestBuilder, Url};
 use serde::{Serialize, de::DeserializeOwned};
@@ -123,6 +123,23 @@ impl Client {
     /// `POST /tenants`: creates tenant `name`.
     pub async fn create_tenant(&self, name: &str) -> Result<Tenant, ClientError> {
         self.send(Method::POST, self.api_url(&["tenants"], &[])?, &json!({ "name": name })).await
+    }
+
+    /// `POST /tokens`: a new token; the answer holds its secret, shown this once.
+    pub async fn create_token(&self, token: &NewToken) -> Result<IssuedToken, ClientError> {
+        self.send(Method::POST, self.api_url(&["tokens"], &[])?, token).await
+    }
+
+    /// `GET /tokens`: the tokens the caller may manage (never their secrets).
+    pub async fn list_tokens(&self) -> Result<Vec<Token>, ClientError> {
+        self.get(self.api_url(&["tokens"], &[])?).await
+    }
+
+    /// `DELETE /tokens/{name}`: revokes the token; returns what it was.
+    pub async fn revoke_token(&self, name: &str) -> Result<Token, ClientError> {
+        let url = self.api_url(&["tokens", name], &[])?;
+        let what = format!("the answer to DELETE {}", url.path());
+        self.exchange(self.authorized(Method::DELETE, url), what).await
     }
 
     /// `POST /tenants/{tenant}/sidecars`.

@@ -43,6 +43,9 @@ pub enum Error {
     /// No or a wrong credential.
     #[error("{0}")]
     Unauthenticated(String),
+    /// The credential is good but its role or tenant does not allow this.
+    #[error("{0}")]
+    Forbidden(String),
     /// The store cannot be reached or refused the operation.
     #[error("store: {0}")]
     Unavailable(String),
@@ -73,6 +76,7 @@ impl Error {
             Self::Conflict(_) => "conflict",
             Self::FailedPrecondition(_) => "failed_precondition",
             Self::Unauthenticated(_) => "unauthenticated",
+            Self::Forbidden(_) => "forbidden",
             Self::Unavailable(_) => "unavailable",
             Self::UriTooLong(_) => "uri_too_long",
             Self::HeadersTooLarge(_) => "headers_too_large",
@@ -104,6 +108,11 @@ impl Error {
     /// No or a wrong credential.
     pub fn unauthenticated(message: impl Into<String>) -> Self {
         Self::Unauthenticated(message.into())
+    }
+
+    /// The caller's role or tenant does not allow this.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::Forbidden(message.into())
     }
 
     /// A bug or corrupt data.

@@ -52,6 +52,13 @@ pub struct Registration {
     pub deploy_id: String,
     /// What it runs now.
     pub sidecars: Vec<SidecarStatus>,
+    /// The SHA-256 of the agent's instance claim (none: an agent that sends none).
+    pub claim: Option<String>,
+    /// The claim hash the store holds for an instance this manager has not seen (another
+    /// manager's record).
+    pub stored_claim: Option<String>,
+    /// Who opened the stream (the token's name): its revocation ends the stream.
+    pub opened_by: String,
 }
 
 /// A live sync stream of one instance.
@@ -76,6 +83,10 @@ struct Entry {
     deployed_at: Option<OffsetDateTime>,
     /// Its recent samples, while a live plan watches its service.
     history: Option<Box<History>>,
+    /// The SHA-256 of the claim of the agent that holds it (persisted with the record).
+    claim: Option<String>,
+    /// Who opened the live stream (a token's name).
+    opened_by: Option<String>,
     /// The other manager that holds its stream, from the record that manager wrote.
     owner: Option<String>,
     /// Since when its owner is known to be dead (its agent counts as away from then on).
@@ -83,7 +94,7 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(record: Instance) -> Self {
+    fn new(record: Instance, claim: Option<String>) -> Self {
         Self {
             record,
             conn: None,
@@ -91,9 +102,27 @@ impl Entry {
             dirty: false,
             deployed_at: None,
             history: None,
+            claim,
+            opened_by: None,
             owner: None,
             orphaned_at: None,
         }
+    }
+}
+
+/// Whether a new stream may take instance `id` over from what holds it: a live stream or a
+/// recorded claim yields only to the same claim (an agent restarted on its data dir, or a
+/// reconnect after a half-open connection).
+fn may_take_over(id: &str, live: bool, held: Option<&str>, given: Option<&str>) -> Result<(), Error> {
+    match (held, given) {
+        (Some(h), Some(g)) if h == g => Ok(()),
+        (None, _) if !live => Ok(()),
+        _ => Err(Error::forbidden(format!(
+            "instance {id:?} is held by another agent{}; an agent keeps its claim in its data dir. If the \
+             old agent is gone for good, delete the instance (`outrider instance delete {id}` once it is \
+             disconnected) to free its id",
+            if live { " that is connected" } else { "" }
+        ))),
     }
 }
 
@@ -230,11 +259,11 @@ impl Fleet {
     /// another manager that shares the store holds their stream.
     pub fn load(&self, records: Vec<StoredInstance>) {
         let mut g = self.lock();
-        for StoredInstance { tenant, instance: mut record, owner } in records {
+        for StoredInstance { tenant, instance: mut record, owner, claim } in records {
             let owner = owner.filter(|o| self.shared && *o != self.me);
             record.connected = owner.is_some() && record.connected;
             g.by_service.entry((tenant.clone(), record.service.clone())).or_default().insert(record.id.clone());
-            let mut entry = Entry::new(record);
+            let mut entry = Entry::new(record, claim);
             entry.owner = owner;
             g.instances.entry(tenant).or_default().insert(entry.record.id.clone(), entry);
         }
@@ -250,6 +279,15 @@ impl Fleet {
         }
         let now = OffsetDateTime::now_utc();
         let mut g = self.lock();
+        match g.instances.get(&reg.tenant).and_then(|m| m.get(&reg.instance)) {
+            Some(held) => {
+                // Held here, or by another manager that is alive.
+                let live = held.conn.is_some()
+                    || (held.owner.is_some() && held.orphaned_at.is_none() && held.record.connected);
+                may_take_over(&reg.instance, live, held.claim.as_deref(), reg.claim.as_deref())?
+            }
+            None => may_take_over(&reg.instance, false, reg.stored_claim.as_deref(), reg.claim.as_deref())?,
+        }
         g.next_conn += 1;
         let conn_id = g.next_conn;
         let previous = g.instances.get_mut(&reg.tenant).and_then(|m| m.remove(&reg.instance));
@@ -261,6 +299,7 @@ impl Fleet {
             ids.remove(&reg.instance);
         }
         let last_told = previous.as_ref().and_then(|p| p.last_told.clone());
+        let claim = previous.as_ref().and_then(|p| p.claim.clone());
         let replaced = previous.as_ref().is_some_and(|p| p.conn.is_some());
         let record = Instance {
             id: reg.instance.clone(),
@@ -308,6 +347,8 @@ impl Fleet {
             dirty: true,
             deployed_at,
             history,
+            claim: reg.claim.or(claim),
+            opened_by: Some(reg.opened_by),
             owner: None,
             orphaned_at: None,
         };
@@ -404,6 +445,33 @@ impl Fleet {
         self.metrics.agents_connected.dec();
         self.flush.notify_one();
         self.observed.notify_one();
+    }
+
+    /// Whether this manager has a record of `id` in `tenant`.
+    pub fn knows(&self, tenant: &str, id: &str) -> bool {
+        self.lock().instances.get(tenant).is_some_and(|m| m.contains_key(id))
+    }
+
+    /// Ends every sync stream opened by `name` (a revoked token); returns how many.
+    pub fn close_opened_by(&self, name: &str) -> usize {
+        let mut g = self.lock();
+        let mut closed = 0;
+        for e in g.instances.values_mut().flat_map(HashMap::values_mut) {
+            if e.conn.is_some() && e.opened_by.as_deref() == Some(name) {
+                e.conn = None;
+                e.opened_by = None;
+                e.record.connected = false;
+                e.dirty = true;
+                closed += 1;
+            }
+        }
+        drop(g);
+        if closed > 0 {
+            self.metrics.agents_connected.dec_by(closed as i64);
+            self.flush.notify_one();
+            self.observed.notify_one();
+        }
+        closed
     }
 
     /// Recomputes and pushes the desired state of every connected instance of `touched`.
@@ -622,7 +690,12 @@ impl Fleet {
                 for e in entries.values_mut().filter(|e| e.dirty) {
                     e.dirty = false;
                     let owner = e.conn.is_some().then(|| self.me.clone());
-                    records.push(StoredInstance { tenant: tenant.clone(), instance: e.record.clone(), owner });
+                    records.push(StoredInstance {
+                        tenant: tenant.clone(),
+                        instance: e.record.clone(),
+                        owner,
+                        claim: e.claim.clone(),
+                    });
                 }
             }
             let watched = std::mem::take(&mut g.watched_dirty).then(|| remote::watched_list(&g.watched));
@@ -769,6 +842,14 @@ impl Fleet {
         Ok(e.record)
     }
 
+    /// Like [`Fleet::remove`], and deletes the stored record before answering, so the id is
+    /// free at once on every manager (a new agent may register it with a claim of its own).
+    pub async fn delete(&self, repo: &Repo, tenant: &str, id: &str, actor: &str) -> Result<Instance, Error> {
+        let removed = self.remove(tenant, id, actor)?;
+        repo.commit(Vec::new(), vec![Op::delete(keys::instance(tenant, id))], Vec::new()).await?;
+        Ok(removed)
+    }
+
     /// Sweeps every `r.ttl / 10` (at least each second, at most every 30 s) until `cancel`,
     /// with the managers alive in `store` (a sweep waits while they cannot be read).
     pub async fn run_sweeper(self: Arc<Self>, r: InstanceRetention, store: Arc<dyn Store>, cancel: CancellationToken) {
@@ -799,4 +880,37 @@ pub struct StoredInstance {
     /// The manager that holds its stream (none while no agent is connected).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// The SHA-256 of the claim of the agent that holds it (none: an agent that sent none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_take_over;
+
+    #[test]
+    fn only_the_holder_s_claim_takes_a_held_instance() {
+        // (live stream, recorded claim, claim shown) → accepted
+        let cases = [
+            (false, None, None, true),
+            (false, None, Some("c"), true),
+            (true, None, None, false),
+            (true, None, Some("c"), false),
+            (true, Some("c"), Some("c"), true),
+            (true, Some("c"), Some("d"), false),
+            (true, Some("c"), None, false),
+            (false, Some("c"), Some("c"), true),
+            (false, Some("c"), Some("d"), false),
+            (false, Some("c"), None, false),
+        ];
+        for (live, held, given, accepted) in cases {
+            let r = may_take_over("i-1", live, held, given);
+            assert_eq!(r.is_ok(), accepted, "live {live}, held {held:?}, given {given:?}");
+            if let Err(e) = r {
+                assert_eq!(e.code(), "forbidden");
+                assert!(e.to_string().contains("outrider instance delete i-1"), "{e}");
+            }
+        }
+    }
 }

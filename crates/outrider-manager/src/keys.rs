@@ -219,6 +219,11 @@ pub fn token(hash: &str) -> String {
 /// Prefix of the token hashes.
 pub const TOKENS: &str = "auth/tokens/";
 
+/// `auth/token-names/{name}` → the hash of the token of that name (names are unique).
+pub fn token_name(name: &str) -> String {
+    format!("auth/token-names/{name}")
+}
+
 /// `managers/{name}`: present while that manager lives (held with a lease).
 pub fn manager(name: &str) -> String {
     format!("{MANAGERS}{name}")

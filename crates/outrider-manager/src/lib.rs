@@ -34,6 +34,7 @@ mod state;
 mod sync;
 #[cfg(test)]
 mod test_store;
+mod tokens;
 mod webhooks;
 
 pub use error::{Error, StartError};

@@ -212,6 +212,9 @@ async fn follow(
             if key.starts_with(keys::CATALOG) || key.starts_with(keys::TENANTS) || key.starts_with(keys::FREEZES) {
                 c.apply(e, &mut touched);
                 plan_inputs = true;
+            } else if key.starts_with(keys::TOKENS) {
+                // Tokens created or revoked through any manager count here at once.
+                apply_token(state, e);
             } else if key.starts_with(keys::LIVE_PLANS) {
                 // A plan created or acted on through another manager.
                 plan_inputs = true;
@@ -230,6 +233,23 @@ async fn follow(
         }
         *from = b.revision + 1;
     }
+}
+
+/// Applies a watched token change; a revoked token's agent streams end.
+fn apply_token(state: &AppState, e: &outrider_store::WatchEvent) {
+    if let Some(name) = state.auth.apply(e) {
+        let closed = state.fleet.close_opened_by(&name);
+        tracing::info!(token = %name, closed, "token revoked");
+    }
+}
+
+/// Rereads the tokens after the watch fell behind; the streams of tokens gone meanwhile end.
+async fn reload_tokens(state: &AppState) -> Result<(), Error> {
+    for name in state.auth.reload(&state.repo).await? {
+        let closed = state.fleet.close_opened_by(&name);
+        tracing::info!(token = %name, closed, "token revoked");
+    }
+    Ok(())
 }
 
 /// Takes in what other managers sharing the store wrote of the fleet: their agents' records
@@ -284,6 +304,9 @@ async fn run_catalog_watch(state: AppState, mut from: u64, cancel: CancellationT
                     () = cancel.cancelled() => return,
                 }
             }
+        }
+        if let Err(e) = reload_tokens(&state).await {
+            tracing::error!(error = %e, "cannot reload the tokens");
         }
         match load_catalog(store.as_ref()).await {
             Ok((fresh, next)) => {

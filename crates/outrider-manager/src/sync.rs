@@ -10,10 +10,20 @@ use outrider_proto::v1::{
 use tokio_stream::wrappers::WatchStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use crate::{Error, auth::Principal, fleet::Registration, serve::tls::ClientCert, state::AppState};
+use crate::{
+    Error,
+    auth::{self, Principal},
+    fleet::{Registration, StoredInstance},
+    keys,
+    serve::tls::ClientCert,
+    state::AppState,
+};
 
 /// How long an agent may take to send `Register` after opening the stream.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest instance claim an agent may send, in bytes.
+const MAX_CLAIM: usize = 256;
 
 /// The `AgentSync` service.
 pub struct SyncService {
@@ -24,6 +34,14 @@ impl SyncService {
     /// A service over the manager's state.
     pub fn new(state: AppState) -> Self {
         Self { state }
+    }
+
+    /// The claim hash recorded in the store for an instance (by any manager).
+    async fn stored_claim(&self, tenant: &str, instance: &str) -> Result<Option<String>, Error> {
+        outrider_model::validate_name("tenant", tenant)?;
+        outrider_model::validate_name("instance", instance)?;
+        let stored = self.state.repo.get::<StoredInstance>(&keys::instance(tenant, instance)).await?;
+        Ok(stored.and_then(|(s, _)| s.claim))
     }
 }
 
@@ -46,6 +64,7 @@ fn grpc_status(e: &Error) -> Status {
         Error::Conflict(_) => Code::Aborted,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::Unauthenticated(_) => Code::Unauthenticated,
+        Error::Forbidden(_) => Code::PermissionDenied,
         Error::Unavailable(_) => Code::Unavailable,
         Error::RequestTimeout(_) => Code::DeadlineExceeded,
         Error::Internal(_) => Code::Internal,
@@ -71,17 +90,6 @@ fn caller<T>(state: &AppState, request: &Request<T>) -> Result<Principal, Status
     }
 }
 
-/// Refuses a registration in a tenant other than the one `principal` is bound to.
-fn may_register(principal: &Principal, tenant: &str) -> Result<(), Status> {
-    match &principal.tenant {
-        Some(own) if own != tenant => Err(Status::permission_denied(format!(
-            "{} may register instances of tenant {own:?} only, not {tenant:?}",
-            principal.name
-        ))),
-        _ => Ok(()),
-    }
-}
-
 type DesiredStream = Pin<Box<dyn Stream<Item = Result<ManagerMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -90,6 +98,7 @@ impl AgentSync for SyncService {
 
     async fn sync(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<DesiredStream>, Status> {
         let principal = caller(&self.state, &request)?;
+        let issued = self.state.auth.issued_at(&principal.name);
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.message())
             .await
@@ -97,7 +106,20 @@ impl AgentSync for SyncService {
         let Some(AgentMessage { body: Some(Body::Register(reg)) }) = first else {
             return Err(Status::invalid_argument("the first message must be Register"));
         };
-        may_register(&principal, &reg.tenant)?;
+        principal.may_register(&reg.tenant).map_err(|e| grpc_status(&e))?;
+        let claim = match reg.claim.as_deref() {
+            None => None,
+            Some(c) if c.is_empty() || c.len() > MAX_CLAIM => {
+                return Err(Status::invalid_argument(format!("the claim must be 1 to {MAX_CLAIM} bytes long")));
+            }
+            Some(c) => Some(auth::hash(c)),
+        };
+        // An instance this manager has not seen may be held through another manager.
+        let stored_claim = if self.state.fleet.knows(&reg.tenant, &reg.instance_id) {
+            None
+        } else {
+            self.stored_claim(&reg.tenant, &reg.instance_id).await.map_err(|e| grpc_status(&e))?
+        };
         let registration = Registration {
             labels: reg.instance_labels(),
             tenant: reg.tenant,
@@ -105,12 +127,20 @@ impl AgentSync for SyncService {
             service: reg.service,
             deploy_id: reg.deploy_id,
             sidecars: statuses(reg.sidecars)?,
+            claim,
+            stored_claim,
+            opened_by: principal.name.clone(),
         };
         let (tenant, instance) = (registration.tenant.clone(), registration.instance.clone());
         let conn = {
             let catalog = self.state.catalog.read().unwrap_or_else(|p| p.into_inner());
             self.state.fleet.connect(registration, &catalog).map_err(|e| grpc_status(&e))?
         };
+        // Revoked while registering: its revocation closed the streams it knew of, not this one.
+        if self.state.auth.issued_at(&principal.name) != issued {
+            self.state.fleet.close_opened_by(&principal.name);
+            return Err(Status::unauthenticated("unauthenticated: the token was revoked"));
+        }
         tracing::debug!(%tenant, %instance, deploy = conn.deploy, "agent connected");
         let fleet = self.state.fleet.clone();
         let conn_id = conn.id;

@@ -307,6 +307,8 @@ fn register(id: &str, deploy: &str) -> AgentMessage {
             env: "prod".into(),
             stage: "canary".into(),
             deploy_id: deploy.into(),
+            // What a real agent keeps in its data dir: the same agent on every stream.
+            claim: Some(format!("claim-of-{id}-0123456789abcdef")),
             ..Default::default()
         })),
     }

@@ -50,6 +50,8 @@ const ROUTES: &[&str] = &[
     "/api/v1/tenants/{t}/plans/{p}/{a}",
     "/api/v1/tenants/{t}/freezes",
     "/api/v1/tenants/{t}/freezes/{f}",
+    "/api/v1/tokens",
+    "/api/v1/tokens/{s}",
     "/healthz",
     "/readyz",
     "/metrics",
@@ -374,6 +376,7 @@ impl Server {
         let mut out = serde_json::Map::new();
         for path in [
             "/tenants",
+            "/tokens",
             "/tenants/default/sidecars",
             "/tenants/default/sidecars/mesh/versions",
             "/tenants/default/services",

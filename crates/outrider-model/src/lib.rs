@@ -22,6 +22,7 @@ mod sidecar;
 mod tenant;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+mod token;
 mod version;
 mod webhook;
 
@@ -48,6 +49,7 @@ pub use scrape::{Derivation, MetricRef, Quantile, Ratio, Scrape, Series, limits 
 pub use service::{Priority, ProtectedPeriod, Service, ServiceUpdate};
 pub use sidecar::{Probe, ProbeCheck, Sidecar, UpgradeMode};
 pub use tenant::Tenant;
+pub use token::{IssuedToken, NewToken, Role, Token};
 pub use version::{Artifact, NewVersion, Version, VersionState, validate_version};
 pub use webhook::{DeliveryAttempt, NewWebhook, WEBHOOK_EVENTS, Webhook, WebhookDetail, limits as webhook_limits};
 

@@ -245,6 +245,10 @@ impl SimFleet {
                 instance.labels.clone(),
             );
             config.report_interval = options.report_interval;
+            // A claim derived from the instance: a redeploy (a new stream while the manager may
+            // not have seen the old one end yet) and a later run of the same fleet take their
+            // instances back; real agents, whose claims are random, cannot.
+            config.claim = Some(format!("outrider-sim/{tenant}/{}", instance.id));
             let mut run = AgentRun {
                 config,
                 channels: channels.clone(),

@@ -2,9 +2,12 @@
 //! processes, killed with SIGKILL in every way an operator may meet, and the fleet
 //! converging every time (PRODUCT.md §3–§6).
 
-use std::time::{Duration, Instant};
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
-use outrider_devtools::harness::{Fleet, Sidecar, alive, kill9};
+use outrider_devtools::harness::{AgentFlags, Child, Fleet, PROCESS_GRACE, Sidecar, alive, free_ports, kill9};
 use reqwest::Method;
 use serde_json::Value;
 
@@ -454,4 +457,54 @@ async fn a_real_instance_that_joins_an_upgraded_cell_starts_on_the_target_and_is
         let s = f.demo(i).await.expect("agent status");
         assert!(s.running("1.0.0").is_ok(), "plan said rolled_back while agent {i} reports {s:?}: {}", done["reason"]);
     }
+}
+
+#[tokio::test]
+async fn a_second_agent_with_a_live_instance_s_id_is_refused_and_the_holder_comes_back_at_once() {
+    let f = Fleet::new(OUTRIDER, 1);
+    f.start_server().await;
+    f.create_catalog(&[f.demo_version("1.0.0", None)]).await;
+    f.start_agent(0);
+    f.bind("1.0.0").await;
+    let held = pids(&converged(&f, "1.0.0").await);
+
+    // Another host (another data dir, so another claim) with the same instance id.
+    let dir = tempfile::tempdir().unwrap();
+    let [listen, port] = free_ports(2).unwrap()[..] else { unreachable!() };
+    let (manager, token_file) = (f.base(), f.token_file());
+    let flags = AgentFlags {
+        manager: &manager,
+        token_file: &token_file,
+        data_dir: &dir.path().join("agent"),
+        service: "checkout",
+        instance: &f.agents[0].instance,
+        region: "boe",
+        env: "prod",
+        stage: "full",
+        labels: vec![("port".into(), port.to_string())],
+        listen,
+    };
+    let mut impostor = Child::spawn("impostor", Path::new(OUTRIDER), flags.args(), dir.path().join("log")).unwrap();
+    f.eventually(CONVERGE, "the second agent to be refused", async || {
+        let url = format!("http://127.0.0.1:{listen}/status");
+        let status: Value =
+            f.http.get(url).send().await.map_err(|e| e.to_string())?.json().await.map_err(|e| e.to_string())?;
+        let error = status["last_error"].as_str().unwrap_or_default();
+        if error.contains("PermissionDenied") && error.contains("delete the instance") {
+            Ok(())
+        } else {
+            Err(format!("status: {status}"))
+        }
+    })
+    .await;
+    let instances = f.instances().await.unwrap();
+    assert_eq!((instances.len(), &instances[0]["stage"]), (1, &Value::from("canary")), "untouched: {instances:?}");
+    manager_sees(&f, "1.0.0", &held).await;
+    impostor.stop(PROCESS_GRACE).await;
+
+    // The holder restarted on its data dir gets its instance back at once, sidecar untouched.
+    f.kill_agent(0);
+    f.start_agent(0);
+    manager_sees(&f, "1.0.0", &held).await;
+    unchanged(&f, "1.0.0", &held).await.unwrap();
 }

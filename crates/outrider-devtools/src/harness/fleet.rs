@@ -158,7 +158,8 @@ impl Fleet {
         self.root.path().join("server")
     }
 
-    fn token_file(&self) -> PathBuf {
+    /// The admin token's file (in the manager's data dir).
+    pub fn token_file(&self) -> PathBuf {
         self.server_dir().join("admin.token")
     }
 

@@ -21,6 +21,7 @@ pub fn status(e: &Error) -> StatusCode {
         Error::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         Error::Conflict(_) | Error::FailedPrecondition(_) => StatusCode::CONFLICT,
         Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+        Error::Forbidden(_) => StatusCode::FORBIDDEN,
         Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         Error::UriTooLong(_) => StatusCode::URI_TOO_LONG,
         Error::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use axum::{
-    Json,
+    Extension, Json,
     body::Body,
     extract::State,
     http::{HeaderName, HeaderValue, header},
@@ -25,6 +25,7 @@ use super::{
 };
 use crate::{
     Error,
+    auth::Principal,
     event_log::{self, Query},
 };
 
@@ -56,6 +57,7 @@ pub struct EventQuery {
 
 pub async fn list(
     State(s): State<AppState>,
+    Extension(by): Extension<Principal>,
     ApiPath(tenant): ApiPath<String>,
     ApiQuery(q): ApiQuery<EventQuery>,
 ) -> Result<Response, Error> {
@@ -69,7 +71,10 @@ pub async fn list(
     let after = event_log::start_after(store.as_ref(), &tenant, &query).await?;
     let trimmed = event_log::trimmed(store.as_ref(), &tenant).await?.filter(|&t| t > q.since);
     let mut resp = if q.follow {
-        let lines = follow(store, prefix, after).map(|batch| match batch {
+        // The stream ends once its token is revoked: nothing more reaches its holder.
+        let (auth, issued) = (s.auth.clone(), s.auth.issued_at(&by.name));
+        let valid = move |_: &_| futures::future::ready(auth.issued_at(&by.name) == issued);
+        let lines = follow(store, prefix, after).take_while(valid).map(|batch| match batch {
             Ok(events) => {
                 let mut chunk = Vec::new();
                 for e in &events {

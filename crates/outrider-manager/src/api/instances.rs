@@ -28,5 +28,5 @@ pub async fn delete(
 ) -> Result<Json<Instance>, Error> {
     require_tenant(&s.repo, &tenant).await?;
     validate_name("instance", &id)?;
-    Ok(Json(s.fleet.remove(&tenant, &id, &actor)?))
+    Ok(Json(s.fleet.delete(&s.repo, &tenant, &id, &actor).await?))
 }

@@ -6,7 +6,9 @@ use time::OffsetDateTime;
 
 use super::{Actor, AppState, extract::ApiJson};
 use crate::{
-    Error, keys,
+    Error,
+    auth::Principal,
+    keys,
     repo::{NewEvent, encode},
 };
 
@@ -16,8 +18,11 @@ pub struct NewTenant {
     name: String,
 }
 
-pub async fn list(State(s): State<AppState>) -> Result<Json<Vec<Tenant>>, Error> {
-    Ok(Json(s.repo.list(keys::TENANTS).await?))
+/// `GET /tenants`: the tenants the caller may see.
+pub async fn list(State(s): State<AppState>, Extension(by): Extension<Principal>) -> Result<Json<Vec<Tenant>>, Error> {
+    let mut tenants: Vec<Tenant> = s.repo.list(keys::TENANTS).await?;
+    tenants.retain(|t| by.sees(&t.name));
+    Ok(Json(tenants))
 }
 
 pub async fn create(

@@ -26,7 +26,7 @@ impl Fleet {
     /// here is stale and ends. A record without an owner (its stream ended elsewhere) leaves an
     /// instance connected here alone, and this manager writes its record again.
     pub fn merge_remote(&self, stored: StoredInstance) {
-        let StoredInstance { tenant, instance: record, owner } = stored;
+        let StoredInstance { tenant, instance: record, owner, claim } = stored;
         if owner.as_deref() == Some(self.me.as_str()) {
             return;
         }
@@ -64,11 +64,12 @@ impl Fleet {
                 }
                 e.record = record;
                 e.owner = owner;
+                e.claim = claim;
                 e.orphaned_at = None;
             }
             None => {
                 let id = record.id.clone();
-                let mut e = Entry::new(record);
+                let mut e = Entry::new(record, claim);
                 e.owner = owner;
                 e.deployed_at = Some(now);
                 e.history = watched.then(Box::default);
@@ -159,7 +160,7 @@ mod tests {
     fn stored(id: &str, owner: Option<&str>, last_seen: OffsetDateTime) -> super::StoredInstance {
         let mut instance = record(id, last_seen);
         instance.connected = owner.is_some();
-        super::StoredInstance { tenant: "t".into(), instance, owner: owner.map(str::to_owned) }
+        super::StoredInstance { tenant: "t".into(), instance, owner: owner.map(str::to_owned), claim: None }
     }
 
     fn get(f: &Fleet, id: &str) -> Option<Instance> {
@@ -200,6 +201,9 @@ mod tests {
             labels: labels(),
             deploy_id: "d1".into(),
             sidecars: Vec::new(),
+            claim: None,
+            stored_claim: None,
+            opened_by: "agent".into(),
         };
         let mut conn = f.connect(reg, &catalog()).unwrap();
         // Its own record coming back from the watch changes nothing.

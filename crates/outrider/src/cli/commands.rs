@@ -2,12 +2,12 @@
 
 use std::path::PathBuf;
 
-use outrider_model::{HumanDuration, Priority, SidecarState, UpgradeMode};
+use outrider_model::{HumanDuration, Priority, Role, SidecarState, UpgradeMode};
 use time::OffsetDateTime;
 
 use super::{
     ConnectArgs,
-    input::{parse_priority, parse_state, parse_time, parse_trait},
+    input::{parse_priority, parse_role, parse_state, parse_time, parse_trait},
 };
 
 /// A resource of the manager's REST API and what to do with it.
@@ -45,6 +45,9 @@ pub enum ResourceCommand {
     /// open or versions are marked defective.
     #[command(subcommand)]
     Webhook(Box<WebhookCommand>),
+    /// API tokens: named, with a role (viewer, operator, admin, agent), for one tenant or all.
+    #[command(subcommand)]
+    Token(Box<TokenCommand>),
     /// Wait until the manager, or an instance's sidecar, is ready (for scripts); fails after
     /// --timeout with what it saw last.
     #[command(subcommand)]
@@ -467,6 +470,39 @@ pub enum WebhookCommand {
     Delete {
         /// Webhook id.
         id: String,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+}
+
+/// `outrider token …`
+#[derive(clap::Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Create a token for the tenant of --tenant (default: `default`), or with --all-tenants
+    /// for every tenant; its secret is printed this once.
+    Create {
+        /// Token name: the actor of the events its holder causes.
+        #[arg(long)]
+        name: String,
+        /// viewer (reads), operator (plans, freezes, bindings, actions), admin (everything,
+        /// tokens), agent (the agent sync stream only).
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// A token for every tenant instead of the one of --tenant.
+        #[arg(long, conflicts_with = "tenant")]
+        all_tenants: bool,
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+    /// List the tokens (never their secrets).
+    List {
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+    /// Revoke a token: its holder is refused at once, its agent streams end.
+    Revoke {
+        /// Token name.
+        name: String,
         #[command(flatten)]
         conn: ConnectArgs,
     },

@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, path::Path};
 
 use anyhow::Context;
-use outrider_model::{PlanSpec, Priority, Service, Sidecar, SidecarState};
+use outrider_model::{PlanSpec, Priority, Role, Service, Sidecar, SidecarState};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
@@ -117,6 +117,10 @@ pub(super) fn parse_state(s: &str) -> Result<SidecarState, String> {
             "{s:?} is not a sidecar state: use starting, running, upgrading, draining, stopped, crash_loop or failed"
         )
     })
+}
+
+pub(super) fn parse_role(s: &str) -> Result<Role, String> {
+    s.parse().map_err(|_| format!("{s:?} is not a role: use viewer, operator, admin or agent"))
 }
 
 /// The evidence of `version admit --evidence TEXT`: the JSON value TEXT holds, or else TEXT as

@@ -16,11 +16,11 @@ use anyhow::Context;
 use futures::StreamExt;
 pub use outrider_client::{ConnectArgs, OutputFormat};
 use outrider_client::{EventQuery, InstanceFilter, PlanAction};
-use outrider_model::{BindingChange, NewFreeze, NewVersion, NewWebhook, Service, ServiceUpdate, Sidecar};
+use outrider_model::{BindingChange, NewFreeze, NewToken, NewVersion, NewWebhook, Service, ServiceUpdate, Sidecar};
 
 pub use commands::{
     BindingCommand, EventCommand, FreezeCommand, InstanceCommand, PlanActionArgs, PlanCommand, ResourceCommand,
-    ServiceCommand, SidecarCommand, TenantCommand, VersionCommand, WaitCommand, WebhookCommand,
+    ServiceCommand, SidecarCommand, TenantCommand, TokenCommand, VersionCommand, WaitCommand, WebhookCommand,
 };
 use input::read_json;
 use render::{emit, emit_text, print_line};
@@ -38,6 +38,7 @@ pub async fn run(cmd: ResourceCommand) -> anyhow::Result<()> {
         ResourceCommand::Plan(c) => plan(*c).await,
         ResourceCommand::Freeze(c) => freeze(*c).await,
         ResourceCommand::Webhook(c) => webhook(*c).await,
+        ResourceCommand::Token(c) => token(*c).await,
         ResourceCommand::Wait(c) => wait(*c).await,
     }
 }
@@ -250,6 +251,24 @@ async fn freeze(cmd: FreezeCommand) -> anyhow::Result<()> {
             conn.client()?.delete_freeze(&conn.tenant, &id).await?;
             let done = serde_json::json!({ "id": id, "deleted": true });
             emit_text(conn.output, &done, |_| format!("freeze {id} deleted"))
+        }
+    }
+}
+
+async fn token(cmd: TokenCommand) -> anyhow::Result<()> {
+    match cmd {
+        TokenCommand::Create { name, role, all_tenants, conn } => {
+            let tenant = (!all_tenants).then(|| conn.tenant.clone());
+            let issued = conn.client()?.create_token(&NewToken { name, tenant, role }).await?;
+            emit_text(conn.output, &issued, render::issued)
+        }
+        TokenCommand::List { conn } => {
+            let tokens = conn.client()?.list_tokens().await?;
+            emit(conn.output, &tokens, |t| render::tokens(t))
+        }
+        TokenCommand::Revoke { name, conn } => {
+            let revoked = conn.client()?.revoke_token(&name).await?;
+            emit_text(conn.output, &revoked, |t| format!("token {} revoked", t.name))
         }
     }
 }

@@ -1,6 +1,7 @@
 //! What the CLI prints: tables for people, JSON for scripts.
 
 mod plan;
+mod token;
 mod webhook;
 
 use std::io::{ErrorKind, Write};
@@ -17,6 +18,7 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 pub(super) use self::plan::{
     freezes, incidents, phase_progress, plan, plan_summary, plans, progress_line, simulation, watch_event_line,
 };
+pub(super) use self::token::{issued, tokens};
 pub(super) use self::webhook::{webhook, webhooks};
 use super::OutputFormat;
 
