@@ -1,6 +1,7 @@
 //! The README's quick starts run as pasted.
 //!
-//! The fenced `sh` block under "## Quick start" (and the one under "## Quick start with TLS")
+//! The fenced `sh` block under "## Quick start" (and the ones under "## Quick start with TLS"
+//! and "## Quick start with several managers", which needs etcd)
 //! in README.md runs with `bash -e -o pipefail` (so
 //! every step must succeed, not only the last) in a fresh directory, changed mechanically:
 //!
@@ -8,7 +9,8 @@
 //!   is a link to the directory of the binaries under test, so `PATH` and every
 //!   `target/release/…` path find this build's `outrider` and `outrider-demo-sidecar`;
 //! - the fixed ports (7070 the manager, 18081 the sidecar, 19081 the agent; 7443, 18082 and
-//!   19082 with TLS) become free loopback ports;
+//!   19082 with TLS; etcd's 2479 and 2480 and the managers' 7171–7173 with several managers)
+//!   become free loopback ports;
 //! - the block's last line, the commented clean-up, runs too: nothing may be left running after
 //!   it.
 //!
@@ -36,6 +38,8 @@ const NO_BUILD: &str = "true  # cargo build --release: the binaries under test a
 const PORTS: [&str; 3] = ["7070", "18081", "19081"];
 /// The ports the quick start with TLS uses.
 const TLS_PORTS: [&str; 3] = ["7443", "18082", "19082"];
+/// The ports the quick start with several managers uses (etcd's two, the three managers').
+const HA_PORTS: [&str; 5] = ["2479", "2480", "7171", "7172", "7173"];
 
 /// The lines of the fenced `sh` block under `heading` in `readme`.
 fn quick_start<'a>(readme: &'a str, heading: &str) -> Vec<&'a str> {
@@ -258,5 +262,20 @@ fn the_readme_quick_start_with_tls_runs_as_pasted() {
     let listed =
         out.lines().any(|l| l.starts_with("i-1 ") && l.contains("checkout") && l.contains("demo@1.0.0 running"));
     assert!(listed, "`instance list` does not show i-1 running demo@1.0.0\n{report}");
+    nothing_left(&ran);
+}
+
+#[test]
+fn the_readme_quick_start_with_several_managers_runs_as_pasted() {
+    if outrider_store::test_etcd::etcd_or_skip().is_none() {
+        return;
+    }
+    let ran = run_quick_start("## Quick start with several managers", &HA_PORTS);
+    let (out, report) = (&ran.out, &ran.report);
+    assert!(out.contains("m1: outrider_leader 1"), "the first manager did not lead\n{report}");
+    let leaders: Vec<&str> = out.lines().filter(|l| l.ends_with(": outrider_leader 1") && !l.starts_with("m1")).collect();
+    assert_eq!(leaders.len(), 1, "not exactly one of the managers left leads\n{report}");
+    assert!(out.lines().any(|l| l.trim() == "60"), "not every agent is connected after the kill\n{report}");
+    assert!(out.contains("connected at stop"), "the simulated fleet's summary is missing\n{report}");
     nothing_left(&ran);
 }
