@@ -273,7 +273,8 @@ fn the_readme_quick_start_with_several_managers_runs_as_pasted() {
     let ran = run_quick_start("## Quick start with several managers", &HA_PORTS);
     let (out, report) = (&ran.out, &ran.report);
     assert!(out.contains("m1: outrider_leader 1"), "the first manager did not lead\n{report}");
-    let leaders: Vec<&str> = out.lines().filter(|l| l.ends_with(": outrider_leader 1") && !l.starts_with("m1")).collect();
+    let leaders: Vec<&str> =
+        out.lines().filter(|l| l.ends_with(": outrider_leader 1") && !l.starts_with("m1")).collect();
     assert_eq!(leaders.len(), 1, "not exactly one of the managers left leads\n{report}");
     assert!(out.lines().any(|l| l.trim() == "60"), "not every agent is connected after the kill\n{report}");
     assert!(out.contains("connected at stop"), "the simulated fleet's summary is missing\n{report}");
