@@ -7,7 +7,7 @@
 use std::{
     collections::BTreeMap,
     ffi::OsString,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -104,19 +104,45 @@ impl Manager {
     }
 }
 
-/// Starts `outrider server` as `m.name` on `store` and waits until it is ready.
-async fn start(exe: &Path, m: &mut Manager, store: &str, lease: &str, logs: &Path) -> anyhow::Result<Client> {
-    let listen = format!("127.0.0.1:{}", m.port);
-    let args: Vec<OsString> =
-        ["server", "--store", store, "--listen", &listen, "--name", &m.name, "--leader-lease", lease, "--data-dir"]
-            .map(OsString::from)
-            .into_iter()
-            .chain([m.dir.clone().into()])
-            .collect();
-    let mut child = Child::spawn(&m.name, exe, args, logs.join(format!("{}.log", m.name)))?;
-    let (client, _) = wait_manager_ready(&mut child, &m.url(), &m.dir, Duration::from_secs(30)).await?;
-    m.child = Some(child);
-    Ok(client)
+/// The managers and what starting one takes.
+struct Pool {
+    /// The `outrider` executable.
+    exe: PathBuf,
+    /// The etcd store URL they share.
+    store: String,
+    /// Their `--leader-lease`.
+    lease: String,
+    /// Where their logs go.
+    logs: PathBuf,
+    managers: Vec<Manager>,
+}
+
+impl Pool {
+    /// Starts `outrider server` as manager `i` and waits until it is ready.
+    async fn start(&mut self, i: usize) -> anyhow::Result<Client> {
+        let m = &mut self.managers[i];
+        let listen = format!("127.0.0.1:{}", m.port);
+        let args: Vec<OsString> = [
+            "server",
+            "--store",
+            &self.store,
+            "--listen",
+            &listen,
+            "--name",
+            &m.name,
+            "--leader-lease",
+            &self.lease,
+            "--data-dir",
+        ]
+        .map(OsString::from)
+        .into_iter()
+        .chain([m.dir.clone().into()])
+        .collect();
+        let mut child = Child::spawn(&m.name, &self.exe, args, self.logs.join(format!("{}.log", m.name)))?;
+        let (client, _) = wait_manager_ready(&mut child, &m.url(), &m.dir, Duration::from_secs(30)).await?;
+        m.child = Some(child);
+        Ok(client)
+    }
 }
 
 /// Whether the manager at `url` says it leads.
@@ -178,10 +204,8 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<String> {
     let root = tempfile::Builder::new().prefix("outrider-failover-").tempdir()?;
     eprintln!("starting a {}-member etcd cluster…", args.etcd_members);
     let etcd = TestEtcd::start_cluster(&etcd_path, args.etcd_members as usize).await?;
-    let store = etcd.url("failover");
-    let lease = args.lease.to_string();
     let ports = free_ports(args.managers as usize)?;
-    let mut managers: Vec<Manager> = ports
+    let managers: Vec<Manager> = ports
         .iter()
         .enumerate()
         .map(|(i, port)| Manager {
@@ -191,16 +215,24 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<String> {
             child: None,
         })
         .collect();
-    let client = start(&exe, &mut managers[0], &store, &lease, root.path()).await?;
-    let token = std::fs::read_to_string(managers[0].dir.join("admin.token"))?;
-    for m in &mut managers[1..] {
-        std::fs::create_dir_all(&m.dir)?;
-        std::fs::write(m.dir.join("admin.token"), &token)?;
-        start(&exe, m, &store, &lease, root.path()).await?;
+    let mut pool = Pool {
+        exe,
+        store: etcd.url("failover"),
+        lease: args.lease.to_string(),
+        logs: root.path().to_owned(),
+        managers,
+    };
+    let client = pool.start(0).await?;
+    let token = std::fs::read_to_string(pool.managers[0].dir.join("admin.token"))?;
+    for i in 1..pool.managers.len() {
+        let dir = &pool.managers[i].dir;
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("admin.token"), &token)?;
+        pool.start(i).await?;
     }
     let token = token.trim().to_owned();
-    let outcome = drive(&args, &exe, &store, &lease, root.path(), &mut managers, &client, &token).await;
-    for m in &mut managers {
+    let outcome = drive(&args, &mut pool, &client, &token).await;
+    for m in &mut pool.managers {
         if let Some(mut c) = m.child.take() {
             c.stop(PROCESS_GRACE).await;
         }
@@ -230,17 +262,7 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<String> {
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn drive(
-    args: &FailoverArgs,
-    exe: &Path,
-    store: &str,
-    lease: &str,
-    logs: &Path,
-    managers: &mut [Manager],
-    client: &Client,
-    token: &str,
-) -> anyhow::Result<FailoverResult> {
+async fn drive(args: &FailoverArgs, pool: &mut Pool, client: &Client, token: &str) -> anyhow::Result<FailoverResult> {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).pool_max_idle_per_host(0).build()?;
     let tenant = "default";
     let spec = FleetSpec::generate(FleetParams {
@@ -255,7 +277,7 @@ async fn drive(
         outrider_sim::ensure_version(client, tenant, "mesh", v).await?;
         client.admit_version(tenant, "mesh", v, &serde_json::json!({"bench": "failover"})).await?;
     }
-    let urls: Vec<String> = managers.iter().map(Manager::url).collect();
+    let urls: Vec<String> = pool.managers.iter().map(Manager::url).collect();
     let options = SimFleetOptions {
         report_interval: Duration::from_millis(500),
         runtime: SimRuntimeOptions { apply_delay: Duration::from_millis(20), jitter: Duration::from_millis(10) },
@@ -264,19 +286,14 @@ async fn drive(
         ..SimFleetOptions::default()
     };
     let fleet = SimFleet::start(&urls.join(","), token, tenant, &spec.instances, &options)?;
-    let outcome = kill_loop(args, exe, store, lease, logs, managers, &http, &fleet, &versions).await;
+    let outcome = kill_loop(args, pool, &http, &fleet, &versions).await;
     fleet.shutdown().await;
     outcome
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn kill_loop(
     args: &FailoverArgs,
-    exe: &Path,
-    store: &str,
-    lease: &str,
-    logs: &Path,
-    managers: &mut [Manager],
+    pool: &mut Pool,
     http: &reqwest::Client,
     fleet: &SimFleet,
     versions: &[String],
@@ -294,9 +311,9 @@ async fn kill_loop(
     let mut kills = Vec::new();
     let mut plans = Vec::new();
     for k in 0..args.kills as usize {
-        let leader = find_leader(http, managers, Duration::from_secs(30)).await?;
-        let via = (leader + 1) % managers.len();
-        let api = managers[via].api()?;
+        let leader = find_leader(http, &pool.managers, Duration::from_secs(30)).await?;
+        let via = (leader + 1) % pool.managers.len();
+        let api = pool.managers[via].api()?;
         // The plan is made from what that manager sees: the whole fleet on the version.
         all_on(&api, &versions[k], total).await?;
         let plan = api.create_plan(tenant, &plan_spec(&versions[k], &versions[k + 1], size)?).await?;
@@ -304,15 +321,15 @@ async fn kill_loop(
         plans.push(plan.id.clone());
         // A random moment of the plan: after its first batch started, within its first seconds.
         tokio::time::sleep(Duration::from_millis(rng.random_range(300..2500))).await;
-        let victim = find_leader(http, managers, Duration::from_secs(30)).await?;
+        let victim = find_leader(http, &pool.managers, Duration::from_secs(30)).await?;
         let killed_at = time::OffsetDateTime::now_utc();
         let started = Instant::now();
-        if let Some(mut c) = managers[victim].child.take() {
+        if let Some(mut c) = pool.managers[victim].child.take() {
             c.kill().await;
         }
-        let elected = find_leader(http, managers, Duration::from_secs(60)).await?;
+        let elected = find_leader(http, &pool.managers, Duration::from_secs(60)).await?;
         let elected_s = seconds(started.elapsed());
-        let api = managers[elected].api()?;
+        let api = pool.managers[elected].api()?;
         let moved_s = loop {
             let events = api.list_events(tenant, &EventQuery { since: None, plan: Some(plan.id.clone()) }).await?;
             if let Some(e) = events.iter().find(|e| e.time > killed_at) {
@@ -328,10 +345,10 @@ async fn kill_loop(
         eprintln!(
             "kill {}: {} killed; {} leads after {elected_s:.2}s; the plan moved after {moved_s:.2}s",
             k + 1,
-            managers[victim].name,
-            managers[elected].name
+            pool.managers[victim].name,
+            pool.managers[elected].name
         );
-        kills.push(Kill { manager: managers[victim].name.clone(), elected_s, moved_s });
+        kills.push(Kill { manager: pool.managers[victim].name.clone(), elected_s, moved_s });
         // The plan completes before the next one starts (its agents on the managers left).
         let wait = Instant::now();
         loop {
@@ -344,13 +361,13 @@ async fn kill_loop(
         }
         // The killed manager comes back under a new name (its old one is held until its
         // lease expires), on the same port, so the pool stays whole.
-        let m = &mut managers[victim];
+        let m = &mut pool.managers[victim];
         m.name = format!("{}-{}", m.name.split('-').next().unwrap_or("m"), k + 2);
-        start(exe, m, store, lease, logs).await?;
+        pool.start(victim).await?;
     }
     let mut batches = 0;
     let (mut twice, mut skipped) = (0, 0);
-    let survivor = managers.iter().find(|m| m.child.is_some()).context("no manager left")?;
+    let survivor = pool.managers.iter().find(|m| m.child.is_some()).context("no manager left")?;
     let api = survivor.api()?;
     for id in &plans {
         let plan = api.get_plan(tenant, id).await?;

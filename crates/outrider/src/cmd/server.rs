@@ -117,3 +117,24 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     manager.shutdown().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{leader_lease, manager_name};
+
+    #[test]
+    fn a_leader_lease_outside_2s_to_5m_or_unreadable_is_refused() {
+        assert_eq!(leader_lease("5s").unwrap().0, std::time::Duration::from_secs(5));
+        for bad in ["1s", "500ms", "6m", "0s", "soon", ""] {
+            assert!(leader_lease(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn a_manager_name_is_short_and_safe_for_a_key() {
+        assert!(manager_name("m1").is_ok() && manager_name("host-1.example_2").is_ok());
+        for bad in ["", "a/b", "m 1", "m1\n", &"x".repeat(64)] {
+            assert!(manager_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}
