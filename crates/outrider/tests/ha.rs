@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use outrider_devtools::harness::{Child, free_ports, wait_manager_ready};
+use outrider_devtools::harness::{Child, free_ports, manager_leads, wait_manager_ready};
 use outrider_sim::{FleetParams, FleetSpec, SidecarRef, SimFleet, SimFleetOptions, SimRuntimeOptions};
 use outrider_store::test_etcd::{TestEtcd, etcd_or_skip};
 use serde_json::{Value, json};
@@ -52,8 +52,7 @@ async fn start_manager(root: &Path, name: &str, store: &str, token: Option<&str>
 
 /// Whether the manager at `api` says it leads.
 async fn leads(api: &TenantApi) -> bool {
-    let Ok(resp) = api.http.get(format!("{}/metrics", api.base)).send().await else { return false };
-    resp.text().await.is_ok_and(|t| t.lines().any(|l| l.trim() == "outrider_leader 1"))
+    manager_leads(&api.http, &api.base).await
 }
 
 /// Versions of `mesh` running on the instances `api`'s manager knows, with counts.

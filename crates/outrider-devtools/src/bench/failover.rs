@@ -19,7 +19,7 @@ use outrider_store::test_etcd::{TestEtcd, etcd_binary};
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::harness::{Child, PROCESS_GRACE, free_ports, wait_manager_ready};
+use crate::harness::{Child, PROCESS_GRACE, free_ports, manager_leads, wait_manager_ready};
 
 /// Flags of `outrider bench failover`.
 #[derive(clap::Args, Debug)]
@@ -145,19 +145,13 @@ impl Pool {
     }
 }
 
-/// Whether the manager at `url` says it leads.
-async fn leads(http: &reqwest::Client, url: &str) -> bool {
-    let Ok(resp) = http.get(format!("{url}/metrics")).send().await else { return false };
-    resp.text().await.is_ok_and(|t| t.lines().any(|l| l.trim() == "outrider_leader 1"))
-}
-
 /// The index of the manager that leads, once exactly one does.
 async fn find_leader(http: &reqwest::Client, managers: &[Manager], timeout: Duration) -> anyhow::Result<usize> {
     let deadline = Instant::now() + timeout;
     loop {
         let mut found = Vec::new();
         for (i, m) in managers.iter().enumerate().filter(|(_, m)| m.child.is_some()) {
-            if leads(http, &m.url()).await {
+            if manager_leads(http, &m.url()).await {
                 found.push(i);
             }
         }

@@ -26,7 +26,9 @@ pub use cleanup::{alive, kill_leftover_sidecars, kill_now_running_from, kill9, p
 pub use error::HarnessError;
 pub use fleet::{AgentSpec, Fleet, Sidecar, demo_sidecar_body};
 pub use probe::{AgentStatus, Hello, agent_status, fetch_hello, file_artifact, sha256_file};
-pub use process::{AgentFlags, Child, Ended, Interrupted, PROCESS_GRACE, interrupt, spawn_manager, wait_manager_ready};
+pub use process::{
+    AgentFlags, Child, Ended, Interrupted, PROCESS_GRACE, interrupt, manager_leads, spawn_manager, wait_manager_ready,
+};
 pub use prometheus::{Prometheus, REQUIRE_ENV, prometheus_binary, prometheus_or_skip};
 
 /// The `outrider` executable and the demo sidecar next to it.

@@ -140,6 +140,13 @@ pub(super) fn manager_args(data_dir: &Path, port: u16) -> Vec<OsString> {
     vec!["server".into(), "--data-dir".into(), data_dir.into(), "--listen".into(), format!("127.0.0.1:{port}").into()]
 }
 
+/// Whether the manager at `url` says on its `/metrics` that it leads (several managers on
+/// one etcd); an unreachable manager does not.
+pub async fn manager_leads(http: &reqwest::Client, url: &str) -> bool {
+    let Ok(resp) = http.get(format!("{url}/metrics")).send().await else { return false };
+    resp.text().await.is_ok_and(|t| t.lines().any(|l| l.trim() == "outrider_leader 1"))
+}
+
 /// Waits until the manager at `url` answers `/readyz` and has written
 /// `<data_dir>/admin.token`; returns a client with that token, and the token.
 pub async fn wait_manager_ready(
