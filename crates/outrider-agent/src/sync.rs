@@ -83,6 +83,9 @@ impl SyncConfig {
 pub struct SyncStatus {
     /// Whether a sync stream is open.
     pub connected: bool,
+    /// Whether a desired state arrived on the open stream (the manager has taken the agent
+    /// back after a reconnect).
+    pub synced: bool,
     /// The desired state last received (or loaded from disk).
     pub desired: Option<Arc<DesiredState>>,
     /// The last error talking to the manager.
@@ -183,7 +186,10 @@ pub async fn run(
                 });
                 let end =
                     follow(&config, response.into_inner(), &tx, runtime.as_ref(), &status, &mut applied, &cancel).await;
-                status.send_modify(|s| s.connected = false);
+                status.send_modify(|s| {
+                    s.connected = false;
+                    s.synced = false;
+                });
                 match end {
                     StreamEnd::Cancelled => return,
                     StreamEnd::Lost(why) => {
@@ -239,7 +245,10 @@ async fn follow(
                     runtime.apply(&desired.sidecars);
                     *applied = desired.revision;
                     let revision = desired.revision;
-                    status.send_modify(|s| s.desired = Some(Arc::new(desired)));
+                    status.send_modify(|s| {
+                        s.desired = Some(Arc::new(desired));
+                        s.synced = true;
+                    });
                     if tx.send(AgentMessage { body: Some(Body::Ack(v1::Ack { revision })) }).await.is_err() {
                         return StreamEnd::Lost("sync stream closed".into());
                     }

@@ -299,6 +299,12 @@ impl SimFleet {
         self.agents.iter().filter(|a| a.connected()).count()
     }
 
+    /// Agents whose open sync stream has brought a desired state (synced again after a
+    /// reconnect).
+    pub fn synced(&self) -> usize {
+        self.agents.iter().filter(|a| a.status.borrow().synced).count()
+    }
+
     /// Agents whose desired state has `sidecar` at `version` now.
     pub fn holding(&self, sidecar: &str, version: &str) -> usize {
         self.agents.iter().filter(|a| desired_version(&a.status.borrow(), sidecar) == Some(version)).count()
@@ -368,7 +374,17 @@ impl Arrivals {
     /// Waits until every agent holds the watched version and returns the instants they got
     /// it (in no particular order). Fails with [`SimError::Missing`] after `timeout`, naming
     /// how many agents did not get it.
-    pub async fn wait(mut self, timeout: Duration) -> Result<Vec<Instant>, SimError> {
+    pub async fn wait(self, timeout: Duration) -> Result<Vec<Instant>, SimError> {
+        let total = self.total;
+        match self.wait_partial(timeout).await {
+            (arrived, 0) => Ok(arrived),
+            (_, missing) => Err(SimError::Missing { missing, total, waited: timeout }),
+        }
+    }
+
+    /// Like [`Arrivals::wait`], but returns what arrived within `timeout` and how many agents
+    /// are missing.
+    pub async fn wait_partial(mut self, timeout: Duration) -> (Vec<Instant>, usize) {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut arrived = Vec::with_capacity(self.total);
         loop {
@@ -380,10 +396,7 @@ impl Arrivals {
                 Err(_) => break,
             }
         }
-        if arrived.len() == self.total {
-            Ok(arrived)
-        } else {
-            Err(SimError::Missing { missing: self.total - arrived.len(), total: self.total, waited: timeout })
-        }
+        let missing = self.total - arrived.len();
+        (arrived, missing)
     }
 }

@@ -15,7 +15,7 @@ use outrider_model::{
 use outrider_sim::{SimFleet, SimFleetOptions, SimInstance, ensure_sidecar, ensure_version};
 use serde::Serialize;
 
-use super::{create_bound_service, wait_initial};
+use super::create_bound_service;
 
 /// Flags of `outrider bench idle`.
 #[derive(clap::Args, Debug)]
@@ -217,5 +217,29 @@ async fn wait_waiting(client: &Client, tenant: &str, ids: &[String], timeout: Du
             ids.len()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits until every agent holds `version` of `sidecar`, printing progress to stderr.
+async fn wait_initial(fleet: &SimFleet, sidecar: &str, version: &str, timeout: Duration) -> anyhow::Result<()> {
+    let total = fleet.agents().len();
+    let deadline = Instant::now() + timeout;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut last_print = Instant::now();
+    loop {
+        tick.tick().await;
+        let (connected, holding) = (fleet.connected(), fleet.holding(sidecar, version));
+        if holding == total {
+            eprintln!("{connected}/{total} agents connected, {holding}/{total} hold {version}");
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {connected}/{total} agents connected and {holding}/{total} hold {version} after {timeout:?}"
+        );
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            eprintln!("{connected}/{total} agents connected, {holding}/{total} hold {version}");
+            last_print = Instant::now();
+        }
     }
 }

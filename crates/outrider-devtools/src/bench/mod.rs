@@ -5,13 +5,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use outrider_client::{Client, ConnectArgs, OutputFormat};
 use outrider_model::{Binding, HumanDuration, Priority, Service, UpgradeMode};
-use outrider_sim::{
-    SimFleet, SimFleetOptions, SimInstance, SimRuntimeOptions, ensure_sidecar, ensure_version, stats::LatencySummary,
-};
+use outrider_sim::{ensure_sidecar, ensure_version, stats::LatencySummary};
 use serde::Serialize;
+
+use self::hosts::{AgentHosts, Counts, HostSpec, WallAnchor};
 
 pub mod analysis;
 mod failover;
+mod hosts;
 mod idle;
 mod upgrade;
 mod writes;
@@ -45,6 +46,10 @@ pub enum BenchCommand {
     /// API write throughput of one manager: services created by concurrent clients (each a
     /// store transaction with its event) — the embedded store against etcd, say.
     Writes(writes::WritesArgs),
+    /// One share of a benchmark's simulated agents, driven over stdin/stdout by the benchmark
+    /// that started this process.
+    #[command(hide = true)]
+    Agents(hosts::AgentsArgs),
 }
 
 /// Flags of `outrider bench propagation`.
@@ -69,6 +74,9 @@ pub struct PropagationArgs {
     /// agents are spread over them); default: --manager. The memory figures are --manager's.
     #[arg(long, value_name = "URLS")]
     pub sync: Option<String>,
+    /// Processes the agents run in (children of this one, each a share of the agents).
+    #[arg(long, value_name = "P", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub processes: u32,
     #[command(flatten)]
     pub conn: ConnectArgs,
 }
@@ -83,6 +91,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<String> {
         BenchCommand::Analysis(args) => analysis::run(args).await,
         BenchCommand::Failover(args) => failover::run(args).await,
         BenchCommand::Writes(args) => writes::run(args).await,
+        BenchCommand::Agents(args) => hosts::run_child(args).await,
     }
 }
 
@@ -124,6 +133,8 @@ struct PropagationResult {
     write_max_ms: f64,
     /// HTTP/2 connections the agents shared.
     connections: usize,
+    /// Processes the agents ran in.
+    processes: usize,
     /// Time until every agent was connected and held the first desired state.
     connect_s: f64,
     /// The manager's resident memory before the agents connected.
@@ -132,6 +143,9 @@ struct PropagationResult {
     server_rss_bytes: u64,
     /// The difference, per agent.
     server_rss_per_agent_bytes: u64,
+    /// The manager's CPU time (user + system) per change, from the write until the agents'
+    /// acknowledgements and upgrade reports were in (half a second after the last arrival).
+    server_cpu_ms_per_change: f64,
 }
 
 /// Milliseconds, to the microsecond.
@@ -139,8 +153,9 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-/// The manager's `process_resident_memory_bytes`, from its `/metrics`.
-async fn server_rss(http: &reqwest::Client, manager: &str) -> anyhow::Result<u64> {
+/// A sample of the manager's `/metrics` without labels (`process_resident_memory_bytes`,
+/// `process_cpu_seconds_total`).
+async fn server_metric(http: &reqwest::Client, manager: &str, name: &str) -> anyhow::Result<f64> {
     let url = format!("{}/metrics", manager.trim_end_matches('/'));
     let text = http
         .get(&url)
@@ -152,10 +167,19 @@ async fn server_rss(http: &reqwest::Client, manager: &str) -> anyhow::Result<u64
         .await
         .with_context(|| format!("cannot read {url}"))?;
     text.lines()
-        .find_map(|l| l.strip_prefix("process_resident_memory_bytes ")?.trim().parse::<f64>().ok())
-        // A byte count far below 2^53: exact as f64.
-        .map(|v| v as u64)
-        .with_context(|| format!("{url} has no process_resident_memory_bytes"))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+        .with_context(|| format!("{url} has no {name}"))
+}
+
+/// The manager's resident memory, from its `/metrics`.
+async fn server_rss(http: &reqwest::Client, manager: &str) -> anyhow::Result<u64> {
+    // A byte count far below 2^53: exact as f64.
+    Ok(server_metric(http, manager, "process_resident_memory_bytes").await? as u64)
+}
+
+/// The manager's CPU time so far, from its `/metrics`.
+async fn server_cpu(http: &reqwest::Client, manager: &str) -> anyhow::Result<Duration> {
+    Ok(Duration::from_secs_f64(server_metric(http, manager, "process_cpu_seconds_total").await?.max(0.0)))
 }
 
 /// Creates the benchmark's sidecar with `changes + 1` admitted versions and its service bound
@@ -192,75 +216,101 @@ fn binding(sidecar: &str, version: &str) -> Binding {
     Binding { sidecar: sidecar.to_owned(), enabled: true, version: version.to_owned(), mode: UpgradeMode::Restart }
 }
 
-/// Waits until every agent holds `version` of `sidecar`, printing progress to stderr.
-async fn wait_initial(fleet: &SimFleet, sidecar: &str, version: &str, timeout: Duration) -> anyhow::Result<()> {
-    let total = fleet.agents().len();
+/// A name unique per run (the manager has no delete, so every run leaves its service behind).
+fn run_name(prefix: &str) -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{prefix}-{:08x}", nanos ^ std::process::id().rotate_left(16))
+}
+
+/// Waits until `done` holds of the agents' counts (for `version` of `sidecar`), printing
+/// progress to stderr; returns the last counts.
+async fn wait_counts(
+    hosts: &mut AgentHosts,
+    total: usize,
+    sidecar: &str,
+    version: &str,
+    timeout: Duration,
+    done: impl Fn(&Counts) -> bool,
+) -> anyhow::Result<Counts> {
     let deadline = Instant::now() + timeout;
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut last_print = Instant::now();
     loop {
-        tick.tick().await;
-        let (connected, holding) = (fleet.connected(), fleet.holding(sidecar, version));
-        if holding == total {
-            eprintln!("{connected}/{total} agents connected, {holding}/{total} hold {version}");
-            return Ok(());
+        let c = hosts.count(sidecar, version).await?;
+        if done(&c) {
+            eprintln!(
+                "{}/{total} agents connected, {}/{total} synced, {}/{total} hold {version}",
+                c.connected, c.synced, c.holding
+            );
+            return Ok(c);
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "only {connected}/{total} agents connected and {holding}/{total} hold {version} after {timeout:?}"
+            "after {timeout:?}: {}/{total} agents connected, {}/{total} synced, {}/{total} hold {version}",
+            c.connected,
+            c.synced,
+            c.holding
         );
         if last_print.elapsed() >= Duration::from_secs(1) {
-            eprintln!("{connected}/{total} agents connected, {holding}/{total} hold {version}");
+            eprintln!(
+                "{}/{total} agents connected, {}/{total} synced, {}/{total} hold {version}",
+                c.connected, c.synced, c.holding
+            );
             last_print = Instant::now();
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The file of `--ca-file`, checked to be a readable CA.
+fn ca_roots(conn: &ConnectArgs) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    Ok(match conn.ca()? {
+        Some(pem) => reqwest::Certificate::from_pem_bundle(&pem).context("the CA file")?,
+        None => Vec::new(),
+    })
 }
 
 async fn propagation(args: PropagationArgs) -> anyhow::Result<String> {
     let client = args.conn.client()?;
     let token = args.conn.token()?.context("agents need a token: give --token-file FILE (or set OUTRIDER_TOKEN)")?;
     let tenant = &args.conn.tenant;
-    let ca = args.conn.ca()?;
-    let roots = match &ca {
-        Some(pem) => reqwest::Certificate::from_pem_bundle(pem).context("the CA file")?,
-        None => Vec::new(),
-    };
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).tls_certs_merge(roots).build()?;
+    let http =
+        reqwest::Client::builder().timeout(Duration::from_secs(10)).tls_certs_merge(ca_roots(&args.conn)?).build()?;
     let (agents, changes) = (args.agents as usize, args.changes as usize);
-    // Unique per run: the manager has no delete, so every run leaves its service behind.
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    let name = format!("bench-prop-{:08x}", nanos ^ std::process::id().rotate_left(16));
+    let name = run_name("bench-prop");
 
     eprintln!("preparing service and sidecar {name} with {} versions…", changes + 1);
     let versions = prepare(&client, tenant, &name, args.changes).await?;
     let rss_before = server_rss(&http, client.base_url()).await?;
 
-    let instances: Vec<SimInstance> =
-        (0..agents).map(|i| SimInstance::new(format!("{name}-{i:06}"), &name, "cn-north", "prod", "full")).collect();
-    let options = SimFleetOptions {
-        agents_per_connection: usize::from(args.agents_per_connection),
-        runtime: SimRuntimeOptions { apply_delay: args.apply_delay.0, jitter: args.apply_delay.0 * 2 / 5 },
-        ca,
-        ..SimFleetOptions::default()
+    let spec = HostSpec {
+        sync: args.sync.clone().unwrap_or_else(|| client.base_url().to_owned()),
+        token,
+        tenant: tenant.clone(),
+        service: name.clone(),
+        agents: args.agents,
+        agents_per_connection: args.agents_per_connection,
+        apply_delay: args.apply_delay.0,
+        ca_file: args.conn.ca_file.clone(),
     };
     let started = Instant::now();
-    let managers = args.sync.as_deref().unwrap_or(client.base_url());
-    let fleet = SimFleet::start(managers, &token, tenant, &instances, &options)?;
-    let connections = fleet.connections();
-    eprintln!("starting {agents} agents over {connections} connections…");
+    let mut hosts = AgentHosts::spawn(&spec, args.processes)?;
+    let (connections, processes) = (hosts.connections, hosts.processes());
+    eprintln!("starting {agents} agents in {processes} processes over {connections} connections…");
     let connect_timeout = Duration::from_secs(60) + Duration::from_millis(10) * args.agents;
     let outcome = async {
-        wait_initial(&fleet, &name, &versions[0], connect_timeout).await?;
+        wait_counts(&mut hosts, agents, &name, &versions[0], connect_timeout, |c| c.holding == agents).await?;
         let connect_s = started.elapsed().as_secs_f64();
         // Let the first reports and the write-behind of the instance records settle.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let rss = server_rss(&http, client.base_url()).await?;
-        let timed = time_changes(&fleet, &client, tenant, &name, &versions, args.timeout.0).await?;
-        anyhow::Ok((timed, connect_s, rss))
+        let cpu_before = server_cpu(&http, client.base_url()).await?;
+        let timed = time_changes(&mut hosts, &client, tenant, &name, &versions, args.timeout.0).await?;
+        let cpu = server_cpu(&http, client.base_url()).await?.saturating_sub(cpu_before);
+        anyhow::Ok((timed, connect_s, rss, cpu))
     }
     .await;
-    fleet.shutdown().await;
-    let (timed, connect_s, rss_after) = outcome?;
+    hosts.shutdown().await;
+    let (timed, connect_s, rss_after, cpu) = outcome?;
 
     let summary = LatencySummary::of(timed.samples).context("no latency samples")?;
     let result = PropagationResult {
@@ -273,24 +323,29 @@ async fn propagation(args: PropagationArgs) -> anyhow::Result<String> {
         arrived_before_ack: timed.before_answer,
         write_max_ms: ms(timed.slowest_write),
         connections,
+        processes,
         connect_s: (connect_s * 1e3).round() / 1e3,
         server_rss_before_bytes: rss_before,
         server_rss_bytes: rss_after,
         server_rss_per_agent_bytes: rss_after.saturating_sub(rss_before) / agents as u64,
+        server_cpu_ms_per_change: ms(cpu / args.changes),
     };
     Ok(match args.conn.output {
         OutputFormat::Json => serde_json::to_string_pretty(&result)?,
         OutputFormat::Table => format!(
             "propagation to {} agents × {} changes: p50 {} ms, p99 {} ms, max {} ms \
-             ({} connection(s), connected in {:.1} s, server RSS +{} KiB per agent)",
+             ({} connection(s) from {} process(es), connected in {:.1} s); server RSS +{:.1} KiB per agent, \
+             CPU {} ms per change",
             result.agents,
             result.changes,
             result.p50_ms,
             result.p99_ms,
             result.max_ms,
             result.connections,
+            result.processes,
             result.connect_s,
-            result.server_rss_per_agent_bytes / 1024
+            result.server_rss_per_agent_bytes as f64 / 1024.0,
+            result.server_cpu_ms_per_change,
         ),
     })
 }
@@ -310,7 +365,7 @@ struct Timed {
 /// Times each change after the first version: the binding write, then every agent's
 /// arrival.
 async fn time_changes(
-    fleet: &SimFleet,
+    hosts: &mut AgentHosts,
     client: &Client,
     tenant: &str,
     name: &str,
@@ -318,16 +373,18 @@ async fn time_changes(
     timeout: Duration,
 ) -> anyhow::Result<Timed> {
     let total = versions.len() - 1;
-    let mut timed = Timed { samples: Vec::with_capacity(fleet.agents().len() * total), ..Timed::default() };
+    let mut timed = Timed::default();
     for (k, version) in versions.iter().enumerate().skip(1) {
-        let arrivals = fleet.watch_arrivals(name, version).await;
+        hosts.watch(name, version, timeout).await?;
         let sent = Instant::now();
         client
             .set_binding(tenant, name, &binding(name, version))
             .await
             .with_context(|| format!("cannot move {name} to {version}"))?;
         let t0 = Instant::now();
-        let at = arrivals.wait(timeout).await.with_context(|| format!("change {k}/{total} to {version}"))?;
+        // The children's clocks are read against this process's through the wall clock.
+        let anchor = WallAnchor::now();
+        let at = hosts.arrivals(&anchor).await.with_context(|| format!("change {k}/{total} to {version}"))?;
         let early = at.iter().filter(|a| **a < t0).count();
         let these: Vec<Duration> = at.iter().map(|a| a.saturating_duration_since(t0)).collect();
         if let Some(s) = LatencySummary::of(these.clone()) {
