@@ -6,9 +6,11 @@
 //! writes their records; the records of the others' agents come in from the store's watch
 //! ([`remote`]), so every manager — the leader's executor above all — sees the whole fleet.
 
+mod intake;
 mod remote;
 mod retention;
 
+pub use intake::{Heard, Intake, IntakeQueue, Said, queue};
 pub use retention::InstanceRetention;
 
 use std::{
@@ -33,6 +35,7 @@ use crate::{
     keys,
     metrics::Metrics,
     repo::{NewEvent, Repo, encode},
+    told::Told,
 };
 
 /// Delay before writing instance records when a deploy is among them.
@@ -70,14 +73,14 @@ pub struct Connection {
     /// Identifies this stream among reconnects of the same instance.
     pub id: u64,
     /// Desired state pushes (latest value wins: snapshots, never deltas).
-    pub desired: watch::Receiver<Arc<DesiredState>>,
+    pub desired: watch::Receiver<Arc<Told>>,
     /// Whether this registration counted as a deploy.
     pub deploy: bool,
 }
 
 struct Entry {
     record: Instance,
-    conn: Option<(u64, watch::Sender<Arc<DesiredState>>)>,
+    conn: Option<(u64, watch::Sender<Arc<Told>>)>,
     /// The desired state last sent, kept across disconnects (on-deploy targets depend on it).
     last_told: Option<Arc<DesiredState>>,
     /// Changed since last written to the store.
@@ -327,7 +330,7 @@ impl Fleet {
             ),
         };
         let desired = Arc::new(desired);
-        let (tx, rx) = watch::channel(desired.clone());
+        let (tx, rx) = watch::channel(Told::new(desired.clone()));
         g.by_service.entry((reg.tenant.clone(), reg.service.clone())).or_default().insert(reg.instance.clone());
         if deploy {
             let agent = format!("agent:{}", reg.instance);
@@ -368,86 +371,10 @@ impl Fleet {
         Ok(Connection { id: conn_id, desired: rx, deploy })
     }
 
-    fn with_conn(
-        &self,
-        tenant: &str,
-        id: &str,
-        conn: u64,
-        f: impl FnOnce(&mut Instance, Option<&mut History>) -> Write,
-    ) {
-        let mut g = self.lock();
-        let Some(e) = g.instances.get_mut(tenant).and_then(|m| m.get_mut(id)) else { return };
-        if e.conn.as_ref().map(|c| c.0) != Some(conn) {
-            return;
-        }
-        e.record.last_seen = OffsetDateTime::now_utc();
-        let write = f(&mut e.record, e.history.as_deref_mut());
-        if write != Write::No {
-            e.dirty = true;
-            g.urgent |= write == Write::Soon && self.shared;
-            drop(g);
-            self.flush.notify_one();
-        }
-    }
-
-    /// Records that the instance applied `revision`. Not persisted by itself: the status
-    /// report that follows an applied change is, and agents re-send both on reconnect.
-    pub fn ack(&self, tenant: &str, id: &str, conn: u64, revision: u64) {
-        self.with_conn(tenant, id, conn, |r, _| {
-            r.acked_revision = revision;
-            Write::No
-        });
-    }
-
-    /// Records what the instance runs (and, while its service is watched, a sample of it).
-    pub fn report(&self, tenant: &str, id: &str, conn: u64, sidecars: Vec<SidecarStatus>) {
-        let mut observed = false;
-        let now = self.clock.now();
-        let shared = self.shared;
-        self.with_conn(tenant, id, conn, |r, history| {
-            // With several managers, the leader judges from the records: a watched
-            // instance's every sample is written (batched like the rest).
-            let sampled = history.is_some() && shared;
-            if let Some(h) = history {
-                h.record(now, &sidecars);
-            }
-            observed = r.sidecars != sidecars;
-            let write = if material(&r.sidecars, &sidecars) {
-                Write::Soon
-            } else if sampled {
-                Write::Later
-            } else {
-                Write::No
-            };
-            r.sidecars = sidecars;
-            write
-        });
-        if observed {
-            self.observed.notify_one();
-        }
-    }
-
     /// Resolves when an instance connected, disconnected or reported something new since the
     /// last call (one waiter: the executor).
     pub async fn observed(&self) {
         self.observed.notified().await;
-    }
-
-    /// Ends a sync stream (a newer stream of the same instance is left alone).
-    pub fn disconnect(&self, tenant: &str, id: &str, conn: u64) {
-        let mut g = self.lock();
-        let Some(e) = g.instances.get_mut(tenant).and_then(|m| m.get_mut(id)) else { return };
-        if e.conn.as_ref().map(|c| c.0) != Some(conn) {
-            return;
-        }
-        e.conn = None;
-        e.record.connected = false;
-        e.dirty = true;
-        g.urgent |= self.shared;
-        drop(g);
-        self.metrics.agents_connected.dec();
-        self.flush.notify_one();
-        self.observed.notify_one();
     }
 
     /// Whether this manager has a record of `id` in `tenant`.
@@ -495,27 +422,28 @@ impl Fleet {
                     .any(|d| d.mode == UpgradeMode::OnDeploy || tc.recalled_to(&d.name, &d.version).is_some());
             // Instances without an on-deploy adjustment share one snapshot, and most of them
             // share their previous one too: compare each distinct previous snapshot once.
-            let shared = Arc::new(DesiredState { revision, sidecars: service_desired });
-            let mut last_compared: Option<(*const DesiredState, bool)> = None;
+            let shared = Told::new(Arc::new(DesiredState { revision, sidecars: service_desired }));
+            let mut last_compared: Option<(*const Told, bool)> = None;
             for id in ids {
                 let Some(e) = entries.get_mut(id) else { continue };
                 let Some((_, tx)) = &e.conn else { continue };
                 let current = tx.borrow().clone();
                 let desired = if per_instance {
-                    let sidecars = instance_desired(tc, &shared.sidecars, &e.record, Some(&current), false);
-                    if sidecars == current.sidecars {
+                    let sidecars =
+                        instance_desired(tc, &shared.state().sidecars, &e.record, Some(current.state()), false);
+                    if sidecars == current.state().sidecars {
                         continue;
                     }
-                    if sidecars == shared.sidecars {
+                    if sidecars == shared.state().sidecars {
                         shared.clone()
                     } else {
-                        Arc::new(DesiredState { revision, sidecars })
+                        Told::new(Arc::new(DesiredState { revision, sidecars }))
                     }
                 } else {
                     let unchanged = match last_compared {
                         Some((ptr, same)) if std::ptr::eq(ptr, Arc::as_ptr(&current)) => same,
                         _ => {
-                            let same = current.sidecars == shared.sidecars;
+                            let same = current.state().sidecars == shared.state().sidecars;
                             last_compared = Some((Arc::as_ptr(&current), same));
                             same
                         }
@@ -526,8 +454,8 @@ impl Fleet {
                     shared.clone()
                 };
                 e.record.desired_revision = revision;
-                tx.send_replace(desired.clone());
-                e.last_told = Some(desired);
+                e.last_told = Some(desired.state().clone());
+                tx.send_replace(desired);
                 pushed += 1;
             }
         }

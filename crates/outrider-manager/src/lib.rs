@@ -35,6 +35,7 @@ mod sync;
 #[cfg(test)]
 mod test_store;
 mod tokens;
+mod told;
 mod webhooks;
 
 pub use error::{Error, StartError};
@@ -45,4 +46,5 @@ pub use serve::{
     tls::{TlsError, TlsFiles, agent_uri},
 };
 pub use server::{ManagerConfig, RunningManager, Tuning, start, start_with, start_with_clock};
+pub use told::Told;
 pub use webhooks::Delivery as WebhookDelivery;

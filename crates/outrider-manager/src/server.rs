@@ -10,7 +10,7 @@ use std::{
 
 use futures::StreamExt;
 use outrider_model::{DEFAULT_TENANT, Tenant};
-use outrider_proto::v1::agent_sync_server::AgentSyncServer;
+use outrider_proto::server::SyncServer;
 use outrider_store::{Op, Store, StoreError, WatchEvent};
 use time::OffsetDateTime;
 use tokio::task::JoinHandle;
@@ -405,7 +405,9 @@ pub async fn start_with(
         instances: config.instances,
         started: tokio::time::Instant::now(),
     };
+    let (intake, intake_queue) = crate::fleet::queue();
     let background = vec![
+        tokio::spawn(fleet.clone().run_intake(intake_queue, cancel.clone())),
         tokio::spawn(run_catalog_watch(state.clone(), watch_from, cancel.clone())),
         tokio::spawn(fleet.clone().run_flusher(repo, cancel.clone())),
         tokio::spawn(leadership::stay_present(
@@ -418,8 +420,8 @@ pub async fn start_with(
         tokio::spawn(leadership::lead(work, name, config.leader_lease, cancel.clone())),
     ];
     // Only the gRPC service's own path speaks gRPC; every other path is the REST router's.
-    let grpc = AgentSyncServer::new(SyncService::new(state.clone()));
-    let grpc_prefix = format!("/{}/", <AgentSyncServer<SyncService> as tonic::server::NamedService>::NAME);
+    let grpc = SyncServer::new(SyncService::new(state.clone(), intake));
+    let grpc_prefix = format!("/{}/", <SyncServer<SyncService> as tonic::server::NamedService>::NAME);
     let (auth, metrics) = (state.auth.clone(), state.metrics.clone());
     let app = api::router(state).route_service(&format!("{grpc_prefix}{{*method}}"), grpc);
     let listen = |source| StartError::Listen { addr: config.listen, source };

@@ -1,11 +1,12 @@
 //! The gRPC side of agent sync (see `outrider-proto/proto/sync.proto` for the message order).
 
-use std::{pin::Pin, time::Duration};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::{Stream, StreamExt};
 use outrider_model::SidecarStatus;
-use outrider_proto::v1::{
-    self, AgentMessage, ManagerMessage, agent_message::Body, agent_sync_server::AgentSync, manager_message,
+use outrider_proto::{
+    server::{Encoded, SyncHandler},
+    v1::{self, AgentMessage, agent_message::Body},
 };
 use tokio_stream::wrappers::WatchStream;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -13,7 +14,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use crate::{
     Error,
     auth::{self, Principal},
-    fleet::{Registration, StoredInstance},
+    fleet::{Heard, Intake, Registration, Said, StoredInstance},
     keys,
     serve::tls::ClientCert,
     state::AppState,
@@ -28,12 +29,14 @@ const MAX_CLAIM: usize = 256;
 /// The `AgentSync` service.
 pub struct SyncService {
     state: AppState,
+    /// Where the streams queue what their agents say.
+    intake: Intake,
 }
 
 impl SyncService {
-    /// A service over the manager's state.
-    pub fn new(state: AppState) -> Self {
-        Self { state }
+    /// A service over the manager's state, queueing what agents say on `intake`.
+    pub fn new(state: AppState, intake: Intake) -> Self {
+        Self { state, intake }
     }
 
     /// The claim hash recorded in the store for an instance (by any manager).
@@ -90,13 +93,15 @@ fn caller<T>(state: &AppState, request: &Request<T>) -> Result<Principal, Status
     }
 }
 
-type DesiredStream = Pin<Box<dyn Stream<Item = Result<ManagerMessage, Status>> + Send>>;
+type DesiredStream = Pin<Box<dyn Stream<Item = Result<Encoded, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl AgentSync for SyncService {
-    type SyncStream = DesiredStream;
+impl SyncHandler for SyncService {
+    type Stream = DesiredStream;
 
-    async fn sync(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<DesiredStream>, Status> {
+    async fn sync(
+        self: Arc<Self>,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<DesiredStream>, Status> {
         let principal = caller(&self.state, &request)?;
         let issued = self.state.auth.issued_at(&principal.name);
         let mut inbound = request.into_inner();
@@ -142,30 +147,39 @@ impl AgentSync for SyncService {
             return Err(Status::unauthenticated("unauthenticated: the token was revoked"));
         }
         tracing::debug!(%tenant, %instance, deploy = conn.deploy, "agent connected");
-        let fleet = self.state.fleet.clone();
+        let intake = self.intake.clone();
         let conn_id = conn.id;
+        let (tenant, instance): (Arc<str>, Arc<str>) = (tenant.into(), instance.into());
         tokio::spawn(async move {
+            let heard = |said| Heard { tenant: tenant.clone(), instance: instance.clone(), conn: conn_id, said };
             loop {
-                match inbound.message().await {
-                    Ok(Some(AgentMessage { body: Some(Body::Ack(a)) })) => {
-                        fleet.ack(&tenant, &instance, conn_id, a.revision)
-                    }
+                let said = match inbound.message().await {
+                    Ok(Some(AgentMessage { body: Some(Body::Ack(a)) })) => Said::Ack(a.revision),
                     Ok(Some(AgentMessage { body: Some(Body::Report(r)) })) => match statuses(r.sidecars) {
-                        Ok(s) => fleet.report(&tenant, &instance, conn_id, s),
-                        Err(e) => tracing::warn!(%instance, error = %e, "bad report ignored"),
+                        Ok(s) => Said::Report(s),
+                        Err(e) => {
+                            tracing::warn!(%instance, error = %e, "bad report ignored");
+                            continue;
+                        }
                     },
-                    Ok(Some(_)) => tracing::warn!(%instance, "unexpected message ignored"),
+                    Ok(Some(_)) => {
+                        tracing::warn!(%instance, "unexpected message ignored");
+                        continue;
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         tracing::debug!(%instance, error = %e, "sync stream ended");
                         break;
                     }
+                };
+                if !intake.send(heard(said)).await {
+                    return;
                 }
             }
-            fleet.disconnect(&tenant, &instance, conn_id);
+            intake.send(heard(Said::Ended)).await;
         });
-        let out = WatchStream::new(conn.desired)
-            .map(|d| Ok(ManagerMessage { body: Some(manager_message::Body::Desired(v1::Desired::from(d.as_ref()))) }));
+        // Every stream told the same snapshot sends the one encoding of it.
+        let out = WatchStream::new(conn.desired).map(|told| Ok(told.wire()));
         Ok(Response::new(Box::pin(out)))
     }
 }

@@ -8,5 +8,6 @@ pub mod v1 {
 }
 
 mod convert;
+pub mod server;
 
 pub use convert::ConvertError;

@@ -110,7 +110,7 @@ impl Fleet {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::{collections::HashSet, sync::Arc, time::Duration};
 
     use futures::FutureExt;
@@ -121,11 +121,11 @@ mod tests {
     use super::super::{InstanceRetention, Registration};
     use crate::{catalog::Catalog, clock::SystemClock, fleet::Fleet, keys, metrics::Metrics};
 
-    fn labels() -> InstanceLabels {
+    pub(in crate::fleet) fn labels() -> InstanceLabels {
         InstanceLabels { region: "r1".into(), env: "prod".into(), stage: "canary".into(), ..InstanceLabels::default() }
     }
 
-    fn catalog() -> Catalog {
+    pub(in crate::fleet) fn catalog() -> Catalog {
         let mut c = Catalog::default();
         let kv = |key: String, value: serde_json::Value| KeyValue {
             key,
@@ -138,7 +138,7 @@ mod tests {
         c
     }
 
-    fn fleet(me: &str) -> Fleet {
+    pub(in crate::fleet) fn fleet(me: &str) -> Fleet {
         Fleet::new(Arc::new(Metrics::default()), Arc::new(SystemClock), me.into(), true)
     }
 
@@ -163,7 +163,7 @@ mod tests {
         super::StoredInstance { tenant: "t".into(), instance, owner: owner.map(str::to_owned), claim: None }
     }
 
-    fn get(f: &Fleet, id: &str) -> Option<Instance> {
+    pub(in crate::fleet) fn get(f: &Fleet, id: &str) -> Option<Instance> {
         f.list("t", &InstanceFilter::default()).into_iter().find(|i| i.id == id)
     }
 
