@@ -14,6 +14,7 @@ pub mod analysis;
 mod failover;
 mod hosts;
 mod idle;
+mod storm;
 mod upgrade;
 mod writes;
 
@@ -46,6 +47,10 @@ pub enum BenchCommand {
     /// API write throughput of one manager: services created by concurrent clients (each a
     /// store transaction with its event) — the embedded store against etcd, say.
     Writes(writes::WritesArgs),
+    /// A reconnect storm: a manager started here with N simulated agents is killed
+    /// (`kill -9`) and started again; the time until every agent is synced again, and the
+    /// API's latency meanwhile.
+    Storm(storm::StormArgs),
     /// One share of a benchmark's simulated agents, driven over stdin/stdout by the benchmark
     /// that started this process.
     #[command(hide = true)]
@@ -91,6 +96,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<String> {
         BenchCommand::Analysis(args) => analysis::run(args).await,
         BenchCommand::Failover(args) => failover::run(args).await,
         BenchCommand::Writes(args) => writes::run(args).await,
+        BenchCommand::Storm(args) => storm::run(args).await,
         BenchCommand::Agents(args) => hosts::run_child(args).await,
     }
 }
