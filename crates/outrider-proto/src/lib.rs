@@ -7,6 +7,7 @@ pub mod v1 {
     tonic::include_proto!("outrider.sync.v1");
 }
 
+pub mod batched_writes;
 mod convert;
 pub mod server;
 

@@ -22,6 +22,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto::Builder,
 };
+use outrider_proto::batched_writes::BatchedWrites;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, TcpStream},
@@ -373,7 +374,7 @@ async fn connection<IO>(
             async move { Ok::<_, Infallible>(handle(&shared, &state, req).await) }
         })
     };
-    let io = TokioIo::new(head_errors::JsonHeadErrors::new(stream));
+    let io = TokioIo::new(head_errors::JsonHeadErrors::new(BatchedWrites::new(stream)));
     let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
     let period = (shared.limits.unauthenticated_idle / 2).clamp(Duration::from_millis(10), Duration::from_millis(250));
