@@ -40,8 +40,10 @@ use crate::{
 
 /// Delay before writing instance records when a deploy is among them.
 const URGENT_FLUSH: Duration = Duration::from_millis(20);
-/// Delay before writing status-only changes of instance records.
+/// Least delay before writing status-only changes of instance records.
 const STATUS_FLUSH: Duration = Duration::from_secs(3);
+/// Status-only writes take at most one part in this many of the time.
+const STATUS_FLUSH_SHARE: u32 = 10;
 
 /// What an agent says when it registers.
 #[derive(Debug, Clone)]
@@ -582,30 +584,49 @@ impl Fleet {
 
     /// Writes dirty records and pending events until `cancel`, batching what accumulates.
     pub async fn run_flusher(self: Arc<Self>, repo: Repo, cancel: CancellationToken) {
+        // Status-only changes wait at least STATUS_FLUSH, and long enough that writing them
+        // takes at most 1/STATUS_FLUSH_SHARE of the time (100,000 records take seconds).
+        let mut status_wait = STATUS_FLUSH;
         loop {
-            let stop = tokio::select! {
+            let mut stop = tokio::select! {
                 () = self.flush.notified() => false,
                 () = cancel.cancelled() => true,
             };
             // Let a burst gather into one transaction. Deploys (which carry events and decide
-            // on-deploy targets after a restart) are written within ~20 ms; status-only changes
-            // wait longer so that writing them never competes with a push to thousands of agents.
-            let mut stop = stop;
+            // on-deploy targets after a restart) are written within ~20 ms, even while
+            // status-only changes wait; those wait longer so that writing them never competes
+            // with a push to thousands of agents.
             if !stop {
-                let urgent = {
-                    let g = self.lock();
-                    !g.events.is_empty() || g.urgent
-                };
-                tokio::select! {
-                    () = tokio::time::sleep(if urgent { URGENT_FLUSH } else { STATUS_FLUSH }) => {}
-                    // Shutting down: write what is pending now, then stop.
-                    () = cancel.cancelled() => stop = true,
+                let start = tokio::time::Instant::now();
+                let mut due = start + if self.is_urgent() { URGENT_FLUSH } else { status_wait };
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(due) => break,
+                        () = self.flush.notified() => {
+                            if self.is_urgent() {
+                                due = due.min(tokio::time::Instant::now() + URGENT_FLUSH);
+                            }
+                        }
+                        // Shutting down: write what is pending now, then stop.
+                        () = cancel.cancelled() => {
+                            stop = true;
+                            break;
+                        }
+                    }
                 }
             }
-            if let Err(e) = self.flush_once(&repo).await {
-                tracing::warn!(error = %e, "instance records not persisted; will retry");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                self.flush.notify_one();
+            let started = tokio::time::Instant::now();
+            match self.flush_once(&repo).await {
+                Ok(written) => {
+                    if written > 0 {
+                        status_wait = STATUS_FLUSH.max(started.elapsed() * STATUS_FLUSH_SHARE);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "instance records not persisted; will retry");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    self.flush.notify_one();
+                }
             }
             if stop {
                 return;
@@ -613,7 +634,14 @@ impl Fleet {
         }
     }
 
-    async fn flush_once(&self, repo: &Repo) -> Result<(), Error> {
+    /// Whether something pending must be written within [`URGENT_FLUSH`].
+    fn is_urgent(&self) -> bool {
+        let g = self.lock();
+        !g.events.is_empty() || g.urgent
+    }
+
+    /// Writes what is pending; returns how many instance records it wrote.
+    async fn flush_once(&self, repo: &Repo) -> Result<usize, Error> {
         let records = {
             let mut g = self.lock();
             let mut records = Vec::new();
@@ -664,7 +692,7 @@ impl Fleet {
                 return Err(e);
             }
         }
-        Ok(())
+        Ok(records.len())
     }
 }
 
@@ -686,7 +714,53 @@ pub struct StoredInstance {
 
 #[cfg(test)]
 mod tests {
-    use super::may_take_over;
+    use std::{sync::Arc, time::Duration};
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::{Fleet, Registration, STATUS_FLUSH, URGENT_FLUSH, may_take_over, remote::tests::catalog};
+    use crate::{clock::SystemClock, keys, metrics::Metrics, repo::Repo, test_store::TestStore};
+
+    fn registration(instance: &str, deploy_id: &str) -> Registration {
+        Registration {
+            tenant: "t".into(),
+            instance: instance.into(),
+            service: "s".into(),
+            labels: super::remote::tests::labels(),
+            deploy_id: deploy_id.into(),
+            sidecars: Vec::new(),
+            claim: Some(format!("claim of {instance}")),
+            stored_claim: None,
+            opened_by: "agent".into(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deploy_is_written_promptly_even_while_status_changes_wait() {
+        let store = Arc::new(TestStore::new());
+        let fleet = Arc::new(Fleet::new(Arc::new(Metrics::default()), Arc::new(SystemClock), "m1".into(), false));
+        let cancel = CancellationToken::new();
+        let flusher = tokio::spawn(fleet.clone().run_flusher(Repo::new(store.clone()), cancel.clone()));
+        let catalog = catalog();
+        let settle = |d: Duration| async move {
+            tokio::time::sleep(d).await;
+            tokio::task::yield_now().await;
+        };
+        let _a = fleet.connect(registration("i-1", "d1"), &catalog).unwrap();
+        settle(URGENT_FLUSH * 2).await;
+        assert_eq!(store.writes_of(&keys::instance("t", "i-1")), 1, "a new instance is a deploy: written at once");
+        // The same agent reconnects with the same deploy: status only, which waits.
+        let _b = fleet.connect(registration("i-1", "d1"), &catalog).unwrap();
+        settle(STATUS_FLUSH / 3).await;
+        assert_eq!(store.writes_of(&keys::instance("t", "i-1")), 1, "a status-only change waits");
+        // A deploy during that wait is written within the urgent delay, with the status change.
+        let _c = fleet.connect(registration("i-2", "d1"), &catalog).unwrap();
+        settle(URGENT_FLUSH * 2).await;
+        assert_eq!(store.writes_of(&keys::instance("t", "i-2")), 1, "the deploy did not wait for the status delay");
+        assert_eq!(store.writes_of(&keys::instance("t", "i-1")), 2);
+        cancel.cancel();
+        flusher.await.unwrap();
+    }
 
     #[test]
     fn only_the_holder_s_claim_takes_a_held_instance() {
